@@ -1,0 +1,114 @@
+"""Example models for the demo and the tests: small sklearn models logged with a contract.
+
+Everything is trained on data that ships with scikit-learn, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from sklearn.datasets import load_diabetes, load_iris
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
+
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+IRIS_CONTRACT = """\
+title: Iris species
+description: Predicts the iris species from flower measurements (cm).
+task: classification
+inputs:
+  sepal_length: {type: number, description: Sepal length in cm, minimum: 0, example: 5.1}
+  sepal_width:  {type: number, description: Sepal width in cm, minimum: 0, example: 3.5}
+  petal_length: {type: number, description: Petal length in cm, minimum: 0, example: 1.4}
+  petal_width:  {type: number, description: Petal width in cm, minimum: 0, example: 0.2}
+outputs:
+  prediction: {type: integer, description: Class index}
+labels: [setosa, versicolor, virginica]
+examples:
+  - {sepal_length: 5.1, sepal_width: 3.5, petal_length: 1.4, petal_width: 0.2}
+  - {sepal_length: 6.7, sepal_width: 3.0, petal_length: 5.2, petal_width: 2.3}
+"""
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    name: str
+    version: str
+    source: str
+    run_id: str
+    model: Any
+
+
+def iris_frame() -> tuple[pd.DataFrame, np.ndarray]:
+    data = load_iris()
+    return pd.DataFrame(data.data, columns=IRIS_FEATURES), data.target
+
+
+def train_iris(kind: str = "logistic") -> Any:
+    features, target = iris_frame()
+    model = DecisionTreeClassifier(max_depth=3, random_state=0) if kind == "tree" else LogisticRegression(max_iter=500)
+    return model.fit(features, target)
+
+
+def train_diabetes() -> tuple[Any, pd.DataFrame]:
+    data = load_diabetes(as_frame=True)
+    return LinearRegression().fit(data.data, data.target), data.data
+
+
+def log_sklearn_model(
+    name: str,
+    model: Any,
+    example: pd.DataFrame,
+    *,
+    contract: str | bytes | None = IRIS_CONTRACT,
+    signature: bool = True,
+    run_contract: str | bytes | None = None,
+    tags: dict[str, str] | None = None,
+) -> LoggedModel:
+    """Log `model` (with `contract.yaml` among its files), register it as `name` and tag the version.
+
+    `run_contract` puts a contract in the run's artifacts instead, the other place the watcher looks.
+    """
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        extra_files = []
+        if contract is not None:
+            extra_files.append(_write(Path(tmp) / "contract.yaml", contract))
+        if run_contract is not None:
+            mlflow.log_artifact(_write(Path(tmp) / "run" / "contract.yaml", run_contract))
+        info = mlflow.sklearn.log_model(
+            model, name="model", registered_model_name=name,
+            input_example=example.head(2) if signature else None,
+            signature=None if signature else False,
+            extra_files=extra_files or None,
+            skops_trusted_types=["sklearn.tree._tree.Tree"],
+        )
+    version = _latest_version(name, run.info.run_id)
+    client = MlflowClient()
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, version.version, key, value)
+    return LoggedModel(name=name, version=str(version.version), source=version.source,
+                       run_id=run.info.run_id, model=model)
+
+
+def log_iris(name: str, *, kind: str = "logistic", tags: dict[str, str] | None = None, **kwargs: Any) -> LoggedModel:
+    features, _ = iris_frame()
+    return log_sklearn_model(name, train_iris(kind), features, tags=tags, **kwargs)
+
+
+def _write(path: Path, content: str | bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return str(path)
+
+
+def _latest_version(name: str, run_id: str) -> ModelVersion:
+    versions = MlflowClient().search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
+    return max(versions, key=lambda v: int(v.version))

@@ -1,0 +1,255 @@
+"""The model contract (`contract.yaml`, version 1): strict parsing and signature checks.
+
+Shared by the watcher (validates before deploying) and the wrapper (builds its API from it).
+Pure: no MLflow, no I/O. Every way a contract can be wrong ends as a `ContractError`
+whose message says what to fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+MAX_CONTRACT_BYTES = 1 << 20
+MAX_FIELDS = 1000
+MAX_EXAMPLES = 100
+CONTRACT_FILE = "contract.yaml"
+HOW_TO_ADD = (
+    "log a contract.yaml with the model "
+    "(mlflow.<flavor>.log_model(..., extra_files=['contract.yaml'])) or log the model with a signature"
+)
+
+# Column names as data frames carry them: printable, no control characters.
+FieldName = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,128}$")]
+# Kubernetes resource quantities, e.g. 250m, 1.5, 512Mi, 1G.
+Quantity = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")]
+
+
+class ContractError(ValueError):
+    """The contract cannot be used; the message says what to fix."""
+
+
+class FieldType(str, Enum):
+    number = "number"
+    integer = "integer"
+    string = "string"
+    boolean = "boolean"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    """One input (or output) field of an instance."""
+
+    type: FieldType
+    description: str | None = Field(default=None, max_length=2000)
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: list[str | int | float | bool] | None = Field(default=None, min_length=1, max_length=1000)
+    required: bool = True
+    example: str | int | float | bool | None = None
+    allow_nan: bool = False
+    """Accept NaN and infinity for this number field (rejected by default)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum} is greater than maximum {self.maximum}")
+        if (self.minimum is not None or self.maximum is not None) and self.type not in _NUMERIC:
+            raise ValueError(f"minimum/maximum only apply to number or integer fields, not {self.type.value}")
+        for value in self.enum or []:
+            if problem := self.check_value(value, check_enum=False):
+                raise ValueError(f"enum value {value!r}: {problem}")
+        if self.example is not None and (problem := self.check_value(self.example)):
+            raise ValueError(f"example {self.example!r}: {problem}")
+        return self
+
+    def check_value(self, value: Any, *, check_enum: bool = True) -> str | None:
+        """Why `value` does not fit this field, or None when it does."""
+        if not _TYPE_CHECKS[self.type](value):
+            return f"expected {self.type.value}, got {type(value).__name__}"
+        if isinstance(value, float) and not math.isfinite(value) and not self.allow_nan:
+            return "NaN and infinity are not allowed (set allow_nan: true to accept them)"
+        if self.minimum is not None and value < self.minimum:
+            return f"below the minimum {self.minimum}"
+        if self.maximum is not None and value > self.maximum:
+            return f"above the maximum {self.maximum}"
+        if check_enum and self.enum is not None and value not in self.enum:
+            return f"not one of {self.enum}"
+        return None
+
+
+_NUMERIC = (FieldType.number, FieldType.integer)
+_TYPE_CHECKS = {
+    FieldType.number: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    FieldType.integer: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    FieldType.string: lambda v: isinstance(v, str),
+    FieldType.boolean: lambda v: isinstance(v, bool),
+}
+
+
+class Resources(_Strict):
+    requests: dict[Literal["cpu", "memory"], Quantity] = {}
+    limits: dict[Literal["cpu", "memory"], Quantity] = {}
+
+
+class Serving(_Strict):
+    """Per-model overrides of how the wrapper is run."""
+
+    replicas: int | None = Field(default=None, ge=1, le=50)
+    resources: Resources | None = None
+
+
+class Contract(_Strict):
+    """A parsed, self-consistent contract."""
+
+    version: Literal[1] = 1
+    title: str | None = Field(default=None, max_length=200)
+    description: str = Field(default="", max_length=10_000)
+    task: Literal["classification", "regression", "other"] = "other"
+    inputs: dict[FieldName, FieldSpec] = Field(min_length=1, max_length=MAX_FIELDS)
+    outputs: dict[FieldName, FieldSpec] = Field(default={}, max_length=MAX_FIELDS)
+    labels: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
+    examples: list[dict[FieldName, Any]] = Field(default=[], max_length=MAX_EXAMPLES)
+    serving: Serving = Serving()
+
+    @model_validator(mode="after")
+    def _examples_fit_inputs(self) -> Contract:
+        for index, example in enumerate(self.examples):
+            if problems := self.instance_problems(example):
+                raise ValueError(f"examples[{index}] breaks the inputs schema: {'; '.join(problems)}")
+        if self.labels is not None and self.task != "classification":
+            raise ValueError("labels are only meaningful with task: classification")
+        return self
+
+    def instance_problems(self, instance: dict[str, Any]) -> list[str]:
+        """Why one instance does not fit `inputs` (empty when it does)."""
+        problems = [f"{name}: unknown field" for name in instance if name not in self.inputs]
+        for name, spec in self.inputs.items():
+            if name not in instance:
+                if spec.required:
+                    problems.append(f"{name}: required field missing")
+            elif (problem := spec.check_value(instance[name])) is not None:
+                problems.append(f"{name}: {problem}")
+        return problems
+
+
+class _ContractLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (no alias bombs) and duplicate keys (no silent overrides)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise ContractError("contract.yaml uses a YAML alias (*name); write the value out instead")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise ContractError(f"contract.yaml has the key {key!r} twice (line {key_node.start_mark.line + 1})")
+            seen.add(key) if isinstance(key, str | int | float | bool) else None
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_contract(data: bytes) -> Contract:
+    """Parse and validate `contract.yaml` bytes; raise ContractError saying what to fix."""
+    if len(data) > MAX_CONTRACT_BYTES:
+        raise ContractError(f"contract.yaml is {len(data)} bytes; the limit is {MAX_CONTRACT_BYTES} (1 MiB)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ContractError(f"contract.yaml is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+    if not text.strip():
+        raise ContractError("contract.yaml is empty; it needs at least an 'inputs' section")
+    try:
+        document = yaml.load(text, Loader=_ContractLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ContractError(f"contract.yaml is not valid YAML: {_one_line(e)}") from e
+    except RecursionError as e:
+        raise ContractError("contract.yaml is nested too deeply") from e
+    if not isinstance(document, dict):
+        raise ContractError(f"contract.yaml must be a mapping with an 'inputs' section, not a {type(document).__name__}")
+    return contract_from_dict(document)
+
+
+def contract_from_dict(document: dict[str, Any]) -> Contract:
+    try:
+        return Contract.model_validate(document)
+    except ValidationError as e:
+        raise ContractError(f"contract.yaml is invalid: {format_validation_error(e)}") from e
+    except RecursionError as e:
+        raise ContractError("contract.yaml is nested too deeply") from e
+
+
+def format_validation_error(error: ValidationError, limit: int = 5) -> str:
+    """Pydantic errors as `path: message` pairs, the unknown-key case named as such."""
+    parts = []
+    for item in error.errors()[:limit]:
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = "unknown key (check the spelling)" if item["type"] == "extra_forbidden" else item["msg"]
+        parts.append(f"{path}: {message}")
+    more = error.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _one_line(error: Exception) -> str:
+    return re.sub(r"\s+", " ", str(error)).strip()[:300]
+
+
+# --- MLflow signatures (as found in the MLmodel file, already JSON-decoded) -------------------
+
+_MLFLOW_TYPES = {
+    "double": FieldType.number,
+    "float": FieldType.number,
+    "long": FieldType.integer,
+    "integer": FieldType.integer,
+    "string": FieldType.string,
+    "boolean": FieldType.boolean,
+}
+
+
+def contract_from_signature(
+    signature_inputs: list[dict[str, Any]], input_example: list[dict[str, Any]] | None = None
+) -> Contract:
+    """Derive a contract from an MLflow column signature and (optionally) its input example."""
+    inputs: dict[str, dict[str, Any]] = {}
+    for column in signature_inputs:
+        name, kind = column.get("name"), column.get("type")
+        if not name or kind not in _MLFLOW_TYPES:
+            raise ContractError(
+                f"the model signature has an input ({name or 'unnamed'}, type {kind}) that cannot be "
+                f"described without a contract; {HOW_TO_ADD}"
+            )
+        inputs[name] = {"type": _MLFLOW_TYPES[kind].value, "required": column.get("required", True)}
+    examples = [dict(row) for row in (input_example or [])][:MAX_EXAMPLES]
+    return contract_from_dict({"description": "Derived from the MLflow model signature.", "inputs": inputs,
+                               "examples": examples})
+
+
+def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, Any]]) -> list[str]:
+    """Where the contract's inputs disagree with the model's MLflow column signature."""
+    columns = {c.get("name"): c for c in signature_inputs if c.get("name")}
+    problems = [f"{name}: in the contract but not in the model signature" for name in contract.inputs
+                if name not in columns]
+    for name, column in columns.items():
+        spec = contract.inputs.get(name)
+        expected = _MLFLOW_TYPES.get(column.get("type", ""))
+        if spec is None:
+            if column.get("required", True):
+                problems.append(f"{name}: required by the model signature but missing from the contract")
+        elif expected is not None and not _compatible(spec.type, expected):
+            problems.append(f"{name}: contract says {spec.type.value}, model signature says {column.get('type')}")
+    return problems
+
+
+def _compatible(declared: FieldType, signature: FieldType) -> bool:
+    # An integer field feeding a double column is safe; the other way round truncates.
+    return declared == signature or (declared == FieldType.integer and signature == FieldType.number)

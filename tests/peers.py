@@ -1,0 +1,112 @@
+"""kmock's KubernetesEmulator served over HTTP from its own thread and event loop.
+
+The synchronous `kubernetes` client (and so the watcher) must never run on kmock's loop;
+here the loop lives in a daemon thread and the tests stay plain synchronous code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import kmock
+
+# The resources the watcher manages, declared so that empty lists answer 200 rather than 404.
+RESOURCES = {
+    "apps/v1/deployments": {"kind": "Deployment", "namespaced": True},
+    "v1/services": {"kind": "Service", "namespaced": True},
+    "networking.k8s.io/v1/ingresses": {"kind": "Ingress", "namespaced": True},
+    "coordination.k8s.io/v1/leases": {"kind": "Lease", "namespaced": True},
+}
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class KubernetesPeer:
+    """A running emulator; `url` is its API server address."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.emulator: kmock.KubernetesEmulator | None = None
+        self._server: kmock.Server | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
+
+    def start(self) -> KubernetesPeer:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("kmock did not start")
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._enter())
+        self._ready.set()
+        self.loop.run_forever()
+
+    async def _enter(self) -> None:
+        self.emulator = kmock.KubernetesEmulator()
+        await self.emulator.__aenter__()
+        for key, info in RESOURCES.items():
+            self.emulator.resources[key] = info
+        self._server = kmock.Server(self.emulator)
+        await self._server.__aenter__()
+
+    def stop(self) -> None:
+        async def _exit() -> None:
+            assert self._server is not None and self.emulator is not None
+            await self._server.__aexit__(None, None, None)
+            await self.emulator.__aexit__(None, None, None)
+
+        asyncio.run_coroutine_threadsafe(_exit(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return str(self._server.url).rstrip("/")
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the emulator's loop (for touching its state safely) and return its result."""
+
+        async def _call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(_call(), self.loop).result(10)
+
+    # --- assertions helpers -------------------------------------------------------------
+
+    def requests(self, namespace: str) -> list[kmock.Request]:
+        assert self.emulator is not None
+        return self.call(lambda: [r for r in self.emulator if r.namespace == namespace])
+
+    def writes(self, namespace: str) -> list[kmock.Request]:
+        return [r for r in self.requests(namespace) if r.method.value in WRITE_METHODS]
+
+    def objects(self, plural: str, namespace: str) -> dict[str, dict[str, Any]]:
+        """Live objects of one resource (`deployments`, `services`, `ingresses`, `leases`) by name."""
+        assert self.emulator is not None
+
+        def collect() -> dict[str, dict[str, Any]]:
+            found = {}
+            for (resource, ns, name), obj in self.emulator.objects.items():
+                if resource.plural == plural and ns == namespace and not obj.deleted:
+                    found[name] = dict(obj.raw)
+            return found
+
+        return self.call(collect)
+
+    def patch_object(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """Play the controller: merge `patch` into a stored object (e.g. a Deployment's status)."""
+        assert self.emulator is not None
+
+        def apply() -> None:
+            for (resource, ns, obj_name), obj in self.emulator.objects.items():
+                if resource.plural == plural and ns == namespace and obj_name == name:
+                    obj.patch(patch)
+                    return
+            raise KeyError(f"{plural}/{namespace}/{name}")
+
+        self.call(apply)
