@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +15,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 from devstack.servers import LocalMlflow, LocalS3  # noqa: E402
-from peers import KubernetesPeer  # noqa: E402
+from tests.peers import KubernetesPeer  # noqa: E402
 
 ARTIFACTS = ROOT / "artifacts"
 

@@ -23,12 +23,48 @@ RESOURCES = {
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
+RolloutPolicy = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+def all_ready(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The default controller: every Deployment becomes fully ready at once."""
+    replicas = deployment.get("spec", {}).get("replicas", 1)
+    generation = deployment.get("metadata", {}).get("generation", 1)
+    return {"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
+            "readyReplicas": replicas, "availableReplicas": replicas,
+            "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}
+
+
+class ControlledEmulator(kmock.KubernetesEmulator):
+    """The emulator plus what an API server and a controller would add to a Deployment.
+
+    The API server bumps `metadata.generation` on every create or spec change; the controller
+    then reports `status` as `rollout_policy` says (tests swap the policy to make rollouts fail).
+    """
+
+    rollout_policy: RolloutPolicy = staticmethod(all_ready)  # type: ignore[assignment]
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        response = await super()._handle(request)
+        resource = request.resource
+        if resource is not None and resource.plural == "deployments" and request.method.value in ("POST", "PATCH"):
+            name = request.name or (request.data or {}).get("metadata", {}).get("name")
+            for (res, ns, obj_name), obj in self.objects.items():
+                if res.plural == "deployments" and ns == request.namespace and obj_name == name and not obj.deleted:
+                    generation = int(obj.get("metadata", {}).get("generation") or 0) + 1
+                    obj.patch({"metadata": {"generation": generation}})
+                    status = type(self).rollout_policy(dict(obj.raw))
+                    if status is not None:
+                        obj.patch({"status": status})
+        return response
+
+
 class KubernetesPeer:
     """A running emulator; `url` is its API server address."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.emulator: kmock.KubernetesEmulator | None = None
+        self.emulator: ControlledEmulator | None = None
         self._server: kmock.Server | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
@@ -46,7 +82,7 @@ class KubernetesPeer:
         self.loop.run_forever()
 
     async def _enter(self) -> None:
-        self.emulator = kmock.KubernetesEmulator()
+        self.emulator = ControlledEmulator()
         await self.emulator.__aenter__()
         for key, info in RESOURCES.items():
             self.emulator.resources[key] = info
@@ -75,6 +111,9 @@ class KubernetesPeer:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(_call(), self.loop).result(10)
+
+    def set_rollout_policy(self, policy: RolloutPolicy) -> None:
+        ControlledEmulator.rollout_policy = staticmethod(policy)  # type: ignore[assignment]
 
     # --- assertions helpers -------------------------------------------------------------
 

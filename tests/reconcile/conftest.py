@@ -1,0 +1,62 @@
+"""Fixtures for watcher tests: a pass wired to the real MLflow server, moto S3 and kmock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.peers import KubernetesPeer, all_ready
+
+from devstack.servers import LocalMlflow
+from watcher.cli import build_deps
+from watcher.reconcile import Deps
+from watcher.settings import Settings, load_settings
+
+FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def production(namespace: str) -> dict[str, str]:
+    """The tags that select a version in this test only (the registry is shared by the session).
+
+    The literal `deploy=production` is left to tests that check the default selector itself.
+    """
+    return {"deploy": f"production-{namespace}"}
+
+
+@pytest.fixture
+def make_settings(mlflow_server: LocalMlflow, kube: KubernetesPeer, namespace: str, production: dict[str, str],
+                  tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a pass against the session's peers, in this test's own namespace."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "mlflow_tracking_uri": mlflow_server.tracking_uri, "mlflow_s3_endpoint_url": mlflow_server.s3.endpoint_url,
+            "aws_access_key_id": "devstack-key", "aws_secret_access_key": "devstack-secret",
+            "k8s_api": kube.url, "k8s_name_space": namespace, "service_builder_host_name": "models.example.org",
+            "model_wrapper_image": "registry.example.org/model-wrapper:1.0", "rollout_timeout_seconds": 5,
+            "local_state_dir": tmp_path / "state", "smoke_test": "auto",
+            "selector": f"tag:deploy={production['deploy']}",
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_deps(make_settings: Callable[..., Settings]) -> Callable[..., Deps]:
+    def make(settings: Settings | None = None, **overrides: Any) -> Deps:
+        return build_deps(settings or make_settings(), clock=lambda: FIXED_NOW, **overrides)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _controller_resets(kube: KubernetesPeer) -> Iterator[None]:
+    kube.set_rollout_policy(all_ready)
+    yield
+    kube.set_rollout_policy(all_ready)

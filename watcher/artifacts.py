@@ -1,0 +1,133 @@
+"""Step 3 of the pass: fetch a version's `contract.yaml` from S3 with boto3 and validate it.
+
+Look-up order: the model's files (`contract.yaml`, `extra_files/contract.yaml`), then the run's
+`contract.yaml`; with none, a contract derived from the MLflow signature; with no signature either,
+a failure that says how to add one. The only watcher module that imports boto3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+import yaml
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from model_wrapper.contract import (
+    CONTRACT_FILE,
+    HOW_TO_ADD,
+    MAX_CONTRACT_BYTES,
+    Contract,
+    ContractError,
+    contract_from_signature,
+    parse_contract,
+    signature_mismatches,
+)
+from watcher.errors import ContractInvalid, Permanent, Retryable
+from watcher.logs import redact
+from watcher.registry import Registry, VersionInfo
+
+log = logging.getLogger(__name__)
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken", "ExpiredToken"}
+
+
+class S3Store:
+    """Reads small objects from S3 (or MinIO, moto) by `s3://bucket/key` URI."""
+
+    def __init__(self, endpoint_url: str | None, access_key: str | None, secret_key: str | None) -> None:
+        self._s3 = boto3.client(
+            "s3", endpoint_url=endpoint_url, aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+            config=Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"}))
+
+    def read(self, uri: str, limit: int = MAX_CONTRACT_BYTES + 1) -> bytes | None:
+        """The object's first `limit` bytes, or None when there is no such object."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            raise Permanent(f"artifact location {redact(uri)} is not on S3; Service Builder reads contracts from S3")
+        bucket, key = parsed.netloc, parsed.path.lstrip("/")
+        try:
+            response = self._s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit - 1}")
+            return bytes(response["Body"].read())
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING:
+                return None
+            if code == "NoSuchBucket":
+                raise Permanent(f"S3 bucket {bucket!r} does not exist (reading s3://{bucket}/{key})") from e
+            if code in _DENIED:
+                raise Permanent(f"S3 refused access to s3://{bucket}/{key} ({code}); check the S3 credentials") from e
+            raise Retryable(f"S3 error {code} reading s3://{bucket}/{key}") from e
+        except BotoCoreError as e:
+            raise Retryable(f"S3 unreachable reading s3://{bucket}/{key}: {type(e).__name__}") from e
+
+
+@dataclass(frozen=True)
+class FoundContract:
+    contract: Contract
+    origin: str
+    """Where it came from: an s3:// URI, or `signature` when derived."""
+
+
+def fetch_contract(store: S3Store, registry: Registry, version: VersionInfo) -> FoundContract:
+    """The version's validated contract, or ContractInvalid / Permanent / Retryable saying why not."""
+    model_uri = registry.artifact_uri(version).rstrip("/")
+    candidates = [f"{model_uri}/{CONTRACT_FILE}", f"{model_uri}/extra_files/{CONTRACT_FILE}"]
+    if version.run_id:
+        candidates.append(f"{registry.run_artifact_uri(version.run_id).rstrip('/')}/{CONTRACT_FILE}")
+    signature, example = _signature(store, model_uri)
+    for uri in candidates:
+        data = store.read(uri)
+        if data is not None:
+            contract = _parse(data, uri)
+            if signature and (problems := signature_mismatches(contract, signature)):
+                raise ContractInvalid(f"contract.yaml disagrees with the model signature: {'; '.join(problems[:5])}")
+            return FoundContract(contract, uri)
+    if signature is None:
+        raise ContractInvalid(f"no contract.yaml and no model signature for {version}; {HOW_TO_ADD}")
+    try:
+        return FoundContract(contract_from_signature(signature, example), "signature")
+    except ContractError as e:
+        raise ContractInvalid(str(e)) from e
+
+
+def _parse(data: bytes, uri: str) -> Contract:
+    try:
+        return parse_contract(data)
+    except ContractError as e:
+        raise ContractInvalid(f"{e} ({uri.rsplit('/', 2)[-2]}/{CONTRACT_FILE})") from e
+
+
+def _signature(store: S3Store, model_uri: str) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+    """The column signature and input example from the MLmodel file, when the model has them."""
+    raw = store.read(f"{model_uri}/MLmodel")
+    if raw is None:
+        return None, None
+    try:
+        mlmodel = yaml.safe_load(raw) or {}
+        inputs = json.loads(mlmodel.get("signature", {}).get("inputs") or "null")
+    except (yaml.YAMLError, ValueError, AttributeError):
+        log.warning("unreadable MLmodel at %s", model_uri)
+        return None, None
+    if not isinstance(inputs, list) or not all(isinstance(c, dict) for c in inputs):
+        return None, None
+    example_info = mlmodel.get("saved_input_example_info") or {}
+    example = _example(store.read(f"{model_uri}/{example_info['artifact_path']}")) if "artifact_path" in example_info \
+        else None
+    return inputs, example
+
+
+def _example(raw: bytes | None) -> list[dict[str, Any]] | None:
+    """MLflow saves pandas examples in split orientation: {"columns": [...], "data": [[...]]}."""
+    try:
+        document = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if isinstance(document, dict) and isinstance(document.get("columns"), list):
+        return [dict(zip(document["columns"], row, strict=False)) for row in document.get("data", [])]
+    return None

@@ -1,0 +1,136 @@
+"""`python -m watcher ...`: every trigger and developer command, all on the one reconcile code path.
+
+Exit codes: 0 done (per-model failures are recorded as tags, not exit codes); 1 the pass could not
+run (registry or cluster unreachable) or the named model failed; 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from watcher.errors import PassAborted, ServiceBuilderError, SettingsInvalid
+from watcher.logs import configure_logging, register_secrets
+from watcher.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from watcher.reconcile import Deps
+
+log = logging.getLogger("watcher")
+# Bounded MLflow retries: a failing call must not stall the pass for minutes (users may override).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m watcher", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+    run_once = commands.add_parser("run-once", help="one reconcile pass (what the CronJob runs)")
+    run_once.add_argument("--dry-run", action="store_true", help="print the plan and manifests, write nothing")
+    run_once.add_argument("--model", help="reconcile only this registered model")
+    watch = commands.add_parser("watch", help="reconcile every POLL_INTERVAL_SECONDS until SIGTERM")
+    watch.add_argument("--once", action="store_true", help="one pass, then exit")
+    watch.add_argument("--dry-run", action="store_true")
+    render = commands.add_parser("render", help="print the validated manifests for one version")
+    render.add_argument("name")
+    render.add_argument("version", type=int)
+    deploy = commands.add_parser("deploy", help="deploy one version now (the next pass follows the selector)")
+    deploy.add_argument("name")
+    deploy.add_argument("version", type=int)
+    deploy.add_argument("--target", choices=["kubernetes", "local"], help="overrides DEPLOY_TARGET")
+    undeploy = commands.add_parser("undeploy", help="remove a model's objects and tag its version undeployed")
+    undeploy.add_argument("name")
+    undeploy.add_argument("--target", choices=["kubernetes", "local"])
+    status = commands.add_parser("status", help="table of managed deployments")
+    status.add_argument("--target", choices=["kubernetes", "local"])
+    commands.add_parser("serve-webhooks", help="receive MLflow registry webhooks and reconcile at once")
+    register = commands.add_parser("register-webhook", help="create or update the MLflow webhook")
+    register.add_argument("url")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        overrides = {"deploy_target": args.target} if getattr(args, "target", None) else {}
+        settings = load_settings(**overrides)
+    except SettingsInvalid as e:
+        configure_logging()
+        log.error("%s", e)
+        return 2
+    register_secrets(s.get_secret_value() for s in (settings.aws_secret_access_key, settings.aws_access_key_id,
+                                                     settings.k8s_api_key, settings.webhook_secret) if s)
+    configure_logging(settings.log_format)
+    try:
+        return _dispatch(args, settings)
+    except PassAborted as e:
+        log.error("pass aborted: %s", e)
+        return 1
+    except ServiceBuilderError as e:
+        log.error("%s", e)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from watcher import commands
+
+    if args.command == "run-once":
+        commands.reconcile(build_deps(settings), dry_run=args.dry_run, only_model=args.model)
+        return 0
+    if args.command == "watch":
+        from watcher.loop import run_watch
+
+        return run_watch(settings, build_deps, once=args.once, dry_run=args.dry_run)
+    if args.command == "render":
+        return commands.render(build_deps(settings), args.name, args.version)
+    if args.command == "deploy":
+        return commands.deploy(build_deps(settings), args.name, args.version)
+    if args.command == "undeploy":
+        return commands.undeploy(build_deps(settings), args.name)
+    if args.command == "status":
+        return commands.status(build_deps(settings))
+    if args.command == "serve-webhooks":
+        from watcher.webhooks import serve
+
+        return serve(settings, build_deps)
+    if args.command == "register-webhook":
+        from watcher.webhooks import register
+
+        return register(settings, args.url)
+    raise AssertionError(args.command)
+
+
+def build_deps(settings: Settings, **overrides: object) -> Deps:
+    """The real collaborators for `settings` (tests pass their own `Deps` instead)."""
+    from watcher.artifacts import S3Store
+    from watcher.reconcile import Deps
+    from watcher.registry import Registry
+    from watcher.render import Renderer
+
+    target: object
+    if settings.deploy_target == "local":
+        from watcher.local import LocalTarget
+
+        target = LocalTarget(settings)
+    else:
+        from watcher.cluster import KubernetesTarget
+
+        target = KubernetesTarget(settings)
+    secret = settings.aws_secret_access_key
+    key = settings.aws_access_key_id
+    parts: dict[str, object] = {
+        "settings": settings,
+        "registry": Registry(settings.mlflow_tracking_uri, settings.search_page_size),
+        "store": S3Store(settings.mlflow_s3_endpoint_url, key.get_secret_value() if key else None,
+                         secret.get_secret_value() if secret else None),
+        "target": target, "renderer": Renderer(settings), "clock": lambda: datetime.now(UTC),
+    }
+    parts.update(overrides)
+    return Deps(**parts)  # type: ignore[arg-type]
+

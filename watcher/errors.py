@@ -1,0 +1,35 @@
+"""The watcher's own error tree. Client modules translate MLflow, boto3 and Kubernetes errors into these.
+
+`Retryable` failures are worth another try on the next pass; `Permanent` ones need a person to
+change something (the message says what). `PassAborted` means the pass itself cannot run.
+"""
+
+from __future__ import annotations
+
+
+class ServiceBuilderError(Exception):
+    """Base of every error the watcher raises on purpose; the message is safe to show and tag."""
+
+
+class Retryable(ServiceBuilderError):
+    """A transient fault (network, 5xx, conflict): the next pass tries again."""
+
+
+class Permanent(ServiceBuilderError):
+    """Something a person must fix (bad contract, missing permission, name clash)."""
+
+
+class ContractInvalid(Permanent):
+    """The model's contract is missing or unusable."""
+
+
+class RolloutFailed(Permanent):
+    """The new version never became ready; the previous one keeps serving."""
+
+
+class PassAborted(ServiceBuilderError):
+    """The registry or the cluster cannot be reached: the pass cannot run at all."""
+
+
+class SettingsInvalid(ServiceBuilderError):
+    """An environment variable has a value the watcher cannot use."""

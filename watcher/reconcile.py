@@ -1,0 +1,234 @@
+"""One reconcile pass: find → decide → fetch → render → apply → record. Called by every trigger.
+
+`reconcile_once` does exactly one pass and returns a `PassReport`; the CronJob, the `watch` loop,
+the webhook receiver and the CLI all go through it. A failure in one model is recorded on that
+model and the pass goes on; only an unreachable registry or cluster aborts the pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+import yaml
+
+from model_wrapper.naming import model_slug
+from watcher import record
+from watcher.artifacts import S3Store, fetch_contract
+from watcher.errors import Permanent, ServiceBuilderError
+from watcher.lease import Busy
+from watcher.plan import Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
+from watcher.registry import Registry, VersionInfo
+from watcher.render import Release, Rendered, Renderer
+from watcher.settings import Settings
+from watcher.smoke import smoke_test
+
+log = logging.getLogger(__name__)
+
+
+class Snapshot(Protocol):
+    def live(self) -> list[Live]: ...
+
+
+class Target(Protocol):
+    """Where models run (Kubernetes or local processes); see watcher.cluster and watcher.local."""
+
+    def observe(self) -> Any: ...
+    def apply(self, rendered: Rendered, snapshot: Any) -> None: ...
+    def wait_ready(self, rendered: Rendered, timeout: float) -> None: ...
+    def finish(self, rendered: Rendered, snapshot: Any) -> None: ...
+    def roll_back(self, rendered: Rendered, snapshot: Any) -> None: ...
+    def remove(self, slug: str, snapshot: Any) -> None: ...
+    def exclusive(self) -> Any: ...
+    def endpoint(self, slug: str) -> str: ...
+    def smoke_base(self, slug: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Deps:
+    """Everything a pass talks to, passed in (tests build their own)."""
+
+    settings: Settings
+    registry: Registry
+    store: S3Store
+    target: Target
+    renderer: Renderer
+    clock: Callable[[], datetime]
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class PassReport:
+    found: int = 0
+    deployed: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    superseded: int = 0
+    undeployed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    skipped: str = ""
+    """Why the pass did nothing (another watcher held the lease), else empty."""
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        counts = ("found", "deployed", "updated", "unchanged", "superseded", "undeployed", "failed")
+        text = " ".join(f"{name}={getattr(self, name)}" for name in counts)
+        return f"pass done: {text} duration={self.seconds:.2f}s" + (f" skipped: {self.skipped}" if self.skipped else "")
+
+
+def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None = None,
+                   out: Callable[[str], None] = print) -> PassReport:
+    """One pass. Raises PassAborted only when the registry or the cluster cannot be reached."""
+    started = time.monotonic()
+    report = PassReport()
+    the_plan, snapshot = _decide(deps, only_model)
+    report.found, report.unchanged = the_plan.found, len(the_plan.unchanged)
+    if dry_run:
+        _print_plan(deps, the_plan, out)
+    elif the_plan.actions:
+        try:
+            with deps.target.exclusive():
+                # Re-read under the lease: another watcher may have acted since we looked.
+                the_plan, snapshot = _decide(deps, only_model)
+                report.unchanged = len(the_plan.unchanged)
+                for action in the_plan.actions:
+                    if deps.stop_requested():
+                        log.warning("stop requested: leaving the remaining actions to the next pass")
+                        break
+                    _perform(deps, action, snapshot, report)
+        except Busy as e:
+            report.skipped = str(e)
+    report.seconds = time.monotonic() - started
+    log.info("%s", report.summary())
+    return report
+
+
+def _decide(deps: Deps, only_model: str | None) -> tuple[Plan, Any]:
+    selected = deps.registry.selected(deps.settings.parsed_selector)
+    snapshot = deps.target.observe()
+    live = snapshot.live()
+    if only_model is not None:
+        selected = [v for v in selected if v.name == only_model]
+        live = [item for item in live if item.model == only_model or item.slug == model_slug(only_model)]
+    return plan(selected, live, slug_of=model_slug, spec_hash_of=lambda v, item: _spec_hash(deps, v, item),
+                attempt_of=lambda v: attempt_key(deps, v)), snapshot
+
+
+def _spec_hash(deps: Deps, version: VersionInfo, live: Live) -> str:
+    return deps.renderer.render(_release(version, live.slug, live.serving), validate=False).spec_hash
+
+
+def attempt_key(deps: Deps, version: VersionInfo) -> str:
+    """Identifies one attempt's inputs: a permanent failure is not retried until one of these changes."""
+    text = "|".join([version.name, str(version.version), version.source, version.run_id or "",
+                     deps.settings.fingerprint(), deps.renderer.templates_digest])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _release(version: VersionInfo, slug: str, serving: Any = None) -> Release:
+    kwargs = {"serving": serving} if serving is not None else {}
+    return Release(name=version.name, version=version.version, source=version.source, run_id=version.run_id,
+                   slug=slug, **kwargs)
+
+
+def _perform(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
+    subject = action.live.model if isinstance(action, Undeploy) else str(action.version)
+    try:
+        if isinstance(action, Deploy):
+            _deploy(deps, action, snapshot, report)
+        elif isinstance(action, RecordDeployed):
+            deps.target.wait_ready(deps.renderer.render(_release(action.version, action.live.slug,
+                                                                 action.live.serving)), 30)
+            record.deployed(deps, action.version, action.live.slug, fresh=False)
+            report.unchanged += 1
+        elif isinstance(action, Supersede):
+            record.superseded(deps, action.version, action.winner)
+            report.superseded += 1
+        elif isinstance(action, Undeploy):
+            deps.target.remove(action.live.slug, snapshot)
+            record.undeployed(deps, action.live)
+            report.undeployed += 1
+        elif isinstance(action, Clash):
+            raise Permanent(action.message)
+    except ServiceBuilderError as e:
+        report.failed += 1
+        report.failures.append(f"{subject}: {e}")
+        log.error("%s: %s", subject, e)
+        if not isinstance(action, Undeploy):
+            record.failed(deps, action.version, e, attempt_key(deps, action.version))
+
+
+def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> None:
+    version, settings = action.version, deps.settings
+    log.info("%s: %s deploy as %s", version, action.reason, action.slug)
+    if action.reason in ("new", "update"):
+        record.deploying(deps, version)
+    found = fetch_contract(deps.store, deps.registry, version)
+    rendered = deps.renderer.render(_release(version, action.slug, found.contract.serving))
+    with _rolled_back_on_failure(deps, rendered, snapshot):
+        deps.target.apply(rendered, snapshot)
+        deps.target.wait_ready(rendered, settings.rollout_timeout_seconds)
+        base = deps.target.smoke_base(action.slug)
+        if base and found.contract.examples:
+            smoke_test(base, found.contract.examples)
+    deps.target.finish(rendered, snapshot)
+    record.deployed(deps, version, action.slug, fresh=action.reason in ("new", "update"))
+    previous = action.previous
+    if previous is not None and previous.model == version.name and previous.version not in (None, version.version):
+        record.superseded(deps, VersionInfo(version.name, int(previous.version or 0), "", None), version.version)
+        report.superseded += 1
+    if action.reason == "new":
+        report.deployed += 1
+    else:
+        report.updated += 1
+    log.info("%s: %s at %s", version, "deployed", deps.target.endpoint(action.slug))
+
+
+@contextmanager
+def _rolled_back_on_failure(deps: Deps, rendered: Rendered, snapshot: Any) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        try:
+            deps.target.roll_back(rendered, snapshot)
+        except ServiceBuilderError as e:
+            log.error("%s: roll-back incomplete (%s); the next pass converges", rendered.release, e)
+        raise
+
+
+def _print_plan(deps: Deps, the_plan: Plan, out: Callable[[str], None]) -> None:
+    if not the_plan.actions:
+        out("nothing to do")
+    for action in the_plan.actions:
+        out(f"- {describe(action)}")
+        if isinstance(action, Deploy):
+            try:
+                out(render_version(deps, action.version, action.slug))
+            except ServiceBuilderError as e:
+                out(f"  would fail: {e}")
+
+
+def render_version(deps: Deps, version: VersionInfo, slug: str) -> str:
+    """The validated manifests for one version, as YAML (reads its contract; writes nothing)."""
+    found = fetch_contract(deps.store, deps.registry, version)
+    rendered = deps.renderer.render(_release(version, slug, found.contract.serving))
+    return yaml.safe_dump_all(rendered.manifests, sort_keys=False)
+
+
+def describe(action: Action) -> str:
+    if isinstance(action, Deploy):
+        return f"{action.reason}: {action.version} as {action.slug}"
+    if isinstance(action, RecordDeployed):
+        return f"record deployed: {action.version}"
+    if isinstance(action, Supersede):
+        return f"supersede: {action.version} (v{action.winner} wins)"
+    if isinstance(action, Undeploy):
+        return f"undeploy: {action.live.model or action.live.slug} v{action.live.version}"
+    return f"clash: {action.version}: {action.message}"

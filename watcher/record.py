@@ -1,0 +1,72 @@
+"""Step 6 of the pass: write the outcome on the model version, as the registry contract names it.
+
+Only tags whose value changes are written, so a pass that changes nothing writes nothing.
+Messages are redacted and short: a researcher reads them in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from watcher.errors import Permanent, ServiceBuilderError
+from watcher.logs import redact
+from watcher.plan import ATTEMPT, STATUS, Live
+from watcher.registry import VersionInfo
+
+if TYPE_CHECKING:
+    from watcher.reconcile import Deps
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE = 500
+
+
+def deploying(deps: Deps, version: VersionInfo) -> None:
+    _write(deps, version, {STATUS: "deploying", "deployment_message": "Rolling out; this tag changes when done."})
+
+
+def deployed(deps: Deps, version: VersionInfo, slug: str, *, fresh: bool) -> None:
+    """Record a ready version; `deployed_at` moves only when a new rollout happened."""
+    endpoint = deps.target.endpoint(slug)
+    tags = {STATUS: "deployed", "model_endpoint": endpoint, "deployed": "true", "deployment_name": slug,
+            "deployment_message": f"Serving version {version.version} at {endpoint}", ATTEMPT: ""}
+    if fresh or "deployed_at" not in version.tags:
+        tags["deployed_at"] = deps.clock().isoformat(timespec="seconds")
+    _write(deps, version, tags)
+
+
+def superseded(deps: Deps, version: VersionInfo, winner: int) -> None:
+    _write(deps, version, {STATUS: "superseded", "deployed": "false",
+                           "deployment_message": f"Replaced by version {winner} of this model."})
+
+
+def undeployed(deps: Deps, live: Live) -> None:
+    if not live.model or live.version is None:
+        return
+    version = deps.registry.get(live.model, live.version)
+    if version is None:
+        log.info("%s v%s: undeployed; the version no longer exists, so there is nothing to tag",
+                 live.model, live.version)
+        return
+    _write(deps, version, {STATUS: "undeployed", "deployed": "false",
+                           "deployment_message": "Undeployed: no version of this model is selected any more."})
+
+
+def failed(deps: Deps, version: VersionInfo, error: ServiceBuilderError, attempt: str) -> None:
+    """Record why; a permanent failure remembers its inputs so it is not retried until they change."""
+    message = redact(str(error))[:MAX_MESSAGE]
+    tags = {STATUS: "failed", "deployment_message": message, ATTEMPT: attempt if isinstance(error, Permanent) else ""}
+    if version.tags.get(STATUS) != "deployed":
+        tags["deployed"] = "false"
+    try:
+        _write(deps, version, tags)
+    except ServiceBuilderError as e:
+        log.error("%s: could not record the failure (%s)", version, e)
+
+
+def _write(deps: Deps, version: VersionInfo, tags: dict[str, str]) -> None:
+    changed = {key: value for key, value in tags.items() if version.tags.get(key) != value}
+    if changed:
+        deps.registry.set_tags(version, changed)
+        if isinstance(version.tags, dict):
+            version.tags.update(changed)  # later writes in this pass compare against what is now true

@@ -1,0 +1,163 @@
+"""The MLflow model registry as the watcher sees it: find selected versions, resolve artifacts, write tags.
+
+The only watcher module that imports mlflow. Its errors leave as the watcher's own
+(`watcher.errors`), with the registry's message but never a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import requests
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException, RestException
+
+from watcher.errors import PassAborted, Permanent, Retryable, ServiceBuilderError
+from watcher.logs import redact
+from watcher.settings import Selector
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+REGISTERED_MODEL_PAGE = 1000  # the server's maximum for search_registered_models
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered model version, as much of it as the watcher needs."""
+
+    name: str
+    version: int
+    source: str
+    run_id: str | None
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class VersionGone(Permanent):
+    """The version (or its whole model) no longer exists."""
+
+
+class Registry:
+    """MLflow registry calls, each translated into the watcher's error tree."""
+
+    def __init__(self, tracking_uri: str, page_size: int = 1000, client: MlflowClient | None = None) -> None:
+        self._client = client or MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._page_size = page_size
+
+    def selected(self, selector: Selector) -> list[VersionInfo]:
+        """Every READY version the selector picks, with server-side filtering and paging."""
+        with _translated("search the registry", abort=True):
+            if selector.kind == "tag":
+                query = f"tags.`{selector.key}` = '{selector.value}'"
+                return [_info(v) for v in self._versions(query) if v.status == "READY"]
+            if selector.kind == "alias":
+                return list(self._aliased(selector.key))
+            return [_info(v) for model in self._models() for v in model.latest_versions or []
+                    if (v.current_stage or "").lower() == selector.key.lower() and v.status == "READY"]
+
+    def get(self, name: str, version: int) -> VersionInfo | None:
+        """One version, or None when it (or its model) does not exist."""
+        try:
+            with _translated(f"read {name} v{version}"):
+                return _info(self._client.get_model_version(name, str(version)))
+        except VersionGone:
+            return None
+
+    def set_tags(self, version: VersionInfo, tags: Mapping[str, str]) -> None:
+        """Write `tags` on the version; a vanished version is not an error (nothing to tell)."""
+        for key, value in tags.items():
+            try:
+                with _translated(f"tag {version}"):
+                    self._client.set_model_version_tag(version.name, str(version.version), key, value)
+            except VersionGone:
+                log.info("%s: no longer exists, tag %s not written", version, key)
+                return
+
+    def artifact_uri(self, version: VersionInfo) -> str:
+        """Where the version's model files are (for MLflow 3 `models:/m-…` sources, the logged model's)."""
+        with _translated(f"locate the artifacts of {version}"):
+            return str(self._client.get_model_version_download_uri(version.name, str(version.version)))
+
+    def run_artifact_uri(self, run_id: str) -> str:
+        with _translated(f"locate the artifacts of run {run_id}"):
+            return str(self._client.get_run(run_id).info.artifact_uri)
+
+    def _versions(self, query: str) -> Iterator[ModelVersion]:
+        token = None
+        while True:
+            page = self._client.search_model_versions(query, max_results=self._page_size, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def _models(self) -> Iterator[Any]:
+        token = None
+        while True:
+            page = self._client.search_registered_models(max_results=REGISTERED_MODEL_PAGE, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def _aliased(self, alias: str) -> Iterator[VersionInfo]:
+        # Aliases cannot be filtered on the server; registered models are paged (1000 a call)
+        # and only the aliased versions are read, never every version.
+        for model in self._models():
+            number = (model.aliases or {}).get(alias)
+            if number is not None:
+                version = self._client.get_model_version(model.name, str(number))
+                if version.status == "READY":
+                    yield _info(version)
+
+
+def _info(version: ModelVersion) -> VersionInfo:
+    return VersionInfo(name=version.name, version=int(version.version), source=version.source or "",
+                       run_id=version.run_id or None, tags=dict(version.tags or {}))
+
+
+class _translated:
+    """Context manager: MLflow/requests errors in, the watcher's errors out."""
+
+    def __init__(self, doing: str, *, abort: bool = False) -> None:
+        self._doing = doing
+        self._abort = abort
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
+        if error is None or isinstance(error, ServiceBuilderError) or not isinstance(error, Exception):
+            return False
+        raise _translate(error, self._doing, self._abort) from error
+
+
+def _translate(error: Exception, doing: str, abort: bool) -> ServiceBuilderError:
+    message = f"could not {doing}: {redact(_short(error))}"
+    if isinstance(error, RestException) and error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return VersionGone(message)
+    status = error.get_http_status_code() if isinstance(error, MlflowException) else None
+    unreachable = isinstance(error, requests.RequestException | OSError) or (
+        isinstance(error, MlflowException) and not isinstance(error, RestException))
+    if abort and (unreachable or (status or 0) >= 500):
+        return PassAborted(f"MLflow registry unreachable: {message}")
+    if unreachable or (status or 0) >= 500 or status == 429:
+        return Retryable(message)
+    return Permanent(message)
+
+
+def _short(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:300]
+
+
+def call_with(fn: Callable[[], T], doing: str) -> T:
+    """Run one registry call under the same translation (for callers outside this module)."""
+    with _translated(doing):
+        return fn()

@@ -1,0 +1,156 @@
+"""Step 4 of the pass: render a model version's Deployment, Service and Ingress, then validate them.
+
+Pure once the templates are loaded: the same release and settings always give the same
+manifests and the same spec hash, so the plan can tell "nothing changed" without I/O.
+Registry values reach the YAML only through `|tojson`, and every manifest is checked
+against the official Kubernetes schemas before anything is sent to a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import jinja2
+import kubernetes_validate
+import yaml
+
+from model_wrapper.contract import Serving
+from watcher.errors import Permanent
+from watcher.settings import Settings
+
+TEMPLATES_DIR = Path(os.environ.get("SERVICE_BUILDER_TEMPLATES", Path(__file__).resolve().parent.parent / "k8s_templates"))
+TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "ingress.yaml.j2")
+KUBERNETES_SCHEMA_VERSION = "1.33"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "service-builder"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+ANNOTATION = "service-builder.io/"
+SPEC_HASH = ANNOTATION + "spec-hash"
+MODEL_NAME = ANNOTATION + "model-name"
+MODEL_VERSION = ANNOTATION + "model-version"
+SERVING = ANNOTATION + "serving"
+_OPTIONAL_MLFLOW_SECRETS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+@dataclass(frozen=True)
+class Release:
+    """One model version as it should run: everything the templates need from the registry and contract."""
+
+    name: str
+    version: int
+    source: str
+    run_id: str | None
+    slug: str
+    serving: Serving = Serving()
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    release: Release
+    manifests: tuple[dict[str, Any], ...]
+    """Deployment, Service, Ingress: the order they are applied in."""
+    spec_hash: str
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return self.manifests[0]
+
+
+class Renderer:
+    def __init__(self, settings: Settings, templates_dir: Path = TEMPLATES_DIR) -> None:
+        self._settings = settings
+        environment = jinja2.Environment(  # noqa: S701 - YAML output; values are escaped by |tojson
+            loader=jinja2.FileSystemLoader(templates_dir), undefined=jinja2.StrictUndefined, autoescape=False)
+        self._templates = [environment.get_template(name) for name in TEMPLATES]
+        sources = b"".join((templates_dir / name).read_bytes() for name in TEMPLATES)
+        self.templates_digest = hashlib.sha256(sources).hexdigest()[:16]
+
+    def render(self, release: Release, *, validate: bool = True) -> Rendered:
+        """Manifests and their hash; `validate=False` only for comparing hashes, never for applying."""
+        context = self._context(release)
+        manifests = tuple(_load(template.render(context), template.name or "") for template in self._templates)
+        spec_hash = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:16]
+        for manifest in manifests:
+            manifest["metadata"]["annotations"][SPEC_HASH] = spec_hash
+            if validate:
+                validate_manifest(manifest)
+        return Rendered(release, manifests, spec_hash)
+
+    def _context(self, release: Release) -> dict[str, Any]:
+        s = self._settings
+        selector = {INSTANCE_LABEL: release.slug, MANAGED_BY_LABEL: MANAGED_BY}
+        annotations = {MODEL_NAME: release.name, MODEL_VERSION: str(release.version),
+                       ANNOTATION + "run-id": release.run_id or "", ANNOTATION + "source": release.source,
+                       SERVING: json.dumps(release.serving.model_dump(exclude_none=True), sort_keys=True)}
+        return {
+            "slug": release.slug, "namespace": s.k8s_name_space, "host": s.service_builder_host_name,
+            "api_path": f"/{release.slug}/api", "image": s.model_wrapper_image,
+            "labels": {**selector, "app.kubernetes.io/name": "model-wrapper",
+                       "app.kubernetes.io/version": str(release.version)},
+            "selector_labels": selector, "annotations": annotations,
+            "pod_annotations": {MODEL_NAME: release.name, MODEL_VERSION: str(release.version)},
+            "replicas": release.serving.replicas or s.default_replicas,
+            "progress_deadline_seconds": max(60, int(s.rollout_timeout_seconds)),
+            "env": self._env(release), "secret_env": self._secret_env(), "resources": self._resources(release),
+            "cache_size": "2Gi", "ingress_class_name": s.ingress_class_name, "tls_secret_name": s.tls_secret_name,
+        }
+
+    def _env(self, release: Release) -> dict[str, str]:
+        env = {"MODEL_NAME": release.name, "MODEL_VERSION": str(release.version), "MODEL_SOURCE": release.source,
+               "MODEL_RUN_ID": release.run_id or "", "MODEL_SLUG": release.slug, "PORT": "8080",
+               "MLFLOW_TRACKING_URI": _without_userinfo(self._settings.mlflow_tracking_uri),
+               "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": "/tmp", "LOG_FORMAT": "json"}  # noqa: S108
+        if self._settings.mlflow_s3_endpoint_url:
+            env["MLFLOW_S3_ENDPOINT_URL"] = _without_userinfo(self._settings.mlflow_s3_endpoint_url)
+        return env
+
+    def _secret_env(self) -> dict[str, dict[str, Any]]:
+        s3 = self._settings.s3_secret_name
+        refs = {key: {"secret": s3, "key": key, "optional": False} for key in ("AWS_ACCESS_KEY_ID",
+                                                                              "AWS_SECRET_ACCESS_KEY")}
+        refs.update({key: {"secret": s3, "key": key, "optional": True} for key in _OPTIONAL_MLFLOW_SECRETS})
+        if self._settings.api_keys_secret_name:
+            refs["API_KEYS"] = {"secret": self._settings.api_keys_secret_name, "key": "API_KEYS", "optional": False}
+        return refs
+
+    def _resources(self, release: Release) -> dict[str, dict[str, str]]:
+        s = self._settings
+        requests = {"cpu": s.default_cpu_request, "memory": s.default_memory_request}
+        limits = {"memory": s.default_memory_limit}
+        if release.serving.resources is not None:
+            requests.update(release.serving.resources.requests)
+            limits.update(release.serving.resources.limits)
+        return {"requests": requests, "limits": limits}
+
+
+def validate_manifest(manifest: dict[str, Any]) -> None:
+    """Check one manifest against the official schema (strict: unknown fields fail)."""
+    try:
+        kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        path = ".".join(str(p) for p in e.path) or "(top level)"
+        raise Permanent(f"rendered {manifest.get('kind')} is invalid at {path}: {e.message[:200]}") from e
+
+
+def _load(text: str, name: str) -> dict[str, Any]:
+    document = yaml.safe_load(text)
+    if not isinstance(document, dict) or "kind" not in document:
+        raise Permanent(f"template {name} did not render one Kubernetes object")
+    return document
+
+
+def _without_userinfo(url: str) -> str:
+    """Credentials never go into a manifest: pods get them from the Secret instead."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

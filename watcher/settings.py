@@ -1,0 +1,144 @@
+"""The watcher's one settings object, read from the environment names ops already use.
+
+Validated at start-up (`load_settings`); a bad value ends as one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from watcher.errors import SettingsInvalid
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_HOST = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which model versions are meant to be live: `tag:KEY=VALUE`, `alias:NAME` or `stage:NAME`."""
+
+    kind: Literal["tag", "alias", "stage"]
+    key: str
+    value: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Selector:
+        kind, _, rest = text.partition(":")
+        if kind == "tag" and re.fullmatch(r"[\w.\-/ ]{1,250}=[^'\\]{1,500}", rest):
+            key, _, value = rest.partition("=")
+            return cls("tag", key, value)
+        if kind in ("alias", "stage") and re.fullmatch(r"[\w.\-]{1,250}", rest):
+            return cls(kind, rest)  # type: ignore[arg-type]
+        raise ValueError(f"{text!r} is not a selector; use tag:KEY=VALUE, alias:NAME or stage:NAME")
+
+    def __str__(self) -> str:
+        return f"tag:{self.key}={self.value}" if self.kind == "tag" else f"{self.kind}:{self.key}"
+
+
+class Settings(BaseSettings):
+    """Everything the watcher reads from its environment."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
+
+    mlflow_tracking_uri: str = Field(min_length=1)
+    """The MLflow tracking server that holds the model registry."""
+    mlflow_s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, moto); unset for AWS S3."""
+    aws_access_key_id: SecretStr | None = None
+    """S3 access key; read from a Secret, never logged."""
+    aws_secret_access_key: SecretStr | None = None
+    """S3 secret key; read from a Secret, never logged."""
+    k8s_name_space: str = Field(default="default", pattern=_DNS_LABEL)
+    """The namespace models are deployed into (and the only one the watcher touches)."""
+    k8s_api: str | None = None
+    """API server URL for bearer-token access; otherwise in-cluster config, otherwise kubeconfig."""
+    k8s_api_key: SecretStr | None = None
+    """Bearer token that goes with K8S_API."""
+    k8s_verify_ssl: bool = True
+    """Verify the API server's certificate when K8S_API is used."""
+    service_builder_host_name: str = Field(
+        default="localhost", pattern=_HOST, max_length=253,
+        validation_alias=AliasChoices("SERVICE_BUILDER_HOST_NAME", "DPM360_SERVICE_BUILDER_HOST_NAME"))
+    """Host name of the Ingress that serves every model under /<slug>/api/."""
+    model_wrapper_image: str = Field(default="service-builder/model-wrapper:0.1.0", pattern=r"^[A-Za-z0-9._/:@-]+$", max_length=255)
+    """The shared model-wrapper image every model Deployment runs."""
+    selector: str = "tag:deploy=production"
+    """Which versions should be live: tag:KEY=VALUE, alias:NAME or stage:NAME."""
+    poll_interval_seconds: int = Field(default=120, ge=1, le=86_400)
+    """Seconds between passes of `watch`."""
+    deploy_target: Literal["kubernetes", "local"] = "kubernetes"
+    """Where models run: Kubernetes, or wrapper processes on this machine (`local`)."""
+    rollout_timeout_seconds: float = Field(default=300, gt=0, le=3600)
+    """How long to wait for a new version to become ready before rolling back."""
+    smoke_test: Literal["auto", "on", "off"] = "auto"
+    """Predict the contract's examples after a rollout: `auto` does so where the endpoint is reachable."""
+    ingress_class_name: str | None = Field(default=None, pattern=_DNS_LABEL)
+    """Optional ingressClassName for the model Ingresses."""
+    tls_secret_name: str | None = Field(default=None, pattern=_DNS_LABEL)
+    """Optional TLS Secret for the Ingress host; endpoints become https."""
+    s3_secret_name: str = Field(default="service-builder-s3", pattern=_DNS_LABEL)
+    """Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY that model pods read via secretKeyRef."""
+    api_keys_secret_name: str | None = Field(default=None, pattern=_DNS_LABEL)
+    """Optional Secret (key API_KEYS) that switches on API keys for every model endpoint."""
+    default_replicas: int = Field(default=1, ge=1, le=50)
+    """Replicas when the contract has no serving.replicas."""
+    default_cpu_request: str = Field(default="100m", pattern=_QUANTITY)
+    default_memory_request: str = Field(default="256Mi", pattern=_QUANTITY)
+    default_memory_limit: str = Field(default="1Gi", pattern=_QUANTITY)
+    local_state_dir: Path = Path(".state/local")
+    """Where the local target keeps track of the wrapper processes it started."""
+    search_page_size: int = Field(default=1000, ge=1, le=200_000)
+    """Versions per MLflow search page."""
+    log_format: Literal["text", "json"] = "text"
+    """`json` prints one JSON object per line (for clusters)."""
+    webhook_secret: SecretStr | None = None
+    """Shared secret of the MLflow webhook (HMAC-SHA256); required by serve-webhooks."""
+    webhook_port: int = Field(default=8081, ge=1, le=65_535)
+    """Port of the webhook receiver."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+    """Serve Prometheus metrics on this port during `watch` (off when unset)."""
+    lease_name: str = Field(default="service-builder", pattern=_DNS_LABEL)
+    """The coordination Lease that keeps two watchers from acting at once."""
+
+    @field_validator("selector")
+    @classmethod
+    def _selector_parses(cls, value: str) -> str:
+        Selector.parse(value)
+        return value
+
+    @property
+    def parsed_selector(self) -> Selector:
+        return Selector.parse(self.selector)
+
+    @property
+    def endpoint_scheme(self) -> str:
+        return "https" if self.tls_secret_name else "http"
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings that shape a deployment (not secrets, not timing)."""
+        shaping = self.model_dump(include={
+            "k8s_name_space", "service_builder_host_name", "model_wrapper_image", "ingress_class_name",
+            "tls_secret_name", "s3_secret_name", "api_keys_secret_name", "default_replicas",
+            "default_cpu_request", "default_memory_request", "default_memory_limit", "mlflow_tracking_uri",
+            "mlflow_s3_endpoint_url", "deploy_target"})
+        return hashlib.sha256(repr(sorted(shaping.items())).encode()).hexdigest()[:16]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the environment; raise SettingsInvalid naming the bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = []
+        for item in e.errors():
+            variable = str(item["loc"][0]).upper() if item["loc"] else "environment"
+            problems.append(f"{variable}: {'not set' if item['type'] == 'missing' else item['msg']}")
+        raise SettingsInvalid("invalid settings: " + "; ".join(problems)) from None
