@@ -16,10 +16,7 @@ from watcher.registry import VersionInfo
 
 def reconcile(deps: Deps, *, dry_run: bool = False, only_model: str | None = None,
               out: Callable[[str], None] = print) -> PassReport:
-    report = reconcile_once(deps, dry_run=dry_run, only_model=only_model, out=out)
-    if not dry_run:
-        out(report.summary())
-    return report
+    return reconcile_once(deps, dry_run=dry_run, only_model=only_model, out=out)
 
 
 def render(deps: Deps, name: str, version: int, out: Callable[[str], None] = print) -> int:

@@ -1,0 +1,41 @@
+# Every target sets itself up: a virtualenv in .venv with the pinned requirements.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint format bench browser clean
+
+demo: $(STAMP)  ## run the whole product locally: MLflow + S3 + watcher + wrapper, then clean up
+	$(PY) -m devstack.demo
+
+test: $(STAMP) browser  ## run the test suite against real MLflow, moto S3, kmock, uvicorn and Chromium
+	$(PY) -m pytest
+
+lint: $(STAMP)  ## ruff + mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)  ## benchmarks; results go to BENCHMARKS.md by hand
+	$(PY) -m bench.wrapper
+	$(PY) -m bench.reconcile
+	$(PY) -m bench.latency
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+# The Swagger page is tested in headless Chromium (Debian's package); install it when we can.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not installed: the browser test will be skipped (apt-get install chromium)"; fi; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts .state
