@@ -39,7 +39,7 @@ SECRET_LIKE = re.compile(r"^AWS_|SECRET|KEY|TOKEN|PASSWORD|CREDENTIAL", re.IGNOR
 SETTINGS = {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
             "K8S_NAME_SPACE", "SERVICE_BUILDER_HOST_NAME", "MODEL_WRAPPER_IMAGE", "SELECTOR",
             "POLL_INTERVAL_SECONDS", "DEPLOY_TARGET", "LOG_FORMAT"}
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images", "replacements", "labels", "patches"}
+KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images", "labels", "patches"}
 # (apiGroup, resource, verb, resourceName): exactly what the watcher calls, nothing more.
 WATCHER_PERMISSIONS = {
     *{("apps", "deployments", verb, None) for verb in ("get", "list", "create", "patch", "delete")},
