@@ -73,9 +73,9 @@ def run_demo() -> int:
 
 
 def post(url: str, body: dict[str, object]) -> object:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",  # noqa: S310
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 

@@ -83,7 +83,7 @@ def log_sklearn_model(
             extra_files.append(_write(Path(tmp) / "contract.yaml", contract))
         if run_contract is not None:
             mlflow.log_artifact(_write(Path(tmp) / "run" / "contract.yaml", run_contract))
-        info = mlflow.sklearn.log_model(
+        mlflow.sklearn.log_model(
             model, name="model", registered_model_name=name,
             input_example=example.head(2) if signature else None,
             signature=None if signature else False,

@@ -5,6 +5,8 @@ Each starts on a free loopback port and stops cleanly; nothing is left running.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -16,8 +18,6 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import logging
 
 import boto3
 from moto.server import ThreadedMotoServer
@@ -59,10 +59,8 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout)
     except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(timeout)
 
 

@@ -236,7 +236,7 @@ def contract_from_signature(
 
 def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, Any]]) -> list[str]:
     """Where the contract's inputs disagree with the model's MLflow column signature."""
-    columns = {c.get("name"): c for c in signature_inputs if c.get("name")}
+    columns = {str(c["name"]): c for c in signature_inputs if c.get("name")}
     problems = [f"{name}: in the contract but not in the model signature" for name in contract.inputs
                 if name not in columns]
     for name, column in columns.items():

@@ -7,12 +7,13 @@ whole namespace; objects without the managed-by label are reported, never touche
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import urllib3
@@ -80,11 +81,12 @@ class KubernetesTarget:
 
     def observe(self) -> Snapshot:
         snapshot = Snapshot()
-        listings = {"Deployment": self._apps.list_namespaced_deployment, "Service": self._core.list_namespaced_service,
-                    "Ingress": self._net.list_namespaced_ingress}
+        listings: dict[str, Callable[..., Any]] = {
+            "Deployment": self._apps.list_namespaced_deployment, "Service": self._core.list_namespaced_service,
+            "Ingress": self._net.list_namespaced_ingress}
         for kind, list_fn in listings.items():
             try:
-                items = self._call("list", kind, lambda f=list_fn: f(self._ns, _request_timeout=TIMEOUT)).items
+                items = self._call("list", kind, partial(list_fn, self._ns, _request_timeout=TIMEOUT)).items
             except Retryable as e:
                 raise PassAborted(f"Kubernetes API unreachable: {e}") from e
             for item in items:
@@ -99,11 +101,11 @@ class KubernetesTarget:
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             existing = snapshot.objects.get((kind, name))
             if existing is None:
-                self._call("create", kind, lambda m=manifest: self._create(m))
+                self._call("create", kind, partial(self._create, manifest))
             elif not _managed(existing):
                 raise Permanent(f"{kind} {name!r} exists and is not managed by Service Builder")
             elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
-                self._call("patch", kind, lambda m=manifest: self._patch(m))
+                self._call("patch", kind, partial(self._patch, manifest))
 
     def wait_ready(self, rendered: Rendered, timeout: float) -> None:
         """Block until the Deployment's new template is fully ready, or raise RolloutFailed saying why."""
@@ -127,9 +129,9 @@ class KubernetesTarget:
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             previous = snapshot.objects.get((kind, name))
             if previous is None:
-                self._call("delete", kind, lambda k=kind, n=name: self._delete(k, n))
+                self._call("delete", kind, partial(self._delete, kind, name))
             else:
-                self._call("patch", kind, lambda p=previous: self._patch(p))
+                self._call("patch", kind, partial(self._patch, previous))
 
     def finish(self, rendered: Rendered, snapshot: Snapshot) -> None:
         """Nothing left to do on Kubernetes: the Deployment's rolling update retired the old pods."""
@@ -138,7 +140,7 @@ class KubernetesTarget:
         for kind in ("Ingress", "Service", "Deployment"):
             obj = snapshot.objects.get((kind, slug))
             if obj is not None and _managed(obj):
-                self._call("delete", kind, lambda k=kind: self._delete(k, slug))
+                self._call("delete", kind, partial(self._delete, kind, slug))
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -160,7 +162,7 @@ class KubernetesTarget:
     # --- plumbing ---------------------------------------------------------------------------
 
     def _create(self, manifest: dict[str, Any]) -> Any:
-        creators = {"Deployment": self._apps.create_namespaced_deployment,
+        creators: dict[str, Callable[..., Any]] = {"Deployment": self._apps.create_namespaced_deployment,
                     "Service": self._core.create_namespaced_service, "Ingress": self._net.create_namespaced_ingress}
         return creators[manifest["kind"]](self._ns, manifest, _request_timeout=TIMEOUT)
 
@@ -170,12 +172,12 @@ class KubernetesTarget:
         ops = [{"op": "add", "path": "/metadata/labels", "value": meta.get("labels") or {}},
                {"op": "add", "path": "/metadata/annotations", "value": meta.get("annotations") or {}},
                {"op": "add", "path": "/spec", "value": manifest["spec"]}]
-        patchers = {"Deployment": self._apps.patch_namespaced_deployment,
+        patchers: dict[str, Callable[..., Any]] = {"Deployment": self._apps.patch_namespaced_deployment,
                     "Service": self._core.patch_namespaced_service, "Ingress": self._net.patch_namespaced_ingress}
         return patchers[manifest["kind"]](meta["name"], self._ns, ops, _request_timeout=TIMEOUT)
 
     def _delete(self, kind: str, name: str) -> None:
-        deleters = {"Deployment": self._apps.delete_namespaced_deployment,
+        deleters: dict[str, Callable[..., Any]] = {"Deployment": self._apps.delete_namespaced_deployment,
                     "Service": self._core.delete_namespaced_service, "Ingress": self._net.delete_namespaced_ingress}
         try:
             deleters[kind](name, self._ns, _request_timeout=TIMEOUT)
@@ -187,9 +189,9 @@ class KubernetesTarget:
         pods = self._call("list", "Pod", lambda: self._core.list_namespaced_pod(
             self._ns, label_selector=f"{INSTANCE_LABEL}={slug}", _request_timeout=TIMEOUT)).items
         for pod in pods:
-            if (pod.metadata.labels or {}).get(INSTANCE_LABEL) != slug:
+            if pod.metadata is None or (pod.metadata.labels or {}).get(INSTANCE_LABEL) != slug:
                 continue  # selectors are advisory on some API servers; check ourselves
-            for status in pod.status.container_statuses or []:
+            for status in (pod.status.container_statuses if pod.status else None) or []:
                 waiting = status.state.waiting if status.state else None
                 last = status.last_state.terminated if status.last_state else None
                 if waiting and (waiting.reason in _STUCK or not stuck_only):
@@ -199,7 +201,8 @@ class KubernetesTarget:
 
     def _why_not_ready(self, name: str, deployment: Any, timeout: float) -> str:
         reason = self._pod_problem(name) or _condition_message(deployment)
-        return f"not ready after {timeout:.0f}s" + (f": {reason}" if reason else "") + "; the previous version keeps serving"
+        detail = f": {reason}" if reason else ""
+        return f"not ready after {timeout:.0f}s{detail}; the previous version keeps serving"
 
     def _call(self, verb: str, kind: str, fn: Callable[[], T], attempts: int = 3) -> T:
         """One API call with bounded retries for conflicts and server errors; errors translated."""

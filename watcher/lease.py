@@ -42,7 +42,7 @@ class Lease:
 
     def _acquire(self) -> None:
         now = datetime.now(UTC)
-        body = {"metadata": {"name": self._name},
+        body: Any = {"metadata": {"name": self._name},
                 "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self._duration,
                          "acquireTime": _stamp(now), "renewTime": _stamp(now)}}
         try:

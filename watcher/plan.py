@@ -28,7 +28,7 @@ class Live:
     """The registered-model name it serves (empty when the objects are not ours)."""
     version: int | None
     spec_hash: str = ""
-    serving: Serving = Serving()
+    serving: Serving = field(default_factory=Serving)
     kinds: frozenset[str] = KINDS
     """Which of Deployment, Service and Ingress exist (the local target reports all or none)."""
     managed: bool = True
@@ -115,7 +115,8 @@ def _winners(selected: Sequence[VersionInfo]) -> tuple[list[VersionInfo], list[A
     by_model: dict[str, list[VersionInfo]] = defaultdict(list)
     for version in selected:
         by_model[version.name].append(version)
-    winners, actions = [], []
+    winners: list[VersionInfo] = []
+    actions: list[Action] = []
     for name in sorted(by_model):
         versions = sorted(by_model[name], key=lambda v: v.version, reverse=True)
         winners.append(versions[0])

@@ -7,9 +7,9 @@ The only watcher module that imports mlflow. Its errors leave as the watcher's o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 from mlflow import MlflowClient
@@ -21,7 +21,6 @@ from watcher.logs import redact
 from watcher.settings import Selector
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 REGISTERED_MODEL_PAGE = 1000  # the server's maximum for search_registered_models
 
 
@@ -132,9 +131,9 @@ class _translated:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
         if error is None or isinstance(error, ServiceBuilderError) or not isinstance(error, Exception):
-            return False
+            return
         raise _translate(error, self._doing, self._abort) from error
 
 
@@ -156,8 +155,3 @@ def _short(error: Exception) -> str:
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     return text[:300]
 
-
-def call_with(fn: Callable[[], T], doing: str) -> T:
-    """Run one registry call under the same translation (for callers outside this module)."""
-    with _translated(doing):
-        return fn()

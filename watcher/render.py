@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,7 +24,8 @@ from model_wrapper.contract import Serving
 from watcher.errors import Permanent
 from watcher.settings import Settings
 
-TEMPLATES_DIR = Path(os.environ.get("SERVICE_BUILDER_TEMPLATES", Path(__file__).resolve().parent.parent / "k8s_templates"))
+_DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "k8s_templates"
+TEMPLATES_DIR = Path(os.environ.get("SERVICE_BUILDER_TEMPLATES", _DEFAULT_TEMPLATES))
 TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "ingress.yaml.j2")
 KUBERNETES_SCHEMA_VERSION = "1.33"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -47,7 +48,7 @@ class Release:
     source: str
     run_id: str | None
     slug: str
-    serving: Serving = Serving()
+    serving: Serving = field(default_factory=Serving)
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}"
@@ -68,8 +69,9 @@ class Rendered:
 class Renderer:
     def __init__(self, settings: Settings, templates_dir: Path = TEMPLATES_DIR) -> None:
         self._settings = settings
-        environment = jinja2.Environment(  # noqa: S701 - YAML output; values are escaped by |tojson
-            loader=jinja2.FileSystemLoader(templates_dir), undefined=jinja2.StrictUndefined, autoescape=False)
+        # Not HTML: autoescape would corrupt YAML. Registry values are escaped by |tojson in the templates.
+        environment = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(templates_dir), undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701
         self._templates = [environment.get_template(name) for name in TEMPLATES]
         sources = b"".join((templates_dir / name).read_bytes() for name in TEMPLATES)
         self.templates_digest = hashlib.sha256(sources).hexdigest()[:16]
@@ -124,11 +126,11 @@ class Renderer:
 
     def _resources(self, release: Release) -> dict[str, dict[str, str]]:
         s = self._settings
-        requests = {"cpu": s.default_cpu_request, "memory": s.default_memory_request}
-        limits = {"memory": s.default_memory_limit}
+        requests: dict[str, str] = {"cpu": s.default_cpu_request, "memory": s.default_memory_request}
+        limits: dict[str, str] = {"memory": s.default_memory_limit}
         if release.serving.resources is not None:
-            requests.update(release.serving.resources.requests)
-            limits.update(release.serving.resources.limits)
+            requests.update({str(k): v for k, v in release.serving.resources.requests.items()})
+            limits.update({str(k): v for k, v in release.serving.resources.limits.items()})
         return {"requests": requests, "limits": limits}
 
 

@@ -68,7 +68,8 @@ class Settings(BaseSettings):
         default="localhost", pattern=_HOST, max_length=253,
         validation_alias=AliasChoices("SERVICE_BUILDER_HOST_NAME", "DPM360_SERVICE_BUILDER_HOST_NAME"))
     """Host name of the Ingress that serves every model under /<slug>/api/."""
-    model_wrapper_image: str = Field(default="service-builder/model-wrapper:0.1.0", pattern=r"^[A-Za-z0-9._/:@-]+$", max_length=255)
+    model_wrapper_image: str = Field(
+        default="service-builder/model-wrapper:0.1.0", pattern=r"^[A-Za-z0-9._/:@-]+$", max_length=255)
     """The shared model-wrapper image every model Deployment runs."""
     selector: str = "tag:deploy=production"
     """Which versions should be live: tag:KEY=VALUE, alias:NAME or stage:NAME."""

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.peers import KubernetesPeer, all_ready
 
 from devstack.servers import LocalMlflow
+from tests.peers import KubernetesPeer, all_ready
 from watcher.cli import build_deps
 from watcher.reconcile import Deps
 from watcher.settings import Settings, load_settings

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 from mlflow import MlflowClient
-from tests.peers import KubernetesPeer
 
 from devstack.models import log_iris
 from model_wrapper.naming import model_slug
+from tests.peers import KubernetesPeer
 from watcher.reconcile import Deps, reconcile_once
 from watcher.settings import Settings
 
