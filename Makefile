@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint format bench browser clean
+.PHONY: demo test lint format bench browser examples clean
 
 demo: $(STAMP)  ## run the whole product locally: MLflow + S3 + watcher + wrapper, then clean up
 	$(PY) -m devstack.demo
@@ -15,6 +15,9 @@ test: $(STAMP) browser  ## run the test suite against real MLflow, moto S3, kmoc
 lint: $(STAMP)  ## ruff + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+examples: $(STAMP)  ## re-render docs/examples/ after a template change
+	$(PY) -m devstack.examples
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
