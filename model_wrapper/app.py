@@ -1,0 +1,131 @@
+"""The app factory: thin endpoints under `/<slug>/api/` over a transport-free `Predictor`.
+
+`create_app(settings, predictor)` is called by `model_wrapper.server` (and by tests). Each endpoint
+reads the request, calls the predictor, and returns bytes; errors are `WrapperError`s rendered by
+one handler in one JSON shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_status
+from model_wrapper.guards import Guards
+from model_wrapper.metrics import Metrics, MetricsMiddleware
+from model_wrapper.openapi import build_openapi
+from model_wrapper.predictor import Predictor
+from model_wrapper.settings import WrapperSettings
+from model_wrapper.swagger import ASSETS, swagger_page
+
+log = logging.getLogger(__name__)
+JSON = "application/json"
+PROTECTED = {"predict", "invocations", "metadata"}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in (
+        (400, "Malformed JSON"), (401, "Missing or wrong API key (when keys are configured)"),
+        (413, "Body or batch over the limit"), (422, "Invalid input; `details` name each field"),
+        (503, "The model is not ready yet"))
+}
+
+
+def create_app(settings: WrapperSettings, predictor: Predictor) -> Any:
+    """The ASGI application serving `predictor` under `settings.prefix`."""
+    prefix = settings.prefix
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, title=settings.model_name,
+                  version=settings.model_version)
+    _routes(app, prefix, predictor, secured=bool(settings.key_list()))
+    app.mount(f"{prefix}assets", StaticFiles(directory=str(ASSETS)), name="assets")
+    metrics = Metrics(settings.model_name, settings.model_version)
+    app.add_api_route("/metrics", lambda: Response(metrics.render(), media_type="text/plain; version=0.0.4"),
+                      methods=["GET"], include_in_schema=False)
+    _handlers(app)
+    endpoints = {f"{prefix}{name}": name for name in
+                 ("predict", "invocations", "health", "ready", "metadata", "openapi.json")}
+    endpoints |= {prefix: "docs", "/metrics": "metrics"}
+    app.add_middleware(Guards, keys=settings.key_list(), protected={f"{prefix}{name}" for name in PROTECTED},
+                       max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints, prefix=prefix)
+    return app
+
+
+def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool) -> None:
+    document: dict[str, Any] = {}
+
+    @app.post(f"{prefix}predict", operation_id="predict", summary="Predict", responses={**ERRORS, 200: {
+        "description": "One prediction per instance"}})
+    async def predict(request: Request) -> Response:
+        """Predict from instances that follow the contract: `{"instances": [{field: value, ...}]}`."""
+        body = await request.body()
+        answer = predictor.predict_body(body) if predictor.inline else await run_in_threadpool(
+            predictor.predict_body, body)
+        return Response(answer, media_type=JSON)
+
+    @app.post(f"{prefix}invocations", operation_id="invocations", summary="MLflow scoring protocol",
+              responses={**ERRORS, 200: {"description": "As `mlflow models serve` answers"}})
+    async def invocations(request: Request) -> Response:
+        """The MLflow scoring-server protocol (`dataframe_split`, `dataframe_records`, `instances`,
+        `inputs`), answered exactly as `mlflow models serve` would, so MLflow clients work unchanged."""
+        body = await request.body()
+        content_type = request.headers.get("content-type", JSON)
+        status, answer, media = await run_in_threadpool(predictor.invoke, body, content_type)
+        return Response(answer, status_code=status, media_type=media)
+
+    @app.get(f"{prefix}health", operation_id="health", summary="Liveness")
+    async def health() -> Response:
+        """200 while the process serves HTTP, also while the model is still loading."""
+        return Response(b'{"status":"alive"}', media_type=JSON)
+
+    @app.get(f"{prefix}ready", operation_id="ready", summary="Readiness", responses={503: ERRORS[503]})
+    async def ready() -> Response:
+        """200 once the model is loaded and the contract's examples were predicted; 503 with the reason before."""
+        if not predictor.ready:
+            raise NotReady(predictor.reason)
+        return Response(b'{"status":"ready"}', media_type=JSON)
+
+    @app.get(f"{prefix}metadata", operation_id="metadata", summary="Model metadata",
+             responses={401: ERRORS[401], 503: ERRORS[503]})
+    async def metadata() -> dict[str, Any]:
+        """Name, version, run id, how the model is served, and the contract."""
+        return predictor.metadata()
+
+    @app.get(f"{prefix}openapi.json", include_in_schema=False)
+    async def openapi() -> Response:
+        if not document:
+            document.update(build_openapi(app.routes, predictor, protected=PROTECTED, secured=secured))
+        return Response(orjson.dumps(document), media_type=JSON)
+
+    @app.get(prefix, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        contract = predictor.installed().contract if predictor.model else None
+        title = (contract.title if contract and contract.title else None) or predictor.name
+        return HTMLResponse(swagger_page(title=title, openapi_url=f"{prefix}openapi.json",
+                                         assets=f"{prefix}assets"))
+
+
+def _handlers(app: FastAPI) -> None:
+    async def render(_: Request, error: Exception) -> Response:
+        if not isinstance(error, WrapperError):
+            error = _translate(error)
+        return Response(error.body(), status_code=error.status_code, media_type=JSON, headers=error.headers)
+
+    for kind in (WrapperError, HTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(kind, render)
+
+
+def _translate(error: Exception) -> WrapperError:
+    if isinstance(error, HTTPException):
+        return for_status(error.status_code, str(error.detail))
+    if isinstance(error, RequestValidationError):
+        return for_status(422, "invalid request")
+    log.exception("unexpected error while answering a request", exc_info=error)
+    return WrapperError("internal error; the wrapper's log has the details")
+

@@ -1,0 +1,82 @@
+"""The two ways a loaded model predicts: native scikit-learn on arrays, or MLflow pyfunc.
+
+Built by `model_wrapper.loading` (which owns every MLflow import and hands in the `score`
+function for the MLflow scoring protocol); called by the predictor on every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+Scorer = Callable[[bytes, str], tuple[int, bytes, str]]
+
+
+class SklearnArrayBackend:
+    """A numeric scikit-learn model called natively on a float64 (or int64) array.
+
+    Pyfunc would build a DataFrame in signature order and let scikit-learn turn it into the very
+    same array; this skips the DataFrame, so the answers are identical and several times cheaper.
+    """
+
+    fast = True
+
+    def __init__(self, estimator: Any, columns: list[str], dtype: type[np.generic], score: Scorer) -> None:
+        self.columns = columns
+        self._predict = estimator.predict
+        self._proba = estimator.predict_proba if has_probabilities(estimator) else None
+        self.classes: list[Any] | None = list(estimator.classes_) if self._proba is not None else None
+        self._dtype = dtype
+        self._score = score
+        self.description = f"scikit-learn {type(estimator).__name__} (native predict on arrays)"
+
+    def predict(self, rows: list[tuple[Any, ...]]) -> tuple[Any, Any | None]:
+        features = np.array(rows, dtype=self._dtype)
+        predictions = self._predict(features)
+        return predictions, (self._proba(features) if self._proba is not None else None)
+
+    def invoke(self, body: bytes, content_type: str) -> tuple[int, bytes, str]:
+        return self._score(body, content_type)
+
+
+class PyfuncBackend:
+    """Any MLflow pyfunc model, fed a DataFrame whose columns are in signature order."""
+
+    fast = False
+
+    def __init__(self, pyfunc: Any, columns: list[str], estimator: Any | None, score: Scorer) -> None:
+        self.columns = columns
+        self._pyfunc = pyfunc
+        self._proba = None
+        self.classes: list[Any] | None = None
+        if estimator is not None and has_probabilities(estimator):
+            self._proba, self.classes = estimator.predict_proba, list(estimator.classes_)
+        self._score = score
+        flavors = [name for name in pyfunc.metadata.flavors if name != "python_function"]
+        self.description = f"MLflow pyfunc ({', '.join(flavors) or 'python_function'})"
+
+    def predict(self, rows: list[tuple[Any, ...]]) -> tuple[Any, Any | None]:
+        frame = pd.DataFrame.from_records(rows, columns=self.columns)
+        predictions = _plain(self._pyfunc.predict(frame))
+        return predictions, (self._proba(frame) if self._proba is not None else None)
+
+    def invoke(self, body: bytes, content_type: str) -> tuple[int, bytes, str]:
+        return self._score(body, content_type)
+
+
+def has_probabilities(estimator: Any) -> bool:
+    """A classifier that can say how sure it is (pipelines expose predict_proba only when able)."""
+    from sklearn.base import is_classifier  # only ever asked about scikit-learn estimators
+
+    return bool(is_classifier(estimator)) and hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")
+
+
+def _plain(predictions: Any) -> Any:
+    if isinstance(predictions, pd.Series):
+        return predictions.to_numpy()
+    if isinstance(predictions, pd.DataFrame):
+        return predictions.to_dict(orient="records")
+    return predictions

@@ -1,0 +1,117 @@
+"""The wrapper's HTTP errors: one base class that carries its status code, one JSON shape.
+
+Raised by the predictor and the endpoints; rendered by the single handler in `model_wrapper.app`.
+Every error body is `{"error": {"status", "code", "message", "details"}}`, where each detail
+names a `field` path such as `instances[0].petal_width`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, Field
+
+
+class WrapperError(Exception):
+    """Base of every error the wrapper answers with; subclasses fix the status and code."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: list[dict[str, str]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        error: dict[str, Any] = {"status": self.status_code, "code": self.code, "message": self.message,
+                                 "details": self.details}
+        return orjson.dumps({"error": error})
+
+
+class MalformedRequest(WrapperError):
+    status_code = 400
+    code = "malformed_request"
+
+
+class Unauthorized(WrapperError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(WrapperError):
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(WrapperError):
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(WrapperError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(WrapperError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidInput(WrapperError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class PredictionFailed(WrapperError):
+    """The model raised on input that passed the contract (as `mlflow models serve`, a 4xx: the
+    instances are what the model rejects, and a client must never be told the server broke)."""
+
+    status_code = 422
+    code = "prediction_failed"
+
+
+class NotReady(WrapperError):
+    status_code = 503
+    code = "not_ready"
+
+
+def for_status(status: int, message: str) -> WrapperError:
+    """The error class for a status another layer chose (Starlette's 404/405, MLflow's codes)."""
+    for cls in (MalformedRequest, Unauthorized, NotFound, MethodNotAllowed, PayloadTooLarge,
+                UnsupportedMediaType, InvalidInput, NotReady):
+        if cls.status_code == status:
+            return cls(message)
+    error = MalformedRequest(message) if 400 <= status < 500 else WrapperError(message)
+    error.status_code = status
+    return error
+
+
+def field_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """`("instances", 0, "petal_width")` as `instances[0].petal_width`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(body)"
+
+
+class ErrorDetail(BaseModel):
+    field: str = Field(description="Path of the offending value, e.g. instances[0].petal_width")
+    message: str
+
+
+class ErrorBody(BaseModel):
+    status: int
+    code: str = Field(description="Stable machine-readable error code")
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorResponse(BaseModel):
+    """The shape of every error the wrapper returns."""
+
+    error: ErrorBody

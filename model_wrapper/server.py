@@ -1,0 +1,130 @@
+"""The wrapper process: settings, logging, then uvicorn, with the model loading beside it.
+
+`main()` is what `python -m model_wrapper` (and the image's CMD) runs. HTTP starts at once so
+liveness answers; the model loads in a background thread and `ready` turns 200 when its examples
+have been predicted. A fatal loading problem is written to TERMINATION_LOG (Kubernetes shows it in
+the pod status) and to stderr, and the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from model_wrapper.app import create_app
+from model_wrapper.logs import configure_logging, redact
+from model_wrapper.predictor import LoadFailure, Predictor
+from model_wrapper.settings import SettingsError, WrapperSettings, load_settings
+
+log = logging.getLogger(__name__)
+EXIT_BAD_SETTINGS = 2
+EXIT_LOAD_FAILED = 1
+# uvicorn's supervisor stops every worker, and itself, when one exits with this code.
+_UVICORN_STARTUP_FAILURE = 3
+# Set by the parent for its workers: where a worker leaves the reason it could not load.
+_FATAL_FILE = "MODEL_WRAPPER_FATAL_FILE"
+TERMINATION_LOG_LIMIT = 4096
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as e:
+        report_fatal(str(e), Path(os.environ.get("TERMINATION_LOG", "/dev/termination-log")), [])
+        return EXIT_BAD_SETTINGS
+    configure_logging(settings)
+    return serve_workers(settings) if settings.workers > 1 else serve(settings)
+
+
+def serve(settings: WrapperSettings) -> int:
+    """One process: uvicorn in the main thread, the model loading in another."""
+    predictor = Predictor(settings.model_name, settings.model_version, settings.max_batch)
+    server = uvicorn.Server(_config(create_app(settings, predictor), settings))
+    failures: list[str] = []
+
+    def stop(reason: str) -> None:
+        failures.append(reason)
+        server.should_exit = True
+
+    start_loading(settings, predictor, stop)
+    server.run()
+    return EXIT_LOAD_FAILED if failures else 0
+
+
+def serve_workers(settings: WrapperSettings) -> int:
+    """Several processes (uvicorn's supervisor); each worker loads its own model."""
+    with tempfile.NamedTemporaryFile(prefix="model-wrapper-fatal-", delete=False) as marker:
+        os.environ[_FATAL_FILE] = marker.name
+    try:
+        uvicorn.run("model_wrapper.server:worker_app", factory=True, workers=settings.workers,
+                    host=settings.host, port=settings.port, log_config=None, access_log=settings.access_log)
+        return EXIT_LOAD_FAILED if Path(marker.name).read_text() else 0
+    finally:
+        Path(marker.name).unlink(missing_ok=True)
+
+
+def worker_app() -> Any:
+    """The app of one worker process (uvicorn calls this factory in each worker)."""
+    settings = load_settings()
+    configure_logging(settings)
+    predictor = Predictor(settings.model_name, settings.model_version, settings.max_batch)
+
+    def stop(reason: str) -> None:
+        Path(os.environ[_FATAL_FILE]).write_text(reason)
+        logging.shutdown()
+        os._exit(_UVICORN_STARTUP_FAILURE)
+
+    start_loading(settings, predictor, stop)
+    return create_app(settings, predictor)
+
+
+def start_loading(settings: WrapperSettings, predictor: Predictor, on_fatal: Callable[[str], None]) -> None:
+    thread = threading.Thread(target=load_into, args=(settings, predictor, on_fatal), name="model-loader",
+                              daemon=True)
+    thread.start()
+
+
+def load_into(settings: WrapperSettings, predictor: Predictor, on_fatal: Callable[[str], None]) -> None:
+    """Load, install and warm up the model; on failure report why and call `on_fatal`."""
+    try:
+        from model_wrapper.loading import load_model  # imports MLflow: seconds, so off the serving thread
+
+        predictor.install(load_model(settings))
+        predictor.warm_up()
+        log.info("model %s version %s: ready on %s", settings.model_name, settings.model_version, settings.prefix)
+        return
+    except LoadFailure as e:
+        reason = str(e)
+    except Exception as e:  # anything else is still a reason the researcher must see
+        log.exception("model %s version %s: unexpected error while loading", settings.model_name,
+                      settings.model_version)
+        reason = f"unexpected error while loading the model: {type(e).__name__}: {e}".splitlines()[0]
+    predictor.fail(reason)
+    report_fatal(reason, settings.termination_log, settings.secrets())
+    on_fatal(reason)
+
+
+def report_fatal(reason: str, termination_log: Path, secrets: list[str]) -> None:
+    """One line on stderr and in the termination log (when its directory is writable)."""
+    line = redact(" ".join(reason.split()), secrets)
+    print(f"model-wrapper: cannot serve: {line}", file=sys.stderr, flush=True)
+    writable = os.access(termination_log, os.W_OK) if termination_log.exists() else (
+        termination_log.parent.is_dir() and os.access(termination_log.parent, os.W_OK))
+    if writable:
+        try:
+            termination_log.write_text(line[:TERMINATION_LOG_LIMIT] + "\n")
+        except OSError as e:
+            print(f"model-wrapper: could not write {termination_log}: {e}", file=sys.stderr, flush=True)
+
+
+def _config(app: Any, settings: WrapperSettings) -> uvicorn.Config:
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                          access_log=settings.access_log, server_header=False, lifespan="off")
