@@ -1,7 +1,8 @@
 """Logging set-up (text or one JSON object per line) and the redaction every message passes through.
 
 Secrets registered here (S3 keys, API token, webhook secret) never reach a log line, a tag or an
-error message: `redact` replaces them, and URLs lose their `user:password@` part.
+error message: `redact` replaces them, and URLs lose their `user:password@` part. Inside
+`about(model, version)` every line carries the model's name and version as fields.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
 
 _secrets: set[str] = set()
 _USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
+_subject: ContextVar[tuple[str, int | None] | None] = ContextVar("watcher_log_subject", default=None)
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -26,6 +30,24 @@ def redact(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return _USERINFO.sub("***@", text)
+
+
+@contextmanager
+def about(model: str, version: int | None) -> Iterator[None]:
+    """Every log line inside, whichever module writes it, carries `model` and `version` (JSON fields)."""
+    token = _subject.set((model, version))
+    try:
+        yield
+    finally:
+        _subject.reset(token)
+
+
+class _SubjectFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        subject = _subject.get()
+        if subject is not None and not hasattr(record, "model"):
+            record.model, record.version = subject
+        return True
 
 
 class _RedactingFilter(logging.Filter):
@@ -43,6 +65,7 @@ class _RedactingFilter(logging.Filter):
 def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RedactingFilter())
+    handler.addFilter(_SubjectFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
                                            rename_fields={"levelname": "level", "asctime": "time"}))

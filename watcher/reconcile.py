@@ -23,6 +23,7 @@ from watcher import record
 from watcher.artifacts import S3Store, fetch_contract
 from watcher.errors import Permanent, ServiceBuilderError
 from watcher.lease import Busy
+from watcher.logs import about
 from watcher.plan import Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
 from watcher.registry import Registry, VersionInfo
 from watcher.render import Release, Rendered, Renderer
@@ -139,6 +140,15 @@ def _release(version: VersionInfo, slug: str, serving: Any = None) -> Release:
 
 
 def _perform(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
+    if isinstance(action, Undeploy):
+        model, version = action.live.model or action.live.slug, action.live.version
+    else:
+        model, version = action.version.name, action.version.version
+    with about(model, version):
+        _act(deps, action, snapshot, report)
+
+
+def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
     subject = action.live.model if isinstance(action, Undeploy) else str(action.version)
     try:
         if isinstance(action, Deploy):
