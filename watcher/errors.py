@@ -33,3 +33,11 @@ class PassAborted(ServiceBuilderError):
 
 class SettingsInvalid(ServiceBuilderError):
     """An environment variable has a value the watcher cannot use."""
+
+
+class Stopping(BaseException):
+    """The process was asked to stop while waiting (e.g. for a rollout): the step in progress unwinds.
+
+    A BaseException, so no `except Exception` records it as a model failure, while the roll-back
+    around an apply (which catches BaseException) still puts back what ran before.
+    """

@@ -104,8 +104,14 @@ class Settings(BaseSettings):
     """Shared secret of the MLflow webhook (HMAC-SHA256); required by serve-webhooks."""
     webhook_port: int = Field(default=8081, ge=1, le=65_535)
     """Port of the webhook receiver."""
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    """How far a delivery's signed timestamp may be from now; older (or later) deliveries are refused."""
+    listen_address: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104 - a pod listens on its own IP
+    """Address the webhook receiver and the metrics endpoint bind to (`127.0.0.1` keeps them local)."""
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
-    """Serve Prometheus metrics on this port during `watch` (off when unset)."""
+    """Serve Prometheus metrics on this port during `watch` and `serve-webhooks` (off when unset)."""
+    backoff_max_seconds: float = Field(default=300, gt=0, le=86_400)
+    """Longest wait between passes while they keep failing (the wait doubles from 1 s, with jitter)."""
     lease_name: str = Field(default="service-builder", pattern=_DNS_LABEL)
     """The coordination Lease that keeps two watchers from acting at once."""
 
