@@ -89,14 +89,16 @@ def plan(
 ) -> Plan:
     """Actions that make what runs match what is selected; nothing for what already matches."""
     by_slug = {item.slug: item for item in live}
-    winners, actions = _winners(selected)
+    winners, losers = _winners(selected)
+    actions: list[Action] = [Supersede(v, winner) for v, winner in losers
+                             if not _serving(v, by_slug.get(slug_of(v.name)))]
     unchanged: list[str] = []
-    claimed: set[str] = set()
-    for version in winners:
+    claimed: dict[str, str] = {}
+    for version in _incumbents_first(winners, by_slug, slug_of):
         slug = slug_of(version.name)
         current = by_slug.get(slug)
         clash = _clash(version, slug, current, claimed)
-        claimed.add(slug)
+        claimed.setdefault(slug, version.name)
         if clash:
             actions.append(Clash(version, slug, clash))
         elif _failed_before(version, attempt_of(version)):
@@ -110,23 +112,38 @@ def plan(
     return Plan(tuple(actions), tuple(unchanged), len(selected), frozenset(v.name for v in winners))
 
 
-def _winners(selected: Sequence[VersionInfo]) -> tuple[list[VersionInfo], list[Action]]:
-    """The highest selected version of each model; the others are superseded (once)."""
+def _winners(selected: Sequence[VersionInfo]) -> tuple[list[VersionInfo], list[tuple[VersionInfo, int]]]:
+    """The highest selected version of each model, and the others (not yet superseded) with their winner."""
     by_model: dict[str, list[VersionInfo]] = defaultdict(list)
     for version in selected:
         by_model[version.name].append(version)
     winners: list[VersionInfo] = []
-    actions: list[Action] = []
+    losers: list[tuple[VersionInfo, int]] = []
     for name in sorted(by_model):
         versions = sorted(by_model[name], key=lambda v: v.version, reverse=True)
         winners.append(versions[0])
-        actions.extend(Supersede(v, versions[0].version) for v in versions[1:] if v.tags.get(STATUS) != "superseded")
-    return winners, actions
+        losers.extend((v, versions[0].version) for v in versions[1:] if v.tags.get(STATUS) != "superseded")
+    return winners, losers
 
 
-def _clash(version: VersionInfo, slug: str, current: Live | None, claimed: set[str]) -> str | None:
+def _serving(version: VersionInfo, current: Live | None) -> bool:
+    """The loser still runs: it is superseded only once the winner is ready (by the winner's Deploy)."""
+    return current is not None and current.model == version.name and current.version == version.version
+
+
+def _incumbents_first(winners: list[VersionInfo], by_slug: dict[str, Live],
+                      slug_of: Callable[[str], str]) -> list[VersionInfo]:
+    """When two names share a slug, the model already served under it keeps it; the newcomer clashes."""
+    def newcomer(version: VersionInfo) -> bool:
+        current = by_slug.get(slug_of(version.name))
+        return current is None or current.model != version.name
+
+    return sorted(winners, key=lambda v: (newcomer(v), v.name))
+
+
+def _clash(version: VersionInfo, slug: str, current: Live | None, claimed: dict[str, str]) -> str | None:
     if slug in claimed:
-        return f"another selected model already uses the name {slug!r}; rename one of them"
+        return f"the name {slug!r} is already used by the model {claimed[slug]!r}; rename one of them"
     if current is None:
         return None
     if not current.managed:
