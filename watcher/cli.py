@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -106,8 +107,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(args.command)
 
 
-def build_deps(settings: Settings, **overrides: object) -> Deps:
-    """The real collaborators for `settings` (tests pass their own `Deps` instead)."""
+def build_deps(settings: Settings, *, sleep: Callable[[float], None] = time.sleep, **overrides: object) -> Deps:
+    """The real collaborators for `settings` (tests pass their own `Deps` instead).
+
+    `sleep` is how the Kubernetes target waits (rollouts, retries); `watch` passes one SIGTERM interrupts.
+    """
     from watcher.artifacts import S3Store
     from watcher.reconcile import Deps
     from watcher.registry import Registry
@@ -121,7 +125,7 @@ def build_deps(settings: Settings, **overrides: object) -> Deps:
     else:
         from watcher.cluster import KubernetesTarget
 
-        target = KubernetesTarget(settings)
+        target = KubernetesTarget(settings, sleep=sleep)
     secret = settings.aws_secret_access_key
     key = settings.aws_access_key_id
     parts: dict[str, object] = {

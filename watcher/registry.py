@@ -7,13 +7,14 @@ The only watcher module that imports mlflow. Its errors leave as the watcher's o
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.webhook import WebhookEvent, WebhookEventStr
 from mlflow.exceptions import MlflowException, RestException
 
 from watcher.errors import PassAborted, Permanent, Retryable, ServiceBuilderError
@@ -86,6 +87,27 @@ class Registry:
     def run_artifact_uri(self, run_id: str) -> str:
         with _translated(f"locate the artifacts of run {run_id}"):
             return str(self._client.get_run(run_id).info.artifact_uri)
+
+    def ensure_webhook(self, name: str, url: str, events: Sequence[str], secret: str, description: str) -> bool:
+        """Create the webhook called `name`, or point it at `url` with these events and secret; True if created."""
+        wanted: list[WebhookEvent | WebhookEventStr] = [WebhookEvent(*event.split(".", 1)) for event in events]
+        with _translated(f"register the webhook {name!r}"):
+            existing = next((hook for hook in self._webhooks() if hook.name == name), None)
+            if existing is None:
+                self._client.create_webhook(name, url, wanted, description=description, secret=secret)
+                return True
+            self._client.update_webhook(existing.webhook_id, url=url, events=wanted, description=description,
+                                        secret=secret, status="ACTIVE")
+            return False
+
+    def _webhooks(self) -> Iterator[Any]:
+        token = None
+        while True:
+            page = self._client.list_webhooks(max_results=100, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
 
     def _versions(self, query: str) -> Iterator[ModelVersion]:
         token = None
