@@ -34,7 +34,9 @@ class SklearnArrayBackend:
         self.description = f"scikit-learn {type(estimator).__name__} (native predict on arrays)"
 
     def predict(self, rows: list[tuple[Any, ...]]) -> tuple[Any, Any | None]:
-        features = np.array(rows, dtype=self._dtype)
+        # Column-major, as a DataFrame's values are: BLAS sums in memory order, so only the same
+        # layout gives the same last bits as pyfunc.
+        features = np.array(rows, dtype=self._dtype, order="F")
         predictions = self._predict(features)
         return predictions, (self._proba(features) if self._proba is not None else None)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,10 @@ MODEL_CONTRACT_PATHS = (CONTRACT_FILE, f"extra_files/{CONTRACT_FILE}")
 _FAST_SIGNATURE_TYPES = {"double", "long", "integer"}
 
 
-def load_model(settings: WrapperSettings, workdir: Path | None = None) -> LoadedModel:
-    """Download, check and load the model named by the settings; raise LoadFailure with the reason."""
-    local = _download(settings.model_source, workdir or Path(tempfile.mkdtemp(prefix="model-wrapper-")))
+def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
+    """Download (into `workdir`, which must outlive the model), check and load the model named by
+    the settings; raise LoadFailure with the reason."""
+    local = _download(settings.model_source, workdir / "model")
     try:
         mlmodel = Model.load(str(local))
     except Exception as e:
@@ -52,7 +52,7 @@ def load_model(settings: WrapperSettings, workdir: Path | None = None) -> Loaded
                           f"{_first_line(e)}") from e
     run_id = settings.model_run_id or mlmodel.run_id
     signature = signature_columns(mlmodel)
-    contract, origin = find_contract(local, run_id, mlmodel, signature)
+    contract, origin = find_contract(local, run_id, mlmodel, signature, workdir / "run")
     if signature is not None and (problems := signature_mismatches(contract, signature)):
         raise LoadFailure(f"the {origin} disagrees with the model signature: {'; '.join(problems)}")
     warn_about_requirements(local, settings.model_name, settings.model_version)
@@ -68,13 +68,13 @@ def load_model(settings: WrapperSettings, workdir: Path | None = None) -> Loaded
     return LoadedModel(contract=contract, contract_origin=origin, backend=backend, run_id=run_id)
 
 
-def find_contract(local: Path, run_id: str | None, mlmodel: Model,
-                  signature: list[dict[str, Any]] | None) -> tuple[Contract, str]:
+def find_contract(local: Path, run_id: str | None, mlmodel: Model, signature: list[dict[str, Any]] | None,
+                  run_dir: Path) -> tuple[Contract, str]:
     """The contract and where it came from, in the documented look-up order."""
     for relative in MODEL_CONTRACT_PATHS:
         if (local / relative).is_file():
             return _parse(local / relative, f"model's {relative}")
-    if run_id and (path := _run_contract(run_id)) is not None:
+    if run_id and (path := _run_contract(run_id, run_dir)) is not None:
         return _parse(path, f"run's {CONTRACT_FILE}")
     if signature is None:
         raise LoadFailure(f"no {CONTRACT_FILE} and no model signature, so the API cannot be described; {HOW_TO_ADD}")
@@ -151,20 +151,22 @@ def warn_about_requirements(local: Path, name: str, version: str) -> list[str]:
     return problems
 
 
-def _download(source: str, workdir: Path) -> Path:
+def _download(source: str, target: Path) -> Path:
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(workdir)))
+        target.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target)))
     except Exception as e:
         raise LoadFailure(f"could not download the model from {source}: {_first_line(e)}") from e
 
 
-def _run_contract(run_id: str) -> Path | None:
+def _run_contract(run_id: str, target: Path) -> Path | None:
     try:
         names = {info.path for info in mlflow.artifacts.list_artifacts(run_id=run_id)}
         if CONTRACT_FILE not in names:
             return None
-        target = tempfile.mkdtemp(prefix="model-wrapper-run-")
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONTRACT_FILE, dst_path=target))
+        target.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONTRACT_FILE,
+                                                        dst_path=str(target)))
     except MlflowException as e:
         raise LoadFailure(f"could not read the artifacts of run {run_id}: {_first_line(e)}") from e
     except OSError as e:

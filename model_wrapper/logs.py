@@ -24,6 +24,7 @@ class ModelContext(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.model, record.model_version = self.model, self.version
+        record.__dict__.pop("color_message", None)  # uvicorn's ANSI copy of the message
         if self.secrets:
             message = record.getMessage()
             masked = redact(message, self.secrets)

@@ -8,8 +8,10 @@ the pod status) and to stderr, and the process exits non-zero.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -54,8 +56,9 @@ def serve(settings: WrapperSettings) -> int:
         failures.append(reason)
         server.should_exit = True
 
-    start_loading(settings, predictor, stop)
-    server.run()
+    with tempfile.TemporaryDirectory(prefix="model-wrapper-") as workdir:
+        start_loading(settings, predictor, Path(workdir), stop)
+        server.run()
     return EXIT_LOAD_FAILED if failures else 0
 
 
@@ -82,22 +85,26 @@ def worker_app() -> Any:
         logging.shutdown()
         os._exit(_UVICORN_STARTUP_FAILURE)
 
-    start_loading(settings, predictor, stop)
+    workdir = tempfile.mkdtemp(prefix="model-wrapper-")
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    start_loading(settings, predictor, Path(workdir), stop)
     return create_app(settings, predictor)
 
 
-def start_loading(settings: WrapperSettings, predictor: Predictor, on_fatal: Callable[[str], None]) -> None:
-    thread = threading.Thread(target=load_into, args=(settings, predictor, on_fatal), name="model-loader",
+def start_loading(settings: WrapperSettings, predictor: Predictor, workdir: Path,
+                  on_fatal: Callable[[str], None]) -> None:
+    thread = threading.Thread(target=load_into, args=(settings, predictor, workdir, on_fatal), name="model-loader",
                               daemon=True)
     thread.start()
 
 
-def load_into(settings: WrapperSettings, predictor: Predictor, on_fatal: Callable[[str], None]) -> None:
+def load_into(settings: WrapperSettings, predictor: Predictor, workdir: Path,
+              on_fatal: Callable[[str], None]) -> None:
     """Load, install and warm up the model; on failure report why and call `on_fatal`."""
     try:
         from model_wrapper.loading import load_model  # imports MLflow: seconds, so off the serving thread
 
-        predictor.install(load_model(settings))
+        predictor.install(load_model(settings, workdir))
         predictor.warm_up()
         log.info("model %s version %s: ready on %s", settings.model_name, settings.model_version, settings.prefix)
         return
