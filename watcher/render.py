@@ -8,17 +8,21 @@ against the official Kubernetes schemas before anything is sent to a cluster.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import jinja2
+import jsonschema
 import kubernetes_validate
 import yaml
+from referencing import Registry, Resource
 
 from model_wrapper.contract import Serving
 from watcher.errors import Permanent
@@ -137,17 +141,49 @@ class Renderer:
 def validate_manifest(manifest: dict[str, Any]) -> None:
     """Check one manifest against the official schema (strict: unknown fields fail)."""
     try:
-        kubernetes_validate.validate(manifest, KUBERNETES_SCHEMA_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as e:
+        _validator(str(manifest.get("kind")), str(manifest.get("apiVersion"))).validate(manifest)
+    except jsonschema.ValidationError as e:
         path = ".".join(str(p) for p in e.path) or "(top level)"
         raise Permanent(f"rendered {manifest.get('kind')} is invalid at {path}: {e.message[:200]}") from e
 
 
+@functools.cache
+def _validator(kind: str, api_version: str) -> Any:
+    """kubernetes-validate's strict schema for one kind, built once (its `validate` re-reads 1.4 MB per call)."""
+    folder = f"kubernetes-json-schema/v{KUBERNETES_SCHEMA_VERSION}.0-local-strict"
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    try:
+        schema = kubernetes_validate.utils.schema_contents(f"{folder}/{kind.lower()}-{group_version}.json",
+                                                          KUBERNETES_SCHEMA_VERSION)
+    except FileNotFoundError:
+        raise Permanent(f"no Kubernetes {KUBERNETES_SCHEMA_VERSION} schema for {kind} {api_version}") from None
+    registry = _definitions() @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+@functools.cache
+def _definitions() -> Resource[Any]:
+    folder = f"kubernetes-json-schema/v{KUBERNETES_SCHEMA_VERSION}.0-local-strict"
+    return Resource.from_contents(kubernetes_validate.utils.schema_contents(f"{folder}/_definitions.json",
+                                                                            KUBERNETES_SCHEMA_VERSION))
+
+
 def _load(text: str, name: str) -> dict[str, Any]:
-    document = yaml.safe_load(text)
+    document = _whole_characters(yaml.safe_load(text))
     if not isinstance(document, dict) or "kind" not in document:
         raise Permanent(f"template {name} did not render one Kubernetes object")
     return document
+
+
+def _whole_characters(value: Any) -> Any:
+    """Rejoin the surrogate pairs `|tojson` writes for characters beyond U+FFFF (YAML reads them as two halves)."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+    if isinstance(value, dict):
+        return {_whole_characters(key): _whole_characters(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_characters(item) for item in value]
+    return value
 
 
 def _without_userinfo(url: str) -> str:
