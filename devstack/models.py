@@ -103,6 +103,21 @@ def log_iris(name: str, *, kind: str = "logistic", tags: dict[str, str] | None =
     return log_sklearn_model(name, train_iris(kind), features, tags=tags, **kwargs)
 
 
+def register_versions(name: str, logged: LoggedModel, count: int = 1, *, tags: dict[str, str] | None = None,
+                      client: MlflowClient | None = None) -> list[str]:
+    """Register `count` new versions of `name` that serve `logged`'s files (milliseconds each, no training).
+
+    The registry then holds many versions cheaply: each is a real version with the logged model's
+    source, contract and run, as if a researcher had registered the same model again.
+    """
+    client = client or MlflowClient()
+    if not client.search_registered_models(f"name = '{name}'", max_results=1):
+        client.create_registered_model(name)
+    model_id = logged.source.removeprefix("models:/") if logged.source.startswith("models:/") else None
+    return [str(client.create_model_version(name, logged.source, logged.run_id, tags=tags, model_id=model_id,
+                                            await_creation_for=0).version) for _ in range(count)]
+
+
 def _write(path: Path, content: str | bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content.encode() if isinstance(content, str) else content)

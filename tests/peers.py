@@ -7,8 +7,12 @@ here the loop lives in a daemon thread and the tests stay plain synchronous code
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kmock
@@ -19,6 +23,8 @@ RESOURCES = {
     "v1/services": {"kind": "Service", "namespaced": True},
     "networking.k8s.io/v1/ingresses": {"kind": "Ingress", "namespaced": True},
     "coordination.k8s.io/v1/leases": {"kind": "Lease", "namespaced": True},
+    # Read when a rollout fails, for the reason; tests add Pods to play a crashing container.
+    "v1/pods": {"kind": "Pod", "namespaced": True},
 }
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -149,3 +155,42 @@ class KubernetesPeer:
             raise KeyError(f"{plural}/{namespace}/{name}")
 
         self.call(apply)
+
+    def create(self, api_path: str, namespace: str, obj: dict[str, Any]) -> None:
+        """POST `obj` as any client would, e.g. `create("api/v1", ns, pod)` or `create("apis/apps/v1", ns, deploy)`."""
+        plurals = {"Pod": "pods", "Deployment": "deployments", "Service": "services", "Ingress": "ingresses"}
+        plural = plurals[obj["kind"]]
+        request = urllib.request.Request(f"{self.url}/{api_path}/namespaces/{namespace}/{plural}", method="POST",
+                                         data=json.dumps(obj).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if response.status not in (200, 201):
+                raise RuntimeError(f"kmock answered {response.status} creating {obj['kind']}")
+
+    def delete(self, api_path: str, namespace: str, plural: str, name: str) -> None:
+        """DELETE one object as any client would (a person running kubectl delete)."""
+        url = f"{self.url}/{api_path}/namespaces/{namespace}/{plural}/{name}"
+        with urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10):
+            pass
+
+
+class MlflowAccessLog:
+    """Counts MLflow requests at the server side, from the access lines the `mlflow server` logs.
+
+    uvicorn writes each line before the response leaves, so once a client has its answer the line
+    is in the file. `mark()` starts a count; `since()` lists (method, path) of what came after.
+    """
+
+    LINE = re.compile(r'"(GET|POST|PATCH|PUT|DELETE) (\S+) HTTP/[\d.]+" \d{3}')
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def mark(self) -> None:
+        self._offset = self.path.stat().st_size
+
+    def since(self) -> list[tuple[str, str]]:
+        with self.path.open("rb") as log:
+            log.seek(self._offset)
+            text = log.read().decode(errors="replace")
+        return [(match[1], match[2]) for match in self.LINE.finditer(text)]

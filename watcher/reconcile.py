@@ -24,7 +24,7 @@ from watcher.artifacts import S3Store, fetch_contract
 from watcher.errors import Permanent, ServiceBuilderError
 from watcher.lease import Busy
 from watcher.logs import about
-from watcher.plan import Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
+from watcher.plan import STATUS, Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
 from watcher.registry import Registry, VersionInfo
 from watcher.render import Release, Rendered, Renderer
 from watcher.settings import Settings
@@ -190,15 +190,23 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
             smoke_test(base, found.contract.examples)
     deps.target.finish(rendered, snapshot)
     record.deployed(deps, version, action.slug, fresh=action.reason in ("new", "update"))
-    previous = action.previous
-    if previous is not None and previous.model == version.name and previous.version not in (None, version.version):
-        record.superseded(deps, VersionInfo(version.name, int(previous.version or 0), "", None), version.version)
-        report.superseded += 1
+    _supersede_previous(deps, action, report)
     if action.reason == "new":
         report.deployed += 1
     else:
         report.updated += 1
     log.info("%s: %s at %s", version, "deployed", deps.target.endpoint(action.slug))
+
+
+def _supersede_previous(deps: Deps, action: Deploy, report: PassReport) -> None:
+    """Now that the new version is ready, tag the one it replaced (read first: only changed tags are written)."""
+    previous, winner = action.previous, action.version
+    if previous is None or previous.model != winner.name or previous.version in (None, winner.version):
+        return
+    old = deps.registry.get(winner.name, int(previous.version or 0))
+    if old is not None and old.tags.get(STATUS) != "superseded":
+        record.superseded(deps, old, winner.version)
+        report.superseded += 1
 
 
 @contextmanager

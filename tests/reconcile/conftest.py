@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
+from devstack.models import LoggedModel, log_iris
 from devstack.servers import LocalMlflow
 from tests.peers import KubernetesPeer, all_ready
 from watcher.cli import build_deps
@@ -16,6 +19,30 @@ from watcher.reconcile import Deps
 from watcher.settings import Settings, load_settings
 
 FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def iris(mlflow_server: LocalMlflow) -> LoggedModel:
+    """One iris model with a contract, logged once: tests register versions of it under their own names.
+
+    Registering a version takes milliseconds where logging a model takes seconds.
+    """
+    return log_iris("iris-files-for-reconcile-tests")
+
+
+@pytest.fixture
+def upload(mlflow_server: LocalMlflow) -> Callable[[dict[str, str]], str]:
+    """Put files in S3 under a fresh prefix and return its URI, for a version whose source is exactly that."""
+    s3 = boto3.client("s3", endpoint_url=mlflow_server.s3.endpoint_url, region_name="us-east-1",
+                      aws_access_key_id="devstack-key", aws_secret_access_key="devstack-secret")
+
+    def put(files: dict[str, str]) -> str:
+        prefix = f"handmade/{uuid.uuid4().hex}"
+        for name, text in files.items():
+            s3.put_object(Bucket=mlflow_server.s3.bucket, Key=f"{prefix}/{name}", Body=text.encode())
+        return f"s3://{mlflow_server.s3.bucket}/{prefix}"
+
+    return put
 
 
 @pytest.fixture

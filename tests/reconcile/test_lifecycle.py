@@ -1,0 +1,459 @@
+"""The model lifecycle end to end on real peers: the MLflow server, moto S3 and kmock.
+
+Each test plays a researcher (tags, aliases, stages, deletions in MLflow), sometimes the
+Kubernetes controller (the Deployment status kmock reports, a crashing Pod), then runs passes
+and looks at what the cluster holds and what the version's tags say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from devstack.models import IRIS_CONTRACT, LoggedModel, register_versions
+from model_wrapper.naming import model_slug
+from tests.peers import KubernetesPeer, RolloutPolicy, all_ready
+from watcher.reconcile import Deps, PassReport, reconcile_once
+from watcher.render import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MODEL_VERSION, SPEC_HASH
+from watcher.settings import Settings
+
+KINDS = ("deployments", "services", "ingresses")
+OURS = {"deployments", "services", "ingresses"}
+MLMODEL_WITHOUT_SIGNATURE = "flavors:\n  python_function: {loader_module: mlflow.sklearn, python_version: 3.11.7}\n"
+
+
+def tags(name: str, version: str) -> dict[str, str]:
+    return dict(MlflowClient().get_model_version(name, version).tags)
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {item["name"]: item.get("value", "") for item in container["env"]}
+
+
+def objects(kube: KubernetesPeer, namespace: str) -> dict[str, set[str]]:
+    return {plural: set(kube.objects(plural, namespace)) for plural in KINDS}
+
+
+def object_writes(kube: KubernetesPeer, namespace: str) -> list[str]:
+    """Writes to Deployments, Services and Ingresses (the Lease a pass takes is not a model object)."""
+    return [f"{r.method.value} {r.resource.plural}/{r.name or ''}" for r in kube.writes(namespace)
+            if r.resource is not None and r.resource.plural in OURS]
+
+
+def passes(deps: Deps, count: int = 1) -> PassReport:
+    report = PassReport()
+    for _ in range(count):
+        report = reconcile_once(deps)
+    return report
+
+
+def not_ready(message: str, reason: str = "ProgressDeadlineExceeded") -> RolloutPolicy:
+    """A controller whose rollout never becomes ready, with `reason: message` in the Deployment conditions."""
+
+    def policy(deployment: dict[str, Any]) -> dict[str, Any]:
+        generation = deployment["metadata"]["generation"]
+        condition_type = "Progressing" if reason == "ProgressDeadlineExceeded" else "Available"
+        return {"observedGeneration": generation, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0,
+                "availableReplicas": 0,
+                "conditions": [{"type": condition_type, "status": "False", "reason": reason, "message": message}]}
+
+    return policy
+
+
+def only_for(version: str, policy: RolloutPolicy) -> RolloutPolicy:
+    """`policy` for pods of one model version; every other template rolls out fine."""
+
+    def choose(deployment: dict[str, Any]) -> dict[str, Any] | None:
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+        return (policy if annotations.get(MODEL_VERSION) == version else all_ready)(deployment)
+
+    return choose
+
+
+def crashing_pod(slug: str, message: str) -> dict[str, Any]:
+    """What the kubelet reports for the wrapper that exits at start-up (its termination message included)."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{slug}-6d5f7c9b8-x2x4q", "labels": {INSTANCE_LABEL: slug, MANAGED_BY_LABEL: MANAGED_BY}},
+        "spec": {"containers": [{"name": "model", "image": "registry.example.org/model-wrapper:1.0"}]},
+        "status": {"phase": "Running", "containerStatuses": [{
+            "name": "model", "image": "registry.example.org/model-wrapper:1.0", "imageID": "", "ready": False,
+            "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}}]},
+    }
+
+
+def handmade_deployment(name: str) -> dict[str, Any]:
+    """A Deployment somebody created by hand: no managed-by label."""
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}
+
+
+@pytest.fixture
+def deps(make_deps: Callable[..., Deps]) -> Deps:
+    return make_deps()
+
+
+# --- new, update, supersede --------------------------------------------------------------------
+
+
+def test_new_version_rolls_the_same_deployment_and_supersedes_the_old_one_when_ready(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(deps)
+    slug = model_slug(model_name)
+    endpoint = tags(model_name, "1")["model_endpoint"]
+
+    register_versions(model_name, iris, tags=production)  # v2; v1 keeps its tag too
+    report = passes(deps)
+
+    assert (report.updated, report.superseded, report.failed) == (1, 1, 0), report.failures
+    assert objects(kube, namespace) == {plural: {slug} for plural in KINDS}
+    assert env_of(kube.objects("deployments", namespace)[slug])["MODEL_VERSION"] == "2"
+    new, old = tags(model_name, "2"), tags(model_name, "1")
+    assert new["deployment_status"] == "deployed" and new["model_endpoint"] == endpoint
+    assert old["deployment_status"] == "superseded" and old["deployed"] == "false"
+    assert "version 2" in old["deployment_message"]
+
+
+def test_moving_the_tag_to_a_new_version_updates_and_supersedes_the_old_one(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(deps)
+    MlflowClient().delete_model_version_tag(model_name, "1", "deploy")
+    register_versions(model_name, iris, tags=production)
+
+    report = passes(deps)
+
+    assert (report.updated, report.superseded, report.undeployed) == (1, 1, 0)
+    assert env_of(kube.objects("deployments", namespace)[model_slug(model_name)])["MODEL_VERSION"] == "2"
+    assert tags(model_name, "1")["deployment_status"] == "superseded"
+
+
+def test_several_selected_versions_deploy_the_highest_and_supersede_the_others_once(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, 3, tags=production)
+
+    report = passes(deps)
+
+    assert (report.found, report.deployed, report.superseded) == (3, 1, 2)
+    assert env_of(kube.objects("deployments", namespace)[model_slug(model_name)])["MODEL_VERSION"] == "3"
+    assert [tags(model_name, v)["deployment_status"] for v in ("1", "2", "3")] == ["superseded", "superseded",
+                                                                                   "deployed"]
+    before = [tags(model_name, v) for v in ("1", "2", "3")]
+    writes = len(kube.writes(namespace))
+    again = passes(deps)
+    assert (again.superseded, again.unchanged) == (0, 1)
+    assert [tags(model_name, v) for v in ("1", "2", "3")] == before and len(kube.writes(namespace)) == writes
+
+
+# --- rollout failures --------------------------------------------------------------------------
+
+
+def test_failed_rollout_of_a_new_version_rolls_back_and_the_old_version_keeps_serving(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(deps)
+    slug = model_slug(model_name)
+    serving = kube.objects("deployments", namespace)[slug]
+    kube.set_rollout_policy(only_for("2", not_ready("ReplicaSet has timed out progressing.")))
+    kube.create("api/v1", namespace, crashing_pod(slug, "contract example 1: predict failed: shape mismatch"))
+    register_versions(model_name, iris, tags=production)
+
+    report = passes(deps)
+
+    assert (report.failed, report.updated, report.superseded) == (1, 0, 0)
+    failed = tags(model_name, "2")
+    assert failed["deployment_status"] == "failed" and failed["deployed"] == "false"
+    assert "CrashLoopBackOff" in failed["deployment_message"]
+    assert "predict failed: shape mismatch" in failed["deployment_message"]
+    assert "previous version keeps serving" in failed["deployment_message"]
+    rolled_back = kube.objects("deployments", namespace)[slug]
+    assert env_of(rolled_back)["MODEL_VERSION"] == "1"
+    assert rolled_back["spec"] == serving["spec"]
+    assert rolled_back["metadata"]["annotations"][SPEC_HASH] == serving["metadata"]["annotations"][SPEC_HASH]
+    assert tags(model_name, "1")["deployment_status"] == "deployed"
+
+
+def test_brand_new_model_that_never_gets_ready_leaves_no_objects(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
+    model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    kube.set_rollout_policy(not_ready("Deployment does not have minimum availability.", "MinimumReplicasUnavailable"))
+    register_versions(model_name, iris, tags=production)
+
+    report = passes(make_deps(make_settings(rollout_timeout_seconds=1)))
+
+    assert report.failed == 1 and report.deployed == 0
+    message = tags(model_name, "1")["deployment_message"]
+    assert "not ready after 1s" in message
+    assert "MinimumReplicasUnavailable: Deployment does not have minimum availability." in message
+    assert objects(kube, namespace) == {plural: set() for plural in KINDS}
+
+
+def test_failed_version_is_not_retried_until_its_inputs_change(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
+    model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    def bad_image_never_starts(deployment: dict[str, Any]) -> dict[str, Any]:
+        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        return (not_ready("image cannot be pulled") if image.endswith(":broken") else all_ready)(deployment)
+
+    kube.set_rollout_policy(bad_image_never_starts)
+    register_versions(model_name, iris, tags=production)
+    broken = make_deps(make_settings(model_wrapper_image="registry.example.org/model-wrapper:broken"))
+    assert passes(broken).failed == 1
+    failed_tags, writes = tags(model_name, "1"), len(kube.writes(namespace))
+
+    again = passes(broken)
+
+    assert (again.failed, again.unchanged) == (0, 1)
+    assert tags(model_name, "1") == failed_tags and len(kube.writes(namespace)) == writes
+
+    fixed = passes(make_deps(make_settings(model_wrapper_image="registry.example.org/model-wrapper:1.1")))
+
+    assert (fixed.deployed, fixed.failed) == (1, 0)
+    assert tags(model_name, "1")["deployment_status"] == "deployed"
+
+
+def test_version_without_any_contract_fails_with_a_message_saying_how_to_add_one(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, upload: Callable[[dict[str, str]], str],
+    production: dict[str, str],
+) -> None:
+    source = upload({"MLmodel": MLMODEL_WITHOUT_SIGNATURE})
+    MlflowClient().create_registered_model(model_name)
+    MlflowClient().create_model_version(model_name, source, tags=production)
+
+    report = passes(deps)
+
+    assert report.failed == 1
+    version_tags = tags(model_name, "1")
+    assert version_tags["deployment_status"] == "failed" and "contract.yaml" in version_tags["deployment_message"]
+    assert object_writes(kube, namespace) == []
+
+
+# --- reconfigure, repair, stale tags ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("setting", "value", "check"), [
+    ("model_wrapper_image", "registry.example.org/model-wrapper:1.1",
+     lambda container: container["image"] == "registry.example.org/model-wrapper:1.1"),
+    ("default_memory_limit", "3Gi", lambda container: container["resources"]["limits"]["memory"] == "3Gi"),
+])
+def test_setting_change_reapplies_the_objects_without_tag_churn(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
+    model_name: str, iris: LoggedModel, production: dict[str, str], setting: str, value: str,
+    check: Callable[[dict[str, Any]], bool],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(make_deps())
+    before = tags(model_name, "1")
+    changed = make_deps(make_settings(**{setting: value}))
+
+    report = passes(changed)
+
+    assert (report.updated, report.failed) == (1, 0)
+    deployment = kube.objects("deployments", namespace)[model_slug(model_name)]
+    assert check(deployment["spec"]["template"]["spec"]["containers"][0])
+    assert tags(model_name, "1") == before
+    writes = len(kube.writes(namespace))
+    assert passes(changed).unchanged == 1 and len(kube.writes(namespace)) == writes
+
+
+def test_deleted_ingress_is_recreated_and_nothing_else_is_written(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(deps)
+    slug = model_slug(model_name)
+    kube.delete("apis/networking.k8s.io/v1", namespace, "ingresses", slug)
+    before, writes = tags(model_name, "1"), len(object_writes(kube, namespace))
+
+    report = passes(deps)
+
+    assert report.failed == 0 and slug in kube.objects("ingresses", namespace)
+    assert object_writes(kube, namespace)[writes:] == ["POST ingresses/"]
+    assert tags(model_name, "1") == before
+
+
+def test_stale_tags_on_a_running_version_are_rewritten_without_touching_the_cluster(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(deps)
+    complete = tags(model_name, "1")
+    MlflowClient().set_model_version_tag(model_name, "1", "deployment_status", "deploying")
+    MlflowClient().delete_model_version_tag(model_name, "1", "model_endpoint")
+    writes = len(object_writes(kube, namespace))
+
+    report = passes(deps)
+
+    assert (report.unchanged, report.failed) == (1, 0)
+    assert tags(model_name, "1") == complete
+    assert len(object_writes(kube, namespace)) == writes
+
+
+# --- objects that are not ours ------------------------------------------------------------------
+
+
+def test_unmanaged_deployment_with_the_same_name_is_reported_and_never_touched(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    slug = model_slug(model_name)
+    kube.create("apis/apps/v1", namespace, handmade_deployment(slug))
+    handmade = kube.objects("deployments", namespace)[slug]
+    register_versions(model_name, iris, tags=production)
+
+    report = passes(deps, count=2)
+
+    assert report.failed == 1
+    version_tags = tags(model_name, "1")
+    assert version_tags["deployment_status"] == "failed"
+    assert "not managed by Service Builder" in version_tags["deployment_message"]
+    assert kube.objects("deployments", namespace)[slug] == handmade
+    assert object_writes(kube, namespace) == ["POST deployments/"]  # only the hand-made one
+
+
+def test_name_held_by_another_models_objects_is_reported(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(deps)
+    slug = model_slug(model_name)
+    kube.patch_object("deployments", namespace, slug,
+                      {"metadata": {"annotations": {"service-builder.io/model-name": "someone-else"}}})
+    newcomer = f"{model_name}-2"
+    register_versions(newcomer, iris, tags=production)
+
+    report = passes(deps)
+
+    assert report.deployed == 1  # the newcomer has its own slug; the two never meet on one name
+    assert model_slug(newcomer) in kube.objects("deployments", namespace)
+    failure = tags(model_name, "1")
+    assert failure["deployment_status"] == "failed" and "'someone-else'" in failure["deployment_message"]
+
+
+# --- undeploy ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["tag removed", "version deleted", "model deleted"])
+def test_model_without_a_selected_version_is_undeployed_and_only_its_objects_go(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+    how: str,
+) -> None:
+    keeper = f"{model_name}-keeper"
+    register_versions(model_name, iris, tags=production)
+    register_versions(keeper, iris, tags=production)
+    kube.create("apis/apps/v1", namespace, handmade_deployment("handmade"))
+    passes(deps)
+    client = MlflowClient()
+    if how == "tag removed":
+        client.delete_model_version_tag(model_name, "1", "deploy")
+    elif how == "version deleted":
+        client.delete_model_version(model_name, "1")
+    else:
+        client.delete_registered_model(model_name)
+
+    report = passes(deps)
+
+    assert (report.undeployed, report.failed) == (1, 0), report.failures
+    remaining = {model_slug(keeper)}
+    assert objects(kube, namespace) == {"deployments": remaining | {"handmade"}, "services": remaining,
+                                        "ingresses": remaining}
+    if how == "tag removed":
+        version_tags = tags(model_name, "1")
+        assert (version_tags["deployment_status"], version_tags["deployed"]) == ("undeployed", "false")
+    assert tags(keeper, "1")["deployment_status"] == "deployed"
+
+
+# --- selectors ---------------------------------------------------------------------------------
+
+
+def test_alias_selector_follows_the_alias_from_version_to_version(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
+    model_name: str, iris: LoggedModel,
+) -> None:
+    alias = f"live_{namespace.replace('-', '_')}"
+    register_versions(model_name, iris, 2)
+    deps = make_deps(make_settings(selector=f"alias:{alias}"))
+    client = MlflowClient()
+    client.set_registered_model_alias(model_name, alias, "1")
+    assert passes(deps).deployed == 1
+
+    client.set_registered_model_alias(model_name, alias, "2")
+    moved = passes(deps)
+    client.delete_registered_model_alias(model_name, alias)
+    removed = passes(deps)
+
+    assert (moved.updated, moved.superseded) == (1, 1)
+    assert (removed.undeployed, removed.failed) == (1, 0)
+    assert objects(kube, namespace) == {plural: set() for plural in KINDS}
+    assert tags(model_name, "2")["deployment_status"] == "undeployed"
+
+
+def test_stage_selector_deploys_the_version_in_that_stage(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
+    model_name: str, iris: LoggedModel,
+) -> None:
+    # Stages are a fixed set shared by the whole registry: only this test moves versions into Staging.
+    register_versions(model_name, iris)
+    deps = make_deps(make_settings(selector="stage:Staging"))
+    client = MlflowClient()
+    client.transition_model_version_stage(model_name, "1", "Staging")
+
+    deployed = passes(deps)
+    client.transition_model_version_stage(model_name, "1", "Archived")
+    archived = passes(deps)
+
+    assert deployed.deployed == 1 and tags(model_name, "1")["deployment_status"] == "undeployed"
+    assert archived.undeployed == 1
+    assert objects(kube, namespace) == {plural: set() for plural in KINDS}
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+def test_names_that_reduce_alike_get_distinct_stable_endpoints(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    names = [f"Iris Model {model_name}", f"iris-model-{model_name.lower()}", f"iris_model_{model_name}"]
+    for name in names:
+        register_versions(name, iris, tags=production)
+
+    report = passes(deps)
+
+    assert report.deployed == 3
+    slugs = {model_slug(name) for name in names}
+    assert len(slugs) == 3 and set(kube.objects("deployments", namespace)) == slugs
+    endpoints = {tags(name, "1")["model_endpoint"] for name in names}
+    assert endpoints == {f"http://models.example.org/{slug}/api/" for slug in slugs}
+
+
+def test_serving_overrides_from_the_contract_shape_the_deployment(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, upload: Callable[[dict[str, str]], str],
+    production: dict[str, str],
+) -> None:
+    contract = IRIS_CONTRACT + "serving:\n  replicas: 2\n  resources: {limits: {memory: 768Mi}}\n"
+    MlflowClient().create_registered_model(model_name)
+    MlflowClient().create_model_version(model_name, upload({"MLmodel": MLMODEL_WITHOUT_SIGNATURE, "contract.yaml": contract}), tags=production)
+
+    report = passes(deps)
+
+    assert report.deployed == 1, report.failures
+    deployment = kube.objects("deployments", namespace)[model_slug(model_name)]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "768Mi"
+    writes = len(kube.writes(namespace))
+    assert passes(deps).unchanged == 1 and len(kube.writes(namespace)) == writes
