@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from watcher.errors import Permanent, ServiceBuilderError
+from watcher.errors import PassAborted, Permanent, ServiceBuilderError
 from watcher.logs import redact
 from watcher.plan import ATTEMPT, STATUS, Live
 from watcher.registry import VersionInfo
@@ -60,6 +60,8 @@ def failed(deps: Deps, version: VersionInfo, error: ServiceBuilderError, attempt
         tags["deployed"] = "false"
     try:
         _write(deps, version, tags)
+    except PassAborted:
+        raise
     except ServiceBuilderError as e:
         log.error("%s: could not record the failure (%s)", version, e)
 

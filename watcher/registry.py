@@ -160,6 +160,10 @@ class _translated:
 
 
 def _translate(error: Exception, doing: str, abort: bool) -> ServiceBuilderError:
+    if (refused := _connection_failure(error)) is not None:
+        # No answer at all: the registry is gone for every model, so the pass stops here rather
+        # than tagging nothing and failing each remaining model in turn.
+        return PassAborted(f"MLflow registry unreachable: could not {doing}: {redact(refused)}")
     message = f"could not {doing}: {redact(_short(error))}"
     if isinstance(error, RestException) and error.error_code == "RESOURCE_DOES_NOT_EXIST":
         return VersionGone(message)
@@ -171,6 +175,22 @@ def _translate(error: Exception, doing: str, abort: bool) -> ServiceBuilderError
     if unreachable or (status or 0) >= 500 or status == 429:
         return Retryable(message)
     return Permanent(message)
+
+
+def _connection_failure(error: BaseException) -> str | None:
+    """Why no connection could be made (refused, reset, timed out), or None when the server answered.
+
+    MLflow re-raises these as a plain MlflowException, with the requests error as its context.
+    """
+    cause: BaseException | None = error
+    for _ in range(10):
+        if cause is None:
+            return None
+        if isinstance(cause, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+            reason = getattr(cause.args[0] if cause.args else cause, "reason", None) or cause
+            return (str(reason).splitlines() or [type(cause).__name__])[0][:300]
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _short(error: Exception) -> str:

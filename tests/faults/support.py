@@ -1,0 +1,66 @@
+"""Helpers shared by the fault tests: read tags, play the Deployment controller, run the watcher as a process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+
+from tests.peers import KubernetesPeer, all_ready
+from watcher.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+WATCHER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+               "K8S_API", "K8S_API_KEY", "K8S_NAME_SPACE", "SERVICE_BUILDER_HOST_NAME", "MODEL_WRAPPER_IMAGE",
+               "SELECTOR", "ROLLOUT_TIMEOUT_SECONDS", "SMOKE_TEST", "LOCAL_STATE_DIR", "WEBHOOK_SECRET",
+               "LOG_FORMAT")
+# The MLflow client retries the CLI configures for itself (bounded, with back-off) apply in these runs.
+_TEST_ONLY = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
+PLURALS = ("deployments", "services", "ingresses")
+
+
+def tags(name: str, version: str | int = 1) -> dict[str, str]:
+    return dict(MlflowClient().get_model_version(name, str(version)).tags)
+
+
+def ready_now(kube: KubernetesPeer, namespace: str, name: str) -> None:
+    """Play the Deployment controller: report the Deployment's current template fully rolled out."""
+    deployment = kube.objects("deployments", namespace)[name]
+    kube.patch_object("deployments", namespace, name, {"status": all_ready(deployment)})
+
+
+def watcher_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment `python -m watcher` needs to run with `settings` (as the CronJob would get it)."""
+    values: Mapping[str, Any] = settings.model_dump()
+    env = {key: value for key, value in os.environ.items() if key not in WATCHER_ENV + _TEST_ONLY}
+    for key in WATCHER_ENV:
+        value = values.get(key.lower())
+        if value is not None:
+            env[key] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    env.update(PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def start_watcher(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "watcher", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_watcher(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "watcher", *args], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+def managed_objects(kube: KubernetesPeer, namespace: str) -> dict[str, set[str]]:
+    """Names of the Deployments, Services and Ingresses in `namespace`, by plural."""
+    return {plural: set(kube.objects(plural, namespace)) for plural in PLURALS}
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " ERROR " in line or line.startswith("ERROR")]
