@@ -52,7 +52,10 @@ def build_openapi(routes: list[Any], predictor: Predictor, *, protected: set[str
         operation = item.get("post") or item.get("get") or {}
         if path.endswith("/predict"):
             operation["requestBody"] = _json_body(request_ref, examples=_examples(contract.examples))
-            operation["responses"]["200"]["content"]["application/json"]["schema"] = response_ref
+            answer = operation["responses"]["200"]["content"]["application/json"]
+            answer["schema"] = response_ref
+            if predictor.example_answer is not None:
+                answer["example"] = predictor.example_answer
         elif path.endswith("/invocations"):
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": INVOCATIONS_SCHEMA,

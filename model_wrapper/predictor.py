@@ -68,6 +68,8 @@ class Predictor:
     inline: bool = False
     model: LoadedModel | None = None
     schema: RequestSchema | None = None
+    example_answer: dict[str, Any] | None = None
+    """The answer to the contract's examples, shown as the response example in the docs."""
     _label_of: dict[Any, str] = field(default_factory=dict)
 
     def install(self, model: LoadedModel) -> None:
@@ -89,6 +91,7 @@ class Predictor:
                 body = orjson.dumps({"instances": examples})
                 answer = orjson.loads(self.predict_body(body))
                 self._check_labels(answer, len(examples))
+                self.example_answer = answer
                 started = time.perf_counter()
                 self.predict_body(orjson.dumps({"instances": examples[:1]}))
                 self.inline = model.backend.fast and time.perf_counter() - started < INLINE_BUDGET_SECONDS

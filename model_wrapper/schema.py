@@ -100,15 +100,21 @@ def _response_model(contract: Contract, classes: int | None) -> type[BaseModel]:
     fields: dict[str, Any] = {
         "predictions": (list[prediction], Field(description=described or "One prediction per instance, in order.")),
     }
+    # Absent rather than null when the model has none: no `default` in the published schema.
     if classes:
-        fields["probabilities"] = (list[list[float]] | None, Field(
-            default=None, description="Per instance, the probability of each class, in class order."))
+        fields["probabilities"] = (list[list[float]], Field(
+            default=None, json_schema_extra=_no_default,
+            description="Per instance, the probability of each class, in class order."))
     if contract.labels:
-        fields["labels"] = (list[Literal[tuple(contract.labels)]] | None, Field(  # type: ignore[misc]
-            default=None, description="Per instance, the name of the predicted class."))
+        fields["labels"] = (list[Literal[tuple(contract.labels)]], Field(  # type: ignore[misc]
+            default=None, json_schema_extra=_no_default, description="Per instance, the name of the predicted class."))
     response: type[BaseModel] = create_model("PredictResponse", __config__=ConfigDict(title="PredictResponse"),
                                              **fields)
     return response
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
 
 def _client_error(error: ValidationError, max_batch: int) -> Exception:

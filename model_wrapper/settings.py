@@ -104,12 +104,12 @@ class WrapperSettings(BaseSettings):
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> WrapperSettings:
-    """Read and validate the settings; raise SettingsError naming the bad variable."""
+    """Read and validate the settings from the process environment, with `environ` (if given) taking
+    precedence; raise SettingsError naming the bad variable."""
+    overrides = {key.lower(): value for key, value in (environ or {}).items()}
     try:
-        if environ is None:
-            return WrapperSettings()  # type: ignore[call-arg]  # pydantic-settings reads the environment
-        lowered = {key.lower(): value for key, value in environ.items()}
-        return WrapperSettings.model_validate({k: v for k, v in lowered.items() if k in WrapperSettings.model_fields})
+        # pydantic-settings reads the environment underneath values given here.
+        return WrapperSettings.model_validate({k: v for k, v in overrides.items() if k in WrapperSettings.model_fields})
     except ValidationError as e:
         raise SettingsError(_describe(e)) from None
 

@@ -35,8 +35,11 @@ _PAGE = """<!DOCTYPE html>
       defaultModelsExpandDepth: 2,
       defaultModelExpandDepth: 3,
       displayRequestDuration: true,
-      tryItOutEnabled: true,
       validatorUrl: null,
+      onComplete: function () {{
+        // Consumers come for predict: open it, unless a link already points somewhere.
+        if (!window.location.hash) {{ window.ui.layoutActions.show(["operations", "default", "predict"], true); }}
+      }},
       presets: [SwaggerUIBundle.presets.apis],
       layout: "BaseLayout"
     }});
