@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +196,23 @@ class MlflowAccessLog:
             log.seek(self._offset)
             text = log.read().decode(errors="replace")
         return [(match[1], match[2]) for match in self.LINE.finditer(text)]
+
+
+@contextmanager
+def s3_requests() -> Iterator[list[str]]:
+    """The request lines moto's S3 server (a werkzeug server in this process) logs while inside the block."""
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger, handler = logging.getLogger("werkzeug"), Collect()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
