@@ -160,11 +160,11 @@ class _translated:
 
 
 def _translate(error: Exception, doing: str, abort: bool) -> ServiceBuilderError:
-    if (refused := _connection_failure(error)) is not None:
+    if (refused := _cause(error, _NO_ANSWER)) is not None:
         # No answer at all: the registry is gone for every model, so the pass stops here rather
         # than tagging nothing and failing each remaining model in turn.
         return PassAborted(f"MLflow registry unreachable: could not {doing}: {redact(refused)}")
-    message = f"could not {doing}: {redact(_short(error))}"
+    message = f"could not {doing}: {redact(_cause(error, (requests.RequestException,)) or _short(error))}"
     if isinstance(error, RestException) and error.error_code == "RESOURCE_DOES_NOT_EXIST":
         return VersionGone(message)
     status = error.get_http_status_code() if isinstance(error, MlflowException) else None
@@ -177,16 +177,20 @@ def _translate(error: Exception, doing: str, abort: bool) -> ServiceBuilderError
     return Permanent(message)
 
 
-def _connection_failure(error: BaseException) -> str | None:
-    """Why no connection could be made (refused, reset, timed out), or None when the server answered.
+_NO_ANSWER = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
 
-    MLflow re-raises these as a plain MlflowException, with the requests error as its context.
+
+def _cause(error: BaseException, kinds: tuple[type[BaseException], ...]) -> str | None:
+    """The short reason of the first of `kinds` behind `error` (e.g. connection refused, too many 503s).
+
+    MLflow re-raises transport errors as a plain MlflowException with a long message; the requests
+    error is its context, and urllib3's reason inside says what actually happened.
     """
     cause: BaseException | None = error
     for _ in range(10):
         if cause is None:
             return None
-        if isinstance(cause, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+        if isinstance(cause, kinds):
             reason = getattr(cause.args[0] if cause.args else cause, "reason", None) or cause
             return (str(reason).splitlines() or [type(cause).__name__])[0][:300]
         cause = cause.__cause__ or cause.__context__

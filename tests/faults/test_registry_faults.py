@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from devstack.models import log_iris
-from devstack.servers import LocalMlflow
+from devstack.servers import LocalMlflow, free_port
 from model_wrapper.naming import model_slug
 from tests.faults.proxy import FaultProxy
 from tests.faults.support import error_lines, managed_objects, ready_now, run_watcher, start_watcher, tags, watcher_env
@@ -35,20 +35,18 @@ def _restore_logging() -> Iterator[None]:
 
 @pytest.mark.usefixtures("_restore_logging")
 def test_registry_unreachable_at_start_exits_1_with_one_clear_line_and_touches_nothing(
-    mlflow_server: LocalMlflow, make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
+    make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
 ) -> None:
-    for key, value in watcher_env(make_settings()).items():
+    # Nothing listens there: to the watcher, the same as a stopped server (the next test stops the real one).
+    dead = f"http://127.0.0.1:{free_port()}"
+    for key, value in watcher_env(make_settings(mlflow_tracking_uri=dead)).items():
         monkeypatch.setenv(key, value)
-    mlflow_server.stop()
-    try:
-        code = main(["run-once"])
-    finally:
-        mlflow_server.start()
+    code = main(["run-once"])
     stderr = capfd.readouterr().err
     assert code == 1
     (line,) = error_lines(stderr)
-    assert "MLflow registry unreachable" in line and f"port={mlflow_server.port}" in line
+    assert "pass aborted: MLflow registry unreachable" in line and f"port={dead.rsplit(':', 1)[1]}" in line
     assert "Traceback" not in stderr
     assert kube.requests(namespace) == [], "nothing may be read or written on the cluster"
 
@@ -103,23 +101,25 @@ def test_one_registry_call_answering_503_is_retried_with_backoff_then_only_that_
     log_iris(broken, tags=production)
     log_iris(healthy, tags=production)
     proxy = FaultProxy(mlflow_server.tracking_uri).start()
+    settings = make_settings(mlflow_tracking_uri=proxy.url)
     try:
         rule = proxy.fail(rf"^GET /api/2\.0/mlflow/model-versions/get-download-uri\?name={broken}&", 503)
         # As the CronJob runs it: the CLI's own bounded MLflow retries apply.
-        result = run_watcher(["run-once"], watcher_env(make_settings(mlflow_tracking_uri=proxy.url)))
+        result = run_watcher(["run-once"], watcher_env(settings))
+        assert result.returncode == 0, result.stderr
+        assert len(rule.hits) == 3, "one call and two retries, then give up"
+        gaps = [later - earlier for earlier, later in zip(rule.hits, rule.hits[1:], strict=False)]
+        assert gaps[1] > gaps[0] and gaps[1] >= 1.5, f"exponential back-off between retries: {gaps}"
+        failed = tags(broken)
+        assert failed["deployment_status"] == "failed" and failed["deployed"] == "false"
+        assert failed["deployment_message"].endswith(f"{broken} v1: too many 503 error responses")
+        assert failed.get("deployment_attempt", "") == "", "a transient failure is retried on the next pass"
+        assert tags(healthy)["deployment_status"] == "deployed"
+        assert model_slug(broken) not in kube.objects("deployments", namespace)
+
+        proxy.clear()
+        report = reconcile_once(make_deps(settings))
     finally:
         proxy.stop()
-    assert result.returncode == 0, result.stderr
-    assert len(rule.hits) == 3, "one call and two retries, then give up"
-    gaps = [later - earlier for earlier, later in zip(rule.hits, rule.hits[1:], strict=False)]
-    assert gaps[1] > gaps[0] and gaps[1] >= 1.5, f"exponential back-off between retries: {gaps}"
-    failed = tags(broken)
-    assert failed["deployment_status"] == "failed" and failed["deployed"] == "false"
-    assert "503" in failed["deployment_message"] or "unavailable" in failed["deployment_message"].lower()
-    assert failed.get("deployment_attempt", "") == "", "a transient failure is retried on the next pass"
-    assert tags(healthy)["deployment_status"] == "deployed"
-    assert model_slug(broken) not in kube.objects("deployments", namespace)
-
-    report = reconcile_once(make_deps())
-    assert report.deployed == 1 and report.failed == 0, report.failures
+    assert (report.deployed, report.unchanged, report.failed) == (1, 1, 0), report.failures
     assert tags(broken)["deployment_status"] == "deployed"
