@@ -28,7 +28,7 @@ from model_wrapper.contract import (
     parse_contract,
     signature_mismatches,
 )
-from watcher.errors import ContractInvalid, Permanent, Retryable
+from watcher.errors import Blocked, ContractInvalid, Permanent, Retryable
 from watcher.logs import redact
 from watcher.registry import Registry, VersionInfo
 
@@ -61,7 +61,7 @@ class S3Store:
             if code == "NoSuchBucket":
                 raise Permanent(f"S3 bucket {bucket!r} does not exist (reading s3://{bucket}/{key})") from e
             if code in _DENIED:
-                raise Permanent(f"S3 refused access to s3://{bucket}/{key} ({code}); check the S3 credentials") from e
+                raise Blocked(f"S3 refused access to s3://{bucket}/{key} ({code}); check the S3 credentials") from e
             raise Retryable(f"S3 error {code} reading s3://{bucket}/{key}") from e
         except BotoCoreError as e:
             raise Retryable(f"S3 unreachable reading s3://{bucket}/{key}: {type(e).__name__}") from e
@@ -80,7 +80,11 @@ def fetch_contract(store: S3Store, registry: Registry, version: VersionInfo) -> 
     candidates = [f"{model_uri}/{CONTRACT_FILE}", f"{model_uri}/extra_files/{CONTRACT_FILE}"]
     if version.run_id:
         candidates.append(f"{registry.run_artifact_uri(version.run_id).rstrip('/')}/{CONTRACT_FILE}")
-    signature, example = _signature(store, model_uri)
+    mlmodel = store.read(f"{model_uri}/MLmodel")
+    if mlmodel is None:
+        raise Permanent(f"no MLmodel at {model_uri}/MLmodel: the files of {version} are missing from S3 "
+                        "(deleted, or its source points somewhere else); register the version again")
+    signature, example = _signature(store, model_uri, mlmodel)
     for uri in candidates:
         data = store.read(uri)
         if data is not None:
@@ -103,11 +107,9 @@ def _parse(data: bytes, uri: str) -> Contract:
         raise ContractInvalid(f"{e} ({uri.rsplit('/', 2)[-2]}/{CONTRACT_FILE})") from e
 
 
-def _signature(store: S3Store, model_uri: str) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+def _signature(store: S3Store, model_uri: str, raw: bytes) -> tuple[list[dict[str, Any]] | None,
+                                                                    list[dict[str, Any]] | None]:
     """The column signature and input example from the MLmodel file, when the model has them."""
-    raw = store.read(f"{model_uri}/MLmodel")
-    if raw is None:
-        return None, None
     try:
         mlmodel = yaml.safe_load(raw) or {}
         inputs = json.loads(mlmodel.get("signature", {}).get("inputs") or "null")

@@ -21,7 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from model_wrapper.contract import Serving
-from watcher.errors import PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
+from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
 from watcher.lease import Lease
 from watcher.plan import Live
 from watcher.render import (
@@ -103,7 +103,7 @@ class KubernetesTarget:
             if existing is None:
                 self._call("create", kind, partial(self._create, manifest))
             elif not _managed(existing):
-                raise Permanent(f"{kind} {name!r} exists and is not managed by Service Builder")
+                raise Blocked(f"{kind} {name!r} exists and is not managed by Service Builder")
             elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
                 self._call("patch", kind, partial(self._patch, manifest))
 
@@ -164,14 +164,23 @@ class KubernetesTarget:
     def _create(self, manifest: dict[str, Any]) -> Any:
         creators: dict[str, Callable[..., Any]] = {"Deployment": self._apps.create_namespaced_deployment,
                     "Service": self._core.create_namespaced_service, "Ingress": self._net.create_namespaced_ingress}
-        return creators[manifest["kind"]](self._ns, manifest, _request_timeout=TIMEOUT)
+        try:
+            return creators[manifest["kind"]](self._ns, manifest, _request_timeout=TIMEOUT)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        # It exists after all: an earlier try whose answer was lost (a 5xx or timeout after the write)
+        # created it. Adopt it, but only if it carries our label: never take over someone else's object.
+        return self._patch(manifest, ours_only=True)
 
-    def _patch(self, manifest: dict[str, Any]) -> Any:
+    def _patch(self, manifest: dict[str, Any], *, ours_only: bool = False) -> Any:
         # A JSON patch replaces exactly the parts we own; every API server (and kmock) supports it.
         meta = manifest["metadata"]
-        ops = [{"op": "add", "path": "/metadata/labels", "value": meta.get("labels") or {}},
-               {"op": "add", "path": "/metadata/annotations", "value": meta.get("annotations") or {}},
-               {"op": "add", "path": "/spec", "value": manifest["spec"]}]
+        owner = "/metadata/labels/" + MANAGED_BY_LABEL.replace("~", "~0").replace("/", "~1")
+        ops: list[dict[str, Any]] = [{"op": "test", "path": owner, "value": MANAGED_BY}] if ours_only else []
+        ops += [{"op": "add", "path": "/metadata/labels", "value": meta.get("labels") or {}},
+                {"op": "add", "path": "/metadata/annotations", "value": meta.get("annotations") or {}},
+                {"op": "add", "path": "/spec", "value": manifest["spec"]}]
         patchers: dict[str, Callable[..., Any]] = {"Deployment": self._apps.patch_namespaced_deployment,
                     "Service": self._core.patch_namespaced_service, "Ingress": self._net.patch_namespaced_ingress}
         return patchers[manifest["kind"]](meta["name"], self._ns, ops, _request_timeout=TIMEOUT)
@@ -244,7 +253,7 @@ def _translate(error: ApiException, verb: str, kind: str, namespace: str) -> Ser
     resource = {"Deployment": "deployments", "Service": "services", "Ingress": "ingresses", "Pod": "pods",
                 "Lease": "leases"}.get(kind, kind.lower())
     if error.status == 403:
-        return Permanent(f"forbidden: the watcher's Role lacks '{verb}' on {resource} in namespace {namespace}")
+        return Blocked(f"forbidden: the watcher's Role lacks '{verb}' on {resource} in namespace {namespace}")
     if error.status == 409 or error.status == 429 or (error.status or 0) >= 500:
         return Retryable(f"Kubernetes answered {error.status} to {verb} {kind}; will retry")
     if error.status == 422:

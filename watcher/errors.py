@@ -19,6 +19,11 @@ class Permanent(ServiceBuilderError):
     """Something a person must fix (bad contract, missing permission, name clash)."""
 
 
+class Blocked(Permanent):
+    """A person must fix something outside the model version (a permission, a credential, a clashing
+    object): recorded as failed, yet tried again every pass, so the fix works without re-tagging."""
+
+
 class ContractInvalid(Permanent):
     """The model's contract is missing or unusable."""
 

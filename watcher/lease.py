@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from watcher.errors import Permanent, Retryable, ServiceBuilderError
+from watcher.errors import Blocked, Retryable, ServiceBuilderError
 
 log = logging.getLogger(__name__)
 
@@ -96,5 +96,5 @@ def _stamp(moment: datetime) -> str:
 
 def _error(e: ApiException) -> ServiceBuilderError:
     if e.status == 403:
-        return Permanent("forbidden: the watcher's Role lacks access to leases")
+        return Blocked("forbidden: the watcher's Role lacks access to leases")
     return Retryable(f"Kubernetes answered {e.status} on the lease")

@@ -21,7 +21,7 @@ import yaml
 from model_wrapper.naming import model_slug
 from watcher import record
 from watcher.artifacts import S3Store, fetch_contract
-from watcher.errors import PassAborted, Permanent, ServiceBuilderError
+from watcher.errors import Blocked, PassAborted, ServiceBuilderError
 from watcher.lease import Busy
 from watcher.logs import about
 from watcher.plan import STATUS, Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
@@ -166,7 +166,7 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
             record.undeployed(deps, action.live)
             report.undeployed += 1
         elif isinstance(action, Clash):
-            raise Permanent(action.message)
+            raise Blocked(action.message)  # the plan re-checks the clash every pass
     except PassAborted:
         raise  # the registry or the cluster is gone: no model failed, the pass did
     except ServiceBuilderError as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from watcher.errors import PassAborted, Permanent, ServiceBuilderError
+from watcher.errors import Blocked, PassAborted, Permanent, ServiceBuilderError
 from watcher.logs import redact
 from watcher.plan import ATTEMPT, STATUS, Live
 from watcher.registry import VersionInfo
@@ -55,7 +55,8 @@ def undeployed(deps: Deps, live: Live) -> None:
 def failed(deps: Deps, version: VersionInfo, error: ServiceBuilderError, attempt: str) -> None:
     """Record why; a permanent failure remembers its inputs so it is not retried until they change."""
     message = redact(str(error))[:MAX_MESSAGE]
-    tags = {STATUS: "failed", "deployment_message": message, ATTEMPT: attempt if isinstance(error, Permanent) else ""}
+    remember = isinstance(error, Permanent) and not isinstance(error, Blocked)
+    tags = {STATUS: "failed", "deployment_message": message, ATTEMPT: attempt if remember else ""}
     if version.tags.get(STATUS) != "deployed":
         tags["deployed"] = "false"
     try:

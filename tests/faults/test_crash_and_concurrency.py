@@ -1,0 +1,101 @@
+"""The watcher killed with SIGKILL mid-pass, and two watchers running a pass at the same time.
+
+Both run `python -m watcher run-once` as real processes, as the CronJob does. The test plays the
+Deployment controller: rollouts stay pending until it says they are done, so it can act while a
+pass is inside one.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from devstack.models import log_iris
+from model_wrapper.naming import model_slug
+from tests.faults.support import PLURALS, managed_objects, ready_now, run_watcher, start_watcher, tags, watcher_env
+from tests.peers import KubernetesPeer, all_ready
+from watcher.reconcile import Deps, reconcile_once
+from watcher.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("mlflow_server")
+LONG_AGO = "2000-01-01T00:00:00.000000Z"
+
+
+def wait_for_deployment(kube: KubernetesPeer, namespace: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := kube.objects("deployments", namespace):
+            return next(iter(found))
+        time.sleep(0.05)
+    raise AssertionError("the watcher never created a Deployment")
+
+
+def creates(kube: KubernetesPeer, namespace: str, plural: str) -> int:
+    return len([r for r in kube.writes(namespace)
+                if r.method.value == "POST" and r.resource is not None and r.resource.plural == plural])
+
+
+def test_watcher_killed_mid_pass_is_converged_by_the_next_pass_with_no_duplicates_or_orphans(
+    make_settings: Callable[..., Settings], make_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str,
+    model_name: str, production: dict[str, str],
+) -> None:
+    names = [f"{model_name}-a", f"{model_name}-b"]
+    for name in names:
+        log_iris(name, tags=production)
+    kube.set_rollout_policy(lambda deployment: None)
+    watcher = start_watcher(["run-once"], watcher_env(make_settings(rollout_timeout_seconds=120)))
+    try:
+        first = wait_for_deployment(kube, namespace)
+        watcher.send_signal(signal.SIGKILL)
+        watcher.wait(10)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == -signal.SIGKILL
+    (caught,) = [name for name in names if model_slug(name) == first]
+    assert tags(caught)["deployment_status"] == "deploying", "the tags say a rollout was under way"
+    assert kube.objects("leases", namespace)["service-builder"]["spec"]["holderIdentity"]
+
+    kube.set_rollout_policy(all_ready)
+    ready_now(kube, namespace, first)  # the cluster finishes the rollout without the watcher
+    report = reconcile_once(make_deps())
+    assert report.skipped and "holds the lease" in report.skipped, "the dead holder's lease is honoured"
+
+    kube.patch_object("leases", namespace, "service-builder", {"spec": {"renewTime": LONG_AGO}})  # it expires
+    report = reconcile_once(make_deps())
+    assert report.failed == 0 and not report.skipped, report.failures
+    assert {tags(name)["deployment_status"] for name in names} == {"deployed"}
+    slugs = {model_slug(name) for name in names}
+    assert managed_objects(kube, namespace) == {plural: slugs for plural in PLURALS}, "no orphans"
+    for plural in PLURALS:
+        assert creates(kube, namespace, plural) == len(names), f"every {plural[:-1]} created exactly once"
+    assert reconcile_once(make_deps()).unchanged == len(names)
+
+
+def test_two_passes_at_once_deploy_once_and_the_second_steps_aside_cleanly(
+    make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str, model_name: str,
+    production: dict[str, str],
+) -> None:
+    log_iris(model_name, tags=production)
+    kube.set_rollout_policy(lambda deployment: None)
+    env = watcher_env(make_settings(rollout_timeout_seconds=120))
+    first = start_watcher(["run-once"], env)
+    try:
+        slug = wait_for_deployment(kube, namespace)
+        second = run_watcher(["run-once"], env)  # starts and ends while the first is inside the rollout
+        ready_now(kube, namespace, slug)
+        _, first_err = first.communicate(timeout=90)
+    finally:
+        first.kill()
+    assert (first.returncode, second.returncode) == (0, 0), (first_err, second.stderr)
+    (first_summary,) = [line for line in first_err.splitlines() if "pass done:" in line]
+    (second_summary,) = [line for line in second.stderr.splitlines() if "pass done:" in line]
+    assert "deployed=1" in first_summary
+    assert "deployed=0" in second_summary and "skipped: another watcher" in second_summary
+    assert "Traceback" not in second.stderr
+    for plural in PLURALS:
+        assert creates(kube, namespace, plural) == 1
+    assert managed_objects(kube, namespace) == {plural: {slug} for plural in PLURALS}
+    assert tags(model_name)["deployment_status"] == "deployed"

@@ -1,0 +1,146 @@
+"""The Kubernetes API refusing or failing calls: 403, 409, 5xx, and a failure half-way through an apply.
+
+Faults are kmock reactions in the test's own namespace (see kube_faults.py); each test shows the
+outcome on the model's tags and on the objects left in the namespace, then that the next pass,
+with the fault gone, converges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from devstack.models import log_iris
+from model_wrapper.naming import model_slug
+from tests.faults.kube_faults import KubeFaults
+from tests.faults.support import PLURALS, managed_objects, tags
+from tests.peers import KubernetesPeer
+from watcher import commands
+from watcher.errors import Blocked
+from watcher.reconcile import Deps, reconcile_once
+
+pytestmark = pytest.mark.usefixtures("mlflow_server")
+NOTHING = {plural: set() for plural in PLURALS}
+
+
+def everything(*slugs: str) -> dict[str, set[str]]:
+    return {plural: set(slugs) for plural in PLURALS}
+
+
+def requests_to(kube: KubernetesPeer, namespace: str, method: str, plural: str) -> int:
+    return len([r for r in kube.requests(namespace)
+                if r.method.value == method and r.resource is not None and r.resource.plural == plural])
+
+
+def test_forbidden_create_fails_the_model_naming_verb_and_resource_and_the_fixed_role_takes_effect_next_pass(
+    make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
+    production: dict[str, str],
+) -> None:
+    log_iris(model_name, tags=production)
+    kube_faults.refuse("create", "ingresses", 403)
+    report = reconcile_once(make_deps())
+    assert report.failed == 1
+    found = tags(model_name)
+    assert found["deployment_status"] == "failed" and found["deployed"] == "false"
+    assert found["deployment_message"] == (
+        f"forbidden: the watcher's Role lacks 'create' on ingresses in namespace {namespace}")
+    assert managed_objects(kube, namespace) == NOTHING, "what this attempt created is rolled back"
+
+    kube_faults.clear()  # ops add the missing rule to the Role
+    report = reconcile_once(make_deps())
+    assert report.deployed == 1, report.failures
+    assert managed_objects(kube, namespace) == everything(model_slug(model_name))
+
+
+def test_forbidden_list_stops_the_pass_before_any_write(
+    make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
+    production: dict[str, str],
+) -> None:
+    log_iris(model_name, tags=production)
+    kube_faults.refuse("list", "services", 403)
+    with pytest.raises(Blocked, match=f"lacks 'list' on services in namespace {namespace}"):
+        reconcile_once(make_deps())
+    assert kube.writes(namespace) == []
+
+
+def test_conflicts_are_retried_and_the_update_goes_through(
+    make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
+    production: dict[str, str],
+) -> None:
+    log_iris(model_name, tags=production)
+    assert reconcile_once(make_deps()).deployed == 1
+    log_iris(model_name, tags=production)  # version 2
+    patches_before = requests_to(kube, namespace, "PATCH", "deployments")
+    conflict = kube_faults.refuse("patch", "deployments", 409, times=2)
+    report = reconcile_once(make_deps())
+    assert report.updated == 1 and report.failed == 0, report.failures
+    assert len(conflict.answered) == 2
+    assert requests_to(kube, namespace, "PATCH", "deployments") - patches_before == 3
+    assert tags(model_name, 2)["deployment_status"] == "deployed"
+    deployment = kube.objects("deployments", namespace)[model_slug(model_name)]
+    assert deployment["metadata"]["annotations"]["service-builder.io/model-version"] == "2"
+
+
+def test_server_errors_are_retried_a_bounded_number_of_times_then_the_model_fails_and_the_next_pass_retries(
+    make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
+    production: dict[str, str],
+) -> None:
+    log_iris(model_name, tags=production)
+    outage = kube_faults.refuse("get", "deployments", 503)
+    report = reconcile_once(make_deps())
+    assert report.failed == 1
+    assert len(outage.answered) == 3, "three attempts, then give up"
+    found = tags(model_name)
+    assert found["deployment_status"] == "failed"
+    assert "503" in found["deployment_message"] and "Deployment" in found["deployment_message"]
+    assert found.get("deployment_attempt", "") == "", "transient: not remembered as a permanent failure"
+    assert managed_objects(kube, namespace) == NOTHING
+
+    kube_faults.clear()
+    assert reconcile_once(make_deps()).deployed == 1
+    assert tags(model_name)["deployment_status"] == "deployed"
+
+
+def test_a_create_whose_500_hid_a_successful_write_is_adopted_not_retried_into_a_conflict(
+    make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
+    production: dict[str, str],
+) -> None:
+    log_iris(model_name, tags=production)
+    lost_answer = kube_faults.refuse("create", "services", 500, times=1, landed=True)
+    report = reconcile_once(make_deps())
+    assert report.deployed == 1 and report.failed == 0, report.failures
+    assert len(lost_answer.answered) == 1
+    assert managed_objects(kube, namespace) == everything(model_slug(model_name))
+    assert tags(model_name)["deployment_status"] == "deployed"
+
+
+def test_failure_after_the_deployment_and_before_the_ingress_is_told_truthfully_and_repaired_next_pass(
+    make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
+    production: dict[str, str],
+) -> None:
+    log_iris(model_name, tags=production)
+    slug = model_slug(model_name)
+    kube_faults.refuse("create", "ingresses", 503)
+    for plural in ("deployments", "services"):  # the roll-back cannot clean up either
+        kube_faults.refuse("delete", plural, 503)
+    report = reconcile_once(make_deps())
+    assert report.failed == 1
+
+    assert managed_objects(kube, namespace) == {"deployments": {slug}, "services": {slug}, "ingresses": set()}
+    found = tags(model_name)
+    assert found["deployment_status"] == "failed" and found["deployed"] == "false"
+    assert "model_endpoint" not in found
+    assert "create Ingress" in found["deployment_message"]
+    status: list[str] = []
+    commands.status(make_deps(), out=status.append)
+    assert any(model_name in row and "(incomplete)" in row for row in status), status
+
+    kube_faults.clear()
+    ingress_creates = requests_to(kube, namespace, "POST", "ingresses")
+    report = reconcile_once(make_deps())
+    assert report.failed == 0, report.failures
+    assert managed_objects(kube, namespace) == everything(slug), "no orphans, no duplicates"
+    assert requests_to(kube, namespace, "POST", "ingresses") - ingress_creates == 1
+    assert tags(model_name)["deployment_status"] == "deployed"
+    assert tags(model_name)["model_endpoint"] == f"http://models.example.org/{slug}/api/"
