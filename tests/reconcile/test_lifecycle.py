@@ -447,7 +447,8 @@ def test_serving_overrides_from_the_contract_shape_the_deployment(
 ) -> None:
     contract = IRIS_CONTRACT + "serving:\n  replicas: 2\n  resources: {limits: {memory: 768Mi}}\n"
     MlflowClient().create_registered_model(model_name)
-    MlflowClient().create_model_version(model_name, upload({"MLmodel": MLMODEL_WITHOUT_SIGNATURE, "contract.yaml": contract}), tags=production)
+    files = upload({"MLmodel": MLMODEL_WITHOUT_SIGNATURE, "contract.yaml": contract})
+    MlflowClient().create_model_version(model_name, files, tags=production)
 
     report = passes(deps)
 

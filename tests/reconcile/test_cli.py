@@ -1,0 +1,254 @@
+"""`python -m watcher ...` as a developer and the CronJob run it: `main(argv)` with the environment set.
+
+Covers the summary line and exit codes of `run-once`, a dry run that writes nothing, and the
+developer commands `render`, `deploy`, `undeploy` and `status`, all against the real peers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from devstack.models import LoggedModel, register_versions
+from devstack.servers import LocalMlflow, free_port
+from model_wrapper.naming import model_slug
+from tests.peers import KubernetesPeer
+from watcher.cli import main
+
+SUMMARY = re.compile(r"pass done: found=(\d+) deployed=(\d+) updated=(\d+) unchanged=(\d+) superseded=(\d+) "
+                     r"undeployed=(\d+) failed=(\d+) duration=\d+\.\d\ds")
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """main() configures the root logger for a process; put pytest's own handlers back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, mlflow_server: LocalMlflow, kube: KubernetesPeer, namespace: str,
+        production: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """The environment ops give the CronJob, pointed at this test's peers and namespace."""
+    values = {
+        "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri, "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": "devstack-key", "AWS_SECRET_ACCESS_KEY": "devstack-secret", "K8S_API": kube.url,
+        "K8S_NAME_SPACE": namespace, "SERVICE_BUILDER_HOST_NAME": "models.example.org",
+        "MODEL_WRAPPER_IMAGE": "registry.example.org/model-wrapper:1.0",
+        "SELECTOR": f"tag:deploy={production['deploy']}",
+        "ROLLOUT_TIMEOUT_SECONDS": "5", "LOCAL_STATE_DIR": str(tmp_path / "state"), "LOG_FORMAT": "text",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DEPLOY_TARGET", raising=False)
+    return values
+
+
+def summaries(text: str) -> list[tuple[int, ...]]:
+    return [tuple(int(n) for n in match.groups()) for match in SUMMARY.finditer(text)]
+
+
+def tags(name: str, version: str = "1") -> dict[str, str]:
+    return dict(MlflowClient().get_model_version(name, version).tags)
+
+
+# --- run-once: summary and exit codes -------------------------------------------------------------
+
+
+def test_run_once_logs_one_summary_line_and_exits_zero_although_a_model_failed(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], kube: KubernetesPeer, namespace: str, model_name: str,
+    iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    register_versions(f"{model_name}-clash", iris, tags=production)
+    kube.create("apis/apps/v1", namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": model_slug(f"{model_name}-clash")},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
+            "metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}})
+
+    code = main(["run-once"])
+
+    captured = capsys.readouterr()
+    assert code == 0
+    # found, deployed, updated, unchanged, superseded, undeployed, failed
+    assert summaries(captured.out + captured.err) == [(2, 1, 0, 0, 0, 0, 1)]
+    assert tags(f"{model_name}-clash")["deployment_status"] == "failed"
+
+
+def test_run_once_exits_one_when_the_registry_cannot_be_reached(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kube: KubernetesPeer,
+    namespace: str,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+
+    assert main(["run-once"]) == 1
+
+    assert "pass aborted" in capsys.readouterr().err
+    assert kube.writes(namespace) == []
+
+
+def test_run_once_exits_one_when_the_cluster_cannot_be_reached(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model_name: str,
+    iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    monkeypatch.setenv("K8S_API", f"http://127.0.0.1:{free_port()}")
+
+    assert main(["run-once"]) == 1
+
+    assert "Kubernetes API unreachable" in capsys.readouterr().err
+    assert "deployment_status" not in tags(model_name)
+
+
+def test_bad_setting_exits_two_naming_the_variable(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("SELECTOR", "production")
+
+    assert main(["run-once"]) == 2
+
+    assert "SELECTOR" in capsys.readouterr().err
+
+
+def test_run_once_for_one_model_leaves_the_others_alone(
+    env: dict[str, str], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
+    production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    register_versions(f"{model_name}-other", iris, tags=production)
+
+    assert main(["run-once", "--model", model_name]) == 0
+
+    assert set(kube.objects("deployments", namespace)) == {model_slug(model_name)}
+    assert "deployment_status" not in tags(f"{model_name}-other")
+
+
+# --- dry run --------------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_plan_and_manifests_and_writes_nothing(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], kube: KubernetesPeer, namespace: str, model_name: str,
+    iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    before = tags(model_name)
+
+    assert main(["run-once", "--dry-run"]) == 0
+
+    out = capsys.readouterr().out
+    slug = model_slug(model_name)
+    assert f"- new: {model_name} v1 as {slug}" in out
+    documents = [doc for doc in yaml.safe_load_all(out[out.index("apiVersion"):]) if doc]
+    assert [doc["kind"] for doc in documents] == ["Deployment", "Service", "Ingress"]
+    assert kube.writes(namespace) == []
+    assert tags(model_name) == before
+
+
+def test_dry_run_with_nothing_to_do_says_so(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], kube: KubernetesPeer, namespace: str, model_name: str,
+    iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    assert main(["run-once"]) == 0
+    capsys.readouterr()
+    writes = len(kube.writes(namespace))
+
+    assert main(["run-once", "--dry-run"]) == 0
+
+    assert "nothing to do" in capsys.readouterr().out
+    assert len(kube.writes(namespace)) == writes
+
+
+# --- render, deploy, undeploy, status ----------------------------------------------------------
+
+
+def test_render_prints_the_validated_manifests_of_any_version(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], kube: KubernetesPeer, namespace: str, model_name: str,
+    iris: LoggedModel,
+) -> None:
+    register_versions(model_name, iris, 2)
+
+    assert main(["render", model_name, "2"]) == 0
+
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [doc["kind"] for doc in documents] == ["Deployment", "Service", "Ingress"]
+    env_vars = {e["name"]: e.get("value") for e in documents[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env_vars["MODEL_NAME"] == model_name and env_vars["MODEL_VERSION"] == "2"
+    assert kube.requests(namespace) == []
+
+
+def test_render_of_a_missing_version_exits_one_with_a_message(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], model_name: str,
+) -> None:
+    assert main(["render", model_name, "7"]) == 1
+    assert f"{model_name} v7 does not exist" in capsys.readouterr().err
+
+
+def test_deploy_then_undeploy_one_version_on_kubernetes(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], kube: KubernetesPeer, namespace: str, model_name: str,
+    iris: LoggedModel,
+) -> None:
+    register_versions(model_name, iris)  # not selected: deploy is the developer's explicit request
+    slug = model_slug(model_name)
+
+    assert main(["deploy", model_name, "1", "--target", "kubernetes"]) == 0
+
+    assert f"deployed at http://models.example.org/{slug}/api/" in capsys.readouterr().out
+    assert all(slug in kube.objects(plural, namespace) for plural in ("deployments", "services", "ingresses"))
+    assert tags(model_name)["deployment_status"] == "deployed"
+
+    assert main(["undeploy", model_name]) == 0
+
+    assert f"{model_name}: undeployed" in capsys.readouterr().out
+    assert all(kube.objects(plural, namespace) == {} for plural in ("deployments", "services", "ingresses"))
+    assert (tags(model_name)["deployment_status"], tags(model_name)["deployed"]) == ("undeployed", "false")
+
+
+def test_deploy_that_fails_exits_one_and_records_why(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], kube: KubernetesPeer, namespace: str, model_name: str,
+    upload: Callable[[dict[str, str]], str],
+) -> None:
+    MlflowClient().create_registered_model(model_name)
+    MlflowClient().create_model_version(model_name, upload({"MLmodel": "flavors: {}\n"}))
+
+    assert main(["deploy", model_name, "1"]) == 1
+
+    assert "failed" in capsys.readouterr().out
+    assert tags(model_name)["deployment_status"] == "failed"
+    assert kube.objects("deployments", namespace) == {}
+
+
+def test_undeploy_of_a_model_that_is_not_deployed_says_so(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], model_name: str,
+) -> None:
+    assert main(["undeploy", model_name]) == 0
+    assert f"{model_name}: not deployed" in capsys.readouterr().out
+
+
+def test_status_lists_managed_deployments_with_version_status_and_endpoint(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], kube: KubernetesPeer, namespace: str, model_name: str,
+    iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, 2, tags=production)
+    kube.create("apis/apps/v1", namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "handmade"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
+            "metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}})
+    assert main(["run-once"]) == 0
+    capsys.readouterr()
+
+    assert main(["status"]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["MODEL", "VERSION", "STATUS", "ENDPOINT"]
+    assert [line.split() for line in lines[1:]] == [
+        [model_name, "2", "deployed", f"http://models.example.org/{model_slug(model_name)}/api/"]]
