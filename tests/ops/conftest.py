@@ -135,10 +135,15 @@ def process_env(registry: LocalMlflow, kube: KubernetesPeer, namespace: str, pro
 
 @pytest.fixture
 def root_logging() -> Iterator[None]:
-    """Let a test call configure_logging(); the root logger is put back as it was afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    """Let a test call configure_logging(); the root logger is put back as it was afterwards.
+
+    kmock's access log is muted meanwhile: its thread logs after each response, and a late line
+    would go to this test's captured stderr after pytest closed it.
+    """
+    root, access = logging.getLogger(), logging.getLogger("aiohttp.access")
+    handlers, level, access_level = root.handlers[:], root.level, access.level
+    access.setLevel(logging.WARNING)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-
+    access.setLevel(access_level)

@@ -48,19 +48,27 @@ def in_background(fn: Callable[..., int], *args: Any, **kwargs: Any) -> Iterator
     finally:
         run.stop.set()
         thread.join(20)
+        if run.error is not None:  # the loop's own failure explains whatever the test saw
+            raise AssertionError(f"the loop raised {run.error!r}") from run.error
     assert not thread.is_alive(), "the loop did not stop within 20 s of the stop request"
-    assert run.error is None, f"the loop raised {run.error!r}"
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds.
+
+    A connection error counts as "not yet" (a server that is still starting).
+    """
     deadline = time.monotonic() + timeout
+    last: OSError | None = None
     while True:
-        result = check()
+        try:
+            result = check()
+        except OSError as e:
+            result, last = None, e
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last})" if last else ""))
         time.sleep(every)
 
 
