@@ -1,0 +1,141 @@
+"""The local target (`DEPLOY_TARGET=local`) has the Kubernetes lifecycle, with real wrapper processes.
+
+Each wrapper start loads a model (seconds), so the cases share one test and three starts: deploy,
+an update that never leaves the endpoint dark, supersede, a later run that finds the process again,
+a restart of a wrapper that died, undeploy.
+Every process a test starts is stopped when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from devstack.models import LoggedModel, register_versions
+from model_wrapper.naming import model_slug
+from watcher.reconcile import Deps, reconcile_once
+from watcher.settings import Settings
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """The local target's state directory; every wrapper recorded there is stopped at the end."""
+    directory = tmp_path / "state"
+    yield directory
+    for path in directory.glob("*.json"):
+        pid = json.loads(path.read_text()).get("pid")
+        if isinstance(pid, int) and _running(pid):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def local_deps(make_deps: Callable[..., Deps], make_settings: Callable[..., Settings],
+               state_dir: Path) -> Callable[[], Deps]:
+    """A fresh watcher process each call (as the CronJob starts one per pass), on the same state directory."""
+    return lambda: make_deps(make_settings(deploy_target="local", local_state_dir=state_dir,
+                                           rollout_timeout_seconds=120))
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def state(state_dir: Path, slug: str) -> dict[str, Any]:
+    return dict(json.loads((state_dir / f"{slug}.json").read_text()))
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+class EndpointWatch(threading.Thread):
+    """Keeps asking the endpoint the state directory names, as a client of the model would."""
+
+    def __init__(self, state_dir: Path, slug: str) -> None:
+        super().__init__(daemon=True)
+        self.state_dir, self.slug = state_dir, slug
+        self.asked, self.dark = 0, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            endpoint = state(self.state_dir, self.slug)["endpoint"]
+            # A client that reads the state just before it moves on retries once at the new address.
+            if not answers(f"{endpoint}ready") and not answers(f"{state(self.state_dir, self.slug)['endpoint']}ready"):
+                self.dark += 1
+            self.asked += 1
+            self.stop.wait(0.05)
+
+
+def test_local_lifecycle_deploy_update_without_going_dark_found_again_restarted_and_undeployed(
+    local_deps: Callable[[], Deps], state_dir: Path, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    slug = model_slug(model_name)
+    client = MlflowClient()
+    register_versions(model_name, iris, tags=production)
+
+    first = reconcile_once(local_deps())
+
+    assert (first.deployed, first.failed) == (1, 0), first.failures
+    v1 = state(state_dir, slug)
+    assert client.get_model_version(model_name, "1").tags["model_endpoint"] == v1["endpoint"]
+    assert get_json(f"{v1['endpoint']}metadata")["version"] in (1, "1")
+
+    register_versions(model_name, iris, tags=production)
+    watch = EndpointWatch(state_dir, slug)
+    watch.start()
+    try:
+        update = reconcile_once(local_deps())
+    finally:
+        watch.stop.set()
+        watch.join()
+
+    assert (update.updated, update.superseded, update.failed) == (1, 1, 0), update.failures
+    assert watch.asked > 10 and watch.dark == 0
+    v2 = state(state_dir, slug)
+    assert v2["pid"] != v1["pid"] and not _running(v1["pid"])
+    assert get_json(f"{v2['endpoint']}metadata")["version"] in (2, "2")
+    assert client.get_model_version(model_name, "1").tags["deployment_status"] == "superseded"
+    assert client.get_model_version(model_name, "2").tags["model_endpoint"] == v2["endpoint"]
+
+    again = reconcile_once(local_deps())  # a new watcher process: it finds the wrapper from the state directory
+
+    assert (again.unchanged, again.deployed, again.updated) == (1, 0, 0)
+    assert state(state_dir, slug)["pid"] == v2["pid"] and _running(v2["pid"])
+
+    os.killpg(v2["pid"], signal.SIGKILL)  # the wrapper died (OOM, a reboot): the next pass starts it again
+    repaired = reconcile_once(local_deps())
+
+    assert (repaired.updated, repaired.failed) == (1, 0), repaired.failures
+    v2_again = state(state_dir, slug)
+    assert v2_again["pid"] != v2["pid"] and answers(f"{v2_again['endpoint']}ready")
+
+    client.delete_model_version_tag(model_name, "1", "deploy")
+    client.delete_model_version_tag(model_name, "2", "deploy")
+    gone = reconcile_once(local_deps())
+
+    assert (gone.undeployed, gone.failed) == (1, 0)
+    assert not _running(v2_again["pid"]) and not (state_dir / f"{slug}.json").exists()
+    assert client.get_model_version(model_name, "2").tags["deployment_status"] == "undeployed"
