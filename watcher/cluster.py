@@ -211,7 +211,7 @@ class KubernetesTarget:
     def _why_not_ready(self, name: str, deployment: Any, timeout: float) -> str:
         reason = self._pod_problem(name) or _condition_message(deployment)
         detail = f": {reason}" if reason else ""
-        return f"not ready after {timeout:.0f}s{detail}; the previous version keeps serving"
+        return f"not ready after {timeout:.0f}s{detail}"
 
     def _call(self, verb: str, kind: str, fn: Callable[[], T], attempts: int = 3) -> T:
         """One API call with bounded retries for conflicts and server errors; errors translated."""

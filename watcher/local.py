@@ -85,7 +85,7 @@ class LocalTarget:
             if _answers(f"http://127.0.0.1:{port}/{slug}/api/ready"):
                 return
             time.sleep(0.2)
-        raise RolloutFailed(f"not ready after {timeout:.0f}s; the previous version keeps serving")
+        raise RolloutFailed(f"not ready after {timeout:.0f}s: {self._last_words(slug)}")
 
     def finish(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
         """Record the new process, then retire the one it replaces (so the endpoint never goes dark)."""

@@ -21,7 +21,7 @@ import yaml
 from model_wrapper.naming import model_slug
 from watcher import record
 from watcher.artifacts import S3Store, fetch_contract
-from watcher.errors import Blocked, PassAborted, ServiceBuilderError
+from watcher.errors import Blocked, PassAborted, RolloutFailed, ServiceBuilderError
 from watcher.lease import Busy
 from watcher.logs import about
 from watcher.plan import STATUS, Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
@@ -184,7 +184,7 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
         record.deploying(deps, version)
     found = fetch_contract(deps.store, deps.registry, version)
     rendered = deps.renderer.render(_release(version, action.slug, found.contract.serving))
-    with _rolled_back_on_failure(deps, rendered, snapshot):
+    with _rolled_back_on_failure(deps, rendered, snapshot, action.previous):
         deps.target.apply(rendered, snapshot)
         deps.target.wait_ready(rendered, settings.rollout_timeout_seconds)
         base = deps.target.smoke_base(action.slug)
@@ -212,15 +212,24 @@ def _supersede_previous(deps: Deps, action: Deploy, report: PassReport) -> None:
 
 
 @contextmanager
-def _rolled_back_on_failure(deps: Deps, rendered: Rendered, snapshot: Any) -> Iterator[None]:
+def _rolled_back_on_failure(deps: Deps, rendered: Rendered, snapshot: Any, previous: Live | None) -> Iterator[None]:
+    """Put back what ran before; a rollout failure then also says what serves now (read by the researcher)."""
     try:
         yield
-    except BaseException:
-        try:
-            deps.target.roll_back(rendered, snapshot)
-        except ServiceBuilderError as e:
-            log.error("%s: roll-back incomplete (%s); the next pass converges", rendered.release, e)
+    except BaseException as failure:
+        if _roll_back(deps, rendered, snapshot) and isinstance(failure, RolloutFailed):
+            now = f"version {previous.version} keeps serving" if previous else "nothing of it was left running"
+            raise RolloutFailed(f"{failure}; {now}") from failure
         raise
+
+
+def _roll_back(deps: Deps, rendered: Rendered, snapshot: Any) -> bool:
+    try:
+        deps.target.roll_back(rendered, snapshot)
+        return True
+    except ServiceBuilderError as e:
+        log.error("%s: roll-back incomplete (%s); the next pass converges", rendered.release, e)
+        return False
 
 
 def _print_plan(deps: Deps, the_plan: Plan, out: Callable[[str], None]) -> None:

@@ -179,7 +179,7 @@ def test_failed_rollout_of_a_new_version_rolls_back_and_the_old_version_keeps_se
     assert failed["deployment_status"] == "failed" and failed["deployed"] == "false"
     assert "CrashLoopBackOff" in failed["deployment_message"]
     assert "predict failed: shape mismatch" in failed["deployment_message"]
-    assert "previous version keeps serving" in failed["deployment_message"]
+    assert failed["deployment_message"].endswith("; version 1 keeps serving")
     rolled_back = kube.objects("deployments", namespace)[slug]
     assert env_of(rolled_back)["MODEL_VERSION"] == "1"
     assert rolled_back["spec"] == serving["spec"]
@@ -200,6 +200,7 @@ def test_brand_new_model_that_never_gets_ready_leaves_no_objects(
     message = tags(model_name, "1")["deployment_message"]
     assert "not ready after 1s" in message
     assert "MinimumReplicasUnavailable: Deployment does not have minimum availability." in message
+    assert message.endswith("; nothing of it was left running")
     assert objects(kube, namespace) == {plural: set() for plural in KINDS}
 
 
