@@ -62,6 +62,8 @@ class FieldSpec(_Strict):
     def _consistent(self) -> FieldSpec:
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"minimum {self.minimum} is greater than maximum {self.maximum}")
+        if any(bound is not None and not math.isfinite(bound) for bound in (self.minimum, self.maximum)):
+            raise ValueError("minimum and maximum must be finite numbers")
         if (self.minimum is not None or self.maximum is not None) and self.type not in _NUMERIC:
             raise ValueError(f"minimum/maximum only apply to number or integer fields, not {self.type.value}")
         for value in self.enum or []:
@@ -175,6 +177,10 @@ def parse_contract(data: bytes) -> Contract:
         raise ContractError(f"contract.yaml is not valid YAML: {_one_line(e)}") from e
     except RecursionError as e:
         raise ContractError("contract.yaml is nested too deeply") from e
+    except ContractError:
+        raise
+    except (ValueError, OverflowError) as e:  # e.g. a 5000-digit integer, the date 2023-02-30
+        raise ContractError(f"contract.yaml has a value that cannot be read: {_one_line(e)}") from e
     if not isinstance(document, dict):
         raise ContractError(f"contract.yaml must be a mapping with an 'inputs' section, not a {type(document).__name__}")
     return contract_from_dict(document)
@@ -193,7 +199,7 @@ def format_validation_error(error: ValidationError, limit: int = 5) -> str:
     """Pydantic errors as `path: message` pairs, the unknown-key case named as such."""
     parts = []
     for item in error.errors()[:limit]:
-        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        path = ".".join(_printable(str(p)) for p in item["loc"]) or "(top level)"
         message = "unknown key (check the spelling)" if item["type"] == "extra_forbidden" else item["msg"]
         parts.append(f"{path}: {message}")
     more = error.error_count() - limit
@@ -202,6 +208,12 @@ def format_validation_error(error: ValidationError, limit: int = 5) -> str:
 
 def _one_line(error: Exception) -> str:
     return re.sub(r"\s+", " ", str(error)).strip()[:300]
+
+
+def _printable(key: str, limit: int = 80) -> str:
+    """A key as it may appear in a message: control characters escaped, long keys cut."""
+    shown = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], key)
+    return shown if len(shown) <= limit else f"{shown[:limit]}…"
 
 
 # --- MLflow signatures (as found in the MLmodel file, already JSON-decoded) -------------------
@@ -223,7 +235,7 @@ def contract_from_signature(
     inputs: dict[str, dict[str, Any]] = {}
     for column in signature_inputs:
         name, kind = column.get("name"), column.get("type")
-        if not name or kind not in _MLFLOW_TYPES:
+        if not isinstance(name, str) or not name or not isinstance(kind, str) or kind not in _MLFLOW_TYPES:
             raise ContractError(
                 f"the model signature has an input ({name or 'unnamed'}, type {kind}) that cannot be "
                 f"described without a contract; {HOW_TO_ADD}"
@@ -241,7 +253,8 @@ def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, An
                 if name not in columns]
     for name, column in columns.items():
         spec = contract.inputs.get(name)
-        expected = _MLFLOW_TYPES.get(column.get("type", ""))
+        kind = column.get("type")
+        expected = _MLFLOW_TYPES.get(kind) if isinstance(kind, str) else None  # MLmodel files are untrusted too
         if spec is None:
             if column.get("required", True):
                 problems.append(f"{name}: required by the model signature but missing from the contract")

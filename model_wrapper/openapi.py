@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from model_wrapper.errors import ErrorResponse
 from model_wrapper.predictor import Predictor
 
 OPENAPI_VERSION = "3.0.3"
@@ -34,7 +35,8 @@ INVOCATIONS_SCHEMA: dict[str, Any] = {
 }
 
 
-def build_openapi(routes: list[Any], predictor: Predictor, *, protected: set[str], secured: bool) -> dict[str, Any]:
+def build_openapi(routes: list[Any], predictor: Predictor, *, prefix: str, errors: dict[int, str], protected: set[str],
+                  secured: bool) -> dict[str, Any]:
     """The whole document for an installed predictor."""
     model = predictor.installed()
     schema = predictor.schema
@@ -48,15 +50,21 @@ def build_openapi(routes: list[Any], predictor: Predictor, *, protected: set[str
     components = document.setdefault("components", {}).setdefault("schemas", {})
     request_ref = _add_model(components, schema.request_model)
     response_ref = _add_model(components, schema.response_model)
+    error_ref = _add_model(components, ErrorResponse)
+    answer: dict[str, Any] = {"schema": response_ref}
+    if predictor.example_answer is not None:
+        answer["example"] = predictor.example_answer
+    document["paths"] = {f"{prefix}predict": {"post": {
+        "summary": "Predict", "operationId": "predict",
+        "description": "Predict from instances that follow the contract: `{\"instances\": [{field: value, ...}]}`.",
+        "requestBody": _json_body(request_ref, examples=_examples(contract.examples)),
+        "responses": {"200": {"description": "One prediction per instance", "content": {"application/json": answer}},
+                      **{str(status): {"description": text, "content": {"application/json": {"schema": error_ref}}}
+                         for status, text in errors.items()}},
+    }}, **document["paths"]}
     for path, item in document["paths"].items():
         operation = item.get("post") or item.get("get") or {}
-        if path.endswith("/predict"):
-            operation["requestBody"] = _json_body(request_ref, examples=_examples(contract.examples))
-            answer = operation["responses"]["200"]["content"]["application/json"]
-            answer["schema"] = response_ref
-            if predictor.example_answer is not None:
-                answer["example"] = predictor.example_answer
-        elif path.endswith("/invocations"):
+        if path.endswith("/invocations"):
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": INVOCATIONS_SCHEMA,
                                      "example": {"dataframe_records": contract.examples[:2]}},

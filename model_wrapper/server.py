@@ -1,9 +1,10 @@
 """The wrapper process: settings, logging, then uvicorn, with the model loading beside it.
 
-`main()` is what `python -m model_wrapper` (and the image's CMD) runs. HTTP starts at once so
-liveness answers; the model loads in a background thread and `ready` turns 200 when its examples
-have been predicted. A fatal loading problem is written to TERMINATION_LOG (Kubernetes shows it in
-the pod status) and to stderr, and the process exits non-zero.
+`main()` is what `python -m model_wrapper` (and the image's CMD) runs. With one worker HTTP starts
+at once so liveness answers; the model loads in a background thread and `ready` turns 200 when its
+examples have been predicted. With WORKERS > 1 each worker loads before it accepts connections. A
+fatal loading problem is written to TERMINATION_LOG (Kubernetes shows it in the pod status) and to
+stderr, and the process exits non-zero.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def serve(settings: WrapperSettings) -> int:
 
 
 def serve_workers(settings: WrapperSettings) -> int:
-    """Several processes (uvicorn's supervisor); each worker loads its own model."""
+    """Several processes (uvicorn's supervisor); each worker loads its own model, then serves."""
     with tempfile.NamedTemporaryFile(prefix="model-wrapper-fatal-", delete=False) as marker:
         os.environ[_FATAL_FILE] = marker.name
     try:
@@ -87,7 +88,9 @@ def worker_app() -> Any:
 
     workdir = tempfile.mkdtemp(prefix="model-wrapper-")
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    start_loading(settings, predictor, Path(workdir), stop)
+    # Workers share one listening socket: a worker that accepted connections while still loading
+    # would answer them 503 while a sibling is ready. So each loads first and only then serves.
+    load_into(settings, predictor, Path(workdir), stop)
     return create_app(settings, predictor)
 
 
