@@ -22,6 +22,7 @@ from model_wrapper.contract import (
     CONTRACT_FILE,
     HOW_TO_ADD,
     MAX_CONTRACT_BYTES,
+    MAX_EXAMPLES,
     Contract,
     ContractError,
     contract_from_signature,
@@ -58,6 +59,8 @@ class S3Store:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in _MISSING:
                 return None
+            if code == "InvalidRange":  # S3's answer to a ranged read of an empty object
+                return b""
             if code == "NoSuchBucket":
                 raise Permanent(f"S3 bucket {bucket!r} does not exist (reading s3://{bucket}/{key})") from e
             if code in _DENIED:
@@ -109,27 +112,39 @@ def _parse(data: bytes, uri: str) -> Contract:
 
 def _signature(store: S3Store, model_uri: str, raw: bytes) -> tuple[list[dict[str, Any]] | None,
                                                                     list[dict[str, Any]] | None]:
-    """The column signature and input example from the MLmodel file, when the model has them."""
+    """The column signature and input example from the MLmodel file, when the model has them.
+
+    The file is registry content, so untrusted: one the wrapper could not load fails the version here.
+    """
     try:
-        mlmodel = yaml.safe_load(raw) or {}
-        inputs = json.loads(mlmodel.get("signature", {}).get("inputs") or "null")
-    except (yaml.YAMLError, ValueError, AttributeError):
-        log.warning("unreadable MLmodel at %s", model_uri)
+        mlmodel = yaml.safe_load(raw)
+        signature = mlmodel.get("signature") or {} if isinstance(mlmodel, dict) else None
+        if not isinstance(signature, dict):
+            raise ValueError("it is not a mapping with a 'signature' mapping")
+        encoded = signature.get("inputs")
+        inputs = json.loads(encoded) if encoded is not None else None
+        if inputs is not None and not (isinstance(inputs, list) and all(isinstance(c, dict) for c in inputs)):
+            raise ValueError("its signature inputs are not a list of columns")
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
+        raise Permanent(f"{model_uri}/MLmodel is not a valid MLflow model file ({reason}); log the model again") \
+            from e
+    if not inputs:
         return None, None
-    if not isinstance(inputs, list) or not all(isinstance(c, dict) for c in inputs):
-        return None, None
-    example_info = mlmodel.get("saved_input_example_info") or {}
-    example = _example(store.read(f"{model_uri}/{example_info['artifact_path']}")) if "artifact_path" in example_info \
-        else None
-    return inputs, example
+    info = mlmodel.get("saved_input_example_info")
+    path = info.get("artifact_path") if isinstance(info, dict) else None
+    safe = isinstance(path, str) and ".." not in path.split("/")  # an example beside the model, nowhere else
+    return inputs, _example(store.read(f"{model_uri}/{path}")) if safe else None
 
 
 def _example(raw: bytes | None) -> list[dict[str, Any]] | None:
-    """MLflow saves pandas examples in split orientation: {"columns": [...], "data": [[...]]}."""
+    """MLflow saves pandas examples in split orientation: {"columns": [...], "data": [[...]]}; else None."""
     try:
         document = json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if isinstance(document, dict) and isinstance(document.get("columns"), list):
-        return [dict(zip(document["columns"], row, strict=False)) for row in document.get("data", [])]
-    return None
+    columns, rows = (document.get("columns"), document.get("data")) if isinstance(document, dict) else (None, None)
+    if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)
+            and isinstance(rows, list) and all(isinstance(row, list) for row in rows)):
+        return None
+    return [dict(zip(columns, row, strict=False)) for row in rows[:MAX_EXAMPLES]]

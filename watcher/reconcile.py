@@ -21,7 +21,7 @@ import yaml
 from model_wrapper.naming import model_slug
 from watcher import record
 from watcher.artifacts import S3Store, fetch_contract
-from watcher.errors import Blocked, PassAborted, RolloutFailed, ServiceBuilderError
+from watcher.errors import Blocked, PassAborted, Retryable, RolloutFailed, ServiceBuilderError
 from watcher.lease import Busy
 from watcher.logs import about
 from watcher.plan import STATUS, Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
@@ -169,12 +169,19 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
             raise Blocked(action.message)  # the plan re-checks the clash every pass
     except PassAborted:
         raise  # the registry or the cluster is gone: no model failed, the pass did
-    except ServiceBuilderError as e:
+    except Exception as error:  # one model's failure, whatever it is, never stops the pass for the others
+        e = error if isinstance(error, ServiceBuilderError) else _unexpected(subject, error)
         report.failed += 1
         report.failures.append(f"{subject}: {e}")
         log.error("%s: %s", subject, e)
         if not isinstance(action, Undeploy):
             record.failed(deps, action.version, e, attempt_key(deps, action.version))
+
+
+def _unexpected(subject: str, error: Exception) -> Retryable:
+    """A bug, or input nobody foresaw: logged with its traceback, tagged without it, tried again next pass."""
+    log.error("%s: unexpected %s", subject, type(error).__name__, exc_info=error)
+    return Retryable(f"the watcher failed unexpectedly ({type(error).__name__}); its log has the details")
 
 
 def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> None:

@@ -44,7 +44,7 @@ def test_watcher_killed_mid_pass_is_converged_by_the_next_pass_with_no_duplicate
 ) -> None:
     names = [f"{model_name}-a", f"{model_name}-b"]
     for name in names:
-        log_iris(name, tags=production)
+        log_iris(name, kind="tree", tags=production)
     kube.set_rollout_policy(lambda deployment: None)
     watcher = start_watcher(["run-once"], watcher_env(make_settings(rollout_timeout_seconds=120)))
     try:
@@ -78,7 +78,7 @@ def test_two_passes_at_once_deploy_once_and_the_second_steps_aside_cleanly(
     make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str, model_name: str,
     production: dict[str, str],
 ) -> None:
-    log_iris(model_name, tags=production)
+    log_iris(model_name, kind="tree", tags=production)
     kube.set_rollout_policy(lambda deployment: None)
     env = watcher_env(make_settings(rollout_timeout_seconds=120))
     first = start_watcher(["run-once"], env)

@@ -37,7 +37,7 @@ def test_forbidden_create_fails_the_model_naming_verb_and_resource_and_the_fixed
     make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
     production: dict[str, str],
 ) -> None:
-    log_iris(model_name, tags=production)
+    log_iris(model_name, kind="tree", tags=production)
     kube_faults.refuse("create", "ingresses", 403)
     report = reconcile_once(make_deps())
     assert report.failed == 1
@@ -57,7 +57,7 @@ def test_forbidden_list_stops_the_pass_before_any_write(
     make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
     production: dict[str, str],
 ) -> None:
-    log_iris(model_name, tags=production)
+    log_iris(model_name, kind="tree", tags=production)
     kube_faults.refuse("list", "services", 403)
     with pytest.raises(Blocked, match=f"lacks 'list' on services in namespace {namespace}"):
         reconcile_once(make_deps())
@@ -68,9 +68,9 @@ def test_conflicts_are_retried_and_the_update_goes_through(
     make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
     production: dict[str, str],
 ) -> None:
-    log_iris(model_name, tags=production)
+    log_iris(model_name, kind="tree", tags=production)
     assert reconcile_once(make_deps()).deployed == 1
-    log_iris(model_name, tags=production)  # version 2
+    log_iris(model_name, kind="tree", tags=production)  # version 2
     patches_before = requests_to(kube, namespace, "PATCH", "deployments")
     conflict = kube_faults.refuse("patch", "deployments", 409, times=2)
     report = reconcile_once(make_deps())
@@ -86,7 +86,7 @@ def test_server_errors_are_retried_a_bounded_number_of_times_then_the_model_fail
     make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
     production: dict[str, str],
 ) -> None:
-    log_iris(model_name, tags=production)
+    log_iris(model_name, kind="tree", tags=production)
     outage = kube_faults.refuse("get", "deployments", 503)
     report = reconcile_once(make_deps())
     assert report.failed == 1
@@ -106,7 +106,7 @@ def test_a_create_whose_500_hid_a_successful_write_is_adopted_not_retried_into_a
     make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
     production: dict[str, str],
 ) -> None:
-    log_iris(model_name, tags=production)
+    log_iris(model_name, kind="tree", tags=production)
     lost_answer = kube_faults.refuse("create", "services", 500, times=1, landed=True)
     report = reconcile_once(make_deps())
     assert report.deployed == 1 and report.failed == 0, report.failures
@@ -119,7 +119,7 @@ def test_failure_after_the_deployment_and_before_the_ingress_is_told_truthfully_
     make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
     production: dict[str, str],
 ) -> None:
-    log_iris(model_name, tags=production)
+    log_iris(model_name, kind="tree", tags=production)
     slug = model_slug(model_name)
     kube_faults.refuse("create", "ingresses", 503)
     for plural in ("deployments", "services"):  # the roll-back cannot clean up either

@@ -57,7 +57,7 @@ def test_registry_gone_mid_pass_aborts_the_pass_and_leaves_no_model_half_applied
 ) -> None:
     names = [f"{model_name}-{i}" for i in range(3)]
     for name in names:
-        log_iris(name, tags=production)
+        log_iris(name, kind="tree", tags=production)
     kube.set_rollout_policy(lambda deployment: None)  # rollouts wait until the test says they are done
     watcher = start_watcher(["run-once"], watcher_env(make_settings(rollout_timeout_seconds=60)))
     try:
@@ -98,8 +98,8 @@ def test_one_registry_call_answering_503_is_retried_with_backoff_then_only_that_
     kube: KubernetesPeer, namespace: str, model_name: str, production: dict[str, str],
 ) -> None:
     broken, healthy = f"{model_name}-broken", f"{model_name}-healthy"
-    log_iris(broken, tags=production)
-    log_iris(healthy, tags=production)
+    log_iris(broken, kind="tree", tags=production)
+    log_iris(healthy, kind="tree", tags=production)
     proxy = FaultProxy(mlflow_server.tracking_uri).start()
     settings = make_settings(mlflow_tracking_uri=proxy.url)
     try:

@@ -32,9 +32,9 @@ def test_s3_down_fails_each_model_that_needs_its_contract_and_leaves_serving_mod
     production: dict[str, str],
 ) -> None:
     serving, newcomer = f"{model_name}-serving", f"{model_name}-new"
-    log_iris(serving, tags=production)
+    log_iris(serving, kind="tree", tags=production)
     assert reconcile_once(make_deps()).deployed == 1
-    log_iris(newcomer, tags=production)
+    log_iris(newcomer, kind="tree", tags=production)
     writes_before = _object_writes(kube, namespace)
     s3.stop()
     try:
@@ -68,7 +68,7 @@ def test_a_version_in_a_missing_bucket_fails_naming_the_bucket_and_the_others_de
     version = client.create_model_version(lost, source=f"s3://{bucket}/models/iris", run_id=None)
     for key, value in production.items():
         client.set_model_version_tag(lost, version.version, key, value)
-    log_iris(healthy, tags=production)
+    log_iris(healthy, kind="tree", tags=production)
     report = reconcile_once(make_deps())
     assert (report.deployed, report.failed) == (1, 1), report.failures
     message = tags(lost)["deployment_message"]
@@ -83,8 +83,8 @@ def test_a_version_whose_files_were_deleted_fails_naming_the_missing_key_and_the
     production: dict[str, str], s3_client: Any, model_files: Callable[[str, str], tuple[str, str]],
 ) -> None:
     gutted, healthy = f"{model_name}-gutted", f"{model_name}-healthy"
-    logged = log_iris(gutted, tags=production)
-    log_iris(healthy, tags=production)
+    logged = log_iris(gutted, kind="tree", tags=production)
+    log_iris(healthy, kind="tree", tags=production)
     bucket, prefix = model_files(gutted, logged.version)
     listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")["Contents"]
     s3_client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": item["Key"]} for item in listed]})
@@ -117,7 +117,7 @@ def test_bad_s3_credentials_fail_the_model_naming_the_key_but_never_the_credenti
     s3: LocalS3, make_settings: Callable[..., Settings], make_deps: Callable[..., Deps], kube: KubernetesPeer,
     namespace: str, model_name: str, production: dict[str, str],
 ) -> None:
-    log_iris(model_name, tags=production)
+    log_iris(model_name, kind="tree", tags=production)
     settings = make_settings(aws_access_key_id=BAD_KEY_ID, aws_secret_access_key=BAD_SECRET)
     with credentials_checked(s3):
         report = reconcile_once(make_deps(settings))
