@@ -19,6 +19,8 @@ from pythonjsonlogger.json import JsonFormatter
 _secrets: set[str] = set()
 _USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
 _subject: ContextVar[tuple[str, int | None] | None] = ContextVar("watcher_log_subject", default=None)
+# Registry content (names, messages) must not start a log line of its own, nor drive a terminal.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -53,7 +55,7 @@ class _SubjectFilter(logging.Filter):
 class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
+        cleaned = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), redact(message))
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
