@@ -77,6 +77,10 @@ class LocalTarget:
 
     def wait_ready(self, rendered: Rendered, timeout: float) -> None:
         slug = rendered.deployment["metadata"]["name"]
+        if slug not in self._pending:  # started by an earlier run: only check that it still answers
+            if not _answers(f"{self.endpoint(slug)}ready"):
+                raise RolloutFailed(f"the running wrapper does not answer at {self.endpoint(slug)}ready")
+            return
         process, port = self._pending[slug]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

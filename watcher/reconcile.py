@@ -154,9 +154,7 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
         if isinstance(action, Deploy):
             _deploy(deps, action, snapshot, report)
         elif isinstance(action, RecordDeployed):
-            deps.target.wait_ready(deps.renderer.render(_release(action.version, action.live.slug,
-                                                                 action.live.serving)), 30)
-            record.deployed(deps, action.version, action.live.slug, fresh=False)
+            _record_running(deps, action)
             report.unchanged += 1
         elif isinstance(action, Supersede):
             record.superseded(deps, action.version, action.winner)
@@ -182,6 +180,16 @@ def _unexpected(subject: str, error: Exception) -> Retryable:
     """A bug, or input nobody foresaw: logged with its traceback, tagged without it, tried again next pass."""
     log.error("%s: unexpected %s", subject, type(error).__name__, exc_info=error)
     return Retryable(f"the watcher failed unexpectedly ({type(error).__name__}); its log has the details")
+
+
+def _record_running(deps: Deps, action: RecordDeployed) -> None:
+    """Tags that fell behind a running version are rewritten once it answers; not yet ready is not a verdict."""
+    rendered = deps.renderer.render(_release(action.version, action.live.slug, action.live.serving))
+    try:
+        deps.target.wait_ready(rendered, 30)
+    except RolloutFailed as e:
+        raise Retryable(f"{e}; checking again next pass") from e
+    record.deployed(deps, action.version, action.live.slug, fresh=False)
 
 
 def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> None:

@@ -7,7 +7,9 @@ and looks at what the cluster holds and what the version's tags say.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,15 @@ from devstack.models import IRIS_CONTRACT, LoggedModel, register_versions
 from model_wrapper.naming import model_slug
 from tests.peers import KubernetesPeer, RolloutPolicy, all_ready
 from watcher.reconcile import Deps, PassReport, reconcile_once
-from watcher.render import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MODEL_VERSION, SPEC_HASH
+from watcher.render import (
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MODEL_VERSION,
+    SPEC_HASH,
+    TEMPLATES_DIR,
+    Renderer,
+)
 from watcher.settings import Settings
 
 KINDS = ("deployments", "services", "ingresses")
@@ -273,6 +283,26 @@ def test_setting_change_reapplies_the_objects_without_tag_churn(
     assert passes(changed).unchanged == 1 and len(kube.writes(namespace)) == writes
 
 
+def test_template_change_reapplies_the_objects_without_tag_churn(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
+    model_name: str, iris: LoggedModel, production: dict[str, str], tmp_path: Path,
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(make_deps())
+    before = tags(model_name, "1")
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES_DIR, templates)
+    deployment = templates / "deployment.yaml.j2"
+    deployment.write_text(deployment.read_text().replace("revisionHistoryLimit: 3", "revisionHistoryLimit: 5"))
+    settings = make_settings()
+
+    report = passes(make_deps(settings, renderer=Renderer(settings, templates)))
+
+    assert (report.updated, report.failed) == (1, 0)
+    assert kube.objects("deployments", namespace)[model_slug(model_name)]["spec"]["revisionHistoryLimit"] == 5
+    assert tags(model_name, "1") == before
+
+
 def test_deleted_ingress_is_recreated_and_nothing_else_is_written(
     deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
 ) -> None:
@@ -304,6 +334,31 @@ def test_stale_tags_on_a_running_version_are_rewritten_without_touching_the_clus
     assert (report.unchanged, report.failed) == (1, 0)
     assert tags(model_name, "1") == complete
     assert len(object_writes(kube, namespace)) == writes
+
+
+def test_stale_tags_on_a_version_that_is_not_ready_are_checked_again_next_pass(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(deps)
+    slug = model_slug(model_name)
+    MlflowClient().delete_model_version_tag(model_name, "1", "deployment_status")
+    kube.patch_object("deployments", namespace, slug, {"status": {"readyReplicas": 0, "conditions": [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "node lost"}]}})
+
+    stuck = passes(deps)
+
+    assert stuck.failed == 1
+    failed = tags(model_name, "1")
+    assert failed["deployment_status"] == "failed" and "node lost" in failed["deployment_message"]
+    assert failed["deployment_attempt"] == ""  # not a permanent verdict: the next pass looks again
+    kube.patch_object("deployments", namespace, slug, {"status": {"readyReplicas": 1, "conditions": [
+        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}})
+
+    recovered = passes(deps)
+
+    assert (recovered.unchanged, recovered.failed) == (1, 0)
+    assert tags(model_name, "1")["deployment_status"] == "deployed"
 
 
 # --- objects that are not ours ------------------------------------------------------------------

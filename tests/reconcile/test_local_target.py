@@ -124,6 +124,14 @@ def test_local_lifecycle_deploy_update_without_going_dark_found_again_restarted_
 
     assert (again.unchanged, again.deployed, again.updated) == (1, 0, 0)
     assert state(state_dir, slug)["pid"] == v2["pid"] and _running(v2["pid"])
+    tags_v2 = client.get_model_version(model_name, "2").tags
+    client.delete_model_version_tag(model_name, "2", "deployment_status")  # as if a pass died before recording
+
+    recorded = reconcile_once(local_deps())
+
+    assert (recorded.unchanged, recorded.failed) == (1, 0), recorded.failures
+    assert client.get_model_version(model_name, "2").tags == tags_v2
+    assert state(state_dir, slug)["pid"] == v2["pid"]
 
     os.killpg(v2["pid"], signal.SIGKILL)  # the wrapper died (OOM, a reboot): the next pass starts it again
     repaired = reconcile_once(local_deps())
