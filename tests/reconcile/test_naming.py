@@ -86,6 +86,13 @@ def test_names_that_reduce_to_the_same_text_get_distinct_slugs() -> None:
     assert len({model_slug(name) for name in names}) == len(names)
 
 
+def test_a_name_spelled_like_another_names_slug_gets_a_slug_of_its_own() -> None:
+    # "iris-model-<hash of 'Iris Model'>" is a valid label; used as it is it would take Iris Model's name.
+    taken = model_slug("Iris Model")
+    assert model_slug(taken) != taken
+    assert model_slug("model-2024-deadbeef") != "model-2024-deadbeef"
+
+
 def test_long_names_sharing_a_prefix_get_distinct_slugs_of_at_most_63() -> None:
     prefix = "cardiology-readmission-risk-" * 5
     slugs = [model_slug(prefix + suffix) for suffix in ("a", "b", "")]
