@@ -59,6 +59,8 @@ class Supersede:
 @dataclass(frozen=True)
 class Undeploy:
     live: Live
+    retag: bool = True
+    """False when the model is still served under another name (its slug moved): its tags stay."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ def plan(
             actions.append(action)
         else:
             unchanged.append(str(version))
-    actions.extend(Undeploy(item) for slug, item in sorted(by_slug.items())
+    served = set(claimed.values())
+    actions.extend(Undeploy(item, retag=item.model not in served) for slug, item in sorted(by_slug.items())
                    if item.managed and slug not in claimed)
     return Plan(tuple(actions), tuple(unchanged), len(selected), frozenset(v.name for v in winners))
 

@@ -161,7 +161,8 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
             report.superseded += 1
         elif isinstance(action, Undeploy):
             deps.target.remove(action.live.slug, snapshot)
-            record.undeployed(deps, action.live)
+            if action.retag:
+                record.undeployed(deps, action.live)
             report.undeployed += 1
         elif isinstance(action, Clash):
             raise Blocked(action.message)  # the plan re-checks the clash every pass

@@ -141,6 +141,14 @@ def test_managed_objects_without_model_annotation_are_cleaned_up() -> None:
     assert decide([], [orphan]).actions == (Undeploy(orphan),)
 
 
+def test_objects_left_under_an_old_name_are_removed_without_tagging_the_model_undeployed() -> None:
+    # The model's slug moved (say, a naming rule changed): it is deployed under the new name, and
+    # the objects under the old one go, but the version that now serves must not read "undeployed".
+    old = live("iris", slug="iris-old-name")
+    result = decide([version()], [old])
+    assert result.actions == (Deploy(version(), "iris", "new"), Undeploy(old, retag=False))
+
+
 # --- reconfigure, repair -----------------------------------------------------------------------
 
 
