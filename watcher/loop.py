@@ -151,19 +151,23 @@ class Watch:
             for name in models:
                 del self._pending[name]
         if len(models) > FULL_PASS_ABOVE:
-            self._outcome(self._pass(None, "webhook"))
-            return
-        for name in models:
-            report = self._pass(name, "webhook")
-            if report is not None and report.skipped:
-                with self._lock:  # another watcher holds the lease: ask again shortly
-                    self._pending.setdefault(name, time.monotonic() + BUSY_RETRY_SECONDS)
-            self._outcome(report)
+            self._run(None, "webhook", models)
+        else:
+            for name in models:
+                self._run(name, "webhook", [name])
 
     def _poll(self) -> bool:
-        with self._lock:
-            self._pending.clear()  # a full pass reads the registry after these were asked for
-        return self._outcome(self._pass(None, "poll"))
+        with self._lock:  # a full pass reads the registry after these were asked for: it covers them
+            covered, self._pending = list(self._pending), {}
+        return self._run(None, "poll", covered)
+
+    def _run(self, model: str | None, trigger: str, covers: list[str]) -> bool:
+        report = self._pass(model, trigger)
+        if report is not None and report.skipped:
+            with self._lock:  # another watcher holds the lease: ask again shortly
+                for name in covers:
+                    self._pending.setdefault(name, time.monotonic() + BUSY_RETRY_SECONDS)
+        return self._outcome(report)
 
     def _outcome(self, report: PassReport | None) -> bool:
         if report is None:
