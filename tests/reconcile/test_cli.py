@@ -26,8 +26,11 @@ SUMMARY = re.compile(r"pass done: found=(\d+) deployed=(\d+) updated=(\d+) uncha
 
 
 @pytest.fixture(autouse=True)
-def _logging_restored() -> Iterator[None]:
-    """main() configures the root logger for a process; put pytest's own handlers back afterwards."""
+def _logging_restored(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """main() points the root logger at the captured stderr; put pytest's handlers back before it closes.
+
+    Taking `capsys` here makes this teardown run first, so no thread ever logs to a closed stream.
+    """
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     yield
