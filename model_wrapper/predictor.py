@@ -92,9 +92,8 @@ class Predictor:
                 answer = orjson.loads(self.predict_body(body))
                 self._check_labels(answer, len(examples))
                 self.example_answer = answer
-                started = time.perf_counter()
-                self.predict_body(orjson.dumps({"instances": examples[:1]}))
-                self.inline = model.backend.fast and time.perf_counter() - started < INLINE_BUDGET_SECONDS
+                self.inline = model.backend.fast and self._fastest(orjson.dumps({"instances": examples[:1]})) < \
+                    INLINE_BUDGET_SECONDS
             else:
                 log.warning("model %s version %s: the contract has no examples; ready without a test prediction",
                             self.name, self.version)
@@ -128,6 +127,15 @@ class Predictor:
         if not self.ready or self.model is None:
             raise NotReady(self.reason)
         return self.model.backend.invoke(body, content_type)
+
+    def _fastest(self, body: bytes, tries: int = 5) -> float:
+        """Seconds for one request, the best of a few (start-up may share the CPU with other work)."""
+        best = float("inf")
+        for _ in range(tries):
+            started = time.perf_counter()
+            self.predict_body(body)
+            best = min(best, time.perf_counter() - started)
+        return best
 
     def metadata(self) -> dict[str, Any]:
         model = self.installed()

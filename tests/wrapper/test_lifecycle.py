@@ -52,6 +52,9 @@ def test_health_answers_while_the_model_loads_and_ready_only_after_the_examples(
         assert status == 503, "ready must wait for the model, which takes seconds to load"
         assert httpx.Response(503, content=body).json()["error"]["code"] == "not_ready"
         wrapper.wait_until(wrapper.base(iris.slug) + "ready")
+        deadline = time.monotonic() + 10
+        while "ready on" not in wrapper.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert "ready on" in wrapper.log()
     finally:
         wrapper.stop()
