@@ -39,6 +39,7 @@ from watcher.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TIMEOUT = (5, 30)
+LEASE_SECONDS = 60  # renewed while held; after a crash, the next CronJob run (2 min later) finds it expired
 _STUCK = {"ErrImagePull", "ImagePullBackOff", "CrashLoopBackOff", "CreateContainerConfigError", "InvalidImageName"}
 
 
@@ -75,7 +76,7 @@ class KubernetesTarget:
         self._net = client.NetworkingV1Api(self._api)
         self._sleep = sleep
         self._lease = Lease(client.CoordinationV1Api(self._api), self._ns, settings.lease_name,
-                            duration=int(settings.rollout_timeout_seconds) + 120)
+                            duration=LEASE_SECONDS)
 
     # --- observe ------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """A `coordination.k8s.io/v1` Lease that keeps two watchers from acting on one namespace at once.
 
-Taken only when a pass has something to write, so a steady-state pass writes nothing. A holder
-that died (SIGKILL, node loss) stops blocking others once its lease expires.
+Taken only when a pass has something to write, so a steady-state pass writes nothing. While held,
+a thread renews it every quarter of its duration, so a pass may last longer than the lease (slow
+rollouts); a holder that died (SIGKILL, node loss) stops renewing and blocks others one duration.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -35,10 +38,25 @@ class Lease:
     @contextmanager
     def held(self) -> Iterator[None]:
         self._acquire()
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew_until, args=(stop,), name="lease-renewer", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
+            stop.set()
+            renewer.join()
             self._release()
+
+    def _renew_until(self, stop: threading.Event) -> None:
+        while not stop.wait(self._duration / 4):
+            ops = [{"op": "test", "path": "/spec/holderIdentity", "value": self.identity},
+                   {"op": "replace", "path": "/spec/renewTime", "value": _stamp(datetime.now(UTC))}]
+            try:
+                self._api.patch_namespaced_lease(self._name, self._ns, ops, _request_timeout=(5, 10))
+            except (ApiException, OSError, urllib3.exceptions.HTTPError) as e:
+                # Renewal goes on: a blip costs nothing unless it outlasts the lease duration.
+                log.warning("could not renew the lease %s (%s)", self._name, getattr(e, "status", type(e).__name__))
 
     def _acquire(self) -> None:
         now = datetime.now(UTC)

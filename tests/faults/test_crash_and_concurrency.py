@@ -10,15 +10,19 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
+from kubernetes import client
 
 from devstack.models import log_iris
 from model_wrapper.naming import model_slug
 from tests.faults.support import PLURALS, managed_objects, ready_now, run_watcher, start_watcher, tags, watcher_env
 from tests.peers import KubernetesPeer, all_ready
+from watcher.cluster import api_client
+from watcher.lease import Busy, Lease
 from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from watcher.settings import Settings, load_settings
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 LONG_AGO = "2000-01-01T00:00:00.000000Z"
@@ -99,3 +103,27 @@ def test_two_passes_at_once_deploy_once_and_the_second_steps_aside_cleanly(
         assert creates(kube, namespace, plural) == 1
     assert managed_objects(kube, namespace) == {plural: {slug} for plural in PLURALS}
     assert tags(model_name)["deployment_status"] == "deployed"
+
+
+def test_a_pass_that_outlasts_the_lease_duration_keeps_the_lease_and_a_dead_holder_frees_it(
+    kube: KubernetesPeer, namespace: str,
+) -> None:
+    api = client.CoordinationV1Api(api_client(load_settings(mlflow_tracking_uri="http://unused", k8s_api=kube.url)))
+    first, second = (Lease(api, namespace, "service-builder", duration=2) for _ in range(2))
+    with first.held():
+        deadline = time.monotonic() + 5  # two and a half lease durations
+        while time.monotonic() < deadline:
+            with pytest.raises(Busy), second.held():
+                pass
+            time.sleep(0.5)
+    with second.held():  # released at the end of the pass: free at once
+        pass
+
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # what a holder killed mid-pass leaves behind
+    api.create_namespaced_lease(namespace, {"metadata": {"name": "service-builder"}, "spec": {
+        "holderIdentity": "killed-watcher", "leaseDurationSeconds": 2, "acquireTime": now, "renewTime": now}})
+    with pytest.raises(Busy), second.held():
+        pass
+    time.sleep(2.5)
+    with second.held():
+        assert kube.objects("leases", namespace)["service-builder"]["spec"]["holderIdentity"] == second.identity
