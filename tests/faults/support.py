@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 
+from devstack.servers import LocalS3
 from tests.peers import KubernetesPeer, all_ready
 from watcher.settings import Settings
 
@@ -64,3 +68,20 @@ def managed_objects(kube: KubernetesPeer, namespace: str) -> dict[str, set[str]]
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " ERROR " in line or line.startswith("ERROR")]
+
+
+@contextmanager
+def credentials_checked(s3: LocalS3) -> Iterator[None]:
+    """Switch on moto's IAM check (off by default), so that unknown credentials are refused."""
+
+    def set_free_requests(count: str) -> None:
+        request = urllib.request.Request(f"{s3.endpoint_url}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                         headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            json.loads(response.read())
+
+    set_free_requests("0")
+    try:
+        yield
+    finally:
+        set_free_requests("inf")

@@ -6,9 +6,8 @@ third puts a fault-injecting proxy between the watcher and the real server.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -21,16 +20,6 @@ from tests.peers import KubernetesPeer, all_ready
 from watcher.cli import main
 from watcher.reconcile import Deps, reconcile_once
 from watcher.settings import Settings
-
-
-@pytest.fixture
-def _restore_logging() -> Iterator[None]:
-    """`main()` configures the root logger for a process; put the test session's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("_restore_logging")

@@ -6,10 +6,7 @@ a credential; models it does not affect deploy, or keep serving untouched, in th
 
 from __future__ import annotations
 
-import json
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,7 +15,7 @@ from mlflow import MlflowClient
 from devstack.models import log_iris
 from devstack.servers import LocalS3
 from model_wrapper.naming import model_slug
-from tests.faults.support import tags
+from tests.faults.support import credentials_checked, tags
 from tests.peers import KubernetesPeer
 from watcher.reconcile import Deps, reconcile_once
 from watcher.settings import Settings
@@ -94,23 +91,6 @@ def test_a_version_whose_files_were_deleted_fails_naming_the_missing_key_and_the
     assert f"s3://{bucket}/{prefix}/MLmodel" in message, message
     assert tags(healthy)["deployment_status"] == "deployed"
     assert model_slug(gutted) not in kube.objects("deployments", namespace)
-
-
-@contextmanager
-def credentials_checked(s3: LocalS3) -> Iterator[None]:
-    """Switch on moto's IAM check (off by default), so that unknown credentials are refused."""
-
-    def set_free_requests(count: str) -> None:
-        request = urllib.request.Request(f"{s3.endpoint_url}/moto-api/reset-auth", data=count.encode(), method="POST",
-                                         headers={"Content-Type": "text/plain"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            json.loads(response.read())
-
-    set_free_requests("0")
-    try:
-        yield
-    finally:
-        set_free_requests("inf")
 
 
 def test_bad_s3_credentials_fail_the_model_naming_the_key_but_never_the_credentials(

@@ -21,8 +21,7 @@ from devstack.models import log_iris
 from devstack.servers import LocalMlflow, LocalS3, free_port
 from model_wrapper.naming import model_slug
 from tests.faults.kube_faults import KubeFaults
-from tests.faults.support import run_watcher, tags, watcher_env
-from tests.faults.test_s3_faults import credentials_checked
+from tests.faults.support import credentials_checked, run_watcher, tags, watcher_env
 from tests.peers import KubernetesPeer
 from watcher.cli import main
 from watcher.reconcile import Deps, reconcile_once
@@ -89,16 +88,6 @@ def secret_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         for key in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "API_KEYS"):
             patched.setenv(key, SECRETS[key])
         yield
-
-
-@pytest.fixture
-def _restore_logging() -> Iterator[None]:
-    """`main()` configures the root logger for a process; put the test session's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_no_secret_reaches_a_manifest_a_tag_a_log_record_or_an_error_in_process(
