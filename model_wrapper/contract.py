@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -34,7 +34,7 @@ class ContractError(ValueError):
     """The contract cannot be used; the message says what to fix."""
 
 
-class FieldType(str, Enum):
+class FieldType(StrEnum):
     number = "number"
     integer = "integer"
     string = "string"
@@ -182,7 +182,8 @@ def parse_contract(data: bytes) -> Contract:
     except (ValueError, OverflowError) as e:  # e.g. a 5000-digit integer, the date 2023-02-30
         raise ContractError(f"contract.yaml has a value that cannot be read: {_one_line(e)}") from e
     if not isinstance(document, dict):
-        raise ContractError(f"contract.yaml must be a mapping with an 'inputs' section, not a {type(document).__name__}")
+        kind = type(document).__name__
+        raise ContractError(f"contract.yaml must be a mapping with an 'inputs' section, not a {kind}")
     return contract_from_dict(document)
 
 

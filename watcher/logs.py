@@ -65,6 +65,7 @@ class _RedactingFilter(logging.Filter):
 
 
 def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
+    logging.captureWarnings(True)  # library warnings go through the same (JSON, redacted) handler
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RedactingFilter())
     handler.addFilter(_SubjectFilter())

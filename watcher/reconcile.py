@@ -112,7 +112,7 @@ def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None 
 
 
 def _decide(deps: Deps, only_model: str | None) -> tuple[Plan, Any]:
-    selected = deps.registry.selected(deps.settings.parsed_selector)
+    selected = deps.registry.selected(deps.settings.parsed_selector, name=only_model)
     snapshot = deps.target.observe()
     live = snapshot.live()
     if only_model is not None:

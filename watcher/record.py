@@ -28,10 +28,11 @@ def deploying(deps: Deps, version: VersionInfo) -> None:
 def deployed(deps: Deps, version: VersionInfo, slug: str, *, fresh: bool) -> None:
     """Record a ready version; `deployed_at` moves only when a new rollout happened."""
     endpoint = deps.target.endpoint(slug)
-    tags = {STATUS: "deployed", "model_endpoint": endpoint, "deployed": "true", "deployment_name": slug,
+    tags = {"model_endpoint": endpoint, "deployed": "true", "deployment_name": slug,
             "deployment_message": f"Serving version {version.version} at {endpoint}", ATTEMPT: ""}
     if fresh or "deployed_at" not in version.tags:
         tags["deployed_at"] = deps.clock().isoformat(timespec="seconds")
+    tags[STATUS] = "deployed"  # last: whoever reacts to the status finds the endpoint already there
     _write(deps, version, tags)
 
 
@@ -68,7 +69,9 @@ def failed(deps: Deps, version: VersionInfo, error: ServiceBuilderError, attempt
 
 
 def _write(deps: Deps, version: VersionInfo, tags: dict[str, str]) -> None:
-    changed = {key: value for key, value in tags.items() if version.tags.get(key) != value}
+    # An empty value for an absent tag says nothing new: skip it (each tag is one registry write).
+    changed = {key: value for key, value in tags.items() if version.tags.get(key, "") != value or
+               (value and key not in version.tags)}
     if changed:
         deps.registry.set_tags(version, changed)
         if isinstance(version.tags, dict):

@@ -50,12 +50,16 @@ class Registry:
         self._client = client or MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._page_size = page_size
 
-    def selected(self, selector: Selector) -> list[VersionInfo]:
-        """Every READY version the selector picks, with server-side filtering and paging."""
+    def selected(self, selector: Selector, name: str | None = None) -> list[VersionInfo]:
+        """Every READY version the selector picks (of model `name` only, when given), filtered and paged
+        on the server."""
         with _translated("search the registry", abort=True):
             if selector.kind == "tag":
                 query = f"tags.`{selector.key}` = '{selector.value}'"
-                return [_info(v) for v in self._versions(query) if v.status == "READY"]
+                if name is not None and not set(name) & {"'", "\\", "`"}:
+                    query = f"name = '{name}' AND {query}"  # a webhook pass reads only its model's versions
+                found = [_info(v) for v in self._versions(query) if v.status == "READY"]
+                return [v for v in found if name is None or v.name == name]
             if selector.kind == "alias":
                 return list(self._aliased(selector.key))
             return [_info(v) for model in self._models() for v in model.latest_versions or []

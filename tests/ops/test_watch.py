@@ -111,11 +111,11 @@ class FailsOnce(Registry):
 
     failed = False
 
-    def selected(self, selector: Selector) -> list[Any]:
+    def selected(self, selector: Selector, name: str | None = None) -> list[Any]:
         if not self.failed:
             self.failed = True
             raise RuntimeError("a bug in the first pass")
-        return super().selected(selector)
+        return super().selected(selector, name)
 
 
 def test_an_unexpected_error_in_one_pass_is_counted_and_the_next_pass_runs(

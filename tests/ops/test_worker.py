@@ -30,7 +30,7 @@ class Gate(Registry):
         self.running = self.most_at_once = 0
         self._lock = threading.Lock()
 
-    def selected(self, selector: Selector) -> list[VersionInfo]:
+    def selected(self, selector: Selector, name: str | None = None) -> list[VersionInfo]:
         with self._lock:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
@@ -39,7 +39,7 @@ class Gate(Registry):
                 self.hold = False
                 self.inside.set()
                 self.release.wait(30)
-            return super().selected(selector)
+            return super().selected(selector, name)
         finally:
             with self._lock:
                 self.running -= 1
