@@ -57,6 +57,15 @@ def namespace() -> str:
 
 
 @pytest.fixture
+def production(namespace: str) -> dict[str, str]:
+    """The tags that select a version in this test only (the registry is shared by the session).
+
+    The literal `deploy=production` is left to tests that check the default selector itself.
+    """
+    return {"deploy": f"production-{namespace}"}
+
+
+@pytest.fixture
 def model_name(request: pytest.FixtureRequest) -> str:
     """A registered-model name unique to this test."""
     return f"{re.sub(r'[^A-Za-z0-9]+', '-', request.node.name)[:40]}-{uuid.uuid4().hex[:6]}"

@@ -216,3 +216,19 @@ def s3_requests() -> Iterator[list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def pass_settings(tracking_uri: str, s3_url: str, kube: KubernetesPeer, namespace: str,
+                  production: dict[str, str], state_dir: Any, **overrides: Any) -> Any:
+    """Watcher settings against this session's peers, in one test's namespace, selecting by `production`."""
+    from watcher.settings import load_settings
+
+    values: dict[str, Any] = {
+        "mlflow_tracking_uri": tracking_uri, "mlflow_s3_endpoint_url": s3_url,
+        "aws_access_key_id": "devstack-key", "aws_secret_access_key": "devstack-secret",
+        "k8s_api": kube.url, "k8s_name_space": namespace, "service_builder_host_name": "models.example.org",
+        "model_wrapper_image": "registry.example.org/model-wrapper:1.0", "rollout_timeout_seconds": 5,
+        "local_state_dir": state_dir, "selector": f"tag:deploy={production['deploy']}",
+    }
+    values.update(overrides)
+    return load_settings(**values)

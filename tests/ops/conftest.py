@@ -21,9 +21,9 @@ from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, log_iris
 from devstack.servers import LocalMlflow, LocalS3, free_port
-from tests.peers import KubernetesPeer, all_ready
+from tests.peers import KubernetesPeer, all_ready, pass_settings
 from watcher.cli import build_deps
-from watcher.settings import Settings, load_settings
+from watcher.settings import Settings
 from watcher.webhooks import WEBHOOK_NAME
 
 FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -80,28 +80,15 @@ def registry(webhook_mlflow: LocalMlflow, monkeypatch: pytest.MonkeyPatch) -> It
 
 
 @pytest.fixture
-def production(namespace: str) -> dict[str, str]:
-    """The tag that selects a version in this test only (the registry is shared by the session)."""
-    return {"deploy": f"production-{namespace}"}
-
-
-@pytest.fixture
 def make_settings(registry: LocalMlflow, kube: KubernetesPeer, namespace: str, production: dict[str, str],
                   tmp_path: Path) -> Callable[..., Settings]:
     """Settings for the loop and the receiver against the session's peers, on loopback, in this test's namespace."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "mlflow_tracking_uri": registry.tracking_uri, "mlflow_s3_endpoint_url": registry.s3.endpoint_url,
-            "aws_access_key_id": "devstack-key", "aws_secret_access_key": "devstack-secret",
-            "k8s_api": kube.url, "k8s_name_space": namespace, "service_builder_host_name": "models.example.org",
-            "model_wrapper_image": "registry.example.org/model-wrapper:1.0", "rollout_timeout_seconds": 5,
-            "local_state_dir": tmp_path / "state", "selector": f"tag:deploy={production['deploy']}",
-            "listen_address": "127.0.0.1", "webhook_port": free_port(), "webhook_secret": WEBHOOK_SECRET,
-            "poll_interval_seconds": 3600, "backoff_max_seconds": 1,
-        }
-        values.update(overrides)
-        return load_settings(**values)
+        loop_values = {"listen_address": "127.0.0.1", "webhook_port": free_port(), "webhook_secret": WEBHOOK_SECRET,
+                       "poll_interval_seconds": 3600, "backoff_max_seconds": 1}
+        return pass_settings(registry.tracking_uri, registry.s3.endpoint_url, kube, namespace, production,
+                             tmp_path / "state", **{**loop_values, **overrides})
 
     return make
 

@@ -13,10 +13,10 @@ import pytest
 
 from devstack.models import LoggedModel, log_iris
 from devstack.servers import LocalMlflow
-from tests.peers import KubernetesPeer, all_ready
+from tests.peers import KubernetesPeer, all_ready, pass_settings
 from watcher.cli import build_deps
 from watcher.reconcile import Deps
-from watcher.settings import Settings, load_settings
+from watcher.settings import Settings
 
 FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -46,30 +46,13 @@ def upload(mlflow_server: LocalMlflow) -> Callable[[dict[str, str]], str]:
 
 
 @pytest.fixture
-def production(namespace: str) -> dict[str, str]:
-    """The tags that select a version in this test only (the registry is shared by the session).
-
-    The literal `deploy=production` is left to tests that check the default selector itself.
-    """
-    return {"deploy": f"production-{namespace}"}
-
-
-@pytest.fixture
 def make_settings(mlflow_server: LocalMlflow, kube: KubernetesPeer, namespace: str, production: dict[str, str],
                   tmp_path: Path) -> Callable[..., Settings]:
     """Settings for a pass against the session's peers, in this test's own namespace."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "mlflow_tracking_uri": mlflow_server.tracking_uri, "mlflow_s3_endpoint_url": mlflow_server.s3.endpoint_url,
-            "aws_access_key_id": "devstack-key", "aws_secret_access_key": "devstack-secret",
-            "k8s_api": kube.url, "k8s_name_space": namespace, "service_builder_host_name": "models.example.org",
-            "model_wrapper_image": "registry.example.org/model-wrapper:1.0", "rollout_timeout_seconds": 5,
-            "local_state_dir": tmp_path / "state", "smoke_test": "auto",
-            "selector": f"tag:deploy={production['deploy']}",
-        }
-        values.update(overrides)
-        return load_settings(**values)
+        return pass_settings(mlflow_server.tracking_uri, mlflow_server.s3.endpoint_url, kube, namespace,
+                             production, tmp_path / "state", **{"smoke_test": "auto", **overrides})
 
     return make
 
