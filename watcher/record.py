@@ -73,6 +73,6 @@ def _write(deps: Deps, version: VersionInfo, tags: dict[str, str]) -> None:
     changed = {key: value for key, value in tags.items() if version.tags.get(key, "") != value or
                (value and key not in version.tags)}
     if changed:
-        deps.registry.set_tags(version, changed)
+        deps.registry.set_tags(version, changed, last=STATUS)
         if isinstance(version.tags, dict):
             version.tags.update(changed)  # later writes in this pass compare against what is now true

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,15 +74,29 @@ class Registry:
         except VersionGone:
             return None
 
-    def set_tags(self, version: VersionInfo, tags: Mapping[str, str]) -> None:
-        """Write `tags` on the version; a vanished version is not an error (nothing to tell)."""
-        for key, value in tags.items():
-            try:
-                with _translated(f"tag {version}"):
-                    self._client.set_model_version_tag(version.name, str(version.version), key, value)
-            except VersionGone:
-                log.info("%s: no longer exists, tag %s not written", version, key)
-                return
+    def set_tags(self, version: VersionInfo, tags: Mapping[str, str], *, last: str | None = None) -> None:
+        """Write `tags` on the version, the `last` key only after all the others have landed.
+
+        MLflow takes one call per tag, so the others go concurrently. A vanished version is not an
+        error (there is nothing left to tell).
+        """
+        try:
+            self._write_concurrently(version, {k: v for k, v in tags.items() if k != last})
+            if last is not None and last in tags:
+                self._write_concurrently(version, {last: tags[last]})
+        except VersionGone:
+            log.info("%s: no longer exists, tags not written", version)
+
+    def _write_concurrently(self, version: VersionInfo, tags: Mapping[str, str]) -> None:
+        def write(key: str, value: str) -> None:
+            with _translated(f"tag {version}"):
+                self._client.set_model_version_tag(version.name, str(version.version), key, value)
+
+        if not tags:
+            return
+        with ThreadPoolExecutor(max_workers=min(len(tags), 8)) as pool:
+            for future in [pool.submit(write, key, value) for key, value in tags.items()]:
+                future.result()
 
     def artifact_uri(self, version: VersionInfo) -> str:
         """Where the version's model files are (for MLflow 3 `models:/m-…` sources, the logged model's)."""
