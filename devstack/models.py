@@ -72,10 +72,12 @@ def log_sklearn_model(
     signature: bool = True,
     run_contract: str | bytes | None = None,
     tags: dict[str, str] | None = None,
+    pip_requirements: list[str] | None = None,
 ) -> LoggedModel:
     """Log `model` (with `contract.yaml` among its files), register it as `name` and tag the version.
 
     `run_contract` puts a contract in the run's artifacts instead, the other place the watcher looks.
+    Given `pip_requirements`, MLflow skips inferring them (which loads the model in a subprocess).
     """
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
         extra_files = []
@@ -87,7 +89,7 @@ def log_sklearn_model(
             model, name="model", registered_model_name=name,
             input_example=example.head(2) if signature else None,
             signature=None if signature else False,
-            extra_files=extra_files or None,
+            extra_files=extra_files or None, pip_requirements=pip_requirements,
             skops_trusted_types=["sklearn.tree._tree.Tree"],
         )
     version = _latest_version(name, run.info.run_id)

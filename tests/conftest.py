@@ -6,6 +6,7 @@ names and a fresh Kubernetes namespace rather than by restarting servers.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -49,6 +50,16 @@ def kube() -> Iterator[KubernetesPeer]:
     peer = KubernetesPeer().start()
     yield peer
     peer.stop()
+
+
+@pytest.fixture
+def _restore_logging() -> Iterator[None]:
+    """`main()` configures the root logger for a process; put the test session's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -119,6 +120,15 @@ class KubernetesPeer:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(_call(), self.loop).result(10)
+
+    def first_deployment(self, namespace: str, timeout: float = 60) -> str:
+        """The name of the first Deployment that appears in `namespace` (a watcher is mid-pass)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if found := self.objects("deployments", namespace):
+                return next(iter(found))
+            time.sleep(0.05)
+        raise AssertionError("the watcher never created a Deployment")
 
     def set_rollout_policy(self, policy: RolloutPolicy) -> None:
         ControlledEmulator.rollout_policy = staticmethod(policy)  # type: ignore[assignment]

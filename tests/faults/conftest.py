@@ -6,7 +6,6 @@ Kubernetes faults are kmock reactions scoped to the test's own namespace, remove
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,16 +26,6 @@ def _skip_requirements_inference(monkeypatch: pytest.MonkeyPatch) -> None:
     The watcher never reads a model's requirements, so nothing these tests check depends on them.
     """
     monkeypatch.setenv("MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT", "0")
-
-
-@pytest.fixture
-def _restore_logging() -> Iterator[None]:
-    """`main()` configures the root logger for a process; put the test session's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

@@ -28,15 +28,6 @@ pytestmark = pytest.mark.usefixtures("mlflow_server")
 LONG_AGO = "2000-01-01T00:00:00.000000Z"
 
 
-def wait_for_deployment(kube: KubernetesPeer, namespace: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := kube.objects("deployments", namespace):
-            return next(iter(found))
-        time.sleep(0.05)
-    raise AssertionError("the watcher never created a Deployment")
-
-
 def creates(kube: KubernetesPeer, namespace: str, plural: str) -> int:
     return len([r for r in kube.writes(namespace)
                 if r.method.value == "POST" and r.resource is not None and r.resource.plural == plural])
@@ -52,7 +43,7 @@ def test_watcher_killed_mid_pass_is_converged_by_the_next_pass_with_no_duplicate
     kube.set_rollout_policy(lambda deployment: None)
     watcher = start_watcher(["run-once"], watcher_env(make_settings(rollout_timeout_seconds=120)))
     try:
-        first = wait_for_deployment(kube, namespace)
+        first = kube.first_deployment(namespace)
         watcher.send_signal(signal.SIGKILL)
         watcher.wait(10)
     finally:
@@ -87,7 +78,7 @@ def test_two_passes_at_once_deploy_once_and_the_second_steps_aside_cleanly(
     env = watcher_env(make_settings(rollout_timeout_seconds=120))
     first = start_watcher(["run-once"], env)
     try:
-        slug = wait_for_deployment(kube, namespace)
+        slug = kube.first_deployment(namespace)
         second = run_watcher(["run-once"], env)  # starts and ends while the first is inside the rollout
         ready_now(kube, namespace, slug)
         _, first_err = first.communicate(timeout=90)

@@ -6,7 +6,6 @@ third puts a fault-injecting proxy between the watcher and the real server.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -50,7 +49,7 @@ def test_registry_gone_mid_pass_aborts_the_pass_and_leaves_no_model_half_applied
     kube.set_rollout_policy(lambda deployment: None)  # rollouts wait until the test says they are done
     watcher = start_watcher(["run-once"], watcher_env(make_settings(rollout_timeout_seconds=60)))
     try:
-        first = _wait_for_first_deployment(kube, namespace)
+        first = kube.first_deployment(namespace)
         mlflow_server.stop()
         ready_now(kube, namespace, first)
         _, stderr = watcher.communicate(timeout=90)
@@ -71,15 +70,6 @@ def test_registry_gone_mid_pass_aborts_the_pass_and_leaves_no_model_half_applied
     assert {tags(name)["deployment_status"] for name in names} == {"deployed"}
     assert managed_objects(kube, namespace) == {plural: {model_slug(n) for n in names}
                                                 for plural in ("deployments", "services", "ingresses")}
-
-
-def _wait_for_first_deployment(kube: KubernetesPeer, namespace: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := kube.objects("deployments", namespace):
-            return next(iter(found))
-        time.sleep(0.1)
-    raise AssertionError("the watcher never created a Deployment")
 
 
 def test_one_registry_call_answering_503_is_retried_with_backoff_then_only_that_model_fails(

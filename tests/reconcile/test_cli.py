@@ -6,9 +6,8 @@ developer commands `render`, `deploy`, `undeploy` and `status`, all against the 
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,11 @@ SUMMARY = re.compile(r"pass done: found=(\d+) deployed=(\d+) updated=(\d+) uncha
 
 
 @pytest.fixture(autouse=True)
-def _logging_restored(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+def _logging_restored(capsys: pytest.CaptureFixture[str], _restore_logging: None) -> None:
     """main() points the root logger at the captured stderr; put pytest's handlers back before it closes.
 
-    Taking `capsys` here makes this teardown run first, so no thread ever logs to a closed stream.
+    Depending on `capsys` makes the restore tear down first, so no thread ever logs to a closed stream.
     """
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
