@@ -10,6 +10,7 @@ stderr, and the process exits non-zero.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import logging
 import os
@@ -73,7 +74,8 @@ def serve_workers(settings: WrapperSettings) -> int:
         os.environ[_FATAL_FILE] = marker.name
     try:
         uvicorn.run("model_wrapper.server:worker_app", factory=True, workers=settings.workers,
-                    host=settings.host, port=settings.port, log_config=None, access_log=settings.access_log)
+                    host=settings.host, port=settings.port, log_config=None, access_log=settings.access_log,
+                    server_header=False, ws="none")
         return EXIT_LOAD_FAILED if Path(marker.name).read_text() else 0
     finally:
         Path(marker.name).unlink(missing_ok=True)
@@ -110,13 +112,15 @@ def load_into(settings: WrapperSettings, predictor: Predictor, workdir: Path,
               on_fatal: Callable[[str], None]) -> None:
     """Load, install and warm up the model; on failure report why and call `on_fatal`."""
     try:
+        _import_scipy_special()
         from model_wrapper.loading import load_model  # imports MLflow: seconds, so off the serving thread
 
         predictor.install(load_model(settings, workdir))
         predictor.warm_up()
         log.info("model %s version %s: ready on %s", settings.model_name, settings.model_version, settings.prefix)
-        gc.collect()
-        gc.freeze()  # later collections skip everything loaded so far: steadier request latency
+        # Later collections skip everything loaded so far: steadier request latency. No collection
+        # first: start-up leaves a few thousand garbage objects, not worth a quarter second.
+        gc.freeze()
         gc.enable()
         return
     except LoadFailure as e:
@@ -128,6 +132,18 @@ def load_into(settings: WrapperSettings, predictor: Predictor, workdir: Path,
     predictor.fail(reason)
     report_fatal(reason, settings.termination_log, settings.secrets())
     on_fatal(reason)
+
+
+def _import_scipy_special() -> None:
+    """Import scipy.special before MLflow, when the image has it: half a second less cold start
+    for scikit-learn models, about 0.1 s more for others.
+
+    skops (MLflow's scikit-learn format) names each of scipy's ~800 ufuncs at import time by
+    scanning sys.modules in order for it; with scipy.special loaded before MLflow's ~1,400 modules
+    every scan ends early. The names found, and so skops' trusted types, are the same either way.
+    """
+    with contextlib.suppress(ImportError):
+        import scipy.special  # noqa: F401
 
 
 def report_fatal(reason: str, termination_log: Path, secrets: list[str]) -> None:
@@ -144,5 +160,6 @@ def report_fatal(reason: str, termination_log: Path, secrets: list[str]) -> None
 
 
 def _config(app: Any, settings: WrapperSettings) -> uvicorn.Config:
+    # No WebSocket endpoints: ws="none" also spares start-up the websockets import.
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                          access_log=settings.access_log, server_header=False, lifespan="off")
+                          access_log=settings.access_log, server_header=False, lifespan="off", ws="none")
