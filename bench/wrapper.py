@@ -5,7 +5,7 @@
 Starts moto S3 and an MLflow server on loopback, logs the iris LogisticRegression with its
 contract, then, one server at a time, both serving that model version (one worker each):
 
-- cold start: process start until ready (the wrapper's /ready, mlflow's /ping), median of 3,
+- cold start: process start until ready (the wrapper's /ready, mlflow's /ping), median of 5,
   the two servers alternating;
 - load: wrk (Debian's) with a Lua POST script, 1 thread, 8 connections, 10 s, after a 2 s warm-up;
   req/s, p50 and p99 for one instance per request and for a 100-instance batch. The wrapper's
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from devstack.servers import LocalMlflow, LocalS3, free_port, stop_process
 
-DURATION, WARM_UP, CONNECTIONS, COLD_TRIALS, ROUNDS = 10, 2, 8, 3, 3
+DURATION, WARM_UP, CONNECTIONS, COLD_TRIALS, ROUNDS = 10, 2, 8, 5, 3
 INSTANCE = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
@@ -107,7 +107,7 @@ def _servers(source: str, name: str, version: str) -> tuple[Server, Server]:
 
 def _loads(wrapper: Server, mlflow_serve: Server) -> dict[tuple[str, str, int], Load]:
     """Both servers are up (the idle one costs nothing); they take turns under the same load."""
-    loads = {}
+    loads: dict[tuple[str, str, int], Load] = {}
     for batch in ([INSTANCE], [INSTANCE] * 100):
         rounds: dict[tuple[str, str, int], list[Load]] = {}
         for _ in range(ROUNDS):
@@ -143,13 +143,14 @@ def _running(server: Server, env: dict[str, str]) -> Iterator[float]:
         stop_process(process)
 
 
-def _cold_starts(servers: list[Server], env: dict[str, str]) -> dict[str, float]:
+def _cold_starts(servers: list[Server], env: dict[str, str]) -> dict[str, list[float]]:
+    """Each server's cold starts, in seconds, in the order taken."""
     times: dict[str, list[float]] = {}
     for _ in range(COLD_TRIALS):
         for server in servers:
             with _running(server, env) as seconds:
                 times.setdefault(server.name, []).append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def _under_load(server: Server, path: str, instances: list[dict[str, float]]) -> Load:
@@ -190,7 +191,7 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[match.group(2)]
 
 
-def _report(cold: dict[str, float], loads: dict[tuple[str, str, int], Load]) -> str:
+def _report(cold: dict[str, list[float]], loads: dict[tuple[str, str, int], Load]) -> str:
     lines = [f"Machine: {os.cpu_count()} cores, load average after the run {os.getloadavg()[0]:.2f}. "
              f"wrk -t1 -c{CONNECTIONS} -d{DURATION}s after a {WARM_UP}s warm-up; one worker each; "
              f"median of {ROUNDS} alternating rounds (wrapper invocations: one round).", "",
@@ -203,9 +204,10 @@ def _report(cold: dict[str, float], loads: dict[tuple[str, str, int], Load]) -> 
     theirs = {size: loads[("mlflow models serve", "invocations", size)] for size in (1, 100)}
     lines.append("| req/s | " + " | ".join(f"{ours[s].rps / theirs[s].rps:.1f}x" for s in (1, 100)) + " |")
     lines.append("| p99 | " + " | ".join(f"{ours[s].p99_ms / theirs[s].p99_ms:.2f}" for s in (1, 100)) + " |")
-    lines += ["", f"Cold start (process start to ready, median of {COLD_TRIALS}): wrapper {cold['wrapper']:.1f} s, "
-              f"mlflow models serve {cold['mlflow models serve']:.1f} s, ratio "
-              f"{cold['wrapper'] / cold['mlflow models serve']:.2f}."]
+    ours_s, theirs_s = (statistics.median(cold[name]) for name in ("wrapper", "mlflow models serve"))
+    lines += ["", f"Cold start (process start to ready, median of {COLD_TRIALS}, alternating): wrapper {ours_s:.2f} s, "
+              f"mlflow models serve {theirs_s:.2f} s, ratio {ours_s / theirs_s:.2f}. Trials: "
+              + "; ".join(f"{name} " + ", ".join(f"{t:.2f}" for t in times) for name, times in cold.items()) + "."]
     return "\n".join(lines)
 
 
