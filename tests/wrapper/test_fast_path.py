@@ -15,12 +15,13 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+import scipy.special
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_diabetes, load_wine
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from devstack.models import iris_frame
@@ -28,7 +29,7 @@ from devstack.servers import LocalMlflow
 from model_wrapper.loading import load_model
 from model_wrapper.predictor import Predictor
 from model_wrapper.settings import load_settings
-from tests.wrapper.conftest import model_env, unique
+from tests.wrapper.conftest import model_env, serve, unique
 from tests.wrapper.models import log_model
 
 
@@ -113,3 +114,18 @@ def test_a_model_with_text_columns_is_served_through_pyfunc_with_the_same_answer
     expected = pyfunc.predict(pd.DataFrame(instances))
     assert answer["predictions"] == expected.tolist()
     assert np.array_equal(np.array(answer["probabilities"]), model.predict_proba(pd.DataFrame(instances)))
+
+
+def test_a_pipeline_holding_a_scipy_ufunc_loads_in_a_wrapper_process(mlflow_server: LocalMlflow) -> None:
+    """The wrapper imports scipy.special before MLflow (for its cold start); skops names ufuncs by
+    the import order of the process, so a model saved in another order must still be trusted."""
+    model = make_pipeline(FunctionTransformer(scipy.special.expit), LogisticRegression(max_iter=500))
+    model.fit(_iris(), iris_frame()[1])
+    logged = log_model(unique("ufunc-pipeline"), model, _iris())
+    instances = _iris().head(5)
+
+    for served in serve(logged, mlflow_server):
+        answer = served.post("predict", {"instances": instances.to_dict(orient="records")})
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == model.predict(instances).tolist()
