@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import statistics
@@ -175,15 +176,21 @@ class NaiveRegistry(Registry):
         super().__init__(tracking_uri)
         self._naive = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
-    def selected(self, selector: Selector) -> list[VersionInfo]:
+    def selected(self, selector: Selector, name: str | None = None) -> list[VersionInfo]:
         found = []
-        for model in _paged(lambda token: self._naive.search_registered_models(max_results=1000, page_token=token)):
-            for version in _paged(lambda token, name=model.name: self._naive.search_model_versions(
-                    f"name = '{name}'", max_results=1000, page_token=token)):
+        names = [name] if name else [model.name for model in _paged(self._models_page)]
+        for model_name in names:
+            for version in _paged(functools.partial(self._versions_page, model_name)):
                 if version.tags.get(selector.key) == selector.value and version.status == "READY":
                     found.append(VersionInfo(version.name, int(version.version), version.source,
                                              version.run_id or None, dict(version.tags)))
         return found
+
+    def _models_page(self, token: str | None) -> Any:
+        return self._naive.search_registered_models(max_results=1000, page_token=token)
+
+    def _versions_page(self, name: str, token: str | None) -> Any:
+        return self._naive.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
 
 
 def _paged(fetch: Callable[[str | None], Any]) -> Iterator[Any]:

@@ -96,7 +96,8 @@ def log_sklearn_model(
     client = MlflowClient()
     for key, value in (tags or {}).items():
         client.set_model_version_tag(name, version.version, key, value)
-    return LoggedModel(name=name, version=str(version.version), source=version.source,
+    return LoggedModel(name=name, version=str(version.version),
+                       source=version.source or f"models:/{name}/{version.version}",
                        run_id=run.info.run_id, model=model)
 
 

@@ -22,12 +22,12 @@ import kmock
 
 # The resources the watcher manages, declared so that empty lists answer 200 rather than 404.
 RESOURCES = {
-    "apps/v1/deployments": {"kind": "Deployment", "namespaced": True},
-    "v1/services": {"kind": "Service", "namespaced": True},
-    "networking.k8s.io/v1/ingresses": {"kind": "Ingress", "namespaced": True},
-    "coordination.k8s.io/v1/leases": {"kind": "Lease", "namespaced": True},
+    "apps/v1/deployments": kmock.ResourceInfo(kind="Deployment", namespaced=True),
+    "v1/services": kmock.ResourceInfo(kind="Service", namespaced=True),
+    "networking.k8s.io/v1/ingresses": kmock.ResourceInfo(kind="Ingress", namespaced=True),
+    "coordination.k8s.io/v1/leases": kmock.ResourceInfo(kind="Lease", namespaced=True),
     # Read when a rollout fails, for the reason; tests add Pods to play a crashing container.
-    "v1/pods": {"kind": "Pod", "namespaced": True},
+    "v1/pods": kmock.ResourceInfo(kind="Pod", namespaced=True),
 }
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -51,7 +51,7 @@ class ControlledEmulator(kmock.KubernetesEmulator):
     then reports `status` as `rollout_policy` says (tests swap the policy to make rollouts fail).
     """
 
-    rollout_policy: RolloutPolicy = staticmethod(all_ready)  # type: ignore[assignment]
+    rollout_policy: RolloutPolicy = staticmethod(all_ready)
 
     async def _handle(self, request: kmock.Request) -> Any:
         response = await super()._handle(request)
@@ -131,24 +131,26 @@ class KubernetesPeer:
         raise AssertionError("the watcher never created a Deployment")
 
     def set_rollout_policy(self, policy: RolloutPolicy) -> None:
-        ControlledEmulator.rollout_policy = staticmethod(policy)  # type: ignore[assignment]
+        ControlledEmulator.rollout_policy = staticmethod(policy)
 
     # --- assertions helpers -------------------------------------------------------------
 
     def requests(self, namespace: str) -> list[kmock.Request]:
-        assert self.emulator is not None
-        return self.call(lambda: [r for r in self.emulator if r.namespace == namespace])
+        emulator = self.emulator
+        assert emulator is not None
+        return self.call(lambda: [r for r in emulator if r.namespace == namespace])
 
     def writes(self, namespace: str) -> list[kmock.Request]:
         return [r for r in self.requests(namespace) if r.method.value in WRITE_METHODS]
 
     def objects(self, plural: str, namespace: str) -> dict[str, dict[str, Any]]:
         """Live objects of one resource (`deployments`, `services`, `ingresses`, `leases`) by name."""
-        assert self.emulator is not None
+        emulator = self.emulator
+        assert emulator is not None
 
         def collect() -> dict[str, dict[str, Any]]:
             found = {}
-            for (resource, ns, name), obj in self.emulator.objects.items():
+            for (resource, ns, name), obj in emulator.objects.items():
                 if resource.plural == plural and ns == namespace and not obj.deleted:
                     found[name] = dict(obj.raw)
             return found
@@ -157,10 +159,11 @@ class KubernetesPeer:
 
     def patch_object(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
         """Play the controller: merge `patch` into a stored object (e.g. a Deployment's status)."""
-        assert self.emulator is not None
+        emulator = self.emulator
+        assert emulator is not None
 
         def apply() -> None:
-            for (resource, ns, obj_name), obj in self.emulator.objects.items():
+            for (resource, ns, obj_name), obj in emulator.objects.items():
                 if resource.plural == plural and ns == namespace and obj_name == name:
                     obj.patch(patch)
                     return
