@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -218,6 +220,10 @@ def _printable(key: str, limit: int = 80) -> str:
 
 
 # --- MLflow signatures (as found in the MLmodel file, already JSON-decoded) -------------------
+#
+# Either named columns (a pandas input example) or, for a model logged with a NumPy input example,
+# one tensor. A tensor of shape (-1, n) is served as n fields, one row of values per instance: the
+# contract's inputs, in the order written, are the tensor's columns; derived, they are x0 … x(n-1).
 
 _MLFLOW_TYPES = {
     "double": FieldType.number,
@@ -227,28 +233,103 @@ _MLFLOW_TYPES = {
     "string": FieldType.string,
     "boolean": FieldType.boolean,
 }
+_TENSOR_TYPES = {
+    **{f"float{bits}": FieldType.number for bits in (16, 32, 64)},
+    **{f"{sign}int{bits}": FieldType.integer for sign in ("", "u") for bits in (8, 16, 32, 64)},
+    "bool": FieldType.boolean,
+}
+_RELOG = "log the model with a pandas DataFrame input example (named columns) to serve it"
+
+
+@dataclass(frozen=True)
+class TensorInput:
+    """The one tensor a model takes, of shape (-1,) or (-1, n): an instance is a row of n values."""
+
+    dtype: str
+    """A NumPy dtype name, e.g. float64."""
+    shape: tuple[int, ...]
+    named: bool = False
+    """MLflow hands a named tensor to the model as {name: array}, an unnamed one as the array."""
+
+    @property
+    def width(self) -> int:
+        return self.shape[1] if len(self.shape) == 2 else 1
+
+    @property
+    def field_type(self) -> FieldType:
+        return _TENSOR_TYPES[self.dtype]
+
+    @property
+    def field_names(self) -> list[str]:
+        """The names a derived contract gives the values of a row."""
+        return [f"x{index}" for index in range(self.width)]
+
+    def describe(self) -> str:
+        sizes = ", ".join(map(str, self.shape[:6])) + (", …" if len(self.shape) > 6 else "," * (len(self.shape) == 1))
+        return f"a {self.dtype} tensor of shape ({sizes})"
+
+
+def tensor_input(signature_inputs: list[dict[str, Any]]) -> TensorInput | None:
+    """The signature's tensor, None for a column signature; ContractError for a tensor signature
+    whose instances are not rows of values (images, several tensors, unknown dtypes)."""
+    tensors = [column for column in signature_inputs if column.get("type") == "tensor"]
+    if not tensors:
+        return None
+    if len(signature_inputs) != 1:
+        raise ContractError(f"the model signature has {len(signature_inputs)} inputs with tensors among them; "
+                            f"the wrapper serves one table or one tensor; {_RELOG}")
+    spec = tensors[0].get("tensor-spec")
+    dtype, shape = (spec.get("dtype"), spec.get("shape")) if isinstance(spec, dict) else (None, None)
+    if not isinstance(shape, list | tuple) or not all(isinstance(size, int) for size in shape):
+        raise ContractError(f"the model signature's tensor has no readable shape ({shape!r}); {_RELOG}")
+    tensor = TensorInput(_printable(str(dtype), 40), tuple(shape), named=bool(tensors[0].get("name")))
+    if not isinstance(dtype, str) or dtype not in _TENSOR_TYPES:
+        raise ContractError(f"the model takes {tensor.describe()}; the wrapper serves tensors of numbers or "
+                            f"booleans; {_RELOG}")
+    if not (tensor.shape == (-1,) or (len(tensor.shape) == 2 and tensor.shape[0] == -1 and tensor.shape[1] > 0)):
+        raise ContractError(f"the model takes {tensor.describe()}, and only shapes (-1,) and (-1, n) are rows "
+                            f"of named values; {_RELOG}")
+    if tensor.width > MAX_FIELDS:
+        raise ContractError(f"the model takes {tensor.describe()}: more than {MAX_FIELDS} values per instance; "
+                            f"{_RELOG}")
+    return tensor
 
 
 def contract_from_signature(
-    signature_inputs: list[dict[str, Any]], input_example: list[dict[str, Any]] | None = None
+    signature_inputs: list[dict[str, Any]], input_example: Sequence[Any] | None = None
 ) -> Contract:
-    """Derive a contract from an MLflow column signature and (optionally) its input example."""
-    inputs: dict[str, dict[str, Any]] = {}
-    for column in signature_inputs:
-        name, kind = column.get("name"), column.get("type")
-        if not isinstance(name, str) or not name or not isinstance(kind, str) or kind not in _MLFLOW_TYPES:
-            raise ContractError(
-                f"the model signature has an input ({name or 'unnamed'}, type {kind}) that cannot be "
-                f"described without a contract; {HOW_TO_ADD}"
-            )
-        inputs[name] = {"type": _MLFLOW_TYPES[kind].value, "required": column.get("required", True)}
-    examples = [dict(row) for row in (input_example or [])][:MAX_EXAMPLES]
-    return contract_from_dict({"description": "Derived from the MLflow model signature.", "inputs": inputs,
-                               "examples": examples})
+    """Derive a contract from an MLflow signature and (optionally) its input example: records
+    ({column: value}) for a column signature, rows of values for a tensor."""
+    tensor = tensor_input(signature_inputs)
+    if tensor is not None:
+        names = tensor.field_names
+        inputs = {name: {"type": tensor.field_type.value} for name in names}
+        rows = [row if isinstance(row, list) else [row] for row in input_example or []]
+        examples = [dict(zip(names, row, strict=True)) for row in rows if len(row) == len(names)]
+        description = f"Derived from the MLflow model signature ({tensor.describe()})."
+    else:
+        inputs = {}
+        for column in signature_inputs:
+            name, kind = column.get("name"), column.get("type")
+            if not isinstance(name, str) or not name or not isinstance(kind, str) or kind not in _MLFLOW_TYPES:
+                raise ContractError(
+                    f"the model signature has an input ({name or 'unnamed'}, type {kind}) that cannot be "
+                    f"described without a contract; {HOW_TO_ADD}"
+                )
+            inputs[name] = {"type": _MLFLOW_TYPES[kind].value, "required": column.get("required", True)}
+        examples = [dict(row) for row in input_example or [] if isinstance(row, dict)]
+        description = "Derived from the MLflow model signature."
+    return contract_from_dict({"description": description, "inputs": inputs, "examples": examples[:MAX_EXAMPLES]})
 
 
 def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, Any]]) -> list[str]:
-    """Where the contract's inputs disagree with the model's MLflow column signature."""
+    """Where the contract's inputs disagree with the model's MLflow signature."""
+    try:
+        tensor = tensor_input(signature_inputs)
+    except ContractError as e:
+        return [str(e)]
+    if tensor is not None:
+        return _tensor_mismatches(contract, tensor)
     columns = {str(c["name"]): c for c in signature_inputs if c.get("name")}
     problems = [f"{name}: in the contract but not in the model signature" for name in contract.inputs
                 if name not in columns]
@@ -261,6 +342,19 @@ def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, An
                 problems.append(f"{name}: required by the model signature but missing from the contract")
         elif expected is not None and not _compatible(spec.type, expected):
             problems.append(f"{name}: contract says {spec.type.value}, model signature says {column.get('type')}")
+    return problems
+
+
+def _tensor_mismatches(contract: Contract, tensor: TensorInput) -> list[str]:
+    if len(contract.inputs) != tensor.width:
+        return [f"the contract has {len(contract.inputs)} inputs but the model takes {tensor.describe()}, "
+                f"{tensor.width} value(s) per instance; list one input per value, in the tensor's order"]
+    problems = []
+    for name, spec in contract.inputs.items():
+        if not _compatible(spec.type, tensor.field_type):
+            problems.append(f"{name}: contract says {spec.type.value}, model signature says {tensor.dtype}")
+        if not spec.required:
+            problems.append(f"{name}: optional in the contract, but the model's tensor needs every value")
     return problems
 
 

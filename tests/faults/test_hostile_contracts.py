@@ -15,7 +15,13 @@ import pytest
 import yaml
 
 from devstack.models import IRIS_CONTRACT, log_iris
-from model_wrapper.contract import MAX_CONTRACT_BYTES, ContractError, parse_contract, signature_mismatches
+from model_wrapper.contract import (
+    MAX_CONTRACT_BYTES,
+    ContractError,
+    contract_from_signature,
+    parse_contract,
+    signature_mismatches,
+)
 from model_wrapper.naming import model_slug
 from tests.faults.support import tags
 from tests.peers import KubernetesPeer
@@ -110,6 +116,56 @@ def test_a_contract_that_disagrees_with_the_model_signature_is_reported_field_by
 def test_hostile_signature_columns_are_reported_not_crashed_on(columns: list[dict[str, Any]]) -> None:
     problems = signature_mismatches(parse_contract(IRIS_CONTRACT.encode()), columns)
     assert problems and all(isinstance(problem, str) for problem in problems)
+
+
+def tensor(dtype: Any = "float64", shape: Any = (-1, 4)) -> list[dict[str, Any]]:
+    """A signature's inputs as MLflow writes them for a model logged with a NumPy input example."""
+    return [{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": shape}}]
+
+
+def test_a_tensor_signature_derives_one_field_per_value_with_the_saved_rows_as_examples() -> None:
+    contract = contract_from_signature(tensor("int32", [-1, 3]), [[1, 2, 3], [4, 5, 6], [7, 8]])
+
+    assert {name: spec.type.value for name, spec in contract.inputs.items()} == {
+        "x0": "integer", "x1": "integer", "x2": "integer"}
+    assert contract.examples == [{"x0": 1, "x1": 2, "x2": 3}, {"x0": 4, "x1": 5, "x2": 6}], "a short row is dropped"
+    assert list(contract_from_signature(tensor("bool", [-1]), [True]).inputs) == ["x0"]
+
+
+def test_a_contract_over_a_tensor_must_list_one_required_field_per_value_of_a_fitting_type() -> None:
+    iris = parse_contract(IRIS_CONTRACT.encode())
+    assert signature_mismatches(iris, tensor()) == []
+    assert signature_mismatches(iris, tensor(shape=[-1, 5])) == [
+        "the contract has 4 inputs but the model takes a float64 tensor of shape (-1, 5), 5 value(s) per instance; "
+        "list one input per value, in the tensor's order"]
+    assert signature_mismatches(iris, tensor("int64")) == [
+        f"{name}: contract says number, model signature says int64" for name in IRIS["inputs"]]
+    optional = parse_contract(iris_with(inputs={**IRIS["inputs"], "petal_width": {"type": "number", "required": False}},
+                                        examples=[]))
+    assert signature_mismatches(optional, tensor()) == [
+        "petal_width: optional in the contract, but the model's tensor needs every value"]
+
+
+@pytest.mark.parametrize(("inputs", "fragment"), [
+    (tensor(shape=[-1, 28, 28]), "float64 tensor of shape (-1, 28, 28), and only shapes (-1,) and (-1, n)"),
+    (tensor(shape=[-1, -1]), "shape (-1, -1)"),
+    (tensor(shape=[-1, 10**9]), "more than 1000 values per instance"),
+    (tensor(shape=list(range(10_000))), "shape (0, 1, 2, 3, 4, 5, …)"),
+    (tensor("str"), "a str tensor"),
+    (tensor(["float64"]), "serves tensors of numbers or booleans"),
+    (tensor(shape="(-1, 4)"), "no readable shape"),
+    ([{"type": "tensor", "tensor-spec": "float64"}], "no readable shape"),
+    ([*tensor(), *tensor()], "2 inputs with tensors among them"),
+], ids=["an image", "any width", "a billion values", "ten thousand dimensions", "strings", "a list as dtype",
+        "a string as shape", "a string as spec", "two tensors"])
+def test_a_tensor_signature_no_row_of_fields_can_fill_is_refused_saying_how_to_serve_it(
+        inputs: list[dict[str, Any]], fragment: str) -> None:
+    with pytest.raises(ContractError) as refused:
+        contract_from_signature(inputs)
+    message = str(refused.value)
+    assert fragment in message and "pandas DataFrame input example" in message, message
+    assert len(message) < 400
+    assert signature_mismatches(parse_contract(IRIS_CONTRACT.encode()), inputs) == [message]
 
 
 # --- through a real pass -------------------------------------------------------------------------
