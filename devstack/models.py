@@ -66,7 +66,7 @@ def train_diabetes() -> tuple[Any, pd.DataFrame]:
 def log_sklearn_model(
     name: str,
     model: Any,
-    example: pd.DataFrame,
+    example: pd.DataFrame | np.ndarray,
     *,
     contract: str | bytes | None = IRIS_CONTRACT,
     signature: bool = True,
@@ -77,6 +77,7 @@ def log_sklearn_model(
     """Log `model` (with `contract.yaml` among its files), register it as `name` and tag the version.
 
     `run_contract` puts a contract in the run's artifacts instead, the other place the watcher looks.
+    A NumPy `example` gives the model a tensor signature, as for a model trained on arrays.
     Given `pip_requirements`, MLflow skips inferring them (which loads the model in a subprocess).
     """
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
@@ -87,7 +88,7 @@ def log_sklearn_model(
             mlflow.log_artifact(_write(Path(tmp) / "run" / "contract.yaml", run_contract))
         mlflow.sklearn.log_model(
             model, name="model", registered_model_name=name,
-            input_example=example.head(2) if signature else None,
+            input_example=example[:2] if signature else None,
             signature=None if signature else False,
             extra_files=extra_files or None, pip_requirements=pip_requirements,
             skops_trusted_types=["sklearn.tree._tree.Tree"],

@@ -6,8 +6,9 @@ function for the MLflow scoring protocol); called by the predictor on every requ
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -16,27 +17,31 @@ Scorer = Callable[[bytes, str], tuple[int, bytes, str]]
 
 
 class SklearnArrayBackend:
-    """A numeric scikit-learn model called natively on a float64 (or int64) array.
+    """A numeric scikit-learn model called natively on an array.
 
-    Pyfunc would build a DataFrame in signature order and let scikit-learn turn it into the very
-    same array; this skips the DataFrame, so the answers are identical and several times cheaper.
+    For a column signature pyfunc would build a DataFrame in signature order and let scikit-learn
+    turn it into the very same float64 (or int64) array; for a tensor signature it hands over the
+    array as given. Either way this builds that array directly, so the answers are identical and
+    several times cheaper.
     """
 
     fast = True
 
-    def __init__(self, estimator: Any, columns: list[str], dtype: type[np.generic], score: Scorer) -> None:
+    def __init__(self, estimator: Any, columns: list[str], dtype: np.dtype[Any], score: Scorer, *,
+                 order: Literal["C", "F"] = "F") -> None:
         self.columns = columns
         self._predict = estimator.predict
         self._proba = estimator.predict_proba if has_probabilities(estimator) else None
         self.classes: list[Any] | None = list(estimator.classes_) if self._proba is not None else None
         self._dtype = dtype
+        # Column-major is how a DataFrame's values are laid out, row-major how MLflow parses a
+        # tensor: BLAS sums in memory order, so only the same layout gives the same last bits.
+        self._order = order
         self._score = score
         self.description = f"scikit-learn {type(estimator).__name__} (native predict on arrays)"
 
     def predict(self, rows: list[tuple[Any, ...]]) -> tuple[Any, Any | None]:
-        # Column-major, as a DataFrame's values are: BLAS sums in memory order, so only the same
-        # layout gives the same last bits as pyfunc.
-        features = np.array(rows, dtype=self._dtype, order="F")
+        features = np.array(rows, dtype=self._dtype, order=self._order)
         predictions = self._predict(features)
         return predictions, (self._proba(features) if self._proba is not None else None)
 
@@ -45,13 +50,16 @@ class SklearnArrayBackend:
 
 
 class PyfuncBackend:
-    """Any MLflow pyfunc model, fed a DataFrame whose columns are in signature order."""
+    """Any MLflow pyfunc model, fed what its signature takes: a DataFrame whose columns are in
+    signature order (`frame_builder`), or a tensor (`model_wrapper.loading.tensor_builder`)."""
 
     fast = False
 
-    def __init__(self, pyfunc: Any, columns: list[str], estimator: Any | None, score: Scorer) -> None:
+    def __init__(self, pyfunc: Any, columns: list[str], estimator: Any | None, score: Scorer, *,
+                 to_input: Callable[[list[tuple[Any, ...]]], Any]) -> None:
         self.columns = columns
         self._pyfunc = pyfunc
+        self._to_input = to_input
         self._proba = None
         self.classes: list[Any] | None = None
         if estimator is not None and has_probabilities(estimator):
@@ -61,12 +69,17 @@ class PyfuncBackend:
         self.description = f"MLflow pyfunc ({', '.join(flavors) or 'python_function'})"
 
     def predict(self, rows: list[tuple[Any, ...]]) -> tuple[Any, Any | None]:
-        frame = pd.DataFrame.from_records(rows, columns=self.columns)
-        predictions = _plain(self._pyfunc.predict(frame))
-        return predictions, (self._proba(frame) if self._proba is not None else None)
+        model_input = self._to_input(rows)
+        predictions = _plain(self._pyfunc.predict(model_input))
+        return predictions, (self._proba(model_input) if self._proba is not None else None)
 
     def invoke(self, body: bytes, content_type: str) -> tuple[int, bytes, str]:
         return self._score(body, content_type)
+
+
+def frame_builder(columns: list[str]) -> Callable[[list[tuple[Any, ...]]], pd.DataFrame]:
+    """Rows as a DataFrame with the model's columns."""
+    return functools.partial(pd.DataFrame.from_records, columns=columns)
 
 
 def has_probabilities(estimator: Any) -> bool:

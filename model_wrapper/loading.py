@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,18 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from model_wrapper.backends import PyfuncBackend, Scorer, SklearnArrayBackend
+from model_wrapper.backends import PyfuncBackend, Scorer, SklearnArrayBackend, frame_builder
 from model_wrapper.contract import (
     CONTRACT_FILE,
     HOW_TO_ADD,
     Contract,
     ContractError,
+    FieldType,
+    TensorInput,
     contract_from_signature,
     parse_contract,
     signature_mismatches,
+    tensor_input,
 )
 from model_wrapper.errors import MalformedRequest, UnsupportedMediaType, for_status
 from model_wrapper.predictor import LoadedModel, LoadFailure, ModelBackend
@@ -51,7 +55,7 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
         raise LoadFailure(f"{settings.model_source} is not an MLflow model (no readable MLmodel file): "
                           f"{_first_line(e)}") from e
     run_id = settings.model_run_id or mlmodel.run_id
-    signature = signature_columns(mlmodel)
+    signature = signature_inputs(mlmodel)
     contract, origin = find_contract(local, run_id, mlmodel, signature, workdir / "run")
     if signature is not None and (problems := signature_mismatches(contract, signature)):
         raise LoadFailure(f"the {origin} disagrees with the model signature: {'; '.join(problems)}")
@@ -84,27 +88,48 @@ def find_contract(local: Path, run_id: str | None, mlmodel: Model, signature: li
         raise LoadFailure(str(e)) from e
 
 
-def signature_columns(mlmodel: Model) -> list[dict[str, Any]] | None:
-    """The signature's named input columns, or None for no signature or a tensor signature."""
+def signature_inputs(mlmodel: Model) -> list[dict[str, Any]] | None:
+    """The signature's inputs as the MLmodel file lists them (columns, or a tensor), or None."""
     if mlmodel.signature is None or mlmodel.signature.inputs is None:
         return None
-    if mlmodel.signature.inputs.is_tensor_spec():
-        return None
-    columns: list[dict[str, Any]] = mlmodel.signature.inputs.to_dict()
-    return columns
+    inputs: list[dict[str, Any]] = mlmodel.signature.inputs.to_dict()
+    return inputs
 
 
 def choose_backend(pyfunc: Any, contract: Contract, signature: list[dict[str, Any]] | None) -> ModelBackend:
     """Native arrays for plain numeric scikit-learn models; pyfunc for everything else."""
     estimator = _sklearn_estimator(pyfunc)
-    columns = _column_order(contract, signature, estimator)
+    tensor = tensor_input(signature) if signature else None  # the signature passed its checks already
+    columns = _column_order(contract, signature, estimator, positional=tensor is not None)
     score = scorer(pyfunc)
+    if tensor is not None:
+        # Pyfunc hands the model an unnamed tensor as it is given: any numeric one is the same array natively.
+        if estimator is not None and tensor.field_type in (FieldType.number, FieldType.integer) \
+                and len(tensor.shape) == 2 and not tensor.named:
+            _quiet_feature_name_warning()
+            return SklearnArrayBackend(estimator, columns, np.dtype(tensor.dtype), score, order="C")
+        return PyfuncBackend(pyfunc, columns, estimator, score, to_input=tensor_builder(tensor))
     if estimator is not None and _array_safe(contract, signature, columns):
-        # The wrapper builds arrays in the fitted column order itself, so sklearn's warning that
-        # an array has no column names says nothing here.
-        warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
-        return SklearnArrayBackend(estimator, columns, _array_dtype(contract, signature), score)
-    return PyfuncBackend(pyfunc, columns, estimator, score)
+        _quiet_feature_name_warning()
+        return SklearnArrayBackend(estimator, columns, np.dtype(_array_dtype(contract, signature)), score)
+    return PyfuncBackend(pyfunc, columns, estimator, score, to_input=frame_builder(columns))
+
+
+def tensor_builder(tensor: TensorInput) -> Callable[[list[tuple[Any, ...]]], Any]:
+    """Rows as the one tensor the model takes: its dtype, and shape (-1,) or (-1, n)."""
+    dtype, flat = np.dtype(tensor.dtype), len(tensor.shape) == 1
+
+    def build(rows: list[tuple[Any, ...]]) -> Any:
+        array = np.array(rows, dtype=dtype)
+        return array.reshape(-1) if flat else array
+
+    return build
+
+
+def _quiet_feature_name_warning() -> None:
+    # The wrapper builds arrays in the fitted column order itself, so sklearn's warning that an
+    # array has no column names says nothing here.
+    warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
 
 
 def scorer(pyfunc: Any) -> Scorer:
@@ -180,7 +205,7 @@ def _parse(path: Path, origin: str) -> tuple[Contract, str]:
         raise LoadFailure(f"the {origin} is unusable: {e}") from e
 
 
-def _input_example(mlmodel: Model, local: Path) -> list[dict[str, Any]] | None:
+def _input_example(mlmodel: Model, local: Path) -> list[Any] | None:
     try:
         example = mlmodel.load_input_example(str(local))
     except Exception:  # an unreadable example only costs the derived contract its examples
@@ -190,9 +215,10 @@ def _input_example(mlmodel: Model, local: Path) -> list[dict[str, Any]] | None:
     if to_dict is not None:
         records: list[dict[str, Any]] = to_dict(orient="records")
         return records
-    if isinstance(example, list) and all(isinstance(row, dict) for row in example):
-        return example
-    return None
+    if isinstance(example, np.ndarray):  # a tensor model's rows of values
+        rows: list[Any] = example.tolist()
+        return rows
+    return example if isinstance(example, list) else None
 
 
 def _sklearn_estimator(pyfunc: Any) -> Any | None:
@@ -204,10 +230,15 @@ def _sklearn_estimator(pyfunc: Any) -> Any | None:
         return None
 
 
-def _column_order(contract: Contract, signature: list[dict[str, Any]] | None, estimator: Any) -> list[str]:
+def _column_order(contract: Contract, signature: list[dict[str, Any]] | None, estimator: Any, *,
+                  positional: bool = False) -> list[str]:
+    """The order the model takes its inputs in. `positional`: a tensor, whose columns are the
+    contract's inputs in the order written (or the fitted columns, when the contract names them)."""
     fitted = list(getattr(estimator, "feature_names_in_", []))
     if fitted and set(fitted) == set(contract.inputs):
         return [str(name) for name in fitted]
+    if positional:
+        return list(contract.inputs)
     if fitted:
         missing = sorted(set(fitted) - set(contract.inputs))
         extra = sorted(set(contract.inputs) - set(fitted))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sklearn
 
@@ -16,7 +17,7 @@ from devstack.models import IRIS_CONTRACT, LoggedModel, iris_frame, log_sklearn_
 REQUIREMENTS = [f"scikit-learn=={sklearn.__version__}"]
 
 
-def log_model(name: str, model: Any, example: pd.DataFrame, *, contract: str | None = None,
+def log_model(name: str, model: Any, example: pd.DataFrame | np.ndarray, *, contract: str | None = None,
               signature: bool = True, run_contract: str | None = None) -> LoggedModel:
     """Log and register `model`, with `contract` among its files and/or `run_contract` in the run."""
     return log_sklearn_model(name, model, example, contract=contract, signature=signature,
