@@ -110,9 +110,9 @@ def _parse(data: bytes, uri: str) -> Contract:
         raise ContractInvalid(f"{e} ({uri.rsplit('/', 2)[-2]}/{CONTRACT_FILE})") from e
 
 
-def _signature(store: S3Store, model_uri: str, raw: bytes) -> tuple[list[dict[str, Any]] | None,
-                                                                    list[dict[str, Any]] | None]:
-    """The column signature and input example from the MLmodel file, when the model has them.
+def _signature(store: S3Store, model_uri: str, raw: bytes) -> tuple[list[dict[str, Any]] | None, list[Any] | None]:
+    """The signature's inputs (columns or a tensor) and input example from the MLmodel file, when
+    the model has them.
 
     The file is registry content, so untrusted: one the wrapper could not load fails the version here.
     """
@@ -124,7 +124,7 @@ def _signature(store: S3Store, model_uri: str, raw: bytes) -> tuple[list[dict[st
         encoded = signature.get("inputs")
         inputs = json.loads(encoded) if encoded is not None else None
         if inputs is not None and not (isinstance(inputs, list) and all(isinstance(c, dict) for c in inputs)):
-            raise ValueError("its signature inputs are not a list of columns")
+            raise ValueError("its signature inputs are not a list of columns or tensors")
     except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
         reason = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
         raise Permanent(f"{model_uri}/MLmodel is not a valid MLflow model file ({reason}); log the model again") \
@@ -137,12 +137,20 @@ def _signature(store: S3Store, model_uri: str, raw: bytes) -> tuple[list[dict[st
     return inputs, _example(store.read(f"{model_uri}/{path}")) if safe else None
 
 
-def _example(raw: bytes | None) -> list[dict[str, Any]] | None:
-    """MLflow saves pandas examples in split orientation: {"columns": [...], "data": [[...]]}; else None."""
+def _example(raw: bytes | None) -> list[Any] | None:
+    """The saved input example as records, or as rows of values for a tensor model; else None.
+
+    MLflow saves a pandas example in split orientation, {"columns": [...], "data": [[...]]}, and a
+    NumPy one as its nested list (older versions: {"inputs": [...]}).
+    """
     try:
         document = json.loads(raw) if raw else None
     except (ValueError, RecursionError):
         return None
+    if isinstance(document, dict) and isinstance(document.get("inputs"), list):
+        document = document["inputs"]
+    if isinstance(document, list):
+        return document[:MAX_EXAMPLES]
     columns, rows = (document.get("columns"), document.get("data")) if isinstance(document, dict) else (None, None)
     if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)
             and isinstance(rows, list) and all(isinstance(row, list) for row in rows)):

@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sklearn
 from mlflow import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
 
-from devstack.models import LoggedModel, register_versions
+from devstack.models import LoggedModel, log_sklearn_model, register_versions
 from model_wrapper.naming import model_slug
 from watcher.reconcile import Deps, reconcile_once
 from watcher.settings import Settings
@@ -147,3 +151,46 @@ def test_local_lifecycle_deploy_update_without_going_dark_found_again_restarted_
     assert (gone.undeployed, gone.failed) == (1, 0)
     assert not _running(v2_again["pid"]) and not (state_dir / f"{slug}.json").exists()
     assert client.get_model_version(model_name, "2").tags["deployment_status"] == "undeployed"
+
+
+IMAGE_MODEL = """\
+flavors:
+  python_function: {loader_module: mlflow.sklearn, python_version: 3.11.7}
+signature:
+  inputs: '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 28, 28]}}]'
+"""
+
+
+def test_a_model_trained_on_arrays_deploys_on_fields_x0_to_xn_and_an_image_model_fails_saying_why(
+    local_deps: Callable[[], Deps], state_dir: Path, model_name: str, production: dict[str, str],
+    upload: Callable[[dict[str, str]], str],
+) -> None:
+    features, target = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(features, target)
+    log_sklearn_model(model_name, model, features, contract=None, tags=production,
+                      pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+    image_name = f"{model_name}-image"
+    MlflowClient().create_registered_model(image_name)
+    MlflowClient().create_model_version(image_name, upload({"MLmodel": IMAGE_MODEL}), tags=production)
+
+    report = reconcile_once(local_deps())  # the smoke test predicts the saved NumPy example rows
+
+    assert (report.deployed, report.failed) == (1, 1), report.failures
+    endpoint = MlflowClient().get_model_version(model_name, "1").tags["model_endpoint"]
+    with urllib.request.urlopen(endpoint.replace(f"/{model_slug(model_name)}/api/", "/metrics"), timeout=10) as page:
+        smoke_tests = [sample.value for family in text_string_to_metric_families(page.read().decode())
+                       for sample in family.samples if sample.name == "model_wrapper_requests_total"
+                       and sample.labels["endpoint"] == "predict" and sample.labels["status"] == "200"]
+    assert smoke_tests == [1.0], "the pass predicted the saved example rows through the endpoint"
+    instance = dict(zip(["x0", "x1", "x2", "x3"], features[60].tolist(), strict=True))
+    request = urllib.request.Request(f"{endpoint}predict", method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"instances": [instance]}).encode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["predictions"] == model.predict(features[60:61]).tolist()
+    image_tags = MlflowClient().get_model_version(image_name, "1").tags
+    assert image_tags["deployment_status"] == "failed"
+    assert "float32 tensor of shape (-1, 28, 28)" in image_tags["deployment_message"]
+    assert not (state_dir / f"{model_slug(image_name)}.json").exists(), "no wrapper was started for it"
+
+    MlflowClient().delete_model_version_tag(model_name, "1", "deploy")
+    assert reconcile_once(local_deps()).undeployed == 1
