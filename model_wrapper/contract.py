@@ -238,6 +238,13 @@ _TENSOR_TYPES = {
     **{f"{sign}int{bits}": FieldType.integer for sign in ("", "u") for bits in (8, 16, 32, 64)},
     "bool": FieldType.boolean,
 }
+# The values each narrow dtype holds (int64 and float64 are the schema's own limits).
+_TENSOR_BOUNDS: dict[str, tuple[float, float]] = {
+    "float16": (-65504.0, 65504.0),
+    "float32": (-3.4028234663852886e38, 3.4028234663852886e38),
+    **{f"int{bits}": (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) for bits in (8, 16, 32)},
+    **{f"uint{bits}": (0.0, 2.0**bits - 1) for bits in (8, 16, 32, 64)},
+}
 _RELOG = "log the model with a pandas DataFrame input example (named columns) to serve it"
 
 
@@ -345,6 +352,21 @@ def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, An
     return problems
 
 
+def within_tensor_range(contract: Contract, tensor: TensorInput) -> Contract:
+    """The contract with each input's bounds narrowed to what the tensor's dtype holds, so that a
+    value NumPy would turn into infinity (1e39 as float32) or refuse (300 as int8) is a 422 naming
+    the field."""
+    if tensor.dtype not in _TENSOR_BOUNDS:
+        return contract
+    low, high = _TENSOR_BOUNDS[tensor.dtype]
+    inputs = {
+        name: spec.model_copy(update={"minimum": low if spec.minimum is None else max(spec.minimum, low),
+                                      "maximum": high if spec.maximum is None else min(spec.maximum, high)})
+        for name, spec in contract.inputs.items()
+    }
+    return contract.model_copy(update={"inputs": inputs})
+
+
 def _tensor_mismatches(contract: Contract, tensor: TensorInput) -> list[str]:
     if len(contract.inputs) != tensor.width:
         return [f"the contract has {len(contract.inputs)} inputs but the model takes {tensor.describe()}, "
@@ -355,6 +377,9 @@ def _tensor_mismatches(contract: Contract, tensor: TensorInput) -> list[str]:
             problems.append(f"{name}: contract says {spec.type.value}, model signature says {tensor.dtype}")
         if not spec.required:
             problems.append(f"{name}: optional in the contract, but the model's tensor needs every value")
+        low, high = _TENSOR_BOUNDS.get(tensor.dtype, (-math.inf, math.inf))
+        if (spec.minimum is not None and spec.minimum > high) or (spec.maximum is not None and spec.maximum < low):
+            problems.append(f"{name}: the contract's range is outside what {tensor.dtype} holds ({low:g} to {high:g})")
     return problems
 
 

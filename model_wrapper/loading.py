@@ -34,6 +34,7 @@ from model_wrapper.contract import (
     parse_contract,
     signature_mismatches,
     tensor_input,
+    within_tensor_range,
 )
 from model_wrapper.errors import MalformedRequest, UnsupportedMediaType, for_status
 from model_wrapper.predictor import LoadedModel, LoadFailure, ModelBackend
@@ -59,6 +60,8 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
     contract, origin = find_contract(local, run_id, mlmodel, signature, workdir / "run")
     if signature is not None and (problems := signature_mismatches(contract, signature)):
         raise LoadFailure(f"the {origin} disagrees with the model signature: {'; '.join(problems)}")
+    if signature is not None and (tensor := tensor_input(signature)) is not None:
+        contract = within_tensor_range(contract, tensor)
     warn_about_requirements(local, settings.model_name, settings.model_version)
     try:
         # MLflow's own requirements check scans every installed distribution (a second or more

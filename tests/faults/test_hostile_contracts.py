@@ -18,9 +18,11 @@ from devstack.models import IRIS_CONTRACT, log_iris
 from model_wrapper.contract import (
     MAX_CONTRACT_BYTES,
     ContractError,
+    TensorInput,
     contract_from_signature,
     parse_contract,
     signature_mismatches,
+    within_tensor_range,
 )
 from model_wrapper.naming import model_slug
 from tests.faults.support import tags
@@ -144,6 +146,19 @@ def test_a_contract_over_a_tensor_must_list_one_required_field_per_value_of_a_fi
                                         examples=[]))
     assert signature_mismatches(optional, tensor()) == [
         "petal_width: optional in the contract, but the model's tensor needs every value"]
+
+
+def test_a_tensors_dtype_narrows_the_contracts_ranges_and_a_range_it_cannot_hold_is_a_mismatch() -> None:
+    contract = parse_contract(b"inputs:\n  a: {type: integer, minimum: 0}\n  b: {type: integer, maximum: 1e6}\n")
+    narrowed = within_tensor_range(contract, TensorInput("int8", (-1, 2)))
+
+    assert (narrowed.inputs["a"].minimum, narrowed.inputs["a"].maximum) == (0, 127)
+    assert (narrowed.inputs["b"].minimum, narrowed.inputs["b"].maximum) == (-128, 127)
+    assert within_tensor_range(contract, TensorInput("int64", (-1, 2))) == contract, "the schema's own int64 limits"
+    assert signature_mismatches(contract, tensor("int8", [-1, 2])) == []
+    assert signature_mismatches(parse_contract(b"inputs:\n  a: {type: integer, minimum: 1000}\n"),
+                                tensor("int8", [-1])) == [
+        "a: the contract's range is outside what int8 holds (-128 to 127)"]
 
 
 @pytest.mark.parametrize(("inputs", "fragment"), [

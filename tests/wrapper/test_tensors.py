@@ -102,8 +102,12 @@ def test_a_contract_names_the_tensors_values_in_the_order_it_lists_them(mlflow_s
     try:
         answer = wrapper.post("predict", {"instances": [{"a": 2, "b": 3, "c": 1}, {"b": 0, "a": 0, "c": 7.5}]})
         metadata = wrapper.get("metadata").json()
+        beyond_float32 = wrapper.post("predict", {"instances": [{"a": 1e39, "b": 0, "c": 0}]})
     finally:
         served.close()
+
+    assert beyond_float32.status_code == 422, "NumPy would have passed the model an infinity"
+    assert beyond_float32.json()["error"]["details"][0]["field"] == "instances[0].a"
 
     assert answer.status_code == 200, answer.text
     assert answer.json()["predictions"] == [321.0, 7.5]
