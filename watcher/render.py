@@ -22,10 +22,11 @@ import jinja2
 import jsonschema
 import kubernetes_validate
 import yaml
+from kubernetes.utils import parse_quantity
 from referencing import Registry, Resource
 
 from model_wrapper.contract import Serving
-from watcher.errors import Permanent
+from watcher.errors import ContractInvalid, Permanent
 from watcher.settings import Settings
 
 _DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "k8s_templates"
@@ -82,6 +83,8 @@ class Renderer:
 
     def render(self, release: Release, *, validate: bool = True) -> Rendered:
         """Manifests and their hash; `validate=False` only for comparing hashes, never for applying."""
+        if validate and (conflicts := resource_conflicts(release.serving)):
+            raise ContractInvalid(f"the contract's {'; '.join(conflicts)}")
         context = self._context(release)
         manifests = tuple(_load(template.render(context), template.name or "") for template in self._templates)
         spec_hash = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:16]
@@ -129,13 +132,34 @@ class Renderer:
         return refs
 
     def _resources(self, release: Release) -> dict[str, dict[str, str]]:
+        """The contract's requests and limits where it sets them, else the defaults. Kubernetes
+        refuses a request above its limit, so a default yields to the explicit value it contradicts
+        (a contract asking for 4Gi raises the default 1Gi limit; one capping at 128Mi lowers the
+        default 256Mi request). Two explicit values that contradict are refused by `render`."""
         s = self._settings
-        requests: dict[str, str] = {"cpu": s.default_cpu_request, "memory": s.default_memory_request}
-        limits: dict[str, str] = {"memory": s.default_memory_limit}
-        if release.serving.resources is not None:
-            requests.update({str(k): v for k, v in release.serving.resources.requests.items()})
-            limits.update({str(k): v for k, v in release.serving.resources.limits.items()})
+        explicit = release.serving.resources
+        asked = {str(k): v for k, v in explicit.requests.items()} if explicit else {}
+        capped = {str(k): v for k, v in explicit.limits.items()} if explicit else {}
+        requests = {"cpu": s.default_cpu_request, "memory": s.default_memory_request, **asked}
+        limits = {"memory": s.default_memory_limit, **capped}
+        for name in requests.keys() & limits.keys():
+            if parse_quantity(requests[name]) > parse_quantity(limits[name]):
+                if name not in capped:
+                    limits[name] = requests[name]
+                elif name not in asked:
+                    requests[name] = limits[name]
         return {"requests": requests, "limits": limits}
+
+
+def resource_conflicts(serving: Serving) -> list[str]:
+    """Requests the contract sets above the limits it sets: the API server would refuse the Deployment."""
+    resources = serving.resources
+    if resources is None:
+        return []
+    both = sorted(resources.requests.keys() & resources.limits.keys())
+    return [f"serving.resources.requests.{name} ({resources.requests[name]}) is above "
+            f"serving.resources.limits.{name} ({resources.limits[name]}); Kubernetes refuses that"
+            for name in both if parse_quantity(resources.requests[name]) > parse_quantity(resources.limits[name])]
 
 
 def validate_manifest(manifest: dict[str, Any]) -> None:

@@ -514,3 +514,35 @@ def test_serving_overrides_from_the_contract_shape_the_deployment(
     assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "768Mi"
     writes = len(kube.writes(namespace))
     assert passes(deps).unchanged == 1 and len(kube.writes(namespace)) == writes
+
+
+@pytest.mark.parametrize(("resources", "expected"), [
+    ("{requests: {memory: 4Gi}}", {"requests": {"cpu": "100m", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}),
+    ("{limits: {memory: 128Mi}}", {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "128Mi"}}),
+    ("{requests: {cpu: 1500m}, limits: {cpu: '2', memory: 2Gi}}",
+     {"requests": {"cpu": "1500m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}),
+    ("{requests: {memory: 2Gi}, limits: {memory: 1Gi}}",
+     "serving.resources.requests.memory (2Gi) is above serving.resources.limits.memory (1Gi)"),
+    ("{requests: {cpu: '2'}, limits: {cpu: 500m}}",
+     "serving.resources.requests.cpu (2) is above serving.resources.limits.cpu (500m)"),
+], ids=["a request above the default limit", "a limit below the default request", "both, consistent",
+        "a memory request above its limit", "a cpu request above its limit"])
+def test_a_default_yields_to_the_contracts_resources_and_a_request_above_its_own_limit_fails(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, upload: Callable[[dict[str, str]], str],
+    production: dict[str, str], resources: str, expected: dict[str, Any] | str,
+) -> None:
+    """The API server refuses a Deployment whose request is above its limit (defaults 256Mi and 1Gi here)."""
+    MlflowClient().create_registered_model(model_name)
+    files = upload({"MLmodel": MLMODEL_WITHOUT_SIGNATURE,
+                    "contract.yaml": IRIS_CONTRACT + f"serving:\n  resources: {resources}\n"})
+    MlflowClient().create_model_version(model_name, files, tags=production)
+
+    report = passes(deps)
+
+    if isinstance(expected, str):
+        assert report.failed == 1 and object_writes(kube, namespace) == []
+        assert expected in tags(model_name, "1")["deployment_message"]
+    else:
+        assert report.deployed == 1, report.failures
+        deployment = kube.objects("deployments", namespace)[model_slug(model_name)]
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"] == expected
