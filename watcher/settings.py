@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from watcher.errors import SettingsInvalid
@@ -121,6 +121,15 @@ class Settings(BaseSettings):
         Selector.parse(value)
         return value
 
+    @model_validator(mode="after")
+    def _default_request_within_limit(self) -> Settings:
+        from kubernetes.utils import parse_quantity  # a third of a second to import: only when settings load
+
+        if parse_quantity(self.default_memory_request) > parse_quantity(self.default_memory_limit):
+            raise ValueError(f"DEFAULT_MEMORY_REQUEST ({self.default_memory_request}) is above DEFAULT_MEMORY_LIMIT "
+                             f"({self.default_memory_limit}); Kubernetes refuses a request above its limit")
+        return self
+
     @property
     def parsed_selector(self) -> Selector:
         return Selector.parse(self.selector)
@@ -146,6 +155,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as e:
         problems = []
         for item in e.errors():
-            variable = str(item["loc"][0]).upper() if item["loc"] else "environment"
-            problems.append(f"{variable}: {'not set' if item['type'] == 'missing' else item['msg']}")
+            message = "not set" if item["type"] == "missing" else item["msg"].removeprefix("Value error, ")
+            # A check across variables (no location) names them in its message.
+            problems.append(f"{str(item['loc'][0]).upper()}: {message}" if item["loc"] else message)
         raise SettingsInvalid("invalid settings: " + "; ".join(problems)) from None

@@ -106,14 +106,20 @@ def test_run_once_exits_one_when_the_cluster_cannot_be_reached(
     assert "deployment_status" not in tags(model_name)
 
 
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"SELECTOR": "production"}, "SELECTOR"),
+    ({"DEFAULT_MEMORY_REQUEST": "2Gi", "DEFAULT_MEMORY_LIMIT": "1536Mi"}, "DEFAULT_MEMORY_REQUEST (2Gi) is above"),
+], ids=["a selector without a kind", "a default request above the default limit"])
 def test_bad_setting_exits_two_naming_the_variable(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    settings: dict[str, str], named: str,
 ) -> None:
-    monkeypatch.setenv("SELECTOR", "production")
+    for variable, value in settings.items():
+        monkeypatch.setenv(variable, value)
 
     assert main(["run-once"]) == 2
 
-    assert "SELECTOR" in capsys.readouterr().err
+    assert named in capsys.readouterr().err
 
 
 def test_run_once_for_one_model_leaves_the_others_alone(
