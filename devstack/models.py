@@ -91,7 +91,7 @@ def log_sklearn_model(
             input_example=example[:2] if signature else None,
             signature=None if signature else False,
             extra_files=extra_files or None, pip_requirements=pip_requirements,
-            skops_trusted_types=["sklearn.tree._tree.Tree"],
+            skops_trusted_types=["sklearn.tree._tree.Tree", "numpy.dtype"],  # trees; imputers keep a dtype
         )
     version = _latest_version(name, run.info.run_id)
     client = MlflowClient()

@@ -137,7 +137,7 @@ class Contract(_Strict):
         """Why one instance does not fit `inputs` (empty when it does)."""
         problems = [f"{name}: unknown field" for name in instance if name not in self.inputs]
         for name, spec in self.inputs.items():
-            if name not in instance:
+            if name not in instance or (instance[name] is None and not spec.required):  # null: absent, as in the API
                 if spec.required:
                     problems.append(f"{name}: required field missing")
             elif (problem := spec.check_value(instance[name])) is not None:
@@ -310,7 +310,7 @@ def contract_from_signature(
     tensor = tensor_input(signature_inputs)
     if tensor is not None:
         names = tensor.field_names
-        inputs = {name: {"type": tensor.field_type.value} for name in names}
+        inputs: dict[str, dict[str, Any]] = {name: {"type": tensor.field_type.value} for name in names}
         rows = [row if isinstance(row, list) else [row] for row in input_example or []]
         examples = [dict(zip(names, row, strict=True)) for row in rows if len(row) == len(names)]
         description = f"Derived from the MLflow model signature ({tensor.describe()})."
@@ -326,7 +326,15 @@ def contract_from_signature(
             inputs[name] = {"type": _MLFLOW_TYPES[kind].value, "required": column.get("required", True)}
         examples = [dict(row) for row in input_example or [] if isinstance(row, dict)]
         description = "Derived from the MLflow model signature."
-    return contract_from_dict({"description": description, "inputs": inputs, "examples": examples[:MAX_EXAMPLES]})
+        # A NaN in the example (missing values, which MLflow saves as NaN) shows the model takes NaN there.
+        for row in examples:
+            for name, value in row.items():
+                if isinstance(value, float) and math.isnan(value) and inputs.get(name, {}).get("type") == "number":
+                    inputs[name]["allow_nan"] = True
+    derived = contract_from_dict({"description": description, "inputs": inputs})
+    # The example only illustrates: rows that do not fit the signature are left out, never fatal.
+    fitting = [row for row in examples if not derived.instance_problems(row)][:MAX_EXAMPLES]
+    return contract_from_dict({"description": description, "inputs": inputs, "examples": fitting})
 
 
 def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, Any]]) -> list[str]:

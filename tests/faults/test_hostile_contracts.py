@@ -120,6 +120,18 @@ def test_hostile_signature_columns_are_reported_not_crashed_on(columns: list[dic
     assert problems and all(isinstance(problem, str) for problem in problems)
 
 
+def test_a_derived_contract_takes_nan_where_the_example_has_it_and_leaves_out_rows_that_do_not_fit() -> None:
+    signature = [{"name": "age", "type": "double", "required": False}, {"name": "visits", "type": "long"}]
+    example = [{"age": float("nan"), "visits": 1}, {"age": None, "visits": 2}, {"age": "old", "visits": 3},
+               {"visits": 4.5}, {"age": 40.0}, {"age": 41.0, "visits": 5, "extra": 1}, {"age": 42.0, "visits": 6}]
+
+    contract = contract_from_signature(signature, example)
+
+    assert contract.inputs["age"].allow_nan and not contract.inputs["visits"].allow_nan
+    assert [row["visits"] for row in contract.examples] == [1, 2, 6], "a string, a float, a missing, an extra: out"
+    assert not contract_from_signature(signature, [{"age": 1.0, "visits": 1}]).inputs["age"].allow_nan
+
+
 def tensor(dtype: Any = "float64", shape: Any = (-1, 4)) -> list[dict[str, Any]]:
     """A signature's inputs as MLflow writes them for a model logged with a NumPy input example."""
     return [{"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": shape}}]

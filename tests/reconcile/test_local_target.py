@@ -17,12 +17,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import sklearn
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 
 from devstack.models import LoggedModel, log_sklearn_model, register_versions
 from model_wrapper.naming import model_slug
@@ -191,6 +195,33 @@ def test_a_model_trained_on_arrays_deploys_on_fields_x0_to_xn_and_an_image_model
     assert image_tags["deployment_status"] == "failed"
     assert "float32 tensor of shape (-1, 28, 28)" in image_tags["deployment_message"]
     assert not (state_dir / f"{model_slug(image_name)}.json").exists(), "no wrapper was started for it"
+
+    MlflowClient().delete_model_version_tag(model_name, "1", "deploy")
+    assert reconcile_once(local_deps()).undeployed == 1
+
+
+def test_a_model_whose_example_has_missing_values_deploys_and_takes_nan_where_the_example_had_it(
+    local_deps: Callable[[], Deps], model_name: str, production: dict[str, str],
+) -> None:
+    features = pd.DataFrame({"age": [31.0, np.nan, 52.0, 47.0] * 5, "income": [np.nan, 2.5, 3.0, 4.0] * 5})
+    model = make_pipeline(SimpleImputer(), LogisticRegression()).fit(features, [0, 1, 0, 1] * 5)
+    # MLflow marks both columns optional and saves the example's NaN as NaN.
+    log_sklearn_model(model_name, model, features, contract=None, tags=production,
+                      pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+
+    report = reconcile_once(local_deps())  # the smoke test sends the example, NaN included
+
+    assert (report.deployed, report.failed) == (1, 0), report.failures
+    endpoint = MlflowClient().get_model_version(model_name, "1").tags["model_endpoint"]
+    contract = get_json(f"{endpoint}metadata")["contract"]
+    assert contract["inputs"]["age"]["allow_nan"] is True and contract["inputs"]["income"]["allow_nan"] is True
+    assert {"age": 31.0, "income": None} in contract["examples"], "NaN shown as JSON null"
+    body = b'{"instances": [{"age": NaN, "income": 2.0}, {"income": 2.0}, {"age": null, "income": 2.0}]}'
+    request = urllib.request.Request(f"{endpoint}predict", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        expected = model.predict(pd.DataFrame({"age": [np.nan] * 3, "income": [2.0] * 3})).tolist()
+        assert json.loads(response.read())["predictions"] == expected
 
     MlflowClient().delete_model_version_tag(model_name, "1", "deploy")
     assert reconcile_once(local_deps()).undeployed == 1
