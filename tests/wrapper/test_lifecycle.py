@@ -205,3 +205,29 @@ def test_a_bad_environment_stops_the_process_naming_the_variable(env: dict[str, 
 
     assert variable in wrapper.termination_log.read_text()
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("form", ["models:/m-<id>", "models:/<name>/<version>", "runs:/<run>/model", "s3://"])
+def test_every_form_of_model_source_loads_the_same_model(form: str, iris_model: Any, mlflow_server: LocalMlflow,
+                                                         tmp_path: Path) -> None:
+    """What a version's source may be: MLflow 3's logged model, a registry URI, an MLflow 2 style run
+    URI, or the artifact location itself (the watcher passes the version's source as it is)."""
+    from mlflow import MlflowClient
+
+    from model_wrapper.loading import load_model
+
+    client = MlflowClient()
+    source = {
+        "models:/m-<id>": iris_model.source,
+        "models:/<name>/<version>": f"models:/{iris_model.name}/{iris_model.version}",
+        "runs:/<run>/model": f"runs:/{iris_model.run_id}/model",
+        "s3://": client.get_model_version_download_uri(iris_model.name, iris_model.version),
+    }[form]
+    assert source.startswith(form.split("<")[0])
+    settings = load_settings(model_env(iris_model, mlflow_server, MODEL_SOURCE=source))
+
+    loaded = load_model(settings, tmp_path)
+
+    assert loaded.contract.title == "Iris species" and loaded.backend.fast
+    features = [(5.1, 3.5, 1.4, 0.2), (6.7, 3.0, 5.2, 2.3)]
+    assert loaded.backend.predict(features)[0].tolist() == iris_model.model.predict(features).tolist()
