@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.webhook import WebhookEvent, WebhookEventStr
 from mlflow.exceptions import MlflowException, RestException
+from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
 from watcher.errors import PassAborted, Permanent, Retryable, ServiceBuilderError
 from watcher.logs import redact
@@ -101,7 +102,21 @@ class Registry:
     def artifact_uri(self, version: VersionInfo) -> str:
         """Where the version's model files are (for MLflow 3 `models:/m-…` sources, the logged model's)."""
         with _translated(f"locate the artifacts of {version}"):
-            return str(self._client.get_model_version_download_uri(version.name, str(version.version)))
+            uri = str(self._client.get_model_version_download_uri(version.name, str(version.version)))
+            # The registry hands back a `runs:/` source (an MLflow 2 style registration) unresolved.
+            return self._run_model_location(uri) if RunsArtifactRepository.is_runs_uri(uri) else uri
+
+    def _run_model_location(self, uri: str) -> str:
+        """`runs:/<run>/<name>[/<path>]` as a storage location, as MLflow's own runs repository reads it:
+        the logged model called <name> that the run produced (MLflow 3), else the run's artifacts."""
+        run_id, path = RunsArtifactRepository.parse_runs_uri(uri)
+        name, _, rest = (path or "").partition("/")
+        run = self._client.get_run(run_id)
+        for output in run.outputs.model_outputs if run.outputs else []:
+            model = self._client.get_logged_model(output.model_id)
+            if model.name == name and model.artifact_location:
+                return f"{model.artifact_location.rstrip('/')}/{rest}".rstrip("/")
+        return f"{run.info.artifact_uri.rstrip('/')}/{path or ''}".rstrip("/")
 
     def run_artifact_uri(self, run_id: str) -> str:
         with _translated(f"locate the artifacts of run {run_id}"):

@@ -8,10 +8,13 @@ and looks at what the cluster holds and what the version's tags say.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.sklearn
 import pytest
 from mlflow import MlflowClient
 
@@ -546,3 +549,31 @@ def test_a_default_yields_to_the_contracts_resources_and_a_request_above_its_own
         assert report.deployed == 1, report.failures
         deployment = kube.objects("deployments", namespace)[model_slug(model_name)]
         assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"] == expected
+
+
+def _run_with_model_files(model: Any) -> str:
+    """A run holding a saved model among its own artifacts, as MLflow 2 kept them; its id."""
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        (Path(tmp) / "contract.yaml").write_text(IRIS_CONTRACT)
+        mlflow.sklearn.save_model(model, f"{tmp}/model", extra_files=[f"{tmp}/contract.yaml"],
+                                  pip_requirements=["scikit-learn"])
+        mlflow.log_artifacts(f"{tmp}/model", "model")
+    return str(run.info.run_id)
+
+
+@pytest.mark.parametrize("kept", ["as a logged model (MLflow 3)", "in the run's artifacts (MLflow 2)"])
+def test_a_version_registered_from_a_runs_uri_deploys_with_that_source(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+    kept: str,
+) -> None:
+    """`create_model_version(name, "runs:/<run>/model", run_id)`, as MLflow 2 registered models: the
+    contract is found where MLflow itself would read the model, and the wrapper gets the source as it is."""
+    run_id = iris.run_id if kept.startswith("as a logged model") else _run_with_model_files(iris.model)
+    MlflowClient().create_registered_model(model_name)
+    MlflowClient().create_model_version(model_name, f"runs:/{run_id}/model", run_id, tags=production)
+
+    report = passes(deps)
+
+    assert report.deployed == 1, report.failures
+    deployment = kube.objects("deployments", namespace)[model_slug(model_name)]
+    assert env_of(deployment)["MODEL_SOURCE"] == f"runs:/{run_id}/model"
