@@ -85,9 +85,13 @@ class WrapperProcess:
             time.sleep(0.05)
         raise AssertionError(f"{url} not 200 within {timeout}s:\n{self.log()}")
 
-    def wait_exit(self, timeout: float = START_TIMEOUT) -> int:
+    def exit_code(self, timeout: float = START_TIMEOUT) -> int:
+        """Wait for the process to exit by itself (stopping it if it does not) and return its code."""
         assert self.process is not None
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.stop()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -82,8 +82,5 @@ def test_workers_from_the_environment_each_serve_the_model(iris_model: LoggedMod
 def test_a_worker_that_cannot_load_the_model_stops_the_whole_server(mlflow_server: LocalMlflow) -> None:
     model = log_iris_model(unique("wrapper-workers-bare"), contract=None, signature=False)
     wrapper = WrapperProcess(model_env(model, mlflow_server, WORKERS="2")).start()
-    try:
-        assert wrapper.wait_exit() == 1
-    finally:
-        wrapper.stop()
+    assert wrapper.exit_code() == 1
     assert "contract.yaml" in wrapper.termination_log.read_text()

@@ -138,10 +138,7 @@ def test_a_contract_that_disagrees_with_the_signature_stops_the_wrapper_naming_t
         mlflow_server: LocalMlflow) -> None:
     model = log_iris_model(unique("wrapper-mismatch"), contract=MISMATCHED)
     wrapper = WrapperProcess(model_env(model, mlflow_server)).start()
-    try:
-        assert wrapper.wait_exit() == 1
-    finally:
-        wrapper.stop()
+    assert wrapper.exit_code() == 1
 
     reason = wrapper.termination_log.read_text()
     assert "petal_width" in reason and "signature" in reason
@@ -152,10 +149,7 @@ def test_a_contract_that_disagrees_with_the_signature_stops_the_wrapper_naming_t
 def test_no_contract_and_no_signature_stops_the_wrapper_saying_how_to_add_one(mlflow_server: LocalMlflow) -> None:
     model = log_iris_model(unique("wrapper-bare"), contract=None, signature=False)
     wrapper = WrapperProcess(model_env(model, mlflow_server)).start()
-    try:
-        assert wrapper.wait_exit() == 1
-    finally:
-        wrapper.stop()
+    assert wrapper.exit_code() == 1
 
     assert HOW_TO_ADD in wrapper.termination_log.read_text()
 
@@ -198,10 +192,7 @@ def test_a_model_that_cannot_be_downloaded_is_a_load_failure_naming_the_source(m
 def test_a_bad_environment_stops_the_process_naming_the_variable(env: dict[str, str], variable: str) -> None:
     wrapper = WrapperProcess({"MODEL_SOURCE": "", **env}).start()
     started = time.monotonic()
-    try:
-        assert wrapper.wait_exit(30) == 2
-    finally:
-        wrapper.stop()
+    assert wrapper.exit_code(30) == 2
 
     assert variable in wrapper.termination_log.read_text()
     assert time.monotonic() - started < 30

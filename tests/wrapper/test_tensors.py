@@ -124,10 +124,7 @@ def test_a_tensor_the_contract_cannot_fill_stops_the_wrapper_saying_why(
         shape: tuple[int, ...], contract: str | None, fragment: str, mlflow_server: LocalMlflow) -> None:
     model = log_positional(unique("wrapper-tensor"), shape, contract=contract)
     wrapper = WrapperProcess(model_env(model, mlflow_server)).start()
-    try:
-        assert wrapper.wait_exit() == 1
-    finally:
-        wrapper.stop()
+    assert wrapper.exit_code() == 1
 
     reason = wrapper.termination_log.read_text()
     assert fragment in reason, reason
