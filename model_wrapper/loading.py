@@ -60,7 +60,8 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
     contract, origin = find_contract(local, run_id, mlmodel, signature, workdir / "run")
     if signature is not None and (problems := signature_mismatches(contract, signature)):
         raise LoadFailure(f"the {origin} disagrees with the model signature: {'; '.join(problems)}")
-    if signature is not None and (tensor := tensor_input(signature)) is not None:
+    tensor = tensor_input(signature) if signature else None  # the signature passed its checks just above
+    if tensor is not None:
         contract = within_tensor_range(contract, tensor)
     warn_about_requirements(local, settings.model_name, settings.model_version)
     try:
@@ -69,7 +70,7 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
         pyfunc = mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
     except Exception as e:
         raise LoadFailure(f"the model cannot be loaded: {_first_line(e)}") from e
-    backend = choose_backend(pyfunc, contract, signature)
+    backend = choose_backend(pyfunc, contract, signature, tensor)
     log.info("model %s version %s: loaded (%s; contract from %s)", settings.model_name, settings.model_version,
              backend.description, origin)
     return LoadedModel(contract=contract, contract_origin=origin, backend=backend, run_id=run_id)
@@ -99,10 +100,11 @@ def signature_inputs(mlmodel: Model) -> list[dict[str, Any]] | None:
     return inputs
 
 
-def choose_backend(pyfunc: Any, contract: Contract, signature: list[dict[str, Any]] | None) -> ModelBackend:
-    """Native arrays for plain numeric scikit-learn models; pyfunc for everything else."""
+def choose_backend(pyfunc: Any, contract: Contract, signature: list[dict[str, Any]] | None,
+                   tensor: TensorInput | None) -> ModelBackend:
+    """Native arrays for plain numeric scikit-learn models; pyfunc for everything else. `tensor`:
+    the signature's one tensor, when it is a tensor signature."""
     estimator = _sklearn_estimator(pyfunc)
-    tensor = tensor_input(signature) if signature else None  # the signature passed its checks already
     columns = _column_order(contract, signature, estimator, positional=tensor is not None)
     score = scorer(pyfunc)
     if tensor is not None:
