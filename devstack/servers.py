@@ -25,6 +25,7 @@ from moto.server import ThreadedMotoServer
 # Throw-away credentials for the local S3; never used anywhere else.
 LOCAL_AWS_ENV = {"AWS_ACCESS_KEY_ID": "devstack-key", "AWS_SECRET_ACCESS_KEY": "devstack-secret",
                  "AWS_DEFAULT_REGION": "us-east-1"}
+KEEP_ALIVE_SECONDS = 3600  # longer than a test session: no idle connection is closed under a client
 QUIET_MLFLOW_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "DO_NOT_TRACK": "true"}
 
@@ -118,7 +119,10 @@ class LocalMlflow:
                **self.extra_env}
         command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", "1", "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
-                   "--default-artifact-root", f"s3://{self.s3.bucket}/mlflow"]
+                   "--default-artifact-root", f"s3://{self.s3.bucket}/mlflow",
+                   # uvicorn closes a connection idle for 5 s; a client that reuses it at that moment gets
+                   # a reset, which clients without retries (the tests) report as an unreachable registry.
+                   "--uvicorn-opts", f"--timeout-keep-alive {KEEP_ALIVE_SECONDS}"]
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
