@@ -26,7 +26,7 @@ from model_wrapper.contract import Serving
 from watcher.errors import RolloutFailed
 from watcher.lease import Busy
 from watcher.plan import KINDS, Live
-from watcher.render import Rendered
+from watcher.render import INPUTS_DIGEST, Rendered
 from watcher.settings import Settings
 
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -40,6 +40,7 @@ class LocalSnapshot:
 
     def live(self) -> list[Live]:
         return [Live(slug=slug, model=state["model"], version=int(state["version"]), spec_hash=state["spec_hash"],
+                     inputs_digest=state.get("inputs_digest", ""),
                      serving=Serving.model_validate(state.get("serving") or {}),
                      kinds=KINDS if _alive(state.get("pid")) else frozenset())
                 for slug, state in sorted(self.states.items())]
@@ -96,6 +97,7 @@ class LocalTarget:
         slug, release = rendered.deployment["metadata"]["name"], rendered.release
         process, port = self._pending.pop(slug)
         state = {"model": release.name, "version": release.version, "spec_hash": rendered.spec_hash,
+                 "inputs_digest": rendered.deployment["metadata"]["annotations"][INPUTS_DIGEST],
                  "serving": release.serving.model_dump(exclude_none=True), "pid": process.pid, "port": port,
                  "endpoint": f"http://127.0.0.1:{port}/{slug}/api/"}
         _write_atomically(self._dir / f"{slug}.json", json.dumps(state))

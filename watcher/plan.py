@@ -28,6 +28,8 @@ class Live:
     """The registered-model name it serves (empty when the objects are not ours)."""
     version: int | None
     spec_hash: str = ""
+    inputs_digest: str = ""
+    """The digest of what its manifests were rendered from (empty when unknown: then it is rendered)."""
     serving: Serving = field(default_factory=Serving)
     kinds: frozenset[str] = KINDS
     """Which of Deployment, Service and Ingress exist (the local target reports all or none)."""

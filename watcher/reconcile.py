@@ -123,7 +123,11 @@ def _decide(deps: Deps, only_model: str | None) -> tuple[Plan, Any]:
 
 
 def _spec_hash(deps: Deps, version: VersionInfo, live: Live) -> str:
-    return deps.renderer.render(_release(version, live.slug, live.serving), validate=False).spec_hash
+    """What the live model's hash would be now: its own when the inputs are the same, else rendered anew."""
+    release = _release(version, live.slug, live.serving)
+    if live.inputs_digest and live.inputs_digest == deps.renderer.inputs_digest(release):
+        return live.spec_hash
+    return deps.renderer.render(release, validate=False).spec_hash
 
 
 def attempt_key(deps: Deps, version: VersionInfo) -> str:
