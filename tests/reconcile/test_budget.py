@@ -2,7 +2,8 @@
 
 Requests are counted where they arrive: the MLflow server's access log, kmock's request journal
 and moto's S3 request log. A pass with nothing to do reads one search page per page of selected
-versions (nothing per unselected version), lists each managed kind once, and writes nothing.
+versions (nothing per unselected version), lists each managed kind once, and writes nothing; nor
+does it render any live model's manifests (it compares inputs digests), so its cost stays flat.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from devstack.models import LoggedModel, register_versions
 from devstack.servers import LocalMlflow
 from tests.peers import KubernetesPeer, MlflowAccessLog, s3_requests
 from watcher.reconcile import Deps, reconcile_once
+from watcher.render import Release, Rendered, Renderer
 from watcher.settings import Settings
 
 MODELS, VERSIONS_EACH, SELECTED = 200, 10, 20
@@ -51,7 +53,7 @@ def big_registry(mlflow_server: LocalMlflow, iris: LoggedModel) -> str:
 
 def test_steady_state_pass_reads_one_search_page_per_page_of_selected_versions_and_writes_nothing(
     big_registry: str, make_settings: Callable[..., Settings], make_deps: Callable[..., Deps], kube: KubernetesPeer,
-    namespace: str, mlflow_server: LocalMlflow,
+    namespace: str, mlflow_server: LocalMlflow, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     first = reconcile_once(make_deps(make_settings(selector=f"tag:deploy={big_registry}")))
     assert (first.found, first.deployed, first.failed) == (SELECTED, SELECTED, 0), first.failures
@@ -62,6 +64,7 @@ def test_steady_state_pass_reads_one_search_page_per_page_of_selected_versions_a
         mlflow.mark()
         kube_before = len(kube.requests(namespace))
 
+        renders = _count_renders(monkeypatch)
         with s3_requests() as s3:
             steady = reconcile_once(deps)
 
@@ -72,3 +75,17 @@ def test_steady_state_pass_reads_one_search_page_per_page_of_selected_versions_a
             ("GET", "deployments", None): 1, ("GET", "services", None): 1, ("GET", "ingresses", None): 1}
         assert len(kube_requests) == 3
         assert s3 == []
+        assert renders == [], "a steady-state pass compares inputs digests; it renders no live model"
+
+
+def _count_renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The releases rendered from now on (the project's own seam: what grows with the deployed models)."""
+    rendered: list[str] = []
+    original = Renderer.render
+
+    def counting(self: Renderer, release: Release, *, validate: bool = True) -> Rendered:
+        rendered.append(str(release))
+        return original(self, release, validate=validate)
+
+    monkeypatch.setattr(Renderer, "render", counting)
+    return rendered
