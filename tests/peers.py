@@ -20,52 +20,26 @@ from typing import Any
 
 import kmock
 
-# The resources the watcher manages, declared so that empty lists answer 200 rather than 404.
+from tests.control_plane import BAD_IMAGE, PENDING, READY, ControlPlane, PodPolicy, Pods, all_ready, crash
+
+__all__ = ["BAD_IMAGE", "PENDING", "READY", "KubernetesPeer", "Pods", "RolloutPolicy", "all_ready", "crash"]
+
+# The resources the emulator serves: the watcher's managed kinds (one line each), what the
+# controller makes (ReplicaSets, Pods) and what admission reads (IngressClasses).
 RESOURCES = {
     "apps/v1/deployments": kmock.ResourceInfo(kind="Deployment", namespaced=True),
     "v1/services": kmock.ResourceInfo(kind="Service", namespaced=True),
     "networking.k8s.io/v1/ingresses": kmock.ResourceInfo(kind="Ingress", namespaced=True),
     "coordination.k8s.io/v1/leases": kmock.ResourceInfo(kind="Lease", namespaced=True),
-    # Read when a rollout fails, for the reason; tests add Pods to play a crashing container.
+    "apps/v1/replicasets": kmock.ResourceInfo(kind="ReplicaSet", namespaced=True),
     "v1/pods": kmock.ResourceInfo(kind="Pod", namespaced=True),
+    "networking.k8s.io/v1/ingressclasses": kmock.ResourceInfo(kind="IngressClass", namespaced=False),
 }
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+DEFAULT_INGRESS_CLASS = "nginx"
+"""The cluster's default IngressClass, which admission writes into an Ingress created without one."""
 
-
-RolloutPolicy = Callable[[dict[str, Any]], dict[str, Any] | None]
-
-
-def all_ready(deployment: dict[str, Any]) -> dict[str, Any]:
-    """The default controller: every Deployment becomes fully ready at once."""
-    replicas = deployment.get("spec", {}).get("replicas", 1)
-    generation = deployment.get("metadata", {}).get("generation", 1)
-    return {"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
-            "readyReplicas": replicas, "availableReplicas": replicas,
-            "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}
-
-
-class ControlledEmulator(kmock.KubernetesEmulator):
-    """The emulator plus what an API server and a controller would add to a Deployment.
-
-    The API server bumps `metadata.generation` on every create or spec change; the controller
-    then reports `status` as `rollout_policy` says (tests swap the policy to make rollouts fail).
-    """
-
-    rollout_policy: RolloutPolicy = staticmethod(all_ready)
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        response = await super()._handle(request)
-        resource = request.resource
-        if resource is not None and resource.plural == "deployments" and request.method.value in ("POST", "PATCH"):
-            name = request.name or (request.data or {}).get("metadata", {}).get("name")
-            for (res, ns, obj_name), obj in self.objects.items():
-                if res.plural == "deployments" and ns == request.namespace and obj_name == name and not obj.deleted:
-                    generation = int(obj.get("metadata", {}).get("generation") or 0) + 1
-                    obj.patch({"metadata": {"generation": generation}})
-                    status = type(self).rollout_policy(dict(obj.raw))
-                    if status is not None:
-                        obj.patch({"status": status})
-        return response
+RolloutPolicy = PodPolicy
 
 
 class KubernetesPeer:
@@ -73,7 +47,7 @@ class KubernetesPeer:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.emulator: ControlledEmulator | None = None
+        self.emulator: ControlPlane | None = None
         self._server: kmock.Server | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
@@ -91,17 +65,25 @@ class KubernetesPeer:
         self.loop.run_forever()
 
     async def _enter(self) -> None:
-        self.emulator = ControlledEmulator()
+        self.emulator = ControlPlane()
         await self.emulator.__aenter__()
         for key, info in RESOURCES.items():
             self.emulator.resources[key] = info
+        self.emulator.objects["networking.k8s.io/v1/ingressclasses", None, DEFAULT_INGRESS_CLASS] = {
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": DEFAULT_INGRESS_CLASS, "annotations": {
+                "ingressclass.kubernetes.io/is-default-class": "true"}},
+            "spec": {"controller": "k8s.io/ingress-nginx"}}
+        self.emulator.start_controller()
         self._server = kmock.Server(self.emulator)
         await self._server.__aenter__()
 
     def stop(self) -> None:
         async def _exit() -> None:
             assert self._server is not None and self.emulator is not None
+            await self.emulator.stop_controller()
             await self._server.__aexit__(None, None, None)
+            self.emulator._errors[-1].clear()  # the 4xx answers tests asked for are not the emulator's failures
             await self.emulator.__aexit__(None, None, None)
 
         asyncio.run_coroutine_threadsafe(_exit(), self.loop).result(10)
@@ -130,8 +112,35 @@ class KubernetesPeer:
             time.sleep(0.05)
         raise AssertionError("the watcher never created a Deployment")
 
-    def set_rollout_policy(self, policy: RolloutPolicy) -> None:
-        ControlledEmulator.rollout_policy = staticmethod(policy)
+    def set_rollout_policy(self, policy: PodPolicy) -> None:
+        """What the kubelet does with pods from now on (pod template -> `Pods`; None: they never start)."""
+        ControlPlane.pod_policy = staticmethod(policy)
+        if self.emulator is not None:
+            self.call(self.emulator.touch)
+
+    set_pod_policy = set_rollout_policy
+
+    def advance(self, seconds: float) -> None:
+        """Move the controller's clock, e.g. past a Deployment's progressDeadlineSeconds."""
+        assert self.emulator is not None
+        self.call(lambda: self.emulator.advance(seconds) if self.emulator else None)
+
+    def pause_controller(self, paused: bool = True) -> None:
+        """Stop (or restart) the Deployment controller: written Deployments are then never observed."""
+        ControlPlane.controller_paused = paused
+        if self.emulator is not None and not paused:
+            self.call(self.emulator.touch)
+
+    def wait_settled(self, namespace: str, timeout: float = 30) -> None:
+        """Until the controller has nothing left to do in `namespace` (every rollout done or stuck)."""
+        emulator = self.emulator
+        assert emulator is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            if not self.call(lambda: namespace in emulator._dirty):
+                return
+        raise AssertionError(f"the controller never settled in {namespace}")
 
     # --- assertions helpers -------------------------------------------------------------
 
@@ -158,7 +167,7 @@ class KubernetesPeer:
         return self.call(collect)
 
     def patch_object(self, plural: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        """Play the controller: merge `patch` into a stored object (e.g. a Deployment's status)."""
+        """Merge `patch` into a stored object behind the API server's back (what no client can do)."""
         emulator = self.emulator
         assert emulator is not None
 
@@ -166,6 +175,7 @@ class KubernetesPeer:
             for (resource, ns, obj_name), obj in emulator.objects.items():
                 if resource.plural == plural and ns == namespace and obj_name == name:
                     obj.patch(patch)
+                    emulator.touch(namespace)
                     return
             raise KeyError(f"{plural}/{namespace}/{name}")
 
@@ -173,13 +183,21 @@ class KubernetesPeer:
 
     def create(self, api_path: str, namespace: str, obj: dict[str, Any]) -> None:
         """POST `obj` as any client would, e.g. `create("api/v1", ns, pod)` or `create("apis/apps/v1", ns, deploy)`."""
-        plurals = {"Pod": "pods", "Deployment": "deployments", "Service": "services", "Ingress": "ingresses"}
+        plurals = {info.kind: key.rsplit("/", 1)[1] for key, info in RESOURCES.items()}
         plural = plurals[obj["kind"]]
         request = urllib.request.Request(f"{self.url}/{api_path}/namespaces/{namespace}/{plural}", method="POST",
                                          data=json.dumps(obj).encode(), headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
             if response.status not in (200, 201):
                 raise RuntimeError(f"kmock answered {response.status} creating {obj['kind']}")
+
+    def patch(self, api_path: str, namespace: str, plural: str, name: str, ops: list[dict[str, Any]]) -> None:
+        """JSON-patch one object as any client would (another controller, or a person with kubectl)."""
+        request = urllib.request.Request(f"{self.url}/{api_path}/namespaces/{namespace}/{plural}/{name}",
+                                         method="PATCH", data=json.dumps(ops).encode(),
+                                         headers={"Content-Type": "application/json-patch+json"})
+        with urllib.request.urlopen(request, timeout=10):
+            pass
 
     def delete(self, api_path: str, namespace: str, plural: str, name: str) -> None:
         """DELETE one object as any client would (a person running kubectl delete)."""

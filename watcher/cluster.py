@@ -1,7 +1,9 @@
 """Step 5 of the pass on Kubernetes: observe, apply (create-or-patch), wait for rollout, roll back, remove.
 
-The only watcher module that imports `kubernetes`. One list per resource kind observes the
-whole namespace; objects without the managed-by label are reported, never touched.
+The only watcher module that imports `kubernetes`. One paged list per managed kind (`KINDS`: adding a
+kind is one line there) observes the whole namespace; objects without the managed-by label are
+reported, never touched. Updates are JSON patches of the paths Service Builder owns, so what admission,
+controllers and people add to our objects survives; every request has a connect and read timeout.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from watcher.lease import Lease
 from watcher.plan import Live
 from watcher.render import (
     INPUTS_DIGEST,
-    INSTANCE_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MODEL_NAME,
@@ -35,13 +36,34 @@ from watcher.render import (
     SPEC_HASH,
     Rendered,
 )
+from watcher.rollout import pod_fault, progress_mark, rollout_status, waiting_reasons
 from watcher.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TIMEOUT = (5, 30)
+"""(connect, read) seconds for every request, set on the client itself so no call can go without."""
 LEASE_SECONDS = 60  # renewed while held; after a crash, the next CronJob run (2 min later) finds it expired
-_STUCK = {"ErrImagePull", "ImagePullBackOff", "CrashLoopBackOff", "CreateContainerConfigError", "InvalidImageName"}
+PAGE_SIZE = 500
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the client reaches one kind: its API class, the method suffix, and the resource (for RBAC messages)."""
+
+    api: Callable[[client.ApiClient], Any]
+    method: str
+    resource: str
+
+
+KINDS: dict[str, Kind] = {
+    "Deployment": Kind(client.AppsV1Api, "namespaced_deployment", "deployments"),
+    "Service": Kind(client.CoreV1Api, "namespaced_service", "services"),
+    "Ingress": Kind(client.NetworkingV1Api, "namespaced_ingress", "ingresses"),
+}
+"""The managed kinds, in the order they are applied (removed in reverse)."""
+_OTHER_RESOURCES = {"Pod": "pods", "Lease": "leases"}
 
 
 @dataclass
@@ -70,14 +92,15 @@ class KubernetesTarget:
     """Runs models as Deployment + Service + Ingress in one namespace."""
 
     def __init__(self, settings: Settings, api: client.ApiClient | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
         self._ns = settings.k8s_name_space
         self._api = api or api_client(settings)
-        self._apps = client.AppsV1Api(self._api)
+        _with_default_timeout(self._api)
+        self._apis = {kind: spec.api(self._api) for kind, spec in KINDS.items()}
         self._core = client.CoreV1Api(self._api)
-        self._net = client.NetworkingV1Api(self._api)
         self._sleep = sleep
+        self._clock = clock
         self._lease = Lease(client.CoordinationV1Api(self._api), self._ns, settings.lease_name,
                             duration=LEASE_SECONDS)
 
@@ -85,22 +108,31 @@ class KubernetesTarget:
 
     def observe(self) -> Snapshot:
         snapshot = Snapshot()
-        listings: dict[str, Callable[..., Any]] = {
-            "Deployment": self._apps.list_namespaced_deployment, "Service": self._core.list_namespaced_service,
-            "Ingress": self._net.list_namespaced_ingress}
-        for kind, list_fn in listings.items():
+        for kind in KINDS:
             try:
-                # The JSON as sent: the client's models would cost ~1 ms an object to build and undo.
-                answer = self._call("list", kind, partial(list_fn, self._ns, _request_timeout=TIMEOUT,
-                                                          _preload_content=False))
-                items = json.loads(answer.data).get("items") or []
+                items = self._list(kind, partial(self._method("list", kind), self._ns))
             except Retryable as e:
                 raise PassAborted(f"Kubernetes API unreachable: {e}") from e
-            except ValueError as e:
-                raise PassAborted(f"Kubernetes API answered the {kind} list with something not JSON: {e}") from e
             for obj in items:
                 snapshot.objects[(kind, obj["metadata"]["name"])] = obj
         return snapshot
+
+    def _list(self, kind: str, list_fn: Callable[..., Any], **query: Any) -> list[dict[str, Any]]:
+        """Every item, a page (`limit`/`continue`) at a time: one namespace may hold thousands of objects.
+        Read as the JSON sent: the client's models would cost ~1 ms an object to build and undo."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            answer = self._call("list", kind, partial(list_fn, limit=PAGE_SIZE, _continue=token,
+                                                      _preload_content=False, **query))
+            try:
+                page = json.loads(answer.data)
+            except ValueError as e:
+                raise PassAborted(f"Kubernetes API answered the {kind} list with something not JSON: {e}") from e
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
 
     # --- apply ----------------------------------------------------------------------------
 
@@ -113,39 +145,57 @@ class KubernetesTarget:
             elif not _managed(existing):
                 raise Blocked(f"{kind} {name!r} exists and is not managed by Service Builder")
             elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
-                self._call("patch", kind, partial(self._patch, manifest))
+                self._call("patch", kind, partial(self._patch, manifest, existing))
 
     def wait_ready(self, rendered: Rendered, timeout: float) -> None:
-        """Block until the Deployment's new template is fully ready, or raise RolloutFailed saying why."""
+        """Block until the Deployment's template is rolled out as `kubectl rollout status` says, or raise.
+
+        Slow is not failed: `timeout` counts from the last progress (a change in observed generation or in
+        updated, ready or available pods). Failed for good (RolloutFailed): the new pods crash-loop or cannot
+        pull their image. Failed for now (Retryable): no progress for `timeout`, or ProgressDeadlineExceeded
+        with no fault of the version in sight; the next pass tries again."""
         name = rendered.deployment["metadata"]["name"]
-        deadline = time.monotonic() + timeout
-        polls = 0
+        version = (rendered.deployment["metadata"].get("annotations") or {}).get(MODEL_VERSION)
+        mark, since, polls = None, self._clock(), 0
         while True:
-            deployment = self._call("get", "Deployment", lambda: self._apps.read_namespaced_deployment(
-                name, self._ns, _request_timeout=TIMEOUT))
-            if _rolled_out(deployment):
+            deployment = self._read("Deployment", name)
+            verdict = rollout_status(deployment)
+            if verdict.done:
                 return
+            if progress_mark(deployment) != mark:
+                mark, since = progress_mark(deployment), self._clock()
             polls += 1
-            stuck = _deadline_exceeded(deployment) or (polls % 5 == 0 and self._pod_problem(name, stuck_only=True))
-            if stuck or time.monotonic() >= deadline:
-                raise RolloutFailed(self._why_not_ready(name, deployment, timeout))
-            self._sleep(1.0)
+            stalled = self._clock() - since >= timeout
+            if verdict.timed_out or stalled or polls % 3 == 0:
+                pods = self._new_pods(deployment, version)
+                fault = pod_fault(pods)
+                if fault is not None and fault.version_fault:
+                    raise RolloutFailed(f"the new pods cannot run: {fault}")
+                if fault is not None and (verdict.timed_out or stalled):
+                    raise Blocked(f"the new pods cannot start: {fault}; fix it in the cluster, the next pass retries")
+                if verdict.timed_out or stalled:
+                    waiting = waiting_reasons(pods)
+                    why = "progress deadline exceeded" if verdict.timed_out else f"no progress for {timeout:.0f}s"
+                    raise Retryable(f"rollout not finished, {why}" + (f" (pods: {waiting})" if waiting else "") +
+                                    f"; {verdict.message.rstrip('.')}; will retry")
+            self._sleep(POLL_SECONDS)
 
     def roll_back(self, rendered: Rendered, snapshot: Snapshot) -> None:
-        """Put back what ran before this release; remove what did not exist before."""
+        """Put back what ran before this release (our paths only); remove what did not exist before."""
         for manifest in reversed(rendered.manifests):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             previous = snapshot.objects.get((kind, name))
             if previous is None:
-                self._call("delete", kind, partial(self._delete, kind, name))
+                self._call("delete", kind, partial(self._delete, kind, name), attempts=6)
             else:
-                self._call("patch", kind, partial(self._patch, previous))
+                current = self._read(kind, name)
+                self._call("patch", kind, partial(self._patch, _ours(previous, manifest), current), attempts=6)
 
     def finish(self, rendered: Rendered, snapshot: Snapshot) -> None:
         """Nothing left to do on Kubernetes: the Deployment's rolling update retired the old pods."""
 
     def remove(self, slug: str, snapshot: Snapshot) -> None:
-        for kind in ("Ingress", "Service", "Deployment"):
+        for kind in reversed(KINDS):
             obj = snapshot.objects.get((kind, slug))
             if obj is not None and _managed(obj):
                 self._call("delete", kind, partial(self._delete, kind, slug))
@@ -169,60 +219,51 @@ class KubernetesTarget:
 
     # --- plumbing ---------------------------------------------------------------------------
 
+    def _method(self, verb: str, kind: str) -> Callable[..., Any]:
+        return getattr(self._apis[kind], f"{verb}_{KINDS[kind].method}")
+
+    def _read(self, kind: str, name: str) -> dict[str, Any]:
+        obj = self._call("get", kind, partial(self._method("read", kind), name, self._ns))
+        return self._api.sanitize_for_serialization(obj)
+
     def _create(self, manifest: dict[str, Any]) -> Any:
-        creators: dict[str, Callable[..., Any]] = {"Deployment": self._apps.create_namespaced_deployment,
-                    "Service": self._core.create_namespaced_service, "Ingress": self._net.create_namespaced_ingress}
+        kind = manifest["kind"]
         try:
-            return creators[manifest["kind"]](self._ns, manifest, _request_timeout=TIMEOUT)
+            return self._method("create", kind)(self._ns, manifest)
         except ApiException as e:
             if e.status != 409:
                 raise
         # It exists after all: an earlier try whose answer was lost (a 5xx or timeout after the write)
         # created it. Adopt it, but only if it carries our label: never take over someone else's object.
-        return self._patch(manifest, ours_only=True)
+        current = self._read(kind, manifest["metadata"]["name"])
+        return self._patch(manifest, current, ours_only=True)
 
-    def _patch(self, manifest: dict[str, Any], *, ours_only: bool = False) -> Any:
-        # A JSON patch replaces exactly the parts we own; every API server (and kmock) supports it.
-        meta = manifest["metadata"]
-        owner = "/metadata/labels/" + MANAGED_BY_LABEL.replace("~", "~0").replace("/", "~1")
-        ops: list[dict[str, Any]] = [{"op": "test", "path": owner, "value": MANAGED_BY}] if ours_only else []
-        ops += [{"op": "add", "path": "/metadata/labels", "value": meta.get("labels") or {}},
-                {"op": "add", "path": "/metadata/annotations", "value": meta.get("annotations") or {}},
-                {"op": "add", "path": "/spec", "value": manifest["spec"]}]
-        patchers: dict[str, Callable[..., Any]] = {"Deployment": self._apps.patch_namespaced_deployment,
-                    "Service": self._core.patch_namespaced_service, "Ingress": self._net.patch_namespaced_ingress}
-        return patchers[manifest["kind"]](meta["name"], self._ns, ops, _request_timeout=TIMEOUT)
+    def _patch(self, manifest: dict[str, Any], current: dict[str, Any], *, ours_only: bool = False) -> Any:
+        ops = owned_patch(manifest, current)
+        if ours_only:
+            ops.insert(0, {"op": "test", "path": "/metadata/labels/" + _pointer(MANAGED_BY_LABEL), "value": MANAGED_BY})
+        if not ops:
+            return current
+        return self._method("patch", manifest["kind"])(manifest["metadata"]["name"], self._ns, ops)
 
     def _delete(self, kind: str, name: str) -> None:
-        deleters: dict[str, Callable[..., Any]] = {"Deployment": self._apps.delete_namespaced_deployment,
-                    "Service": self._core.delete_namespaced_service, "Ingress": self._net.delete_namespaced_ingress}
         try:
-            deleters[kind](name, self._ns, _request_timeout=TIMEOUT)
+            self._method("delete", kind)(name, self._ns)
         except ApiException as e:
             if e.status != 404:  # already gone is what we wanted
                 raise
 
-    def _pod_problem(self, slug: str, *, stuck_only: bool = False) -> str | None:
-        pods = self._call("list", "Pod", lambda: self._core.list_namespaced_pod(
-            self._ns, label_selector=f"{INSTANCE_LABEL}={slug}", _request_timeout=TIMEOUT)).items
-        for pod in pods:
-            if pod.metadata is None or (pod.metadata.labels or {}).get(INSTANCE_LABEL) != slug:
-                continue  # selectors are advisory on some API servers; check ourselves
-            for status in (pod.status.container_statuses if pod.status else None) or []:
-                waiting = status.state.waiting if status.state else None
-                last = status.last_state.terminated if status.last_state else None
-                if waiting and (waiting.reason in _STUCK or not stuck_only):
-                    detail = (last.message if last and last.message else waiting.message) or ""
-                    return f"{waiting.reason}: {detail}".strip(": ")[:400]
-        return None
-
-    def _why_not_ready(self, name: str, deployment: Any, timeout: float) -> str:
-        reason = self._pod_problem(name) or _condition_message(deployment)
-        detail = f": {reason}" if reason else ""
-        return f"not ready after {timeout:.0f}s{detail}"
+    def _new_pods(self, deployment: dict[str, Any], version: str | None) -> list[dict[str, Any]]:
+        """The pods of this Deployment's own selector that run the version being rolled out."""
+        match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{key}={value}" for key, value in sorted(match.items()))
+        pods = self._list("Pod", self._core.list_namespaced_pod, namespace=self._ns, label_selector=selector)
+        return [pod for pod in pods
+                if all((pod["metadata"].get("labels") or {}).get(k) == v for k, v in match.items())
+                and (version is None or (pod["metadata"].get("annotations") or {}).get(MODEL_VERSION) == version)]
 
     def _call(self, verb: str, kind: str, fn: Callable[[], T], attempts: int = 3) -> T:
-        """One API call with bounded retries for conflicts and server errors; errors translated."""
+        """One API call with bounded retries (backing off) for conflicts, throttling and server errors."""
         for attempt in range(attempts):
             try:
                 return fn()
@@ -232,7 +273,7 @@ class KubernetesTarget:
                 error = Retryable(f"Kubernetes API unreachable ({verb} {kind}): {type(e).__name__}")
             if not isinstance(error, Retryable) or attempt == attempts - 1:
                 raise error
-            self._sleep(0.2 * 2**attempt)
+            self._sleep(min(0.2 * 2**attempt, 5.0))
         raise AssertionError("unreachable")
 
 
@@ -258,8 +299,7 @@ def api_client(settings: Settings) -> client.ApiClient:
 
 
 def _translate(error: ApiException, verb: str, kind: str, namespace: str) -> ServiceBuilderError:
-    resource = {"Deployment": "deployments", "Service": "services", "Ingress": "ingresses", "Pod": "pods",
-                "Lease": "leases"}.get(kind, kind.lower())
+    resource = KINDS[kind].resource if kind in KINDS else _OTHER_RESOURCES.get(kind, kind.lower())
     if error.status == 403:
         return Blocked(f"forbidden: the watcher's Role lacks '{verb}' on {resource} in namespace {namespace}")
     if error.status == 409 or error.status == 429 or (error.status or 0) >= 500:
@@ -280,26 +320,82 @@ def _managed(obj: dict[str, Any]) -> bool:
     return (obj.get("metadata", {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
 
 
-def _rolled_out(deployment: Any) -> bool:
-    spec, status, meta = deployment.spec, deployment.status, deployment.metadata
-    if status is None:
-        return False
-    wanted = spec.replicas if spec.replicas is not None else 1
-    generation_seen = meta.generation is None or (status.observed_generation or 0) >= meta.generation
-    updated = status.updated_replicas is None or status.updated_replicas >= wanted
-    return generation_seen and updated and (status.ready_replicas or 0) >= wanted
+def owned_patch(manifest: dict[str, Any], current: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON-patch ops that set what `manifest` says and nothing else: our labels and annotations key by key,
+    each top-level `spec` field we render (a field we do not render, e.g. ingressClassName when
+    INGRESS_CLASS_NAME is unset, is left to admission), and in a pod template its spec plus our template
+    labels and annotations key by key (so `kubectl rollout restart`'s annotation stays)."""
+    ops: list[dict[str, Any]] = []
+    _merge_map(ops, "/metadata/labels", manifest["metadata"].get("labels") or {}, current["metadata"].get("labels"))
+    _merge_map(ops, "/metadata/annotations", manifest["metadata"].get("annotations") or {},
+               current["metadata"].get("annotations"))
+    live_spec = current.get("spec") or {}
+    for key, value in (manifest.get("spec") or {}).items():
+        path = "/spec/" + _pointer(key)
+        if key == "template" and isinstance(live_spec.get("template"), dict):
+            live = live_spec["template"]
+            meta, live_meta = value.get("metadata") or {}, live.get("metadata") or {}
+            if not isinstance(live.get("metadata"), dict):
+                ops.append({"op": "add", "path": path + "/metadata", "value": {}})
+            _merge_map(ops, path + "/metadata/labels", meta.get("labels") or {}, live_meta.get("labels"))
+            _merge_map(ops, path + "/metadata/annotations", meta.get("annotations") or {}, live_meta.get("annotations"))
+            if live.get("spec") != value.get("spec"):
+                ops.append({"op": "add", "path": path + "/spec", "value": value.get("spec") or {}})
+        elif live_spec.get(key) != value:
+            ops.append({"op": "add", "path": path, "value": value})
+    if ops and "spec" not in current and manifest.get("spec") is not None:
+        ops.insert(0, {"op": "add", "path": "/spec", "value": {}})
+    return ops
 
 
-def _deadline_exceeded(deployment: Any) -> bool:
-    return any(c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded"
-               for c in (deployment.status.conditions if deployment.status else None) or [])
+def _merge_map(ops: list[dict[str, Any]], path: str, wanted: dict[str, Any], live: Any) -> None:
+    if not isinstance(live, dict):
+        if wanted:
+            ops.append({"op": "add", "path": path, "value": wanted})
+        return
+    ops += [{"op": "add", "path": f"{path}/{_pointer(key)}", "value": value}
+            for key, value in wanted.items() if live.get(key) != value]
 
 
-def _condition_message(deployment: Any) -> str:
-    for condition in (deployment.status.conditions if deployment.status else None) or []:
-        if condition.status != "True" and condition.message:
-            return f"{condition.reason}: {condition.message}"[:400]
-    return ""
+def _ours(previous: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """What we had set on `previous` (a live object from before this release): the same paths `manifest`
+    owns, with the values they had then."""
+    meta, spec = previous.get("metadata") or {}, previous.get("spec") or {}
+    mine = manifest["metadata"]
+
+    def picked(values: Any, keys: Any) -> dict[str, Any]:
+        return {k: v for k, v in (values or {}).items() if k in (keys or {})}
+
+    owned_spec = {k: spec[k] for k in manifest.get("spec") or {} if k in spec}
+    if isinstance(owned_spec.get("template"), dict):
+        template, wanted = owned_spec["template"], manifest["spec"]["template"].get("metadata") or {}
+        owned_spec["template"] = {"metadata": {
+            "labels": picked((template.get("metadata") or {}).get("labels"), wanted.get("labels")),
+            "annotations": picked((template.get("metadata") or {}).get("annotations"), wanted.get("annotations"))},
+            "spec": template.get("spec")}
+    return {"kind": manifest["kind"], "metadata": {
+        "name": mine["name"], "labels": picked(meta.get("labels"), mine.get("labels")),
+        "annotations": picked(meta.get("annotations"), mine.get("annotations"))}, "spec": owned_spec}
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _with_default_timeout(api: client.ApiClient) -> None:
+    """Give every request of this client a (connect, read) timeout unless the call sets its own."""
+    rest: Any = api.rest_client
+    if getattr(rest, "_default_timeout", False):
+        return
+    request = rest.request
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = TIMEOUT
+        return request(*args, **kwargs)
+
+    rest.request = timed
+    rest._default_timeout = True
 
 
 def _int(value: str | None) -> int | None:

@@ -191,8 +191,8 @@ def _record_running(deps: Deps, action: RecordDeployed) -> None:
     """Tags that fell behind a running version are rewritten once it answers; not yet ready is not a verdict."""
     rendered = deps.renderer.render(_release(action.version, action.live.slug, action.live.serving))
     try:
-        deps.target.wait_ready(rendered, 30)
-    except RolloutFailed as e:
+        deps.target.wait_ready(rendered, min(30.0, deps.settings.rollout_timeout_seconds))
+    except (RolloutFailed, Retryable) as e:
         raise Retryable(f"{e}; checking again next pass") from e
     record.deployed(deps, action.version, action.live.slug, fresh=False)
 

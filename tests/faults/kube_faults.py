@@ -16,15 +16,12 @@ from typing import Any
 
 import kmock
 
+from tests.peers import RESOURCES as SERVED
 from tests.peers import KubernetesPeer
 
 ACTIONS = {"create": kmock.action.CREATE, "patch": kmock.action.UPDATE, "delete": kmock.action.DELETE,
            "get": kmock.action.FETCH, "list": kmock.action.LIST}
-RESOURCES = {"deployments": kmock.resource("apps", "v1", "deployments"),
-             "services": kmock.resource("", "v1", "services"),
-             "ingresses": kmock.resource("networking.k8s.io", "v1", "ingresses"),
-             "leases": kmock.resource("coordination.k8s.io", "v1", "leases"),
-             "pods": kmock.resource("", "v1", "pods")}
+RESOURCES = {key.rsplit("/", 1)[1]: kmock.resource(key) for key in SERVED}
 REASONS = {403: "Forbidden", 409: "Conflict", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 
 

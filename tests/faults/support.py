@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from mlflow import MlflowClient
 
 from devstack.servers import LocalS3
 from tests.peers import KubernetesPeer, all_ready
+from watcher.rollout import rollout_status
 from watcher.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,9 +36,16 @@ def tags(name: str, version: str | int = 1) -> dict[str, str]:
 
 
 def ready_now(kube: KubernetesPeer, namespace: str, name: str) -> None:
-    """Play the Deployment controller: report the Deployment's current template fully rolled out."""
-    deployment = kube.objects("deployments", namespace)[name]
-    kube.patch_object("deployments", namespace, name, {"status": all_ready(deployment)})
+    """The cluster catches up: from now on pods start and become Ready, and the controller finishes the
+    Deployment's rollout (without the watcher's help)."""
+    kube.set_rollout_policy(all_ready)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        deployment = kube.objects("deployments", namespace).get(name)
+        if deployment is not None and rollout_status(deployment).done:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the controller never rolled out {name}")
 
 
 def watcher_env(settings: Settings, **extra: str) -> dict[str, str]:

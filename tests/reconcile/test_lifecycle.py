@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT, LoggedModel, register_versions
 from model_wrapper.naming import model_slug
-from tests.peers import KubernetesPeer, RolloutPolicy, all_ready
+from tests.peers import BAD_IMAGE, PENDING, READY, KubernetesPeer, Pods, RolloutPolicy, all_ready, crash
 from watcher.reconcile import Deps, PassReport, reconcile_once
 from watcher.render import (
     INSTANCE_LABEL,
@@ -64,41 +64,14 @@ def passes(deps: Deps, count: int = 1) -> PassReport:
     return report
 
 
-def not_ready(message: str, reason: str = "ProgressDeadlineExceeded") -> RolloutPolicy:
-    """A controller whose rollout never becomes ready, with `reason: message` in the Deployment conditions."""
+def only_for(version: str, pods: Pods) -> RolloutPolicy:
+    """Pods of one model version do as `pods` says; every other template's pods become Ready."""
 
-    def policy(deployment: dict[str, Any]) -> dict[str, Any]:
-        generation = deployment["metadata"]["generation"]
-        condition_type = "Progressing" if reason == "ProgressDeadlineExceeded" else "Available"
-        return {"observedGeneration": generation, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0,
-                "availableReplicas": 0,
-                "conditions": [{"type": condition_type, "status": "False", "reason": reason, "message": message}]}
-
-    return policy
-
-
-def only_for(version: str, policy: RolloutPolicy) -> RolloutPolicy:
-    """`policy` for pods of one model version; every other template rolls out fine."""
-
-    def choose(deployment: dict[str, Any]) -> dict[str, Any] | None:
-        annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
-        return (policy if annotations.get(MODEL_VERSION) == version else all_ready)(deployment)
+    def choose(template: dict[str, Any]) -> Pods:
+        annotations = template["metadata"].get("annotations") or {}
+        return pods if annotations.get(MODEL_VERSION) == version else READY
 
     return choose
-
-
-def crashing_pod(slug: str, message: str) -> dict[str, Any]:
-    """What the kubelet reports for the wrapper that exits at start-up (its termination message included)."""
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{slug}-6d5f7c9b8-x2x4q", "labels": {INSTANCE_LABEL: slug, MANAGED_BY_LABEL: MANAGED_BY}},
-        "spec": {"containers": [{"name": "model", "image": "registry.example.org/model-wrapper:1.0"}]},
-        "status": {"phase": "Running", "containerStatuses": [{
-            "name": "model", "image": "registry.example.org/model-wrapper:1.0", "imageID": "", "ready": False,
-            "restartCount": 3,
-            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
-            "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}}]},
-    }
 
 
 def handmade_deployment(name: str) -> dict[str, Any]:
@@ -181,8 +154,7 @@ def test_failed_rollout_of_a_new_version_rolls_back_and_the_old_version_keeps_se
     passes(deps)
     slug = model_slug(model_name)
     serving = kube.objects("deployments", namespace)[slug]
-    kube.set_rollout_policy(only_for("2", not_ready("ReplicaSet has timed out progressing.")))
-    kube.create("api/v1", namespace, crashing_pod(slug, "contract example 1: predict failed: shape mismatch"))
+    kube.set_rollout_policy(only_for("2", crash("contract example 1: predict failed: shape mismatch")))
     register_versions(model_name, iris, tags=production)
 
     report = passes(deps)
@@ -204,16 +176,16 @@ def test_brand_new_model_that_never_gets_ready_leaves_no_objects(
     make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
     model_name: str, iris: LoggedModel, production: dict[str, str],
 ) -> None:
-    kube.set_rollout_policy(not_ready("Deployment does not have minimum availability.", "MinimumReplicasUnavailable"))
+    kube.set_rollout_policy(lambda template: PENDING)  # no node has room: pods wait, nothing crashes
     register_versions(model_name, iris, tags=production)
 
     report = passes(make_deps(make_settings(rollout_timeout_seconds=1)))
 
     assert report.failed == 1 and report.deployed == 0
-    message = tags(model_name, "1")["deployment_message"]
-    assert "not ready after 1s" in message
-    assert "MinimumReplicasUnavailable: Deployment does not have minimum availability." in message
-    assert message.endswith("; nothing of it was left running")
+    failed = tags(model_name, "1")
+    message = failed["deployment_message"]
+    assert "no progress for 1s (pods: ContainerCreating)" in message and "will retry" in message
+    assert failed.get("deployment_attempt", "") == ""  # the cluster's fault: tried again next pass
     assert objects(kube, namespace) == {plural: set() for plural in KINDS}
 
 
@@ -221,9 +193,8 @@ def test_failed_version_is_not_retried_until_its_inputs_change(
     make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
     model_name: str, iris: LoggedModel, production: dict[str, str],
 ) -> None:
-    def bad_image_never_starts(deployment: dict[str, Any]) -> dict[str, Any]:
-        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-        return (not_ready("image cannot be pulled") if image.endswith(":broken") else all_ready)(deployment)
+    def bad_image_never_starts(template: dict[str, Any]) -> Pods:
+        return BAD_IMAGE if template["spec"]["containers"][0]["image"].endswith(":broken") else READY
 
     kube.set_rollout_policy(bad_image_never_starts)
     register_versions(model_name, iris, tags=production)
@@ -340,23 +311,23 @@ def test_stale_tags_on_a_running_version_are_rewritten_without_touching_the_clus
 
 
 def test_stale_tags_on_a_version_that_is_not_ready_are_checked_again_next_pass(
-    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+    deps: Deps, make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
 ) -> None:
     register_versions(model_name, iris, tags=production)
     passes(deps)
     slug = model_slug(model_name)
     MlflowClient().delete_model_version_tag(model_name, "1", "deployment_status")
-    kube.patch_object("deployments", namespace, slug, {"status": {"readyReplicas": 0, "conditions": [
-        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "node lost"}]}})
+    kube.set_rollout_policy(lambda template: PENDING)  # its node is gone; the replacement pod waits for room
+    for pod in kube.objects("pods", namespace):
+        kube.delete("api/v1", namespace, "pods", pod)
 
-    stuck = passes(deps)
+    stuck = passes(make_deps(make_settings(rollout_timeout_seconds=1)))
 
     assert stuck.failed == 1
     failed = tags(model_name, "1")
-    assert failed["deployment_status"] == "failed" and "node lost" in failed["deployment_message"]
+    assert failed["deployment_status"] == "failed" and "ContainerCreating" in failed["deployment_message"]
     assert failed.get("deployment_attempt", "") == ""  # not a permanent verdict: the next pass looks again
-    kube.patch_object("deployments", namespace, slug, {"status": {"readyReplicas": 1, "conditions": [
-        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]}})
+    kube.set_rollout_policy(all_ready)
 
     recovered = passes(deps)
 
@@ -381,7 +352,8 @@ def test_unmanaged_deployment_with_the_same_name_is_reported_and_never_touched(
     version_tags = tags(model_name, "1")
     assert version_tags["deployment_status"] == "failed"
     assert "not managed by Service Builder" in version_tags["deployment_message"]
-    assert kube.objects("deployments", namespace)[slug] == handmade
+    now = kube.objects("deployments", namespace)[slug]  # the controller has rolled it out since
+    assert (now["spec"], now["metadata"]["labels"]) == (handmade["spec"], handmade["metadata"]["labels"])
     assert object_writes(kube, namespace) == ["POST deployments/"]  # only the hand-made one
 
 

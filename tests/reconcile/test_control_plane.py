@@ -1,0 +1,179 @@
+"""The test cluster behaves as a real one: API-server write rules and the Deployment controller.
+
+Driven through the official `kubernetes` client, as the watcher drives it. Where the order of states
+matters the controller is paused and stepped by hand, so no test depends on timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.peers import DEFAULT_INGRESS_CLASS, KubernetesPeer, Pods, all_ready, crash
+
+
+@pytest.fixture
+def k8s(kube: KubernetesPeer) -> client.ApiClient:
+    configuration = client.Configuration()
+    configuration.host = kube.url
+    return client.ApiClient(configuration)
+
+
+@pytest.fixture
+def stepped(kube: KubernetesPeer) -> Iterator[Any]:
+    """The controller paused: `step()` runs exactly one sync of every Deployment."""
+    kube.pause_controller()
+    assert kube.emulator is not None
+    emulator = kube.emulator
+    yield lambda: kube.call(emulator.step)
+    kube.pause_controller(False)
+
+
+def manifest(name: str, image: str = "wrapper:1") -> dict[str, Any]:
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "model", "image": image}]}}}}
+
+
+def status(k8s: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj = k8s.sanitize_for_serialization(client.AppsV1Api(k8s).read_namespaced_deployment(name, namespace))
+    return dict(obj)
+
+
+def counts(obj: dict[str, Any]) -> dict[str, int]:
+    return {k: v for k, v in (obj.get("status") or {}).items() if k.endswith("eplicas")}
+
+
+def new_image(image: str) -> list[dict[str, Any]]:
+    return [{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": image}]
+
+
+def test_generation_moves_only_with_the_spec_and_the_controller_observes_it_later(
+    k8s: client.ApiClient, namespace: str, stepped: Any,
+) -> None:
+    apps = client.AppsV1Api(k8s)
+    apps.create_namespaced_deployment(namespace, manifest("m"))
+    for _ in range(3):
+        stepped()
+    apps.patch_namespaced_deployment("m", namespace, [{"op": "add", "path": "/metadata/labels/team", "value": "a"}])
+    assert status(k8s, namespace, "m")["metadata"]["generation"] == 1
+
+    apps.patch_namespaced_deployment("m", namespace, new_image("wrapper:2"))
+
+    written = status(k8s, namespace, "m")
+    assert (written["metadata"]["generation"], written["status"]["observedGeneration"]) == (2, 1)
+    stepped()
+    assert status(k8s, namespace, "m")["status"]["observedGeneration"] == 2
+
+
+def test_a_surge_update_keeps_the_old_pod_ready_and_reports_zero_counts_as_absent(
+    k8s: client.ApiClient, namespace: str, stepped: Any,
+) -> None:
+    apps = client.AppsV1Api(k8s)
+    apps.create_namespaced_deployment(namespace, manifest("m"))
+    for _ in range(4):
+        stepped()
+    assert counts(status(k8s, namespace, "m")) == {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
+                                                   "availableReplicas": 1}
+    apps.patch_namespaced_deployment("m", namespace, new_image("wrapper:2"))
+
+    seen = []
+    for _ in range(5):
+        stepped()
+        seen.append(counts(status(k8s, namespace, "m")))
+
+    assert seen == [
+        {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "unavailableReplicas": 1},  # updated: absent
+        {"replicas": 2, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1, "unavailableReplicas": 1},
+        {"replicas": 2, "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2},
+        {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1},
+        {"replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1},
+    ]
+    final = status(k8s, namespace, "m")
+    assert final["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+    assert {c["type"]: c["reason"] for c in final["status"]["conditions"]} == {
+        "Available": "MinimumReplicasAvailable", "Progressing": "NewReplicaSetAvailable"}
+
+
+def test_crashing_pods_show_restarts_and_their_termination_message_and_the_deadline_passes_without_progress(
+    kube: KubernetesPeer, k8s: client.ApiClient, namespace: str,
+) -> None:
+    def v2_crashes(template: dict[str, Any]) -> Pods:
+        if template["spec"]["containers"][0]["image"] == "wrapper:2":
+            return crash("model file missing")
+        return all_ready(template)
+
+    kube.set_pod_policy(v2_crashes)
+    apps, core = client.AppsV1Api(k8s), client.CoreV1Api(k8s)
+    apps.create_namespaced_deployment(namespace, manifest("m"))
+    kube.wait_settled(namespace)
+    apps.patch_namespaced_deployment("m", namespace, new_image("wrapper:2"))
+    kube.wait_settled(namespace)
+
+    listed = core.list_namespaced_pod(namespace, label_selector="app=m").items
+    pods = [k8s.sanitize_for_serialization(p) for p in listed]
+    crashing = [c for p in pods for c in p["status"]["containerStatuses"] if not c["ready"]]
+    assert len(pods) == 2 and len(crashing) == 1  # the old pod keeps serving
+    assert crashing[0]["state"]["waiting"]["reason"] == "CrashLoopBackOff" and crashing[0]["restartCount"] > 0
+    assert crashing[0]["lastState"]["terminated"]["message"] == "model file missing"
+    assert {c["reason"] for c in status(k8s, namespace, "m")["status"]["conditions"]} >= {"ReplicaSetUpdated"}
+
+    kube.advance(601)  # progressDeadlineSeconds defaults to 600
+    kube.wait_settled(namespace)
+
+    progressing = [c for c in status(k8s, namespace, "m")["status"]["conditions"] if c["type"] == "Progressing"]
+    assert [(c["status"], c["reason"]) for c in progressing] == [("False", "ProgressDeadlineExceeded")]
+
+
+def test_the_default_ingress_class_is_set_on_create_only(k8s: client.ApiClient, namespace: str) -> None:
+    net = client.NetworkingV1Api(k8s)
+    ingress = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"},
+               "spec": {"rules": [{"host": "models.example.org"}]}}
+
+    created = net.create_namespaced_ingress(namespace, ingress)
+    replaced = net.patch_namespaced_ingress("i", namespace, [{"op": "add", "path": "/spec", "value": ingress["spec"]}])
+
+    assert created.spec.ingress_class_name == DEFAULT_INGRESS_CLASS
+    assert replaced.spec.ingress_class_name is None  # an update that drops it loses it: admission runs on create
+
+
+def test_a_failed_test_op_is_422_a_stale_resource_version_409_and_a_patch_without_one_never_conflicts(
+    k8s: client.ApiClient, namespace: str,
+) -> None:
+    apps = client.AppsV1Api(k8s)
+    created = apps.create_namespaced_deployment(namespace, manifest("m"))
+    stale = created.metadata.resource_version
+    apps.patch_namespaced_deployment("m", namespace, [{"op": "add", "path": "/metadata/labels/a", "value": "1"}])
+
+    with pytest.raises(client.ApiException) as failed_test:
+        apps.patch_namespaced_deployment("m", namespace, [{"op": "test", "path": "/metadata/labels/a", "value": "2"}])
+    with pytest.raises(client.ApiException) as conflict:
+        apps.patch_namespaced_deployment("m", namespace, [
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": stale},
+            {"op": "add", "path": "/metadata/labels/b", "value": "1"}])
+    for _ in range(5):
+        apps.patch_namespaced_deployment("m", namespace, [{"op": "add", "path": "/metadata/labels/c", "value": "1"}])
+
+    assert (failed_test.value.status, conflict.value.status) == (422, 409)
+
+
+def test_lists_are_paged_and_filtered_by_label_selectors(k8s: client.ApiClient, namespace: str) -> None:
+    apps = client.AppsV1Api(k8s)
+    for n in range(5):
+        apps.create_namespaced_deployment(namespace, manifest(f"m{n}"))
+    apps.create_namespaced_deployment(namespace, manifest("other") | {"metadata": {"name": "other",
+                                                                                   "labels": {"app": "x"}}})
+
+    first = apps.list_namespaced_deployment(namespace, limit=4)
+    rest = apps.list_namespaced_deployment(namespace, limit=4, _continue=first.metadata._continue)
+    selected = apps.list_namespaced_deployment(namespace, label_selector="app=m3")
+
+    assert [d.metadata.name for d in first.items + rest.items] == [*(f"m{n}" for n in range(5)), "other"]
+    assert rest.metadata._continue is None
+    assert [d.metadata.name for d in selected.items] == ["m3"]
