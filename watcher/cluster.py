@@ -45,6 +45,7 @@ TIMEOUT = (5, 30)
 """(connect, read) seconds for every request, set on the client itself so no call can go without."""
 LEASE_SECONDS = 60  # renewed while held; after a crash, the next CronJob run (2 min later) finds it expired
 PAGE_SIZE = 500
+WRITES = frozenset({"create", "patch", "delete"})
 POLL_SECONDS = 1.0
 
 
@@ -265,6 +266,8 @@ class KubernetesTarget:
     def _call(self, verb: str, kind: str, fn: Callable[[], T], attempts: int = 3) -> T:
         """One API call with bounded retries (backing off) for conflicts, throttling and server errors."""
         for attempt in range(attempts):
+            if verb in WRITES:
+                self._lease.check()
             try:
                 return fn()
             except ApiException as e:

@@ -3,6 +3,9 @@
 Taken only when a pass has something to write, so a steady-state pass writes nothing. While held,
 a thread renews it every quarter of its duration, so a pass may last longer than the lease (slow
 rollouts); a holder that died (SIGKILL, node loss) stops renewing and blocks others one duration.
+As client-go's leaderelection does, a takeover is a compare-and-swap on the `resourceVersion` the
+expiry was judged from, and counts `leaseTransitions`; a renewal that fails means the lease may be
+someone else's, so `check()` then refuses every further write of the pass.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +24,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from watcher.errors import Blocked, Retryable, ServiceBuilderError
+from watcher.errors import Blocked, PassAborted, Retryable, ServiceBuilderError
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +33,29 @@ class Busy(ServiceBuilderError):
     """Another watcher holds the lease: this pass leaves the work to it."""
 
 
+class LeaseLost(PassAborted):
+    """The lease could not be renewed: another watcher may act now, so this pass writes nothing more."""
+
+
 class Lease:
-    def __init__(self, api: client.CoordinationV1Api, namespace: str, name: str, duration: int) -> None:
+    def __init__(self, api: client.CoordinationV1Api, namespace: str, name: str, duration: int,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._api, self._ns, self._name, self._duration = api, namespace, name, duration
+        self._clock = clock
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._held = False
+        self._lost: str | None = None
+
+    def check(self) -> None:
+        """Before a write: raise LeaseLost if a renewal failed since the lease was taken."""
+        if self._held and self._lost:
+            raise LeaseLost(f"the lease {self._name!r} could not be renewed ({self._lost}); "
+                            "stopping this pass's writes, the next pass converges")
 
     @contextmanager
     def held(self) -> Iterator[None]:
         self._acquire()
+        self._held, self._lost = True, None
         stop = threading.Event()
         renewer = threading.Thread(target=self._renew_until, args=(stop,), name="lease-renewer", daemon=True)
         renewer.start()
@@ -46,58 +64,73 @@ class Lease:
         finally:
             stop.set()
             renewer.join()
-            self._release()
+            self._held = False
+            if not self._lost:
+                self._release()
 
     def _renew_until(self, stop: threading.Event) -> None:
         while not stop.wait(self._duration / 4):
             ops = [{"op": "test", "path": "/spec/holderIdentity", "value": self.identity},
-                   {"op": "replace", "path": "/spec/renewTime", "value": _stamp(datetime.now(UTC))}]
-            try:
-                self._api.patch_namespaced_lease(self._name, self._ns, ops, _request_timeout=(5, 10))
-            except (ApiException, OSError, urllib3.exceptions.HTTPError) as e:
-                # Renewal goes on: a blip costs nothing unless it outlasts the lease duration.
-                log.warning("could not renew the lease %s (%s)", self._name, getattr(e, "status", type(e).__name__))
+                   {"op": "replace", "path": "/spec/renewTime", "value": _stamp(self._clock())}]
+            for attempt in range(2):  # one quick retry: a single dropped request is not a lost lease
+                try:
+                    self._api.patch_namespaced_lease(self._name, self._ns, ops, _request_timeout=(5, 10))
+                    break
+                except (ApiException, OSError, urllib3.exceptions.HTTPError) as e:
+                    why = f"Kubernetes answered {e.status}" if isinstance(e, ApiException) else type(e).__name__
+                    if attempt or stop.wait(min(2.0, self._duration / 8)):
+                        self._lost = why
+                        log.error("could not renew the lease %s (%s): no more writes in this pass", self._name, why)
+                        return
 
     def _acquire(self) -> None:
-        now = datetime.now(UTC)
-        body: Any = {"metadata": {"name": self._name},
-                "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self._duration,
-                         "acquireTime": _stamp(now), "renewTime": _stamp(now)}}
+        now = self._clock()
+        spec: dict[str, Any] = {"holderIdentity": self.identity, "leaseDurationSeconds": self._duration,
+                                "acquireTime": _stamp(now), "renewTime": _stamp(now), "leaseTransitions": 0}
         try:
-            self._api.create_namespaced_lease(self._ns, body)
+            body: Any = {"metadata": {"name": self._name}, "spec": spec}
+            self._api.create_namespaced_lease(self._ns, body, _request_timeout=(5, 10))
             return
         except ApiException as e:
             if e.status != 409:
                 raise _error(e) from e
-        current = self._read()
+        current, version = self._read()
         holder = current.get("holderIdentity")
         if holder and not _expired(current, now):
             raise Busy(f"another watcher ({holder}) holds the lease {self._name!r}; leaving this pass to it")
-        # Expired or released: take it over, but only if nobody else did in between (JSON-patch test op).
-        ops = [{"op": "test", "path": "/spec/holderIdentity", "value": holder},
-               {"op": "add", "path": "/spec", "value": body["spec"]}]
+        # Expired or released: take it over only if it is still what the decision was based on. A patch that
+        # carries the resourceVersion we read is refused (409) when anyone wrote the lease since.
+        spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + (holder != self.identity)
+        ops: list[dict[str, Any]] = [{"op": "replace", "path": "/metadata/resourceVersion", "value": version},
+                                     {"op": "add", "path": "/spec", "value": spec}]
         try:
-            self._api.patch_namespaced_lease(self._name, self._ns, ops)
+            self._api.patch_namespaced_lease(self._name, self._ns, ops, _request_timeout=(5, 10))
         except ApiException as e:
-            raise Busy(f"lost the race for the lease {self._name!r} ({e.status})") from e
-        log.info("took over the expired lease %s from %s", self._name, holder)
+            if e.status in (409, 422):
+                raise Busy(f"another watcher took the lease {self._name!r} first") from e
+            raise _error(e) from e
+        log.info("took over the expired lease %s from %s", self._name, holder or "nobody")
 
     def _release(self) -> None:
         try:
-            current = self._read()
+            current, _ = self._read()
             if current.get("holderIdentity") == self.identity:
-                self._api.delete_namespaced_lease(self._name, self._ns)
-        except (ApiException, ServiceBuilderError, OSError) as e:
+                self._api.delete_namespaced_lease(self._name, self._ns, _request_timeout=(5, 10))
+        except (ApiException, ServiceBuilderError, OSError, urllib3.exceptions.HTTPError) as e:
             log.warning("could not release the lease %s (%s); it expires by itself", self._name, e)
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self) -> tuple[dict[str, Any], str]:
+        """The lease's spec and the resourceVersion it was read at."""
         try:
-            lease = self._api.read_namespaced_lease(self._name, self._ns)
+            lease = self._api.read_namespaced_lease(self._name, self._ns, _request_timeout=(5, 10))
         except ApiException as e:
             if e.status == 404:
-                return {}
+                return {}, ""
             raise _error(e) from e
-        return dict(self._api.api_client.sanitize_for_serialization(lease).get("spec") or {})
+        except (OSError, urllib3.exceptions.HTTPError) as e:
+            raise Retryable(f"Kubernetes API unreachable (lease: {type(e).__name__})") from e
+        raw = self._api.api_client.sanitize_for_serialization(lease)
+        return dict(raw.get("spec") or {}), str((raw.get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _expired(spec: dict[str, Any], now: datetime) -> bool:
@@ -109,7 +142,8 @@ def _expired(spec: dict[str, Any], now: datetime) -> bool:
 
 
 def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """MicroTime: the API server wants exactly six fractional digits, even at a whole second."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _error(e: ApiException) -> ServiceBuilderError:

@@ -20,12 +20,19 @@ from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT, LoggedModel, register_versions
 from model_wrapper.naming import model_slug
-from tests.peers import BAD_IMAGE, PENDING, READY, KubernetesPeer, Pods, RolloutPolicy, all_ready, crash
+from tests.peers import (
+    BAD_IMAGE,
+    DEFAULT_INGRESS_CLASS,
+    PENDING,
+    READY,
+    KubernetesPeer,
+    Pods,
+    RolloutPolicy,
+    all_ready,
+    crash,
+)
 from watcher.reconcile import Deps, PassReport, reconcile_once
 from watcher.render import (
-    INSTANCE_LABEL,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
     MODEL_VERSION,
     SPEC_HASH,
     TEMPLATES_DIR,
@@ -142,6 +149,34 @@ def test_several_selected_versions_deploy_the_highest_and_supersede_the_others_o
     again = passes(deps)
     assert (again.superseded, again.unchanged) == (0, 1)
     assert [tags(model_name, v) for v in ("1", "2", "3")] == before and len(kube.writes(namespace)) == writes
+
+
+def test_an_update_keeps_what_admission_other_controllers_and_people_added(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris, tags=production)
+    passes(deps)
+    slug = model_slug(model_name)
+    assert kube.objects("ingresses", namespace)[slug]["spec"]["ingressClassName"] == DEFAULT_INGRESS_CLASS
+    kube.patch("apis/networking.k8s.io/v1", namespace, "ingresses", slug, [
+        {"op": "add", "path": "/metadata/annotations/cert-manager.io~1cluster-issuer", "value": "letsencrypt"},
+        {"op": "add", "path": "/metadata/labels/team", "value": "fraud"}])
+    kube.patch("apis/apps/v1", namespace, "deployments", slug, [  # what `kubectl rollout restart` writes
+        {"op": "add", "path": "/spec/template/metadata/annotations/kubectl.kubernetes.io~1restartedAt",
+         "value": "2026-11-30T10:00:00Z"}])
+    register_versions(model_name, iris, tags=production)
+
+    report = passes(deps)
+
+    assert (report.updated, report.failed) == (1, 0), report.failures
+    ingress, deployment = kube.objects("ingresses", namespace)[slug], kube.objects("deployments", namespace)[slug]
+    assert ingress["spec"]["ingressClassName"] == DEFAULT_INGRESS_CLASS  # INGRESS_CLASS_NAME is unset
+    assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    assert ingress["metadata"]["labels"]["team"] == "fraud"
+    assert ingress["metadata"]["annotations"][MODEL_VERSION] == "2"
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+    assert deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"  # restart was 2
+    assert env_of(deployment)["MODEL_VERSION"] == "2"
 
 
 # --- rollout failures --------------------------------------------------------------------------
@@ -311,11 +346,11 @@ def test_stale_tags_on_a_running_version_are_rewritten_without_touching_the_clus
 
 
 def test_stale_tags_on_a_version_that_is_not_ready_are_checked_again_next_pass(
-    deps: Deps, make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
+    deps: Deps, make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer,
+    namespace: str, model_name: str, iris: LoggedModel, production: dict[str, str],
 ) -> None:
     register_versions(model_name, iris, tags=production)
     passes(deps)
-    slug = model_slug(model_name)
     MlflowClient().delete_model_version_tag(model_name, "1", "deployment_status")
     kube.set_rollout_policy(lambda template: PENDING)  # its node is gone; the replacement pod waits for room
     for pod in kube.objects("pods", namespace):
