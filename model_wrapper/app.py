@@ -2,11 +2,13 @@
 
 `create_app(settings, predictor)` is called by `model_wrapper.server` (and by tests). Each endpoint
 reads the request, calls the predictor, and returns bytes; errors are `WrapperError`s rendered by
-one handler in one JSON shape.
+one handler in one JSON shape (MLflow's shape on MLflow's scoring routes). MLflow's scoring-server
+routes are also served at the pod root, so `ScoringServerClient(host, port)` works against a pod.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from typing import Any
 
@@ -19,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_status
+from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_status, mlflow_body
 from model_wrapper.guards import Guards
 from model_wrapper.metrics import Metrics, MetricsMiddleware
 from model_wrapper.openapi import build_openapi
@@ -32,7 +34,9 @@ JSON = "application/json"
 PROTECTED = {"predict", "invocations", "metadata"}
 ERROR_TEXTS = {400: "Malformed JSON", 401: "Missing or wrong API key (when keys are configured)",
                413: "Body or batch over the limit", 422: "Invalid input; `details` name each field",
-               503: "The model is not ready yet"}
+               500: "The model failed (not the request)", 503: "The model is not ready yet"}
+# MLflow's scoring-server routes (mlflow/pyfunc/scoring_server/__init__.py `init`), at the pod root.
+ROOT_ROUTES = ("/invocations", "/ping", "/health", "/version")
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in ERROR_TEXTS.items()}
 
@@ -43,16 +47,20 @@ def create_app(settings: WrapperSettings, predictor: Predictor) -> Any:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, title=settings.model_name,
                   version=settings.model_version)
     _routes(app, prefix, predictor, secured=bool(settings.key_list()))
+    _root_routes(app, predictor)
     app.mount(f"{prefix}assets", StaticFiles(directory=str(ASSETS)), name="assets")
     metrics = Metrics(settings.model_name, settings.model_version)
     app.add_api_route("/metrics", lambda: Response(metrics.render(), media_type="text/plain; version=0.0.4"),
                       methods=["GET"], include_in_schema=False)
-    _handlers(app)
+    mlflow_paths = {*ROOT_ROUTES, f"{prefix}invocations"}
+    _handlers(app, mlflow_paths=mlflow_paths)
     endpoints = {f"{prefix}{name}": name for name in
                  ("predict", "invocations", "health", "ready", "metadata", "openapi.json")}
     endpoints |= {prefix: "docs", "/metrics": "metrics"}
-    app.add_middleware(Guards, keys=settings.key_list(), protected={f"{prefix}{name}" for name in PROTECTED},
-                       max_body_bytes=settings.max_body_bytes)
+    endpoints |= {path: f"root{path.replace('/', '_')}" for path in ROOT_ROUTES}
+    app.add_middleware(Guards, keys=settings.key_list(),
+                       protected={f"{prefix}{name}" for name in PROTECTED} | {"/invocations"},
+                       max_body_bytes=settings.max_body_bytes, mlflow_paths=mlflow_paths)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints, prefix=prefix)
     return app
 
@@ -64,15 +72,9 @@ def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool) -
     # more than validating the body and predicting. openapi.py documents it from the contract.
     app.router.routes.append(Route(f"{prefix}predict", PredictEndpoint(predictor), methods=["POST"], name="predict"))
 
-    @app.post(f"{prefix}invocations", operation_id="invocations", summary="MLflow scoring protocol",
-              responses={**ERRORS, 200: {"description": "As `mlflow models serve` answers"}})
-    async def invocations(request: Request) -> Response:
-        """The MLflow scoring-server protocol (`dataframe_split`, `dataframe_records`, `instances`,
-        `inputs`), answered exactly as `mlflow models serve` would, so MLflow clients work unchanged."""
-        body = await request.body()
-        content_type = request.headers.get("content-type", JSON)
-        status, answer, media = await run_in_threadpool(predictor.invoke, body, content_type)
-        return Response(answer, status_code=status, media_type=media)
+    app.add_api_route(f"{prefix}invocations", Invocations(predictor), methods=["POST"], operation_id="invocations",
+                      summary="MLflow scoring protocol", description=Invocations.__doc__,
+                      responses={**ERRORS, 200: {"description": "As `mlflow models serve` answers"}})
 
     @app.get(f"{prefix}health", operation_id="health", summary="Liveness")
     async def health() -> Response:
@@ -107,6 +109,38 @@ def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool) -
                                          assets=f"{prefix}assets"))
 
 
+def _root_routes(app: FastAPI, predictor: Predictor) -> None:
+    """`/invocations`, `/ping`, `/health` and `/version` as `mlflow models serve` answers them."""
+    mlflow_version = importlib.metadata.version("mlflow")
+    app.add_api_route("/invocations", Invocations(predictor), methods=["POST"], include_in_schema=False)
+
+    async def ping() -> Response:
+        # MLflow's server listens only once its model is loaded; this one answers 503 until ready.
+        if not predictor.ready:
+            raise NotReady(predictor.reason)
+        return Response(b"\n", media_type=JSON)
+
+    app.add_api_route("/ping", ping, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/health", ping, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/version", lambda: Response(mlflow_version, media_type=JSON), methods=["GET"],
+                      include_in_schema=False)
+
+
+class Invocations:
+    """The MLflow scoring-server protocol (`dataframe_split`, `dataframe_records`, `instances`,
+    `inputs`, CSV, Parquet, `params`), answered exactly as `mlflow models serve` would, so MLflow
+    clients work unchanged."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        content_type = request.headers.get("content-type", "")
+        status, answer, media = await run_in_threadpool(self.predictor.invoke, body, content_type)
+        return Response(answer, status_code=status, media_type=media)
+
+
 class PredictEndpoint:
     """`POST predict`: body bytes in, the predictor's JSON bytes out; errors raise to the one handler."""
 
@@ -128,11 +162,12 @@ class PredictEndpoint:
         await send({"type": "http.response.body", "body": answer})
 
 
-def _handlers(app: FastAPI) -> None:
-    async def render(_: Request, error: Exception) -> Response:
+def _handlers(app: FastAPI, *, mlflow_paths: set[str]) -> None:
+    async def render(request: Request, error: Exception) -> Response:
         if not isinstance(error, WrapperError):
             error = _translate(error)
-        return Response(error.body(), status_code=error.status_code, media_type=JSON, headers=error.headers)
+        body = mlflow_body(error) if request.url.path in mlflow_paths else error.body()
+        return Response(body, status_code=error.status_code, media_type=JSON, headers=error.headers)
 
     for kind in (WrapperError, HTTPException, RequestValidationError, Exception):
         app.add_exception_handler(kind, render)

@@ -2,11 +2,13 @@
 
 Raised by the predictor and the endpoints; rendered by the single handler in `model_wrapper.app`.
 Every error body is `{"error": {"status", "code", "message", "details"}}`, where each detail
-names a `field` path such as `instances[0].petal_width`.
+names a `field` path such as `instances[0].petal_width`; on MLflow's scoring routes the same error
+is rendered in MLflow's own shape, `{"error_code", "message"}` (`mlflow_body`).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -68,11 +70,19 @@ class InvalidInput(WrapperError):
 
 
 class PredictionFailed(WrapperError):
-    """The model raised on input that passed the contract (as `mlflow models serve`, a 4xx: the
-    instances are what the model rejects, and a client must never be told the server broke)."""
+    """The model raised on input that passed the contract. As `mlflow models serve` answers a model
+    that raises, a 4xx: the instances are what the model rejects."""
 
     status_code = 422
     code = "prediction_failed"
+
+
+class ModelFault(WrapperError):
+    """The model itself failed (an MLflow internal error, an answer that is not JSON): a 5xx, so
+    retries and alerts keyed on server errors see it."""
+
+    status_code = 500
+    code = "model_error"
 
 
 class NotReady(WrapperError):
@@ -89,6 +99,19 @@ def for_status(status: int, message: str) -> WrapperError:
     error = MalformedRequest(message) if 400 <= status < 500 else WrapperError(message)
     error.status_code = status
     return error
+
+
+# MLflow's ErrorCode names (mlflow/exceptions.py ERROR_CODE_TO_HTTP_STATUS) for the statuses the
+# wrapper answers with itself on MLflow's routes; MLflow has no code for 413 or 415 of its own.
+MLFLOW_ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "ENDPOINT_NOT_FOUND",
+                      413: "REQUEST_LIMIT_EXCEEDED", 422: "INVALID_PARAMETER_VALUE", 500: "INTERNAL_ERROR",
+                      503: "TEMPORARILY_UNAVAILABLE"}
+
+
+def mlflow_body(error: WrapperError) -> bytes:
+    """`error` as MLflow's scoring server serialises an MlflowException (`serialize_as_json`)."""
+    code = MLFLOW_ERROR_CODES.get(error.status_code, "BAD_REQUEST" if error.status_code < 500 else "INTERNAL_ERROR")
+    return json.dumps({"error_code": code, "message": error.message}).encode()
 
 
 def field_path(loc: tuple[int | str, ...] | list[int | str]) -> str:

@@ -1,7 +1,7 @@
 """ASGI guards in front of the endpoints: API keys and the request-body size limit.
 
 Installed by `create_app`. Pure ASGI, so a refused request costs no routing, no body read and
-no task; a refusal is rendered in the wrapper's one error shape.
+no task; a refusal is rendered in the wrapper's one error shape (MLflow's on MLflow's routes).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from model_wrapper.errors import PayloadTooLarge, Unauthorized, WrapperError
+from model_wrapper.errors import PayloadTooLarge, Unauthorized, WrapperError, mlflow_body
 
 Scope = dict[str, Any]
 
@@ -17,8 +17,10 @@ Scope = dict[str, Any]
 class Guards:
     """Refuse requests without a valid key (on protected paths) or with too large a body."""
 
-    def __init__(self, app: Any, *, keys: list[bytes], protected: set[str], max_body_bytes: int) -> None:
+    def __init__(self, app: Any, *, keys: list[bytes], protected: set[str], max_body_bytes: int,
+                 mlflow_paths: frozenset[str] | set[str] = frozenset()) -> None:
         self.app, self.keys, self.protected, self.max_body = app, keys, protected, max_body_bytes
+        self.mlflow_paths = mlflow_paths
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -27,11 +29,13 @@ class Guards:
         if self.keys and scope["path"] in self.protected and not self._authorised(scope["headers"]):
             await send_error(send, Unauthorized("an API key is required: send it as 'X-API-Key: <key>' "
                                                 "or 'Authorization: Bearer <key>'",
-                                                headers={"www-authenticate": 'Bearer realm="model"'}))
+                                                headers={"www-authenticate": 'Bearer realm="model"'}),
+                             mlflow=scope["path"] in self.mlflow_paths)
             return
         length = _content_length(scope["headers"])
         if length is not None and length > self.max_body:
-            await send_error(send, PayloadTooLarge(f"the body is {length} bytes; the limit is {self.max_body}"))
+            await send_error(send, PayloadTooLarge(f"the body is {length} bytes; {self._limit()}"),
+                             mlflow=scope["path"] in self.mlflow_paths)
             return
         await self.app(scope, self._limited(receive) if length is None else receive, send)
 
@@ -56,14 +60,18 @@ class Guards:
             message: dict[str, Any] = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_body:
-                raise PayloadTooLarge(f"the body is over the limit of {self.max_body} bytes")
+                raise PayloadTooLarge(f"the body is over {self.max_body} bytes; {self._limit()}")
             return message
 
         return counted
 
+    def _limit(self) -> str:
+        return (f"the limit is {self.max_body} bytes ({self.max_body / (1 << 20):g} MiB), set by the wrapper's "
+                "MAX_BODY_BYTES; send smaller batches or raise it")
 
-async def send_error(send: Any, error: WrapperError) -> None:
-    body = error.body()
+
+async def send_error(send: Any, error: WrapperError, *, mlflow: bool = False) -> None:
+    body = mlflow_body(error) if mlflow else error.body()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})

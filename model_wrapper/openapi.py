@@ -68,7 +68,8 @@ def build_openapi(routes: list[Any], predictor: Predictor, *, prefix: str, error
             operation["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": INVOCATIONS_SCHEMA,
                                      "example": {"dataframe_records": contract.examples[:2]}},
-                "text/csv": {"schema": {"type": "string"}}}}
+                "text/csv": {"schema": {"type": "string"}},
+                "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}}}
         if secured and operation.get("operationId") in protected:
             operation["security"] = [{"ApiKey": []}]
     if secured:

@@ -48,8 +48,8 @@ class WrapperSettings(BaseSettings):
     """Address to bind."""
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes; each loads its own copy of the model. Prefer replicas to workers."""
-    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 30)
-    """Largest request body accepted; larger bodies get 413."""
+    max_body_bytes: int = Field(default=64 << 20, ge=1024, le=1 << 30)
+    """Largest request body accepted, in bytes (default 64 MiB: batch scoring); larger bodies get 413."""
     max_batch: int = Field(default=1000, ge=1, le=1_000_000)
     """Most instances in one predict request; more get 413."""
     api_keys: SecretStr | None = None
