@@ -40,7 +40,8 @@ class SklearnArrayBackend:
         self._score = score
         self.description = f"scikit-learn {type(estimator).__name__} (native predict on arrays)"
 
-    def predict(self, rows: list[tuple[Any, ...]]) -> tuple[Any, Any | None]:
+    def predict(self, rows: list[tuple[Any, ...]], params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
+        # No params: a model with a params schema is served by PyfuncBackend.
         features = np.array(rows, dtype=self._dtype, order=self._order)
         predictions = self._predict(features)
         return predictions, (self._proba(features) if self._proba is not None else None)
@@ -68,9 +69,9 @@ class PyfuncBackend:
         flavors = [name for name in pyfunc.metadata.flavors if name != "python_function"]
         self.description = f"MLflow pyfunc ({', '.join(flavors) or 'python_function'})"
 
-    def predict(self, rows: list[tuple[Any, ...]]) -> tuple[Any, Any | None]:
+    def predict(self, rows: list[tuple[Any, ...]], params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
         model_input = self._to_input(rows)
-        predictions = _plain(self._pyfunc.predict(model_input))
+        predictions = _plain(self._pyfunc.predict(model_input, params=params))
         return predictions, (self._proba(model_input) if self._proba is not None else None)
 
     def invoke(self, body: bytes, content_type: str) -> tuple[int, bytes, str]:
@@ -83,10 +84,16 @@ def frame_builder(columns: list[str]) -> Callable[[list[tuple[Any, ...]]], pd.Da
 
 
 def has_probabilities(estimator: Any) -> bool:
-    """A classifier that can say how sure it is (pipelines expose predict_proba only when able)."""
-    from sklearn.base import is_classifier  # only ever asked about scikit-learn estimators
+    """A classifier that can say how sure it is (pipelines expose predict_proba only when able);
+    scikit-learn's own estimators and those of its API (XGBoost, LightGBM, CatBoost)."""
+    from sklearn.base import is_classifier
 
-    return bool(is_classifier(estimator)) and hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")
+    if not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
+        return False
+    try:
+        return bool(is_classifier(estimator)) or getattr(estimator, "_estimator_type", None) == "classifier"
+    except Exception:  # an object scikit-learn cannot inspect is not one of its classifiers
+        return getattr(estimator, "_estimator_type", None) == "classifier"
 
 
 def _plain(predictions: Any) -> Any:

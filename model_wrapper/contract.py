@@ -7,6 +7,7 @@ whose message says what to fix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
@@ -224,6 +225,8 @@ def _printable(key: str, limit: int = 80) -> str:
 # Either named columns (a pandas input example) or, for a model logged with a NumPy input example,
 # one tensor. A tensor of shape (-1, n) is served as n fields, one row of values per instance: the
 # contract's inputs, in the order written, are the tensor's columns; derived, they are x0 … x(n-1).
+# Several named tensors (a Keras model with inputs a and b) are served the same way, one after the
+# other: derived, a tensor `a` of shape (-1,) is the field a, one of shape (-1, 2) the fields a_0, a_1.
 
 _MLFLOW_TYPES = {
     "double": FieldType.number,
@@ -232,7 +235,11 @@ _MLFLOW_TYPES = {
     "integer": FieldType.integer,
     "string": FieldType.string,
     "boolean": FieldType.boolean,
+    # MLflow reads both from JSON strings: binary as base64, datetime as ISO 8601.
+    "binary": FieldType.string,
+    "datetime": FieldType.string,
 }
+_STRING_FORMATS = {"binary": "base64-encoded bytes", "datetime": "an ISO 8601 date and time, e.g. 2024-05-01T12:00:00"}
 _TENSOR_TYPES = {
     **{f"float{bits}": FieldType.number for bits in (16, 32, 64)},
     **{f"{sign}int{bits}": FieldType.integer for sign in ("", "u") for bits in (8, 16, 32, 64)},
@@ -257,6 +264,8 @@ class TensorInput:
     shape: tuple[int, ...]
     named: bool = False
     """MLflow hands a named tensor to the model as {name: array}, an unnamed one as the array."""
+    name: str = ""
+    """The tensor's name in a signature of several named tensors."""
 
     @property
     def width(self) -> int:
@@ -269,6 +278,8 @@ class TensorInput:
     @property
     def field_names(self) -> list[str]:
         """The names a derived contract gives the values of a row."""
+        if self.name:
+            return [self.name] if len(self.shape) == 1 else [f"{self.name}_{index}" for index in range(self.width)]
         return [f"x{index}" for index in range(self.width)]
 
     def describe(self) -> str:
@@ -277,19 +288,39 @@ class TensorInput:
 
 
 def tensor_input(signature_inputs: list[dict[str, Any]]) -> TensorInput | None:
-    """The signature's tensor, None for a column signature; ContractError for a tensor signature
-    whose instances are not rows of values (images, several tensors, unknown dtypes)."""
+    """The signature's tensor, None for a column signature or several named tensors (`tensor_group`);
+    ContractError for a tensor signature whose instances are not rows of values (images, unnamed
+    tensors among others, unknown dtypes)."""
     tensors = [column for column in signature_inputs if column.get("type") == "tensor"]
-    if not tensors:
+    if not tensors or tensor_group(signature_inputs) is not None:
         return None
     if len(signature_inputs) != 1:
         raise ContractError(f"the model signature has {len(signature_inputs)} inputs with tensors among them; "
-                            f"the wrapper serves one table or one tensor; {_RELOG}")
-    spec = tensors[0].get("tensor-spec")
+                            f"the wrapper serves one table, one tensor or several named tensors; {_RELOG}")
+    # One tensor's values are x0 … x(n-1), named or not.
+    return dataclasses.replace(_tensor(tensors[0]), name="")
+
+
+def tensor_group(signature_inputs: list[dict[str, Any]]) -> list[TensorInput] | None:
+    """Several named tensors (each of shape (-1,) or (-1, n)), in signature order; None for any
+    other signature. ContractError when one of them is not rows of values."""
+    if len(signature_inputs) < 2 or not all(column.get("type") == "tensor" and isinstance(column.get("name"), str)
+                                             and column.get("name") for column in signature_inputs):
+        return None
+    group = [_tensor(column) for column in signature_inputs]
+    if sum(tensor.width for tensor in group) > MAX_FIELDS:
+        raise ContractError(f"the model takes more than {MAX_FIELDS} values per instance; {_RELOG}")
+    return group
+
+
+def _tensor(column: dict[str, Any]) -> TensorInput:
+    spec = column.get("tensor-spec")
     dtype, shape = (spec.get("dtype"), spec.get("shape")) if isinstance(spec, dict) else (None, None)
     if not isinstance(shape, list | tuple) or not all(isinstance(size, int) for size in shape):
         raise ContractError(f"the model signature's tensor has no readable shape ({shape!r}); {_RELOG}")
-    tensor = TensorInput(_printable(str(dtype), 40), tuple(shape), named=bool(tensors[0].get("name")))
+    name = column.get("name")
+    tensor = TensorInput(_printable(str(dtype), 40), tuple(shape), named=bool(name),
+                         name=_printable(name, 100) if isinstance(name, str) else "")
     if not isinstance(dtype, str) or dtype not in _TENSOR_TYPES:
         raise ContractError(f"the model takes {tensor.describe()}; the wrapper serves tensors of numbers or "
                             f"booleans; {_RELOG}")
@@ -302,18 +333,29 @@ def tensor_input(signature_inputs: list[dict[str, Any]]) -> TensorInput | None:
     return tensor
 
 
+def signature_tensors(signature_inputs: list[dict[str, Any]]) -> list[TensorInput] | None:
+    """The tensors a tensor signature takes, in the order their values fill an instance's fields
+    (one tensor, or several named ones); None for a column signature."""
+    group = tensor_group(signature_inputs)
+    if group is not None:
+        return group
+    tensor = tensor_input(signature_inputs)
+    return [tensor] if tensor is not None else None
+
+
 def contract_from_signature(
     signature_inputs: list[dict[str, Any]], input_example: Sequence[Any] | None = None
 ) -> Contract:
     """Derive a contract from an MLflow signature and (optionally) its input example: records
-    ({column: value}) for a column signature, rows of values for a tensor."""
-    tensor = tensor_input(signature_inputs)
-    if tensor is not None:
-        names = tensor.field_names
-        inputs: dict[str, dict[str, Any]] = {name: {"type": tensor.field_type.value} for name in names}
+    ({column: value}) for a column signature, rows of values for tensors."""
+    tensors = signature_tensors(signature_inputs)
+    if tensors is not None:
+        names = [name for tensor in tensors for name in tensor.field_names]
+        inputs: dict[str, dict[str, Any]] = {
+            name: {"type": tensor.field_type.value} for tensor in tensors for name in tensor.field_names}
         rows = [row if isinstance(row, list) else [row] for row in input_example or []]
         examples = [dict(zip(names, row, strict=True)) for row in rows if len(row) == len(names)]
-        description = f"Derived from the MLflow model signature ({tensor.describe()})."
+        description = f"Derived from the MLflow model signature ({', '.join(_describe(t) for t in tensors)})."
     else:
         inputs = {}
         for column in signature_inputs:
@@ -324,6 +366,8 @@ def contract_from_signature(
                     f"described without a contract; {HOW_TO_ADD}"
                 )
             inputs[name] = {"type": _MLFLOW_TYPES[kind].value, "required": column.get("required", True)}
+            if kind in _STRING_FORMATS:
+                inputs[name]["description"] = f"{kind}: {_STRING_FORMATS[kind]}"
         examples = [dict(row) for row in input_example or [] if isinstance(row, dict)]
         description = "Derived from the MLflow model signature."
         # A NaN in the example (missing values, which MLflow saves as NaN) shows the model takes NaN there.
@@ -337,14 +381,18 @@ def contract_from_signature(
     return contract_from_dict({"description": description, "inputs": inputs, "examples": fitting})
 
 
+def _describe(tensor: TensorInput) -> str:
+    return f"{tensor.name}: {tensor.describe()}" if tensor.name else tensor.describe()
+
+
 def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, Any]]) -> list[str]:
     """Where the contract's inputs disagree with the model's MLflow signature."""
     try:
-        tensor = tensor_input(signature_inputs)
+        tensors = signature_tensors(signature_inputs)
     except ContractError as e:
         return [str(e)]
-    if tensor is not None:
-        return _tensor_mismatches(contract, tensor)
+    if tensors is not None:
+        return _tensor_mismatches(contract, tensors)
     columns = {str(c["name"]): c for c in signature_inputs if c.get("name")}
     problems = [f"{name}: in the contract but not in the model signature" for name in contract.inputs
                 if name not in columns]
@@ -360,34 +408,40 @@ def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, An
     return problems
 
 
-def within_tensor_range(contract: Contract, tensor: TensorInput) -> Contract:
-    """The contract with each input's bounds narrowed to what the tensor's dtype holds, so that a
+def within_tensor_range(contract: Contract, tensors: TensorInput | list[TensorInput]) -> Contract:
+    """The contract with each input's bounds narrowed to what its tensor's dtype holds, so that a
     value NumPy would turn into infinity (1e39 as float32) or refuse (300 as int8) is a 422 naming
     the field."""
-    if tensor.dtype not in _TENSOR_BOUNDS:
-        return contract
-    low, high = _TENSOR_BOUNDS[tensor.dtype]
-    inputs = {
-        name: spec.model_copy(update={"minimum": low if spec.minimum is None else max(spec.minimum, low),
-                                      "maximum": high if spec.maximum is None else min(spec.maximum, high)})
-        for name, spec in contract.inputs.items()
-    }
-    return contract.model_copy(update={"inputs": inputs})
+    dtypes = _field_dtypes(tensors if isinstance(tensors, list) else [tensors])
+    inputs = {}
+    for (name, spec), dtype in zip(contract.inputs.items(), dtypes, strict=False):
+        if dtype in _TENSOR_BOUNDS:
+            low, high = _TENSOR_BOUNDS[dtype]
+            spec = spec.model_copy(update={"minimum": low if spec.minimum is None else max(spec.minimum, low),
+                                           "maximum": high if spec.maximum is None else min(spec.maximum, high)})
+        inputs[name] = spec
+    return contract.model_copy(update={"inputs": inputs}) if inputs != contract.inputs else contract
 
 
-def _tensor_mismatches(contract: Contract, tensor: TensorInput) -> list[str]:
-    if len(contract.inputs) != tensor.width:
-        return [f"the contract has {len(contract.inputs)} inputs but the model takes {tensor.describe()}, "
-                f"{tensor.width} value(s) per instance; list one input per value, in the tensor's order"]
+def _field_dtypes(tensors: list[TensorInput]) -> list[str]:
+    return [tensor.dtype for tensor in tensors for _ in range(tensor.width)]
+
+
+def _tensor_mismatches(contract: Contract, tensors: list[TensorInput]) -> list[str]:
+    width = sum(tensor.width for tensor in tensors)
+    if len(contract.inputs) != width:
+        takes = ", ".join(_describe(t) for t in tensors)
+        return [f"the contract has {len(contract.inputs)} inputs but the model takes {takes}, "
+                f"{width} value(s) per instance; list one input per value, in the tensor's order"]
     problems = []
-    for name, spec in contract.inputs.items():
-        if not _compatible(spec.type, tensor.field_type):
-            problems.append(f"{name}: contract says {spec.type.value}, model signature says {tensor.dtype}")
+    for (name, spec), dtype in zip(contract.inputs.items(), _field_dtypes(tensors), strict=True):
+        if not _compatible(spec.type, _TENSOR_TYPES[dtype]):
+            problems.append(f"{name}: contract says {spec.type.value}, model signature says {dtype}")
         if not spec.required:
             problems.append(f"{name}: optional in the contract, but the model's tensor needs every value")
-        low, high = _TENSOR_BOUNDS.get(tensor.dtype, (-math.inf, math.inf))
+        low, high = _TENSOR_BOUNDS.get(dtype, (-math.inf, math.inf))
         if (spec.minimum is not None and spec.minimum > high) or (spec.maximum is not None and spec.maximum < low):
-            problems.append(f"{name}: the contract's range is outside what {tensor.dtype} holds ({low:g} to {high:g})")
+            problems.append(f"{name}: the contract's range is outside what {dtype} holds ({low:g} to {high:g})")
     return problems
 
 

@@ -9,8 +9,10 @@ the same answers as pyfunc, pyfunc otherwise. MLflow's and boto3's errors end he
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +23,9 @@ import mlflow.pyfunc
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
-from model_wrapper.backends import PyfuncBackend, Scorer, SklearnArrayBackend, frame_builder
+from model_wrapper.backends import PyfuncBackend, Scorer, SklearnArrayBackend, frame_builder, has_probabilities
 from model_wrapper.contract import (
     CONTRACT_FILE,
     HOW_TO_ADD,
@@ -33,10 +36,9 @@ from model_wrapper.contract import (
     contract_from_signature,
     parse_contract,
     signature_mismatches,
-    tensor_input,
+    signature_tensors,
     within_tensor_range,
 )
-from model_wrapper.errors import MalformedRequest, UnsupportedMediaType, for_status
 from model_wrapper.predictor import LoadedModel, LoadFailure, ModelBackend
 from model_wrapper.settings import WrapperSettings
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 MODEL_CONTRACT_PATHS = (CONTRACT_FILE, f"extra_files/{CONTRACT_FILE}")
 # Signature column types the array fast path reproduces exactly (float32 columns would not).
 _FAST_SIGNATURE_TYPES = {"double", "long", "integer"}
+JSON = "application/json"
 
 
 def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
@@ -60,9 +63,9 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
     contract, origin = find_contract(local, run_id, mlmodel, signature, workdir / "run")
     if signature is not None and (problems := signature_mismatches(contract, signature)):
         raise LoadFailure(f"the {origin} disagrees with the model signature: {'; '.join(problems)}")
-    tensor = tensor_input(signature) if signature else None  # the signature passed its checks just above
-    if tensor is not None:
-        contract = within_tensor_range(contract, tensor)
+    tensors = signature_tensors(signature) if signature else None  # the signature passed its checks just above
+    if tensors is not None:
+        contract = within_tensor_range(contract, tensors)
     warn_about_requirements(local, settings.model_name, settings.model_version)
     try:
         # MLflow's own requirements check scans every installed distribution (a second or more
@@ -70,10 +73,11 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
         pyfunc = mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
     except Exception as e:
         raise LoadFailure(f"the model cannot be loaded: {_first_line(e)}") from e
-    backend = choose_backend(pyfunc, contract, signature, tensor)
+    params = params_schema(mlmodel)
+    backend = choose_backend(pyfunc, contract, signature, tensors, params=params)
     log.info("model %s version %s: loaded (%s; contract from %s)", settings.model_name, settings.model_version,
              backend.description, origin)
-    return LoadedModel(contract=contract, contract_origin=origin, backend=backend, run_id=run_id)
+    return LoadedModel(contract=contract, contract_origin=origin, backend=backend, run_id=run_id, params=params)
 
 
 def find_contract(local: Path, run_id: str | None, mlmodel: Model, signature: list[dict[str, Any]] | None,
@@ -87,7 +91,8 @@ def find_contract(local: Path, run_id: str | None, mlmodel: Model, signature: li
     if signature is None:
         raise LoadFailure(f"no {CONTRACT_FILE} and no model signature, so the API cannot be described; {HOW_TO_ADD}")
     try:
-        return contract_from_signature(signature, _input_example(mlmodel, local)), "model signature"
+        order = [str(column.get("name")) for column in signature]
+        return contract_from_signature(signature, _input_example(mlmodel, local, order)), "model signature"
     except ContractError as e:
         raise LoadFailure(str(e)) from e
 
@@ -100,24 +105,38 @@ def signature_inputs(mlmodel: Model) -> list[dict[str, Any]] | None:
     return inputs
 
 
+def params_schema(mlmodel: Model) -> list[dict[str, Any]]:
+    """The signature's params (name, type, default, shape), JSON-ready; empty without them."""
+    if mlmodel.signature is None or mlmodel.signature.params is None:
+        return []
+    params: list[dict[str, Any]] = mlmodel.signature.params.to_dict()
+    return params
+
+
 def choose_backend(pyfunc: Any, contract: Contract, signature: list[dict[str, Any]] | None,
-                   tensor: TensorInput | None) -> ModelBackend:
-    """Native arrays for plain numeric scikit-learn models; pyfunc for everything else. `tensor`:
-    the signature's one tensor, when it is a tensor signature."""
-    estimator = _sklearn_estimator(pyfunc)
-    columns = _column_order(contract, signature, estimator, positional=tensor is not None)
+                   tensors: list[TensorInput] | None, *, params: list[dict[str, Any]] | None = None) -> ModelBackend:
+    """Native arrays for plain numeric scikit-learn models; pyfunc for everything else. `tensors`:
+    what a tensor signature takes. A model with params goes through pyfunc, which applies them."""
+    raw = _sklearn_estimator(pyfunc)
+    estimator = None if params else raw
+    classifier = raw if raw is not None else _native_classifier(pyfunc)
+    columns = _column_order(contract, signature, estimator, positional=tensors is not None)
     score = scorer(pyfunc)
-    if tensor is not None:
+    schema = pyfunc.metadata.get_input_schema()
+    if tensors is not None:
+        tensor = tensors[0]
         # Pyfunc hands the model an unnamed tensor as it is given: any numeric one is the same array natively.
-        if estimator is not None and tensor.field_type in (FieldType.number, FieldType.integer) \
+        if estimator is not None and len(tensors) == 1 and tensor.field_type in (FieldType.number, FieldType.integer) \
                 and len(tensor.shape) == 2 and not tensor.named:
             _quiet_feature_name_warning()
             return SklearnArrayBackend(estimator, columns, np.dtype(tensor.dtype), score, order="C")
-        return PyfuncBackend(pyfunc, columns, estimator, score, to_input=tensor_builder(tensor))
+        builder = tensor_builder(tensor) if len(tensors) == 1 else group_builder(tensors, schema)
+        return PyfuncBackend(pyfunc, columns, classifier, score, to_input=builder)
     if estimator is not None and _array_safe(contract, signature, columns):
         _quiet_feature_name_warning()
         return SklearnArrayBackend(estimator, columns, np.dtype(_array_dtype(contract, signature)), score)
-    return PyfuncBackend(pyfunc, columns, estimator, score, to_input=frame_builder(columns))
+    to_input = frame_builder(columns) if schema is None else signature_frame_builder(columns, contract, schema)
+    return PyfuncBackend(pyfunc, columns, classifier, score, to_input=to_input)
 
 
 def tensor_builder(tensor: TensorInput) -> Callable[[list[tuple[Any, ...]]], Any]:
@@ -131,6 +150,43 @@ def tensor_builder(tensor: TensorInput) -> Callable[[list[tuple[Any, ...]]], Any
     return build
 
 
+def group_builder(tensors: list[TensorInput], schema: Any) -> Callable[[list[tuple[Any, ...]]], Any]:
+    """Rows as the named tensors the model takes, each row's values in signature order, parsed
+    by MLflow's own code as an `inputs` body ({name: values}) is."""
+    from mlflow.utils.proto_json_utils import parse_tf_serving_input
+
+    spans, start = [], 0
+    for tensor in tensors:
+        spans.append((tensor.name, start, start + tensor.width, len(tensor.shape) == 1))
+        start += tensor.width
+
+    def build(rows: list[tuple[Any, ...]]) -> Any:
+        inputs = {name: [row[low] if flat else list(row[low:high]) for row in rows] for name, low, high, flat in spans}
+        return parse_tf_serving_input({"inputs": inputs}, schema=schema)
+
+    return build
+
+
+def signature_frame_builder(columns: list[str], contract: Contract,
+                            schema: Any) -> Callable[[list[tuple[Any, ...]]], Any]:
+    """Rows as the DataFrame `mlflow models serve` makes of the same `dataframe_split` body: cast by
+    MLflow to the signature's types (float32, int32, base64 binary, datetime). An optional column
+    left out of every instance is left out of the frame, as it is of a `dataframe_records` body's."""
+    from mlflow.utils.proto_json_utils import dataframe_from_parsed_json
+
+    optional = [index for index, name in enumerate(columns) if not contract.inputs[name].required]
+
+    def build(rows: list[tuple[Any, ...]]) -> Any:
+        absent = [index for index in optional if all(row[index] is None for row in rows)]
+        if absent:
+            kept = [index for index in range(len(columns)) if index not in absent]
+            return dataframe_from_parsed_json({"columns": [columns[i] for i in kept],
+                                               "data": [[row[i] for i in kept] for row in rows]}, "split", schema)
+        return dataframe_from_parsed_json({"columns": columns, "data": [list(row) for row in rows]}, "split", schema)
+
+    return build
+
+
 def _quiet_feature_name_warning() -> None:
     # The wrapper builds arrays in the fitted column order itself, so sklearn's warning that an
     # array has no column names says nothing here.
@@ -138,23 +194,29 @@ def _quiet_feature_name_warning() -> None:
 
 
 def scorer(pyfunc: Any) -> Scorer:
-    """MLflow's own scoring-server code, so `invocations` answers exactly as `mlflow models serve`."""
+    """MLflow's own scoring-server code, answered as `mlflow.pyfunc.scoring_server.init` does: an
+    MlflowException is its JSON (`serialize_as_json`) with its status; any other error (the
+    model's answer is not JSON) is Starlette's plain 500. One difference: a body nested too deeply
+    for Python's JSON parser is a 400 here (MLflow answers 500), never a 5xx for what a client sent."""
+    from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
     from mlflow.pyfunc import scoring_server
 
+    # `mlflow models serve` sets this in its process; type-hinted models read it.
+    os.environ[_MLFLOW_IS_IN_SERVING_ENVIRONMENT.name] = "true"
     schema = pyfunc.metadata.get_input_schema()
 
     def score(body: bytes, content_type: str) -> tuple[int, bytes, str]:
         try:
             result = scoring_server.invocations(body, content_type, pyfunc, schema)
         except MlflowException as e:
-            # Whatever MLflow could not score was the body's fault: the model passed its warm-up.
-            raise for_status(min(e.get_http_status_code(), 400), f"cannot score this input: {_first_line(e)}") from None
+            return e.get_http_status_code(), e.serialize_as_json().encode(), JSON
+        except RecursionError:
+            error = MlflowException("Ensure that input is a valid JSON formatted string: it is nested too deeply",
+                                    error_code=BAD_REQUEST)
+            return 400, error.serialize_as_json().encode(), JSON
         except Exception as e:
-            raise MalformedRequest(f"cannot score this input: {_first_line(e)}") from None
-        if result.status == 415:
-            raise UnsupportedMediaType(_first_line(Exception(result.response)))
-        if result.status != 200:
-            raise for_status(result.status, _first_line(Exception(result.response)))
+            log.error("invocations: the model's answer could not be returned: %s: %s", type(e).__name__, e)
+            return 500, b"Internal Server Error", "text/plain; charset=utf-8"
         return result.status, result.response.encode(), result.mimetype
 
     return score
@@ -210,7 +272,8 @@ def _parse(path: Path, origin: str) -> tuple[Contract, str]:
         raise LoadFailure(f"the {origin} is unusable: {e}") from e
 
 
-def _input_example(mlmodel: Model, local: Path) -> list[Any] | None:
+def _input_example(mlmodel: Model, local: Path, order: list[str] | None = None) -> list[Any] | None:
+    """The input example as records (columns) or rows of values (tensors; named ones in `order`)."""
     try:
         example = mlmodel.load_input_example(str(local))
     except Exception:  # an unreadable example only costs the derived contract its examples
@@ -219,11 +282,27 @@ def _input_example(mlmodel: Model, local: Path) -> list[Any] | None:
     to_dict = getattr(example, "to_dict", None)
     if to_dict is not None:
         records: list[dict[str, Any]] = to_dict(orient="records")
-        return records
+        return [{name: _as_json_value(value) for name, value in record.items()} for record in records]
     if isinstance(example, np.ndarray):  # a tensor model's rows of values
         rows: list[Any] = example.tolist()
         return rows
+    if isinstance(example, dict) and example and all(isinstance(v, np.ndarray) for v in example.values()):
+        # Named tensors: each instance's values, tensor after tensor, in the example's order.
+        names = order if order and set(order) == set(example) else list(example)
+        arrays = [example[name].reshape(len(example[name]), -1) for name in names]
+        if len({len(array) for array in arrays}) == 1:
+            joined: list[Any] = np.concatenate(arrays, axis=1).tolist()
+            return joined
     return example if isinstance(example, list) else None
+
+
+def _as_json_value(value: Any) -> Any:
+    """An example value as a client sends it: bytes as base64, a time as ISO 8601 (MLflow's JSON)."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
 
 
 def _sklearn_estimator(pyfunc: Any) -> Any | None:
@@ -233,6 +312,18 @@ def _sklearn_estimator(pyfunc: Any) -> Any | None:
         return pyfunc.get_raw_model()
     except (NotImplementedError, AttributeError):
         return None
+
+
+def _native_classifier(pyfunc: Any) -> Any | None:
+    """The model object behind a gradient-boosting flavour (XGBoost, LightGBM, CatBoost), when it
+    is a classifier with `predict_proba` (their scikit-learn API); else None."""
+    if not {"xgboost", "lightgbm", "catboost"} & set(pyfunc.metadata.flavors):
+        return None
+    try:
+        raw = pyfunc.get_raw_model()
+    except (NotImplementedError, AttributeError):
+        return None
+    return raw if has_probabilities(raw) else None
 
 
 def _column_order(contract: Contract, signature: list[dict[str, Any]] | None, estimator: Any, *,

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from model_wrapper.contract import Contract
-from model_wrapper.errors import NotReady, PredictionFailed, WrapperError
+from model_wrapper.errors import ModelFault, NotReady, PredictionFailed, WrapperError
 from model_wrapper.schema import RequestSchema, build_schema
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,9 @@ class ModelBackend(Protocol):
     """True when predict runs natively on arrays (no per-request DataFrame)."""
     description: str
 
-    def predict(self, rows: list[tuple[Any, ...]]) -> tuple[Any, Any | None]:
-        """Predictions and (for classifiers) probabilities for rows in `columns` order."""
+    def predict(self, rows: list[tuple[Any, ...]], params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
+        """Predictions and (for classifiers) probabilities for rows in `columns` order, with the
+        request's `params` (already checked against the model's params schema)."""
         ...
 
     def invoke(self, body: bytes, content_type: str) -> tuple[int, bytes, str]:
@@ -50,6 +51,8 @@ class LoadedModel:
     contract_origin: str
     backend: ModelBackend
     run_id: str | None
+    params: list[dict[str, Any]] = field(default_factory=list)
+    """The model's params schema: name, type (MLflow's), default, shape (None or (-1,))."""
 
 
 class LoadFailure(Exception):
@@ -77,7 +80,7 @@ class Predictor:
         backend, contract = model.backend, model.contract
         title = contract.title or self.name
         self.schema = build_schema(contract, backend.columns, max_batch=self.max_batch, title=title,
-                                   classes=len(backend.classes) if backend.classes else None)
+                                   classes=len(backend.classes) if backend.classes else None, params=model.params)
         self._label_of = _label_map(contract.labels, backend.classes) if contract.labels else {}
         self.model = model
         self.reason = "predicting the contract's examples"
@@ -106,21 +109,36 @@ class Predictor:
         schema = self.schema
         if schema is None or self.model is None:
             raise NotReady(self.reason)
-        rows = schema.rows(body)
+        rows, params = schema.parse(body)
         try:
-            predictions, probabilities = self.model.backend.predict(rows)
+            predictions, probabilities = self.model.backend.predict(rows, params)
         except WrapperError:
             raise
         except Exception as e:
-            log.warning("model %s version %s: prediction failed: %s", self.name, self.version, e)
-            raise PredictionFailed(f"the model could not predict these instances: {_first_line(e)}") from e
+            raise self._model_error(e) from e
         answer: dict[str, Any] = {"predictions": predictions}
         if probabilities is not None:
             answer["probabilities"] = probabilities
         if self._label_of:
             label_of = self._label_of
             answer["labels"] = [label_of.get(p) for p in _as_list(predictions)]
-        return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY, default=_jsonable)
+        try:
+            return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY, default=_jsonable)
+        except TypeError as e:
+            log.error("model %s version %s: the prediction cannot be answered as JSON: %s", self.name, self.version, e)
+            raise ModelFault(f"the model's prediction cannot be answered as JSON: {e}") from e
+
+    def _model_error(self, error: Exception) -> WrapperError:
+        """What the model raised, with its whole message: an MLflow error keeps its status class
+        (MLflow's own 5xx is the model's fault, its 4xx the input's); any other error, as
+        `mlflow models serve` treats it, means the model rejects these instances."""
+        message = str(getattr(error, "message", None) or error).strip() or type(error).__name__
+        status = getattr(error, "get_http_status_code", None)
+        if callable(status) and status() >= 500:
+            log.error("model %s version %s: the model failed: %s", self.name, self.version, message)
+            return ModelFault(f"the model failed: {message}")
+        log.warning("model %s version %s: prediction failed: %s", self.name, self.version, message)
+        return PredictionFailed(f"the model could not predict these instances: {message}")
 
     def invoke(self, body: bytes, content_type: str) -> tuple[int, bytes, str]:
         """The MLflow scoring protocol, answered by the model's own MLflow machinery."""
@@ -194,7 +212,3 @@ def _jsonable(value: Any) -> Any:
         return value.to_dict(orient="records") if hasattr(value, "columns") else value.to_list()
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:300]

@@ -35,9 +35,15 @@ class RequestSchema:
     max_batch: int
     adapter: TypeAdapter[Any]
     _row: Callable[[Any], tuple[Any, ...]]
+    has_params: bool = False
 
     def rows(self, body: bytes) -> list[tuple[Any, ...]]:
         """Validate a `{"instances": [...]}` body; raise a WrapperError naming the field."""
+        return self.parse(body)[0]
+
+    def parse(self, body: bytes) -> tuple[list[tuple[Any, ...]], dict[str, Any] | None]:
+        """The rows of a `{"instances": [...], "params": {...}}` body and the params it sets (None
+        when it sets none); raise a WrapperError naming the field."""
         try:
             request = self.adapter.validate_json(body)
         except ValidationError as e:
@@ -45,12 +51,16 @@ class RequestSchema:
         except RecursionError:
             raise MalformedRequest("the JSON body is nested too deeply") from None
         row = self._row
-        return [row(instance) for instance in request.instances]
+        rows = [row(instance) for instance in request.instances]
+        if self.has_params and request.params is not None:
+            return rows, request.params.model_dump(by_alias=True, exclude_unset=True) or None
+        return rows, None
 
 
 def build_schema(contract: Contract, columns: list[str], *, max_batch: int, title: str,
-                 classes: int | None = None) -> RequestSchema:
-    """Pydantic models for one contract; `columns` is the order the model expects its inputs."""
+                 classes: int | None = None, params: list[dict[str, Any]] | None = None) -> RequestSchema:
+    """Pydantic models for one contract; `columns` is the order the model expects its inputs,
+    `params` the model's params schema (MLflow's `ParamSchema.to_dict()`)."""
     specs = {name: contract.inputs[name] for name in columns}
     fields = {f"f{i}": _field(name, spec) for i, (name, spec) in enumerate(specs.items())}
     instance = create_model(  # type: ignore[call-overload]
@@ -60,15 +70,43 @@ def build_schema(contract: Contract, columns: list[str], *, max_batch: int, titl
     )
     examples: Any = [{"instances": contract.examples}] if contract.examples else None
     instances: Any = list[instance]  # type: ignore[valid-type]
+    extra: dict[str, Any] = {"params": (_params_model(params), Field(
+        default=None, json_schema_extra=_no_default,
+        description="The model's parameters for this request; each left out takes its default."))} if params else {}
     request = create_model(
         "PredictRequest", __config__=ConfigDict(extra="forbid", strict=True, title="PredictRequest",
                                                 json_schema_extra={"examples": examples} if examples else None),
         instances=(instances, Field(min_length=1, max_length=max_batch,
                                          description="The instances to predict, one object each.")),
+        **extra,
     )
     getter = operator.attrgetter(*fields) if len(fields) > 1 else _single(next(iter(fields)))
     return RequestSchema(request, _response_model(contract, classes), tuple(columns), max_batch,
-                         TypeAdapter(request), getter)
+                         TypeAdapter(request), getter, has_params=bool(params))
+
+
+# MLflow's param types (mlflow.types.schema.DataType) as JSON values: a datetime is an ISO 8601
+# string and binary is base64, as MLflow reads them from an `invocations` body.
+_PARAM_TYPES: dict[str, tuple[type, str | None]] = {
+    "string": (str, None), "boolean": (bool, None), "integer": (int, None), "long": (int, None),
+    "float": (float, None), "double": (float, None), "datetime": (str, "date-time"), "binary": (str, "byte"),
+}
+
+
+def _params_model(params: list[dict[str, Any]]) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for index, spec in enumerate(params):
+        kind, form = _PARAM_TYPES.get(str(spec.get("type")), (Any, None))
+        annotation: Any = list[kind] if spec.get("shape") else kind  # type: ignore[valid-type]
+        schema_extra: Any = {"format": form} if form else None
+        default: Any = spec.get("default")
+        fields[f"p{index}"] = (annotation, Field(
+            default=default, alias=str(spec["name"]), json_schema_extra=schema_extra,
+            description=f"MLflow type {spec.get('type')}{' (a list)' if spec.get('shape') else ''}; "
+                        f"default {spec.get('default')!r}"))
+    model: type[BaseModel] = create_model(
+        "Params", __config__=ConfigDict(extra="forbid", strict=True, title="Params"), **fields)
+    return model
 
 
 def _field(name: str, spec: FieldSpec) -> tuple[Any, Any]:

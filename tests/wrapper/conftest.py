@@ -46,6 +46,7 @@ class WrapperProcess:
 
     env: dict[str, str]
     port: int = field(default_factory=free_port)
+    python: str = sys.executable
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="wrapper-", dir=WORKDIRS.root)))
     process: subprocess.Popen[bytes] | None = None
 
@@ -63,7 +64,7 @@ class WrapperProcess:
     def start(self) -> WrapperProcess:
         env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1",
                "TERMINATION_LOG": str(self.termination_log), **self.env}
-        command = [sys.executable, *ENTRY_POINT[1:]]
+        command = [self.python, *ENTRY_POINT[1:]]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
