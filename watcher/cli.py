@@ -82,8 +82,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from watcher import commands
 
     if args.command == "run-once":
-        commands.reconcile(build_deps(settings), dry_run=args.dry_run, only_model=args.model)
-        return 0
+        return _run_once(settings, dry_run=args.dry_run, only_model=args.model)
     if args.command == "watch":
         from watcher.loop import run_watch
 
@@ -105,6 +104,27 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return register(settings, args.url)
     raise AssertionError(args.command)
+
+
+def _run_once(settings: Settings, *, dry_run: bool, only_model: str | None) -> int:
+    """The CronJob's pass. SIGTERM (activeDeadlineSeconds, a drain, an eviction) stops it as it stops `watch`:
+    no write is cut in half, a rollout being waited for is rolled back and tagged for retry, the Lease is
+    released, and the process exits 1 within seconds."""
+    from watcher import commands
+    from watcher.errors import Stopping
+    from watcher.loop import Stop
+
+    stop = Stop()
+    stop.handle_signals()
+    try:
+        commands.reconcile(build_deps(settings, stop_requested=stop, sleep=stop.sleep), dry_run=dry_run,
+                           only_model=only_model)
+    except Stopping:
+        log.warning("stopped by a signal: the step in progress was rolled back; the next pass redoes it")
+        return 1
+    finally:
+        stop.restore_signals()
+    return 1 if stop() else 0
 
 
 def build_deps(settings: Settings, *, sleep: Callable[[float], None] = time.sleep, **overrides: object) -> Deps:

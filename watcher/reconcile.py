@@ -21,7 +21,7 @@ import yaml
 from model_wrapper.naming import model_slug
 from watcher import record
 from watcher.artifacts import S3Store, fetch_contract
-from watcher.errors import Blocked, PassAborted, Retryable, RolloutFailed, ServiceBuilderError
+from watcher.errors import Blocked, PassAborted, Retryable, RolloutFailed, ServiceBuilderError, Stopping
 from watcher.lease import Busy
 from watcher.logs import about
 from watcher.plan import STATUS, Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
@@ -172,6 +172,12 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
             raise Blocked(action.message)  # the plan re-checks the clash every pass
     except PassAborted:
         raise  # the registry or the cluster is gone: no model failed, the pass did
+    except Stopping:
+        if isinstance(action, Deploy) and action.reason in ("new", "update"):  # never left `deploying`
+            record.failed(deps, action.version, Retryable(
+                "stopped by a signal during the rollout; what ran before was put back, the next pass retries"),
+                attempt_key(deps, action.version))
+        raise
     except Exception as error:  # one model's failure, whatever it is, never stops the pass for the others
         e = error if isinstance(error, ServiceBuilderError) else _unexpected(subject, error)
         report.failed += 1

@@ -69,6 +69,34 @@ def test_watcher_killed_mid_pass_is_converged_by_the_next_pass_with_no_duplicate
     assert reconcile_once(make_deps()).unchanged == len(names)
 
 
+def test_sigterm_stops_run_once_mid_rollout_releases_the_lease_and_leaves_nothing_deploying(
+    make_settings: Callable[..., Settings], make_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str,
+    model_name: str, production: dict[str, str],
+) -> None:
+    """What activeDeadlineSeconds, a node drain or an eviction does to the CronJob's pod."""
+    log_iris(model_name, kind="tree", tags=production)
+    kube.set_rollout_policy(lambda template: None)  # pods never start: the pass waits in the rollout
+    watcher = start_watcher(["run-once"], watcher_env(make_settings(rollout_timeout_seconds=120)))
+    try:
+        slug = kube.first_deployment(namespace)
+        watcher.send_signal(signal.SIGTERM)
+        _, stderr = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+
+    assert watcher.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert kube.objects("leases", namespace) == {}, "the lease was released"
+    assert managed_objects(kube, namespace) == {plural: set() for plural in PLURALS}, "the new model was taken back"
+    stopped = tags(model_name)
+    assert stopped["deployment_status"] == "failed" and "stopped by a signal" in stopped["deployment_message"]
+    assert stopped.get("deployment_attempt", "") == ""  # not remembered: the next pass tries again
+    kube.set_rollout_policy(all_ready)
+    report = reconcile_once(make_deps())
+    assert (report.deployed, report.failed) == (1, 0), report.failures
+    assert slug in kube.objects("deployments", namespace)
+
+
 def test_two_passes_at_once_deploy_once_and_the_second_steps_aside_cleanly(
     make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str, model_name: str,
     production: dict[str, str],
