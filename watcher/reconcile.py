@@ -215,7 +215,7 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
         deps.target.wait_ready(rendered, settings.rollout_timeout_seconds)
         base = deps.target.smoke_base(action.slug)
         if base and found.contract.examples:
-            smoke_test(base, found.contract.examples)
+            smoke_test(base, found.contract.examples, retry_for=settings.smoke_test_seconds)
     deps.target.finish(rendered, snapshot)
     record.deployed(deps, version, action.slug, fresh=action.reason in ("new", "update"))
     _supersede_previous(deps, action, report)

@@ -139,7 +139,9 @@ class Renderer:
         env = {"MODEL_NAME": release.name, "MODEL_VERSION": str(release.version), "MODEL_SOURCE": release.source,
                "MODEL_RUN_ID": release.run_id or "", "MODEL_SLUG": release.slug, "PORT": "8080",
                "MLFLOW_TRACKING_URI": _without_userinfo(self._settings.mlflow_tracking_uri),
-               "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": "/tmp", "LOG_FORMAT": "json"}  # noqa: S108
+               "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": "/tmp", "LOG_FORMAT": "json",  # noqa: S108
+               # uvicorn believes X-Forwarded-Proto only from these: behind a TLS Ingress, redirects stay https
+               "FORWARDED_ALLOW_IPS": self._settings.trusted_proxies}
         if self._settings.mlflow_s3_endpoint_url:
             env["MLFLOW_S3_ENDPOINT_URL"] = _without_userinfo(self._settings.mlflow_s3_endpoint_url)
         return env

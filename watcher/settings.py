@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     """How long to wait for a new version to become ready before rolling back."""
     smoke_test: Literal["auto", "on", "off"] = "auto"
     """Predict the contract's examples after a rollout: `auto` does so where the endpoint is reachable."""
+    smoke_test_seconds: float = Field(default=60, ge=0, le=3600)
+    """How long the smoke test retries an endpoint that refuses or answers 502/503/504 before it fails."""
+    trusted_proxies: str = Field(default="*", pattern=r"^[0-9A-Fa-f.:/,* ]+$", max_length=1000)
+    """Addresses whose X-Forwarded-Proto/For a model pod believes (uvicorn's FORWARDED_ALLOW_IPS): the Ingress
+    controller's, so that redirects behind a TLS Ingress stay https. `*` trusts any sender."""
     ingress_class_name: str | None = Field(default=None, pattern=_DNS_LABEL)
     """Optional ingressClassName for the model Ingresses."""
     tls_secret_name: str | None = Field(default=None, pattern=_DNS_LABEL)
@@ -144,6 +149,7 @@ class Settings(BaseSettings):
             "k8s_name_space", "service_builder_host_name", "model_wrapper_image", "ingress_class_name",
             "tls_secret_name", "s3_secret_name", "api_keys_secret_name", "default_replicas",
             "default_cpu_request", "default_memory_request", "default_memory_limit", "mlflow_tracking_uri",
+            "trusted_proxies",
             "mlflow_s3_endpoint_url", "deploy_target"})
         return hashlib.sha256(repr(sorted(shaping.items())).encode()).hexdigest()[:16]
 

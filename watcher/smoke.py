@@ -1,17 +1,43 @@
-"""After a rollout: predict the contract's examples through the new endpoint before calling it deployed."""
+"""After a rollout: predict the contract's examples through the new endpoint before calling it deployed.
+
+The Service's endpoints and kube-proxy's rules are programmed asynchronously after the pods turn Ready,
+so a refused connection or a 502/503/504 is retried, with growing pauses, for a bounded time
+(SMOKE_TEST_SECONDS); an answer from the model itself (a 4xx, a wrong shape) fails at once.
+"""
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from watcher.errors import RolloutFailed
 
+NOT_YET = frozenset({502, 503, 504})
 
-def smoke_test(base_url: str, examples: list[dict[str, Any]], timeout: float = 30) -> None:
+
+def smoke_test(base_url: str, examples: list[dict[str, Any]], timeout: float = 30, *, retry_for: float = 60,
+               sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
     """POST the examples to `<base>predict`; raise RolloutFailed unless every one gets a prediction."""
+    give_up, pause = clock() + retry_for, 0.5
+    while True:
+        try:
+            return _predict(base_url, examples, timeout)
+        except _NotYet as e:
+            if clock() + pause > give_up:
+                raise RolloutFailed(f"smoke test: predict did not answer within {retry_for:.0f}s ({e})") from e
+            sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+class _NotYet(Exception):
+    """The endpoint is not reachable yet (refused, reset, a gateway error)."""
+
+
+def _predict(base_url: str, examples: list[dict[str, Any]], timeout: float) -> None:
     body = json.dumps({"instances": examples}).encode()
     request = urllib.request.Request(f"{base_url.rstrip('/')}/predict", data=body, method="POST",  # noqa: S310
                                      headers={"Content-Type": "application/json"})
@@ -20,9 +46,13 @@ def smoke_test(base_url: str, examples: list[dict[str, Any]], timeout: float = 3
             answer = json.loads(response.read())
     except urllib.error.HTTPError as e:
         detail = e.read()[:300].decode(errors="replace")
+        if e.code in NOT_YET:
+            raise _NotYet(f"{e.code}: {detail}") from e
         raise RolloutFailed(f"smoke test: predict answered {e.code} to the contract's examples: {detail}") from e
-    except (OSError, ValueError) as e:
-        raise RolloutFailed(f"smoke test: predict did not answer ({type(e).__name__}: {e})") from e
+    except OSError as e:
+        raise _NotYet(f"{type(e).__name__}: {e}") from e
+    except ValueError as e:
+        raise RolloutFailed(f"smoke test: predict did not answer JSON ({e})") from e
     predictions = answer.get("predictions") if isinstance(answer, dict) else None
     if not isinstance(predictions, list) or len(predictions) != len(examples):
         raise RolloutFailed(f"smoke test: expected {len(examples)} predictions, got {str(answer)[:200]}")
