@@ -42,7 +42,8 @@ from watcher.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TIMEOUT = (5, 30)
-"""(connect, read) seconds for every request, set on the client itself so no call can go without."""
+"""(connect, read) seconds for every request, set on the client itself so no call can go without; the read
+timeout is K8S_REQUEST_TIMEOUT_SECONDS."""
 LEASE_SECONDS = 60  # renewed while held; after a crash, the next CronJob run (2 min later) finds it expired
 PAGE_SIZE = 500
 WRITES = frozenset({"create", "patch", "delete"})
@@ -97,7 +98,7 @@ class KubernetesTarget:
         self._settings = settings
         self._ns = settings.k8s_name_space
         self._api = api or api_client(settings)
-        _with_default_timeout(self._api)
+        _with_default_timeout(self._api, (TIMEOUT[0], settings.k8s_request_timeout_seconds))
         self._apis = {kind: spec.api(self._api) for kind, spec in KINDS.items()}
         self._core = client.CoreV1Api(self._api)
         self._sleep = sleep
@@ -385,7 +386,7 @@ def _pointer(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def _with_default_timeout(api: client.ApiClient) -> None:
+def _with_default_timeout(api: client.ApiClient, timeout: tuple[float, float]) -> None:
     """Give every request of this client a (connect, read) timeout unless the call sets its own."""
     rest: Any = api.rest_client
     if getattr(rest, "_default_timeout", False):
@@ -394,7 +395,7 @@ def _with_default_timeout(api: client.ApiClient) -> None:
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("_request_timeout") is None:
-            kwargs["_request_timeout"] = TIMEOUT
+            kwargs["_request_timeout"] = timeout
         return request(*args, **kwargs)
 
     rest.request = timed

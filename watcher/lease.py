@@ -94,6 +94,8 @@ class Lease:
         except ApiException as e:
             if e.status != 409:
                 raise _error(e) from e
+        except (OSError, urllib3.exceptions.HTTPError) as e:
+            raise PassAborted(f"Kubernetes API unreachable (lease: {type(e).__name__})") from e
         current, version = self._read()
         holder = current.get("holderIdentity")
         if holder and not _expired(current, now):
@@ -109,6 +111,8 @@ class Lease:
             if e.status in (409, 422):
                 raise Busy(f"another watcher took the lease {self._name!r} first") from e
             raise _error(e) from e
+        except (OSError, urllib3.exceptions.HTTPError) as e:
+            raise PassAborted(f"Kubernetes API unreachable (lease: {type(e).__name__})") from e
         log.info("took over the expired lease %s from %s", self._name, holder or "nobody")
 
     def _release(self) -> None:
@@ -128,7 +132,7 @@ class Lease:
                 return {}, ""
             raise _error(e) from e
         except (OSError, urllib3.exceptions.HTTPError) as e:
-            raise Retryable(f"Kubernetes API unreachable (lease: {type(e).__name__})") from e
+            raise PassAborted(f"Kubernetes API unreachable (lease: {type(e).__name__})") from e
         raw = self._api.api_client.sanitize_for_serialization(lease)
         return dict(raw.get("spec") or {}), str((raw.get("metadata") or {}).get("resourceVersion") or "")
 

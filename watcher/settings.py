@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     """API server URL for bearer-token access; otherwise in-cluster config, otherwise kubeconfig."""
     k8s_api_key: SecretStr | None = None
     """Bearer token that goes with K8S_API."""
+    k8s_request_timeout_seconds: float = Field(default=30, gt=0, le=600)
+    """Read timeout of every Kubernetes request (connecting has 5 s): a dead connection cannot hang a pass."""
     k8s_verify_ssl: bool = True
     """Verify the API server's certificate when K8S_API is used."""
     service_builder_host_name: str = Field(

@@ -7,6 +7,8 @@ with the fault gone, converges.
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -17,8 +19,10 @@ from tests.faults.kube_faults import KubeFaults
 from tests.faults.support import PLURALS, managed_objects, tags
 from tests.peers import KubernetesPeer
 from watcher import commands
-from watcher.errors import Blocked
+from watcher.cluster import KubernetesTarget
+from watcher.errors import Blocked, PassAborted
 from watcher.reconcile import Deps, reconcile_once
+from watcher.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 NOTHING = {plural: set() for plural in PLURALS}
@@ -144,3 +148,31 @@ def test_failure_after_the_deployment_and_before_the_ingress_is_told_truthfully_
     assert requests_to(kube, namespace, "POST", "ingresses") - ingress_creates == 1
     assert tags(model_name)["deployment_status"] == "deployed"
     assert tags(model_name)["model_endpoint"] == f"http://models.example.org/{slug}/api/"
+
+
+def test_an_api_server_that_accepts_and_never_answers_aborts_the_pass_instead_of_hanging_it(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A half-open connection (a dead load balancer, a frozen API server) answers nothing, ever."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        settings = make_settings(k8s_api=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                                 k8s_request_timeout_seconds=0.5)
+        outcome: list[BaseException] = []
+
+        def observe_and_lock() -> None:
+            target = KubernetesTarget(settings, sleep=lambda seconds: None)
+            for step in (target.observe, target.exclusive().__enter__):
+                try:
+                    step()
+                except BaseException as e:
+                    outcome.append(e)
+
+        worker = threading.Thread(target=observe_and_lock, daemon=True)
+        worker.start()
+        worker.join(120)  # a guard against a hang, not a timing assertion
+
+    assert not worker.is_alive(), "the pass hung on a connection that never answers"
+    assert [type(e) for e in outcome] == [PassAborted, PassAborted], outcome
+    assert all("unreachable" in str(e) for e in outcome)

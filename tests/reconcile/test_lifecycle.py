@@ -224,6 +224,26 @@ def test_brand_new_model_that_never_gets_ready_leaves_no_objects(
     assert objects(kube, namespace) == {plural: set() for plural in KINDS}
 
 
+def test_pods_of_another_release_with_the_same_instance_label_are_not_taken_for_ours(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
+    model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    slug = model_slug(model_name)
+    kube.create("api/v1", namespace, {  # a Helm release that happens to use the same instance name
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{slug}-redis-0", "labels": {
+            "app.kubernetes.io/instance": slug, "app.kubernetes.io/name": "redis"}},
+        "spec": {"containers": [{"name": "redis", "image": "redis:7"}]},
+        "status": {"containerStatuses": [{"name": "redis", "ready": False, "restartCount": 9, "state": {
+            "waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"message": "redis is broken"}}}]}})
+    kube.set_rollout_policy(lambda template: PENDING)
+    register_versions(model_name, iris, tags=production)
+
+    passes(make_deps(make_settings(rollout_timeout_seconds=1)))
+
+    message = tags(model_name, "1")["deployment_message"]
+    assert "redis" not in message and "ContainerCreating" in message
+
+
 def test_failed_version_is_not_retried_until_its_inputs_change(
     make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
     model_name: str, iris: LoggedModel, production: dict[str, str],
