@@ -287,12 +287,12 @@ def _input_example(mlmodel: Model, local: Path, order: list[str] | None = None) 
         rows: list[Any] = example.tolist()
         return rows
     if isinstance(example, dict) and example and all(isinstance(v, np.ndarray) for v in example.values()):
-        # Named tensors: each instance's values, tensor after tensor, in the example's order.
+        # Named tensors: each instance's values, tensor after tensor, in signature order.
         names = order if order and set(order) == set(example) else list(example)
-        arrays = [example[name].reshape(len(example[name]), -1) for name in names]
-        if len({len(array) for array in arrays}) == 1:
-            joined: list[Any] = np.concatenate(arrays, axis=1).tolist()
-            return joined
+        # Each tensor's own values (tolist per array: joined, int32 values would turn float).
+        columns = [example[name].reshape(len(example[name]), -1).tolist() for name in names]
+        if len({len(rows) for rows in columns}) == 1:
+            return [[value for part in parts for value in part] for parts in zip(*columns, strict=True)]
     return example if isinstance(example, list) else None
 
 

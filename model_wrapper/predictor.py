@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from model_wrapper.contract import Contract
-from model_wrapper.errors import ModelFault, NotReady, PredictionFailed, WrapperError
+from model_wrapper.errors import InvalidInput, ModelFault, NotReady, PredictionFailed, WrapperError
 from model_wrapper.schema import RequestSchema, build_schema
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,8 @@ class Predictor:
             log.error("model %s version %s: the model failed: %s", self.name, self.version, message)
             return ModelFault(f"the model failed: {message}")
         log.warning("model %s version %s: prediction failed: %s", self.name, self.version, message)
+        if callable(status):  # MLflow refused the instances (its schema enforcement, its params check)
+            return InvalidInput(f"MLflow cannot score these instances: {message}")
         return PredictionFailed(f"the model could not predict these instances: {message}")
 
     def invoke(self, body: bytes, content_type: str) -> tuple[int, bytes, str]:

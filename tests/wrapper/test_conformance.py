@@ -210,6 +210,17 @@ def test_the_cases_cover_every_model_and_answers_of_every_kind(pairs: dict[str, 
     assert statuses[("lightgbm", "15,000 rows (1.3 MB)")] == 200
 
 
+def test_every_model_became_ready_by_predicting_its_logged_example_in_the_signatures_dtypes(
+        pairs: dict[str, Pair], client: httpx.Client) -> None:
+    # float32 and int32 frames used to fail here: the examples were predicted from a float64 frame.
+    for pair in pairs.values():
+        metadata = client.get(pair.api + "metadata").json()
+        assert metadata["contract"]["examples"], pair.name
+        openapi = client.get(pair.api + "openapi.json").json()
+        answer = openapi["paths"][f"/{pair.slug}/api/predict"]["post"]["responses"]["200"]["content"]
+        assert len(answer["application/json"]["example"]["predictions"]) == len(metadata["contract"]["examples"])
+
+
 # --- predict, against the peer's answers -----------------------------------------------------------
 
 PREDICT_CASES: dict[str, tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]] = {
