@@ -86,7 +86,10 @@ def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool) -
         """200 once the model is loaded and the contract's examples were predicted; 503 with the reason before."""
         if not predictor.ready:
             raise NotReady(predictor.reason)
-        return Response(b'{"status":"ready"}', media_type=JSON)
+        differences = predictor.model.environment if predictor.model else ()
+        # The watcher copies `warnings` into the version's deployment_warnings tag (ready needs no API key).
+        return Response(orjson.dumps({"status": "ready", "warnings": list(differences)}) if differences
+                        else b'{"status":"ready"}', media_type=JSON)
 
     @app.get(f"{prefix}metadata", operation_id="metadata", summary="Model metadata",
              responses={401: ERRORS[401], 503: ERRORS[503]})

@@ -13,6 +13,7 @@ import base64
 import importlib.metadata
 import logging
 import os
+import platform
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,7 @@ from model_wrapper.contract import (
     signature_tensors,
     within_tensor_range,
 )
+from model_wrapper.environment import EnvironmentCheck, check_environment
 from model_wrapper.predictor import LoadedModel, LoadFailure, ModelBackend
 from model_wrapper.settings import WrapperSettings
 
@@ -66,18 +68,19 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
     tensors = signature_tensors(signature) if signature else None  # the signature passed its checks just above
     if tensors is not None:
         contract = within_tensor_range(contract, tensors)
-    warn_about_requirements(local, settings.model_name, settings.model_version)
+    environment = check_model_environment(local, mlmodel, settings)
     try:
         # MLflow's own requirements check scans every installed distribution (a second or more
-        # of start-up); warn_about_requirements above checks the model's pins directly instead.
+        # of start-up); check_model_environment above reads the model's requirements directly instead.
         pyfunc = mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
     except Exception as e:
-        raise LoadFailure(f"the model cannot be loaded: {_first_line(e)}") from e
+        raise LoadFailure(environment.explain(f"the model cannot be loaded: {_first_line(e)}")) from e
     params = params_schema(mlmodel)
     backend = choose_backend(pyfunc, contract, signature, tensors, params=params)
     log.info("model %s version %s: loaded (%s; contract from %s)", settings.model_name, settings.model_version,
              backend.description, origin)
-    return LoadedModel(contract=contract, contract_origin=origin, backend=backend, run_id=run_id, params=params)
+    return LoadedModel(contract=contract, contract_origin=origin, backend=backend, run_id=run_id, params=params,
+                       environment=tuple(environment.warnings))
 
 
 def find_contract(local: Path, run_id: str | None, mlmodel: Model, signature: list[dict[str, Any]] | None,
@@ -222,25 +225,22 @@ def scorer(pyfunc: Any) -> Scorer:
     return score
 
 
-def warn_about_requirements(local: Path, name: str, version: str) -> list[str]:
-    """Log (and return) the model's pinned requirements that this image does not have."""
-    path = local / "requirements.txt"
-    pins = [line.split(";")[0].strip() for line in path.read_text().splitlines()] if path.is_file() else []
-    problems = []
-    for pin in pins:
-        package, _, wanted = pin.partition("==")
-        if not wanted or not package or package.startswith(("-", "#")):
-            continue
-        try:
-            installed = importlib.metadata.version(package.split("[")[0])
-        except importlib.metadata.PackageNotFoundError:
-            installed = "not installed"
-        if installed != wanted.strip():
-            problems.append(f"{package} {wanted.strip()} (image has {installed})")
-    if problems:
-        log.warning("model %s version %s was logged with %s; add them to the image (see the Dockerfile's "
-                    "EXTRA_REQUIREMENTS) if predictions look wrong", name, version, ", ".join(problems))
-    return problems
+def check_model_environment(local: Path, mlmodel: Model, settings: WrapperSettings) -> EnvironmentCheck:
+    """The model's logged environment against this runtime; raise LoadFailure when it cannot serve."""
+    check = check_environment(local, mlmodel.flavors, installed=installed_version, python=platform.python_version())
+    if (reason := check.fatal(settings.env_mismatch)) is not None:
+        raise LoadFailure(reason)
+    if check.mismatches or check.other:
+        log.warning("model %s version %s: its environment differs from this runtime's: %s", settings.model_name,
+                    settings.model_version, "; ".join(str(d) for d in check.mismatches + check.other))
+    return check
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _download(source: str, target: Path) -> Path:

@@ -53,6 +53,8 @@ class LoadedModel:
     run_id: str | None
     params: list[dict[str, Any]] = field(default_factory=list)
     """The model's params schema: name, type (MLflow's), default, shape (None or (-1,))."""
+    environment: tuple[str, ...] = ()
+    """How the model's logged environment differs from this runtime's (served anyway, ENV_MISMATCH=warn)."""
 
 
 class LoadFailure(Exception):
@@ -161,7 +163,7 @@ class Predictor:
         model = self.installed()
         return {"name": self.name, "version": self.version, "run_id": model.run_id,
                 "flavor": model.backend.description, "fast_path": model.backend.fast,
-                "contract_origin": model.contract_origin,
+                "contract_origin": model.contract_origin, "environment": {"differences": list(model.environment)},
                 "contract": model.contract.model_dump(mode="json", exclude_none=True)}
 
     def fail(self, reason: str) -> None:

@@ -61,6 +61,9 @@ class WrapperSettings(BaseSettings):
     """Lowest level logged."""
     access_log: bool = False
     """Log one line per request (off by default: /metrics counts requests without the cost)."""
+    env_mismatch: Literal["warn", "fail"] = "warn"
+    """A version difference in the model's flavour library, numpy/pandas majors or Python: `warn` serves
+    the model and lists it under `metadata` and `ready`; `fail` refuses to serve it."""
     termination_log: Path = Path("/dev/termination-log")
     """Where a fatal start-up reason is written; Kubernetes shows it in the pod status."""
     mlflow_tracking_uri: str | None = None

@@ -32,6 +32,7 @@ from model_wrapper.contract import (
 from watcher.errors import Blocked, ContractInvalid, Permanent, Retryable
 from watcher.logs import redact
 from watcher.registry import Registry, VersionInfo
+from watcher.runtimes import needs
 
 log = logging.getLogger(__name__)
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -75,6 +76,8 @@ class FoundContract:
     contract: Contract
     origin: str
     """Where it came from: an s3:// URI, or `signature` when derived."""
+    needs: tuple[str, ...] = ()
+    """The version's flavours, then its requirements' packages: what picks its runtime image."""
 
 
 def fetch_contract(store: S3Store, registry: Registry, version: VersionInfo) -> FoundContract:
@@ -88,19 +91,29 @@ def fetch_contract(store: S3Store, registry: Registry, version: VersionInfo) -> 
         raise Permanent(f"no MLmodel at {model_uri}/MLmodel: the files of {version} are missing from S3 "
                         "(deleted, or its source points somewhere else); register the version again")
     signature, example = _signature(store, model_uri, mlmodel)
+    wanted = _needs(store, model_uri, mlmodel)
     for uri in candidates:
         data = store.read(uri)
         if data is not None:
             contract = _parse(data, uri)
             if signature and (problems := signature_mismatches(contract, signature)):
                 raise ContractInvalid(f"contract.yaml disagrees with the model signature: {'; '.join(problems[:5])}")
-            return FoundContract(contract, uri)
+            return FoundContract(contract, uri, wanted)
     if signature is None:
         raise ContractInvalid(f"no contract.yaml and no model signature for {version}; {HOW_TO_ADD}")
     try:
-        return FoundContract(contract_from_signature(signature, example), "signature")
+        return FoundContract(contract_from_signature(signature, example), "signature", wanted)
     except ContractError as e:
         raise ContractInvalid(str(e)) from e
+
+
+def _needs(store: S3Store, model_uri: str, raw: bytes) -> tuple[str, ...]:
+    """The MLmodel's flavours and the packages of its requirements.txt (already known parseable: `_signature`)."""
+    mlmodel = yaml.safe_load(raw)
+    flavours = mlmodel.get("flavors") if isinstance(mlmodel, dict) else None
+    requirements = store.read(f"{model_uri}/requirements.txt", limit=256 * 1024)
+    return needs([str(f) for f in flavours] if isinstance(flavours, dict) else [],
+                 requirements.decode(errors="replace") if requirements else None)
 
 
 def _parse(data: bytes, uri: str) -> Contract:

@@ -45,10 +45,18 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("name")
     deploy.add_argument("version", type=int)
     deploy.add_argument("--target", choices=["kubernetes", "local"], help="overrides DEPLOY_TARGET")
-    undeploy = commands.add_parser("undeploy", help="remove a model's objects and tag its version undeployed")
+    undeploy = commands.add_parser("undeploy", help="remove a model's objects and tag its version undeployed "
+                                                    "(refused while the selector still picks a version of it)")
     undeploy.add_argument("name")
+    undeploy.add_argument("--untag", action="store_true",
+                          help="also remove the tag, alias or stage that selects it, so it stays undeployed")
     undeploy.add_argument("--target", choices=["kubernetes", "local"])
-    status = commands.add_parser("status", help="table of managed deployments")
+    retry = commands.add_parser("retry", help="forget a remembered failure and reconcile the model now")
+    retry.add_argument("name")
+    retry.add_argument("version", type=int, nargs="?", help="default: every failed version of the model")
+    retry.add_argument("--target", choices=["kubernetes", "local"])
+    status = commands.add_parser("status", help="every selected or running version, its status and message")
+    status.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     status.add_argument("--target", choices=["kubernetes", "local"])
     commands.add_parser("serve-webhooks", help="receive MLflow registry webhooks and reconcile at once")
     register = commands.add_parser("register-webhook", help="create or update the MLflow webhook")
@@ -71,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args, settings)
     except PassAborted as e:
-        log.error("pass aborted: %s", e)
+        log.error("pass aborted: %s" if args.command in ("run-once", "watch") else "%s", e)
         return 1
     except ServiceBuilderError as e:
         log.error("%s", e)
@@ -92,9 +100,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "deploy":
         return commands.deploy(build_deps(settings), args.name, args.version)
     if args.command == "undeploy":
-        return commands.undeploy(build_deps(settings), args.name)
+        return commands.undeploy(build_deps(settings), args.name, untag=args.untag)
+    if args.command == "retry":
+        return commands.retry(build_deps(settings), args.name, args.version)
     if args.command == "status":
-        return commands.status(build_deps(settings))
+        return commands.status(build_deps(settings), as_json=args.json)
     if args.command == "serve-webhooks":
         from watcher.webhooks import serve
 

@@ -32,6 +32,7 @@ from watcher.render import (
     MANAGED_BY_LABEL,
     MODEL_NAME,
     MODEL_VERSION,
+    NEEDS,
     SERVING,
     SPEC_HASH,
     Rendered,
@@ -87,7 +88,7 @@ class Snapshot:
         return Live(slug=slug, model=notes.get(MODEL_NAME, "") if managed else "",
                     version=_int(notes.get(MODEL_VERSION)), spec_hash=notes.get(SPEC_HASH, ""),
                     inputs_digest=notes.get(INPUTS_DIGEST, ""), serving=_serving(notes.get(SERVING)),
-                    kinds=frozenset(present), managed=managed)
+                    kinds=frozenset(present), managed=managed, needs=_needs(notes.get(NEEDS)))
 
 
 class KubernetesTarget:
@@ -297,8 +298,8 @@ def api_client(settings: Settings) -> client.ApiClient:
         try:
             config.load_kube_config()
         except (config.ConfigException, OSError) as e:
-            raise PassAborted(f"no Kubernetes access: set K8S_API, run in a cluster or provide a kubeconfig ({e})") \
-                from None
+            raise PassAborted(f"no Kubernetes access: set K8S_API, run in a cluster or provide a kubeconfig "
+                              f"({e}); or run models on this machine with DEPLOY_TARGET=local") from None
     return client.ApiClient()
 
 
@@ -404,6 +405,14 @@ def _with_default_timeout(api: client.ApiClient, timeout: tuple[float, float]) -
 
 def _int(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
+
+
+def _needs(value: str | None) -> tuple[str, ...]:
+    try:
+        found = json.loads(value) if value else []
+    except ValueError:
+        return ()
+    return tuple(str(item) for item in found) if isinstance(found, list) else ()
 
 
 def _serving(value: str | None) -> Serving:

@@ -26,7 +26,7 @@ from model_wrapper.contract import Serving
 from watcher.errors import RolloutFailed
 from watcher.lease import Busy
 from watcher.plan import KINDS, Live
-from watcher.render import INPUTS_DIGEST, Rendered
+from watcher.render import INPUTS_DIGEST, RUNTIME, Rendered
 from watcher.settings import Settings
 
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -42,7 +42,8 @@ class LocalSnapshot:
         return [Live(slug=slug, model=state["model"], version=int(state["version"]), spec_hash=state["spec_hash"],
                      inputs_digest=state.get("inputs_digest", ""),
                      serving=Serving.model_validate(state.get("serving") or {}),
-                     kinds=KINDS if _alive(state.get("pid")) else frozenset())
+                     kinds=KINDS if _alive(state.get("pid")) else frozenset(),
+                     needs=tuple(state.get("needs") or ()))
                 for slug, state in sorted(self.states.items())]
 
 
@@ -71,7 +72,7 @@ class LocalTarget:
                     if (value := getattr(self._settings, key.lower())) is not None})
         (self._dir / f"{slug}.termination").unlink(missing_ok=True)
         log = open(self._dir / f"{slug}.log", "ab")  # noqa: SIM115 - handed to the child process
-        process = subprocess.Popen([sys.executable, "-m", "model_wrapper"], env=env, stdout=log,
+        process = subprocess.Popen([_interpreter(rendered), "-m", "model_wrapper"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self._pending[slug] = (process, port)
@@ -98,7 +99,8 @@ class LocalTarget:
         process, port = self._pending.pop(slug)
         state = {"model": release.name, "version": release.version, "spec_hash": rendered.spec_hash,
                  "inputs_digest": rendered.deployment["metadata"]["annotations"][INPUTS_DIGEST],
-                 "serving": release.serving.model_dump(exclude_none=True), "pid": process.pid, "port": port,
+                 "serving": release.serving.model_dump(exclude_none=True), "needs": list(release.needs),
+                 "pid": process.pid, "port": port,
                  "endpoint": f"http://127.0.0.1:{port}/{slug}/api/"}
         _write_atomically(self._dir / f"{slug}.json", json.dumps(state))
         old = snapshot.states.get(slug)
@@ -140,6 +142,12 @@ class LocalTarget:
             return text[:400]
         lines = (self._dir / f"{slug}.log").read_text(errors="replace").strip().splitlines()
         return (lines[-1] if lines else "no output")[:400]
+
+
+def _interpreter(rendered: Rendered) -> str:
+    """The runtime RUNTIME_IMAGES chose (on this target a Python interpreter), else the watcher's own Python."""
+    chosen = rendered.deployment["metadata"]["annotations"].get(RUNTIME)
+    return str(rendered.deployment["spec"]["template"]["spec"]["containers"][0]["image"]) if chosen else sys.executable
 
 
 def _container_env(rendered: Rendered) -> dict[str, str]:

@@ -34,6 +34,8 @@ class Live:
     kinds: frozenset[str] = KINDS
     """Which of Deployment, Service and Ingress exist (the local target reports all or none)."""
     managed: bool = True
+    needs: tuple[str, ...] = ()
+    """The flavours and packages its runtime image was chosen by (a new RUNTIME_IMAGES re-chooses)."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from watcher.plan import STATUS, Action, Clash, Deploy, Live, Plan, RecordDeploy
 from watcher.registry import Registry, VersionInfo
 from watcher.render import Release, Rendered, Renderer
 from watcher.settings import Settings
-from watcher.smoke import smoke_test
+from watcher.smoke import environment_warnings, smoke_test
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _decide(deps: Deps, only_model: str | None) -> tuple[Plan, Any]:
 
 def _spec_hash(deps: Deps, version: VersionInfo, live: Live) -> str:
     """What the live model's hash would be now: its own when the inputs are the same, else rendered anew."""
-    release = _release(version, live.slug, live.serving)
+    release = _release(version, live.slug, live.serving, live.needs)
     if live.inputs_digest and live.inputs_digest == deps.renderer.inputs_digest(release):
         return live.spec_hash
     return deps.renderer.render(release, validate=False).spec_hash
@@ -137,10 +137,10 @@ def attempt_key(deps: Deps, version: VersionInfo) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _release(version: VersionInfo, slug: str, serving: Any = None) -> Release:
+def _release(version: VersionInfo, slug: str, serving: Any = None, needs: tuple[str, ...] = ()) -> Release:
     kwargs = {"serving": serving} if serving is not None else {}
     return Release(name=version.name, version=version.version, source=version.source, run_id=version.run_id,
-                   slug=slug, **kwargs)
+                   slug=slug, needs=needs, **kwargs)
 
 
 def _perform(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
@@ -195,7 +195,8 @@ def _unexpected(subject: str, error: Exception) -> Retryable:
 
 def _record_running(deps: Deps, action: RecordDeployed) -> None:
     """Tags that fell behind a running version are rewritten once it answers; not yet ready is not a verdict."""
-    rendered = deps.renderer.render(_release(action.version, action.live.slug, action.live.serving))
+    rendered = deps.renderer.render(_release(action.version, action.live.slug, action.live.serving,
+                                             action.live.needs))
     try:
         deps.target.wait_ready(rendered, min(30.0, deps.settings.rollout_timeout_seconds))
     except (RolloutFailed, Retryable) as e:
@@ -209,15 +210,18 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
     if action.reason in ("new", "update"):
         record.deploying(deps, version)
     found = fetch_contract(deps.store, deps.registry, version)
-    rendered = deps.renderer.render(_release(version, action.slug, found.contract.serving))
+    rendered = deps.renderer.render(_release(version, action.slug, found.contract.serving, found.needs))
+    warnings: list[str] | None = None
     with _rolled_back_on_failure(deps, rendered, snapshot, action.previous):
         deps.target.apply(rendered, snapshot)
         deps.target.wait_ready(rendered, settings.rollout_timeout_seconds)
         base = deps.target.smoke_base(action.slug)
         if base and found.contract.examples:
             smoke_test(base, found.contract.examples, retry_for=settings.smoke_test_seconds)
+        if base:
+            warnings = environment_warnings(base)
     deps.target.finish(rendered, snapshot)
-    record.deployed(deps, version, action.slug, fresh=action.reason in ("new", "update"))
+    record.deployed(deps, version, action.slug, fresh=action.reason in ("new", "update"), warnings=warnings)
     _supersede_previous(deps, action, report)
     if action.reason == "new":
         report.deployed += 1
@@ -273,7 +277,7 @@ def _print_plan(deps: Deps, the_plan: Plan, out: Callable[[str], None]) -> None:
 def render_version(deps: Deps, version: VersionInfo, slug: str) -> str:
     """The validated manifests for one version, as YAML (reads its contract; writes nothing)."""
     found = fetch_contract(deps.store, deps.registry, version)
-    rendered = deps.renderer.render(_release(version, slug, found.contract.serving))
+    rendered = deps.renderer.render(_release(version, slug, found.contract.serving, found.needs))
     return yaml.safe_dump_all(rendered.manifests, sort_keys=False)
 
 

@@ -7,9 +7,10 @@ Messages are redacted and short: a researcher reads them in the MLflow UI.
 from __future__ import annotations
 
 import logging
+from shlex import quote
 from typing import TYPE_CHECKING
 
-from watcher.errors import Blocked, PassAborted, Permanent, ServiceBuilderError
+from watcher.errors import Blocked, PassAborted, Permanent, RolloutFailed, ServiceBuilderError
 from watcher.logs import redact
 from watcher.plan import ATTEMPT, STATUS, Live
 from watcher.registry import VersionInfo
@@ -19,17 +20,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 500
+WARNINGS = "deployment_warnings"
 
 
 def deploying(deps: Deps, version: VersionInfo) -> None:
     _write(deps, version, {STATUS: "deploying", "deployment_message": "Rolling out; this tag changes when done."})
 
 
-def deployed(deps: Deps, version: VersionInfo, slug: str, *, fresh: bool) -> None:
-    """Record a ready version; `deployed_at` moves only when a new rollout happened."""
+def deployed(deps: Deps, version: VersionInfo, slug: str, *, fresh: bool, warnings: list[str] | None = None) -> None:
+    """Record a ready version; `deployed_at` moves only when a new rollout happened. `warnings`: the
+    environment differences the wrapper reported (None when it could not be asked: the tag stays)."""
     endpoint = deps.target.endpoint(slug)
-    tags = {"model_endpoint": endpoint, "deployed": "true", "deployment_name": slug,
-            "deployment_message": f"Serving version {version.version} at {endpoint}", ATTEMPT: ""}
+    message = f"Serving version {version.version} at {endpoint}"
+    tags = {"model_endpoint": endpoint, "deployed": "true", "deployment_name": slug, ATTEMPT: "",
+            "deployment_message": message + ("; its environment differs, see deployment_warnings" if warnings else "")}
+    if warnings is not None:
+        tags[WARNINGS] = redact("; ".join(warnings))[:MAX_MESSAGE]
     if fresh or "deployed_at" not in version.tags:
         tags["deployed_at"] = deps.clock().isoformat(timespec="seconds")
     tags[STATUS] = "deployed"  # last: whoever reacts to the status finds the endpoint already there
@@ -41,7 +47,9 @@ def superseded(deps: Deps, version: VersionInfo, winner: int) -> None:
                            "deployment_message": f"Replaced by version {winner} of this model."})
 
 
-def undeployed(deps: Deps, live: Live) -> None:
+def undeployed(deps: Deps, live: Live,
+               why: str = "Undeployed: no version of this model is selected any more.") -> None:
+    """Tag what was served as undeployed, saying `why`; its endpoint no longer serves it, so the tag goes."""
     if not live.model or live.version is None:
         return
     version = deps.registry.get(live.model, live.version)
@@ -49,14 +57,19 @@ def undeployed(deps: Deps, live: Live) -> None:
         log.info("%s v%s: undeployed; the version no longer exists, so there is nothing to tag",
                  live.model, live.version)
         return
-    _write(deps, version, {STATUS: "undeployed", "deployed": "false",
-                           "deployment_message": "Undeployed: no version of this model is selected any more."})
+    _write(deps, version, {STATUS: "undeployed", "deployed": "false", "deployment_message": why[:MAX_MESSAGE]})
+    if "model_endpoint" in version.tags:
+        deps.registry.delete_tag(version, "model_endpoint")
 
 
 def failed(deps: Deps, version: VersionInfo, error: ServiceBuilderError, attempt: str) -> None:
     """Record why; a permanent failure remembers its inputs so it is not retried until they change."""
-    message = redact(str(error))[:MAX_MESSAGE]
     remember = isinstance(error, Permanent) and not isinstance(error, Blocked)
+    # A rollout fails for reasons outside the model files (its runtime, resources, the image): once
+    # that is fixed, nothing about the version changed, so the researcher is told how to ask again.
+    retry = f"; once fixed: python -m watcher retry {quote(version.name)} {version.version}" \
+        if isinstance(error, RolloutFailed) else ""
+    message = redact(str(error))[:MAX_MESSAGE - len(retry)] + retry
     tags = {STATUS: "failed", "deployment_message": message, ATTEMPT: attempt if remember else ""}
     if version.tags.get(STATUS) != "deployed":
         tags["deployed"] = "false"

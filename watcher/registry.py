@@ -88,6 +88,33 @@ class Registry:
         except VersionGone:
             log.info("%s: no longer exists, tags not written", version)
 
+    def with_status(self, name: str, status: str) -> list[VersionInfo]:
+        """The versions of model `name` whose deployment_status is `status` (filtered on the server)."""
+        with _translated(f"search the versions of {name}"):
+            if set(name) & {"'", "\\", "`"}:
+                return []  # not expressible in a filter; such a name cannot be registered in MLflow either
+            return [_info(v) for v in self._versions(f"name = '{name}' AND tags.deployment_status = '{status}'")]
+
+    def unselect(self, version: VersionInfo, selector: Selector) -> None:
+        """Remove what makes `selector` pick the version: its tag, its alias, or its stage (back to None)."""
+        with _translated(f"remove {selector} from {version}"):
+            if selector.kind == "tag":
+                self._client.delete_model_version_tag(version.name, str(version.version), selector.key)
+            elif selector.kind == "alias":
+                self._client.delete_registered_model_alias(version.name, selector.key)
+            else:
+                self._client.transition_model_version_stage(version.name, str(version.version), "None")
+
+    def delete_tag(self, version: VersionInfo, key: str) -> None:
+        """Remove one tag (gone already, or the version gone, is what was wanted)."""
+        try:
+            with _translated(f"remove the tag {key!r} of {version}"):
+                self._client.delete_model_version_tag(version.name, str(version.version), key)
+        except VersionGone:
+            pass
+        if isinstance(version.tags, dict):
+            version.tags.pop(key, None)
+
     def _write_concurrently(self, version: VersionInfo, tags: Mapping[str, str]) -> None:
         def write(key: str, value: str) -> None:
             with _translated(f"tag {version}"):

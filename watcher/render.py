@@ -27,6 +27,7 @@ from referencing import Registry, Resource
 
 from model_wrapper.contract import Serving
 from watcher.errors import ContractInvalid, Permanent
+from watcher.runtimes import pick_runtime
 from watcher.settings import Settings
 
 _DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "k8s_templates"
@@ -42,6 +43,8 @@ INPUTS_DIGEST = ANNOTATION + "inputs-digest"
 MODEL_NAME = ANNOTATION + "model-name"
 MODEL_VERSION = ANNOTATION + "model-version"
 SERVING = ANNOTATION + "serving"
+RUNTIME = ANNOTATION + "runtime"
+NEEDS = ANNOTATION + "runtime-needs"
 _OPTIONAL_MLFLOW_SECRETS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
@@ -55,6 +58,8 @@ class Release:
     run_id: str | None
     slug: str
     serving: Serving = field(default_factory=Serving)
+    needs: tuple[str, ...] = ()
+    """The version's flavours and packages, which choose its runtime image (watcher.runtimes)."""
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}"
@@ -89,7 +94,7 @@ class Renderer:
         compares this (microseconds) instead of rendering every live model (milliseconds each)."""
         serving = json.dumps(release.serving.model_dump(mode="json", exclude_none=True), sort_keys=True)
         text = json.dumps([release.name, release.version, release.source, release.run_id, release.slug, serving,
-                           self._shaping])
+                           list(release.needs), self._shaping])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _shaping_digest(self) -> str:
@@ -119,12 +124,15 @@ class Renderer:
     def _context(self, release: Release) -> dict[str, Any]:
         s = self._settings
         selector = {INSTANCE_LABEL: release.slug, MANAGED_BY_LABEL: MANAGED_BY}
+        runtime = pick_runtime(s.parsed_runtime_images, release.needs)
         annotations = {MODEL_NAME: release.name, MODEL_VERSION: str(release.version),
                        ANNOTATION + "run-id": release.run_id or "", ANNOTATION + "source": release.source,
-                       SERVING: json.dumps(release.serving.model_dump(exclude_none=True), sort_keys=True)}
+                       SERVING: json.dumps(release.serving.model_dump(exclude_none=True), sort_keys=True),
+                       NEEDS: json.dumps(list(release.needs)), RUNTIME: runtime or ""}
         return {
             "slug": release.slug, "namespace": s.k8s_name_space, "host": s.service_builder_host_name,
-            "api_path": f"/{release.slug}/api", "image": s.model_wrapper_image,
+            "api_path": f"/{release.slug}/api",
+            "image": s.parsed_runtime_images[runtime] if runtime else s.model_wrapper_image,
             "labels": {**selector, "app.kubernetes.io/name": "model-wrapper",
                        "app.kubernetes.io/version": str(release.version)},
             "selector_labels": selector, "annotations": annotations,
@@ -141,7 +149,8 @@ class Renderer:
                "MLFLOW_TRACKING_URI": _without_userinfo(self._settings.mlflow_tracking_uri),
                "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": "/tmp", "LOG_FORMAT": "json",  # noqa: S108
                # uvicorn believes X-Forwarded-Proto only from these: behind a TLS Ingress, redirects stay https
-               "FORWARDED_ALLOW_IPS": self._settings.trusted_proxies}
+               "FORWARDED_ALLOW_IPS": self._settings.trusted_proxies,
+               "ENV_MISMATCH": self._settings.env_mismatch}
         if self._settings.mlflow_s3_endpoint_url:
             env["MLFLOW_S3_ENDPOINT_URL"] = _without_userinfo(self._settings.mlflow_s3_endpoint_url)
         return env

@@ -6,6 +6,7 @@ Validated at start-up (`load_settings`); a bad value ends as one line naming the
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from watcher.errors import SettingsInvalid
+from watcher.runtimes import parse_runtime_images
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _HOST = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
@@ -73,6 +75,12 @@ class Settings(BaseSettings):
     model_wrapper_image: str = Field(
         default="service-builder/model-wrapper:0.1.0", pattern=r"^[A-Za-z0-9._/:@-]+$", max_length=255)
     """The shared model-wrapper image every model Deployment runs."""
+    runtime_images: str = ""
+    """Flavour or package → wrapper image, e.g. `xgboost=reg/wrapper-gbm:1,pytorch=reg/wrapper-torch:1`;
+    versions that need none of them run MODEL_WRAPPER_IMAGE. On the local target: Python interpreters."""
+    env_mismatch: Literal["warn", "fail"] = "warn"
+    """A model logged with another version of its flavour's library, numpy/pandas major or Python:
+    `warn` deploys it with a deployment_warnings tag, `fail` refuses it."""
     selector: str = "tag:deploy=production"
     """Which versions should be live: tag:KEY=VALUE, alias:NAME or stage:NAME."""
     poll_interval_seconds: int = Field(default=120, ge=1, le=86_400)
@@ -128,6 +136,22 @@ class Settings(BaseSettings):
         Selector.parse(value)
         return value
 
+    @field_validator("runtime_images")
+    @classmethod
+    def _runtime_images_parse(cls, value: str) -> str:
+        parse_runtime_images(value)
+        return value
+
+    @model_validator(mode="after")
+    def _runtimes_exist(self) -> Settings:
+        for key, image in self.parsed_runtime_images.items():
+            if self.deploy_target == "local" and not (Path(image).is_file() and os.access(image, os.X_OK)):
+                raise ValueError(f"RUNTIME_IMAGES: {key}={image} is not an executable Python interpreter "
+                                 "(on the local target each value is one, e.g. a virtualenv's bin/python)")
+            if self.deploy_target == "kubernetes" and not re.fullmatch(r"[A-Za-z0-9._/:@-]{1,255}", image):
+                raise ValueError(f"RUNTIME_IMAGES: {key}={image!r} is not an image reference")
+        return self
+
     @model_validator(mode="after")
     def _default_request_within_limit(self) -> Settings:
         from kubernetes.utils import parse_quantity  # a third of a second to import: only when settings load
@@ -142,6 +166,10 @@ class Settings(BaseSettings):
         return Selector.parse(self.selector)
 
     @property
+    def parsed_runtime_images(self) -> dict[str, str]:
+        return parse_runtime_images(self.runtime_images)
+
+    @property
     def endpoint_scheme(self) -> str:
         return "https" if self.tls_secret_name else "http"
 
@@ -152,7 +180,7 @@ class Settings(BaseSettings):
             "tls_secret_name", "s3_secret_name", "api_keys_secret_name", "default_replicas",
             "default_cpu_request", "default_memory_request", "default_memory_limit", "mlflow_tracking_uri",
             "trusted_proxies",
-            "mlflow_s3_endpoint_url", "deploy_target"})
+            "mlflow_s3_endpoint_url", "deploy_target", "runtime_images", "env_mismatch"})
         return hashlib.sha256(repr(sorted(shaping.items())).encode()).hexdigest()[:16]
 
 

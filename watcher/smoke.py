@@ -1,4 +1,5 @@
-"""After a rollout: predict the contract's examples through the new endpoint before calling it deployed.
+"""After a rollout: predict the contract's examples through the new endpoint before calling it deployed,
+and read the environment differences the wrapper found (for the deployment_warnings tag).
 
 The Service's endpoints and kube-proxy's rules are programmed asynchronously after the pods turn Ready,
 so a refused connection or a 502/503/504 is retried, with growing pauses, for a bounded time
@@ -56,3 +57,14 @@ def _predict(base_url: str, examples: list[dict[str, Any]], timeout: float) -> N
     predictions = answer.get("predictions") if isinstance(answer, dict) else None
     if not isinstance(predictions, list) or len(predictions) != len(examples):
         raise RolloutFailed(f"smoke test: expected {len(examples)} predictions, got {str(answer)[:200]}")
+
+
+def environment_warnings(base_url: str, timeout: float = 10) -> list[str]:
+    """The differences the ready wrapper found between the model's logged environment and its own."""
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/ready", timeout=timeout) as response:  # noqa: S310
+            answer = json.loads(response.read())
+    except (OSError, ValueError) as e:
+        raise RolloutFailed(f"ready stopped answering after the rollout ({type(e).__name__}: {e})") from e
+    warnings = answer.get("warnings") if isinstance(answer, dict) else None
+    return [str(w)[:200] for w in warnings[:20]] if isinstance(warnings, list) else []

@@ -65,6 +65,24 @@ def make_deps(make_settings: Callable[..., Settings]) -> Callable[..., Deps]:
     return make
 
 
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, mlflow_server: LocalMlflow, kube: KubernetesPeer, namespace: str,
+        production: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """The environment ops give the CronJob, pointed at this test's peers and namespace."""
+    values = {
+        "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri, "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": "devstack-key", "AWS_SECRET_ACCESS_KEY": "devstack-secret", "K8S_API": kube.url,
+        "K8S_NAME_SPACE": namespace, "SERVICE_BUILDER_HOST_NAME": "models.example.org",
+        "MODEL_WRAPPER_IMAGE": "registry.example.org/model-wrapper:1.0",
+        "SELECTOR": f"tag:deploy={production['deploy']}",
+        "ROLLOUT_TIMEOUT_SECONDS": "5", "LOCAL_STATE_DIR": str(tmp_path / "state"), "LOG_FORMAT": "text",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DEPLOY_TARGET", raising=False)
+    return values
+
+
 @pytest.fixture(autouse=True)
 def _controller_resets(kube: KubernetesPeer) -> Iterator[None]:
     kube.set_rollout_policy(all_ready)

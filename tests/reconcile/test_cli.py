@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, register_versions
-from devstack.servers import LocalMlflow, free_port
+from devstack.servers import free_port
 from model_wrapper.naming import model_slug
 from tests.peers import KubernetesPeer
 from watcher.cli import main
@@ -30,24 +29,6 @@ def _logging_restored(capsys: pytest.CaptureFixture[str], _restore_logging: None
 
     Depending on `capsys` makes the restore tear down first, so no thread ever logs to a closed stream.
     """
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, mlflow_server: LocalMlflow, kube: KubernetesPeer, namespace: str,
-        production: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """The environment ops give the CronJob, pointed at this test's peers and namespace."""
-    values = {
-        "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri, "MLFLOW_S3_ENDPOINT_URL": mlflow_server.s3.endpoint_url,
-        "AWS_ACCESS_KEY_ID": "devstack-key", "AWS_SECRET_ACCESS_KEY": "devstack-secret", "K8S_API": kube.url,
-        "K8S_NAME_SPACE": namespace, "SERVICE_BUILDER_HOST_NAME": "models.example.org",
-        "MODEL_WRAPPER_IMAGE": "registry.example.org/model-wrapper:1.0",
-        "SELECTOR": f"tag:deploy={production['deploy']}",
-        "ROLLOUT_TIMEOUT_SECONDS": "5", "LOCAL_STATE_DIR": str(tmp_path / "state"), "LOG_FORMAT": "text",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("DEPLOY_TARGET", raising=False)
-    return values
 
 
 def summaries(text: str) -> list[tuple[int, ...]]:
@@ -237,7 +218,7 @@ def test_undeploy_of_a_model_that_is_not_deployed_says_so(
     assert f"{model_name}: not deployed" in capsys.readouterr().out
 
 
-def test_status_lists_managed_deployments_with_version_status_and_endpoint(
+def test_status_lists_every_selected_or_running_version_with_status_endpoint_and_message(
     env: dict[str, str], capsys: pytest.CaptureFixture[str], kube: KubernetesPeer, namespace: str, model_name: str,
     iris: LoggedModel, production: dict[str, str],
 ) -> None:
@@ -252,6 +233,8 @@ def test_status_lists_managed_deployments_with_version_status_and_endpoint(
     assert main(["status"]) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["MODEL", "VERSION", "STATUS", "ENDPOINT"]
-    assert [line.split() for line in lines[1:]] == [
-        [model_name, "2", "deployed", f"http://models.example.org/{model_slug(model_name)}/api/"]]
+    endpoint = f"http://models.example.org/{model_slug(model_name)}/api/"
+    assert lines[0].split() == ["MODEL", "VERSION", "STATUS", "ENDPOINT", "MESSAGE"]
+    assert [line.split(maxsplit=4) for line in lines[1:]] == [
+        [model_name, "1", "superseded", "-", "Replaced by version 2 of this model."],
+        [model_name, "2", "deployed", endpoint]]
