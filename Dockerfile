@@ -4,14 +4,16 @@
 # Build from the repository root:
 #   docker build -t registry.example.org/service-builder/model-wrapper:0.1.0 .
 #
-# Models that need more than scikit-learn (xgboost, lightgbm, a custom pyfunc's libraries):
+# Runtime images, for models that need more than scikit-learn (xgboost, lightgbm, a custom pyfunc's
+# libraries): the same Dockerfile with extra requirements, named in the watcher's RUNTIME_IMAGES
+# (e.g. RUNTIME_IMAGES=lightgbm=.../model-wrapper-gbm:0.1.0,xgboost=.../model-wrapper-gbm:0.1.0):
 #   docker build --build-arg EXTRA_REQUIREMENTS="xgboost==2.1.4 lightgbm==4.6.0" -t .../model-wrapper-gbm:0.1.0 .
-# or derive an image and point the watcher's MODEL_WRAPPER_IMAGE at it:
+# or derive an image:
 #   FROM registry.example.org/service-builder/model-wrapper:0.1.0
 #   USER root
 #   RUN pip install --no-cache-dir xgboost==2.1.4
 #   USER 10001
-# The wrapper logs a warning naming any requirement a model was logged with that the image lacks.
+# A model whose flavour's library the image lacks fails at start-up, naming the package and these fixes.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}

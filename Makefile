@@ -2,12 +2,17 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-devstack.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+# demo and up install only what they run (the runtime and moto); a full install covers them too.
+RUN_STAMP := $(VENV)/.installed-run-$(shell cat requirements.txt requirements-devstack.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint format bench browser examples clean
+.PHONY: demo up test lint format bench browser examples clean
 
-demo: $(STAMP)  ## run the whole product locally: MLflow + S3 + watcher + wrapper, then clean up
+demo: $(RUN_STAMP)  ## run the whole product locally: MLflow + S3 + watcher + wrapper, then clean up
 	$(PY) -m devstack.demo
+
+up: $(RUN_STAMP)  ## keep MLflow (UI) + S3 + the watcher (local target, webhooks) running until Ctrl-C
+	$(PY) -m devstack.up
 
 test: $(STAMP) browser  ## run the test suite against real MLflow, moto S3, kmock, uvicorn and Chromium
 	$(PY) -m pytest
@@ -27,11 +32,17 @@ bench: $(STAMP)  ## benchmarks; results go to BENCHMARKS.md by hand
 	$(PY) -m bench.reconcile
 	$(PY) -m bench.latency
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-devstack.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
-	rm -f $(VENV)/.installed-* && touch $@
+	rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
+
+$(RUN_STAMP): requirements.txt requirements-devstack.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-devstack.txt
+	rm -f $(VENV)/.installed-run-* && touch $@
 
 # The Swagger page is tested in headless Chromium (Debian's package); install it when we can.
 browser:

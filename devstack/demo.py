@@ -3,7 +3,8 @@
 Starts a local S3 (moto) and a real MLflow server, registers an example model with its
 contract, tags it `deploy=production`, runs `python -m watcher run-once` with
 DEPLOY_TARGET=local (the wrapper becomes a local process), prints the `model_endpoint`
-tag read back from MLflow and a real prediction fetched from it, then cleans everything up.
+tag read back from MLflow and a real prediction fetched from it, then cleans everything up and points
+at `make up`, which keeps the same stack running.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def main() -> int:
         from watcher.cli import main as watcher
 
         if started:
-            watcher(["undeploy", MODEL])  # stops the wrapper process the demo started
+            watcher(["undeploy", MODEL, "--untag"])  # stops the wrapper process the demo started
         registry.cleanup()
         s3.stop()
         step("stopped the wrapper, MLflow and S3; nothing is left running")
+        step("to keep MLflow (with its UI), S3 and the watcher running and try your own models: make up")
 
 
 def run_demo() -> int:

@@ -5,6 +5,7 @@ Each starts on a free loopback port and stops cleanly; nothing is left running.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -28,6 +29,18 @@ LOCAL_AWS_ENV = {"AWS_ACCESS_KEY_ID": "devstack-key", "AWS_SECRET_ACCESS_KEY": "
 KEEP_ALIVE_SECONDS = 3600  # longer than a test session: no idle connection is closed under a client
 QUIET_MLFLOW_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "DO_NOT_TRACK": "true"}
+
+# What a registry needs to deliver webhooks to a receiver on loopback over http.
+WEBHOOK_SERVER_ENV = {
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    # The server caches each event's webhook list this long (default 60 s); a new registration waits for it.
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+    "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_WEBHOOK_REQUEST_TIMEOUT": "5",
+    # Webhook secrets are stored encrypted; a fixed key keeps them readable across a server restart.
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": base64.urlsafe_b64encode(b"service-builder-devstack-fernet!").decode(),
+}
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ folder need no server.
 
 from __future__ import annotations
 
-import base64
 import functools
 import logging
 import os
@@ -20,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, log_iris
-from devstack.servers import LocalMlflow, LocalS3, free_port
+from devstack.servers import WEBHOOK_SERVER_ENV, LocalMlflow, LocalS3, free_port
 from tests.peers import KubernetesPeer, all_ready, pass_settings
 from watcher.cli import build_deps
 from watcher.settings import Settings
@@ -28,17 +27,6 @@ from watcher.webhooks import WEBHOOK_NAME
 
 FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 WEBHOOK_SECRET = "whsec-for-tests-only-4f1c9a"
-# What a registry needs to deliver webhooks to a receiver on loopback over http.
-WEBHOOK_SERVER_ENV = {
-    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-    # The server caches each event's webhook list this long (default 60 s); a new registration waits for it.
-    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
-    "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_WEBHOOK_REQUEST_TIMEOUT": "5",
-    # Webhook secrets are stored encrypted; a fixed key keeps them readable across a server restart.
-    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": base64.urlsafe_b64encode(b"service-builder-tests-fernet-key").decode(),
-}
 
 
 @pytest.fixture(scope="session")

@@ -199,7 +199,8 @@ def test_failed_rollout_of_a_new_version_rolls_back_and_the_old_version_keeps_se
     assert failed["deployment_status"] == "failed" and failed["deployed"] == "false"
     assert "CrashLoopBackOff" in failed["deployment_message"]
     assert "predict failed: shape mismatch" in failed["deployment_message"]
-    assert failed["deployment_message"].endswith("; version 1 keeps serving")
+    assert failed["deployment_message"].endswith(
+        f"; version 1 keeps serving; once fixed: python -m watcher retry {model_name} 2")
     rolled_back = kube.objects("deployments", namespace)[slug]
     assert env_of(rolled_back)["MODEL_VERSION"] == "1"
     assert rolled_back["spec"] == serving["spec"]

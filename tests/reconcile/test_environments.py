@@ -1,0 +1,147 @@
+"""Model environments end to end, on the local target with real wrapper processes: a LightGBM model
+refused by a runtime without LightGBM and served by one that has it (RUNTIME_IMAGES), a scikit-learn
+model logged with another pin and another Python deployed with the difference in its tags, and
+ENV_MISMATCH=fail refusing it. Also the runtime choice in rendered Kubernetes manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import sklearn
+import yaml
+from mlflow import MlflowClient
+
+from devstack.models import IRIS_CONTRACT, LoggedModel, log_iris, register_versions
+from devstack.servers import LocalMlflow
+from model_wrapper.naming import model_slug
+from tests.reconcile.runtimes import lightgbm_runtime, log_lightgbm_model
+from tests.reconcile.test_local_target import state_dir  # noqa: F401 - the fixture that stops the wrappers
+from watcher.reconcile import Deps, reconcile_once, render_version
+from watcher.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tags(name: str, version: str = "1") -> dict[str, str]:
+    return dict(MlflowClient().get_model_version(name, version).tags)
+
+
+def post(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="session")
+def lightgbm_python() -> Path:
+    try:
+        return lightgbm_runtime()
+    except subprocess.CalledProcessError as e:  # no package registry: say so rather than fail the suite
+        pytest.skip(f"could not build the LightGBM runtime (pip install lightgbm): {e}")
+
+
+@pytest.fixture(scope="session")
+def lightgbm_model(mlflow_server: LocalMlflow, lightgbm_python: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    contract = tmp_path_factory.mktemp("lgbm") / "contract.yaml"
+    contract.write_text(IRIS_CONTRACT)
+    yield log_lightgbm_model(lightgbm_python, "lightgbm-iris-for-environment-tests", contract, ROOT)
+
+
+@pytest.fixture
+def local(make_deps: Callable[..., Deps], make_settings: Callable[..., Settings],
+          state_dir: Path) -> Callable[..., Deps]:  # noqa: F811
+    return lambda **overrides: make_deps(make_settings(deploy_target="local", local_state_dir=state_dir,
+                                                       rollout_timeout_seconds=120, **overrides))
+
+
+def test_a_lightgbm_model_is_refused_by_a_runtime_without_lightgbm_and_served_by_one_that_has_it(
+    local: Callable[..., Deps], lightgbm_model: dict[str, Any], lightgbm_python: Path, model_name: str,
+    production: dict[str, str],
+) -> None:
+    logged = MlflowClient().get_model_version("lightgbm-iris-for-environment-tests", lightgbm_model["version"])
+    MlflowClient().create_registered_model(model_name)
+    MlflowClient().create_model_version(model_name, logged.source, logged.run_id, tags=production,
+                                        model_id=logged.model_id)
+
+    refused = reconcile_once(local())
+
+    assert refused.failed == 1
+    message = tags(model_name)["deployment_message"]
+    assert tags(model_name)["deployment_status"] == "failed"
+    assert "the model needs lightgbm 4.6.0, which this runtime does not have" in message
+    assert 'RUNTIME_IMAGES="lightgbm=<image>"' in message and 'EXTRA_REQUIREMENTS="lightgbm==4.6.0"' in message
+    assert message.endswith(f"once fixed: python -m watcher retry {model_name} 1")
+    assert reconcile_once(local()).unchanged == 1  # remembered: nothing changed
+
+    served = reconcile_once(local(runtime_images=f"lightgbm={lightgbm_python}"))  # a new runtime: new inputs
+
+    assert (served.deployed, served.failed) == (1, 0), served.failures
+    after = tags(model_name)
+    assert after["deployment_status"] == "deployed"
+    answer = post(f"{after['model_endpoint']}predict", {"instances": lightgbm_model["rows"]})
+    assert answer["predictions"] == lightgbm_model["predictions"]  # what LightGBM itself predicted
+
+
+def test_a_model_logged_with_another_scikit_learn_and_python_deploys_with_the_differences_in_its_tags(
+    local: Callable[..., Deps], mlflow_server: LocalMlflow, model_name: str, production: dict[str, str],
+) -> None:
+    logged = log_iris(model_name, tags=production, pip_requirements=["scikit-learn==1.6.1", "numpy>=2"])
+    location = MlflowClient().get_model_version_download_uri(model_name, logged.version)
+    bucket, _, key = location.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3", endpoint_url=mlflow_server.s3.endpoint_url, region_name="us-east-1",
+                      aws_access_key_id="devstack-key", aws_secret_access_key="devstack-secret")
+    s3.put_object(Bucket=bucket, Key=f"{key}/python_env.yaml", Body=b"python: 3.9.18\n")
+    report = reconcile_once(local())
+    assert report.failed == 0, report.failures
+
+    after = tags(model_name)
+    assert after["deployment_status"] == "deployed"
+    expected = [f"scikit-learn: logged with 1.6.1, this runtime has {sklearn.__version__}",
+                f"Python: logged with 3.9.18, this runtime has {platform.python_version()}"]
+    assert after["deployment_warnings"] == "; ".join(expected)
+    assert "see deployment_warnings" in after["deployment_message"]
+    with urllib.request.urlopen(f"{after['model_endpoint']}metadata", timeout=10) as response:
+        assert json.loads(response.read())["environment"] == {"differences": expected}
+
+    strict = f"{model_name}-strict"
+    register_versions(strict, logged, tags=production)
+    refused = reconcile_once(local(env_mismatch="fail"), only_model=strict)
+
+    assert refused.failed == 1
+    message = tags(strict)["deployment_message"]
+    assert "ENV_MISMATCH=fail" in message and "scikit-learn: logged with 1.6.1" in message
+    assert 'EXTRA_REQUIREMENTS="scikit-learn==1.6.1"' in message
+    assert tags(model_name)["deployment_status"] == "deployed"  # the other one keeps serving
+
+
+def test_runtime_images_choose_the_image_in_rendered_manifests_by_flavour_then_package(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], lightgbm_model: dict[str, Any],
+    iris: LoggedModel,
+) -> None:
+    images = "sklearn=reg.example/wrapper-sk:2,lightgbm=reg.example/wrapper-gbm:1"
+    deps = make_deps(make_settings(runtime_images=images))
+    gbm = deps.registry.get("lightgbm-iris-for-environment-tests", int(lightgbm_model["version"]))
+    sk = deps.registry.get(iris.name, int(iris.version))
+    assert gbm is not None and sk is not None
+
+    def image(version: Any, settings: Settings | None = None) -> str:
+        rendered = render_version(make_deps(settings) if settings else deps, version, model_slug(version.name))
+        return str(next(yaml.safe_load_all(rendered))["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    assert image(gbm) == "reg.example/wrapper-gbm:1"  # validated against the Kubernetes schema on the way
+    assert image(sk) == "reg.example/wrapper-sk:2"
+    by_package = make_settings(runtime_images="lightgbm=reg.example/wrapper-gbm:1,scikit-learn=reg.example/pkg:3")
+    assert image(sk, by_package) == "reg.example/pkg:3"  # its requirements.txt names scikit-learn
+    assert image(sk, make_settings(runtime_images="lightgbm=reg.example/wrapper-gbm:1")) == \
+        "registry.example.org/model-wrapper:1.0"  # nothing matches: MODEL_WRAPPER_IMAGE
