@@ -69,10 +69,9 @@ def test_a_lightgbm_model_is_refused_by_a_runtime_without_lightgbm_and_served_by
     local: Callable[..., Deps], lightgbm_model: dict[str, Any], lightgbm_python: Path, model_name: str,
     production: dict[str, str],
 ) -> None:
-    logged = MlflowClient().get_model_version("lightgbm-iris-for-environment-tests", lightgbm_model["version"])
-    MlflowClient().create_registered_model(model_name)
-    MlflowClient().create_model_version(model_name, logged.source, logged.run_id, tags=production,
-                                        model_id=logged.model_id)
+    version = MlflowClient().get_model_version("lightgbm-iris-for-environment-tests", lightgbm_model["version"])
+    register_versions(model_name, LoggedModel(model_name, "1", version.source or "", version.run_id or "", None),
+                      tags=production)
 
     refused = reconcile_once(local())
 
