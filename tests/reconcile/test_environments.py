@@ -1,5 +1,5 @@
-"""Model environments end to end, on the local target with real wrapper processes: a LightGBM model
-refused by a runtime without LightGBM and served by one that has it (RUNTIME_IMAGES), a scikit-learn
+"""Model environments end to end, on the local target with real wrapper processes: an XGBoost model
+refused by a runtime without xgboost and served by one that has it (RUNTIME_IMAGES), a scikit-learn
 model logged with another pin and another Python deployed with the difference in its tags, and
 ENV_MISMATCH=fail refusing it. Also the runtime choice in rendered Kubernetes manifests.
 """
@@ -20,10 +20,10 @@ import sklearn
 import yaml
 from mlflow import MlflowClient
 
-from devstack.models import IRIS_CONTRACT, LoggedModel, log_iris, register_versions
+from devstack.models import LoggedModel, log_iris, register_versions
 from devstack.servers import LocalMlflow
 from model_wrapper.naming import model_slug
-from tests.reconcile.runtimes import lightgbm_runtime, log_lightgbm_model
+from tests.reconcile.runtimes import XGBOOST_CONTRACT, log_xgboost_model, xgboost_runtime
 from tests.reconcile.test_local_target import state_dir  # noqa: F401 - the fixture that stops the wrappers
 from watcher.reconcile import Deps, reconcile_once, render_version
 from watcher.settings import Settings
@@ -43,19 +43,19 @@ def post(url: str, body: dict[str, Any]) -> Any:
 
 
 @pytest.fixture(scope="session")
-def lightgbm_python() -> Path:
+def xgboost_python() -> Path:
     try:
-        return lightgbm_runtime()
+        return xgboost_runtime()
     except subprocess.CalledProcessError as e:  # no package registry: say so rather than fail the suite
-        pytest.skip(f"could not build the LightGBM runtime (pip install lightgbm): {e}")
+        pytest.skip(f"could not build the XGBoost runtime (pip install xgboost): {e}")
 
 
 @pytest.fixture(scope="session")
-def lightgbm_model(mlflow_server: LocalMlflow, lightgbm_python: Path,
+def xgboost_model(mlflow_server: LocalMlflow, xgboost_python: Path,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    contract = tmp_path_factory.mktemp("lgbm") / "contract.yaml"
-    contract.write_text(IRIS_CONTRACT)
-    yield log_lightgbm_model(lightgbm_python, "lightgbm-iris-for-environment-tests", contract, ROOT)
+    contract = tmp_path_factory.mktemp("xgb") / "contract.yaml"
+    contract.write_text(XGBOOST_CONTRACT)
+    yield log_xgboost_model(xgboost_python, "xgboost-iris-for-environment-tests", contract, ROOT)
 
 
 @pytest.fixture
@@ -65,11 +65,11 @@ def local(make_deps: Callable[..., Deps], make_settings: Callable[..., Settings]
                                                        rollout_timeout_seconds=120, **overrides))
 
 
-def test_a_lightgbm_model_is_refused_by_a_runtime_without_lightgbm_and_served_by_one_that_has_it(
-    local: Callable[..., Deps], lightgbm_model: dict[str, Any], lightgbm_python: Path, model_name: str,
+def test_an_xgboost_model_is_refused_by_a_runtime_without_xgboost_and_served_by_one_that_has_it(
+    local: Callable[..., Deps], xgboost_model: dict[str, Any], xgboost_python: Path, model_name: str,
     production: dict[str, str],
 ) -> None:
-    version = MlflowClient().get_model_version("lightgbm-iris-for-environment-tests", lightgbm_model["version"])
+    version = MlflowClient().get_model_version("xgboost-iris-for-environment-tests", xgboost_model["version"])
     register_versions(model_name, LoggedModel(model_name, "1", version.source or "", version.run_id or "", None),
                       tags=production)
 
@@ -78,18 +78,18 @@ def test_a_lightgbm_model_is_refused_by_a_runtime_without_lightgbm_and_served_by
     assert refused.failed == 1
     message = tags(model_name)["deployment_message"]
     assert tags(model_name)["deployment_status"] == "failed"
-    assert "the model needs lightgbm 4.6.0, which this runtime does not have" in message
-    assert 'RUNTIME_IMAGES="lightgbm=<image>"' in message and 'EXTRA_REQUIREMENTS="lightgbm==4.6.0"' in message
+    assert "the model needs xgboost 3.0.5, which this runtime does not have" in message
+    assert 'RUNTIME_IMAGES="xgboost=<image>"' in message and 'EXTRA_REQUIREMENTS="xgboost==3.0.5"' in message
     assert message.endswith(f"once fixed: python -m watcher retry {model_name} 1")
     assert reconcile_once(local()).unchanged == 1  # remembered: nothing changed
 
-    served = reconcile_once(local(runtime_images=f"lightgbm={lightgbm_python}"))  # a new runtime: new inputs
+    served = reconcile_once(local(runtime_images=f"xgboost={xgboost_python}"))  # a new runtime: new inputs
 
     assert (served.deployed, served.failed) == (1, 0), served.failures
     after = tags(model_name)
     assert after["deployment_status"] == "deployed"
-    answer = post(f"{after['model_endpoint']}predict", {"instances": lightgbm_model["rows"]})
-    assert answer["predictions"] == lightgbm_model["predictions"]  # what LightGBM itself predicted
+    answer = post(f"{after['model_endpoint']}predict", {"instances": xgboost_model["rows"]})
+    assert answer["predictions"] == xgboost_model["predictions"]  # what XGBoost itself predicted
 
 
 def test_a_model_logged_with_another_scikit_learn_and_python_deploys_with_the_differences_in_its_tags(
@@ -125,22 +125,22 @@ def test_a_model_logged_with_another_scikit_learn_and_python_deploys_with_the_di
 
 
 def test_runtime_images_choose_the_image_in_rendered_manifests_by_flavour_then_package(
-    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], lightgbm_model: dict[str, Any],
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], xgboost_model: dict[str, Any],
     iris: LoggedModel,
 ) -> None:
-    images = "sklearn=reg.example/wrapper-sk:2,lightgbm=reg.example/wrapper-gbm:1"
+    images = "sklearn=reg.example/wrapper-sk:2,xgboost=reg.example/wrapper-gbm:1"
     deps = make_deps(make_settings(runtime_images=images))
-    gbm = deps.registry.get("lightgbm-iris-for-environment-tests", int(lightgbm_model["version"]))
+    xgb = deps.registry.get("xgboost-iris-for-environment-tests", int(xgboost_model["version"]))
     sk = deps.registry.get(iris.name, int(iris.version))
-    assert gbm is not None and sk is not None
+    assert xgb is not None and sk is not None
 
     def image(version: Any, settings: Settings | None = None) -> str:
         rendered = render_version(make_deps(settings) if settings else deps, version, model_slug(version.name))
         return str(next(yaml.safe_load_all(rendered))["spec"]["template"]["spec"]["containers"][0]["image"])
 
-    assert image(gbm) == "reg.example/wrapper-gbm:1"  # validated against the Kubernetes schema on the way
+    assert image(xgb) == "reg.example/wrapper-gbm:1"  # validated against the Kubernetes schema on the way
     assert image(sk) == "reg.example/wrapper-sk:2"
-    by_package = make_settings(runtime_images="lightgbm=reg.example/wrapper-gbm:1,scikit-learn=reg.example/pkg:3")
+    by_package = make_settings(runtime_images="xgboost=reg.example/wrapper-gbm:1,scikit-learn=reg.example/pkg:3")
     assert image(sk, by_package) == "reg.example/pkg:3"  # its requirements.txt names scikit-learn
-    assert image(sk, make_settings(runtime_images="lightgbm=reg.example/wrapper-gbm:1")) == \
+    assert image(sk, make_settings(runtime_images="xgboost=reg.example/wrapper-gbm:1")) == \
         "registry.example.org/model-wrapper:1.0"  # nothing matches: MODEL_WRAPPER_IMAGE
