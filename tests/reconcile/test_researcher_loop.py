@@ -1,6 +1,7 @@
 """The researcher's loop on Kubernetes: the wrapper's own reason in the tags, `retry`, an undeploy that
 stays undone, `status --json`, and messages that are true. Against the real MLflow server, moto's S3
-and kmock (pods play the kubelet's container states, as tests/reconcile/test_lifecycle.py does).
+and kmock with the control plane of tests/control_plane.py (its kubelet gives a crashing container the
+termination message the wrapper wrote, as pkg/kubelet/kuberuntime does).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, register_versions
 from model_wrapper.naming import model_slug
-from tests.peers import KubernetesPeer, all_ready
-from tests.reconcile.test_lifecycle import crashing_pod, not_ready
+from tests.peers import KubernetesPeer, all_ready, crash
 from watcher.cli import main
 from watcher.reconcile import Deps, reconcile_once
 from watcher.record import MAX_MESSAGE
@@ -30,34 +30,22 @@ def tags(name: str, version: int | str = 1) -> dict[str, str]:
     return dict(MlflowClient().get_model_version(name, str(version)).tags)
 
 
-def exited_pod(slug: str, message: str) -> dict[str, Any]:
-    """The wrapper's container between two restarts: terminated now, with the termination message it wrote."""
-    pod = crashing_pod(slug, message)
-    status = pod["status"]["containerStatuses"][0]
-    status["state"] = {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}
-    status["lastState"] = {}
-    return pod
-
-
-@pytest.mark.parametrize("pod", [crashing_pod, exited_pod])
 def test_the_wrappers_termination_message_becomes_the_deployment_message_bounded_and_redacted(
     env: dict[str, str], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
-    production: dict[str, str], pod: Callable[[str, str], dict[str, Any]],
+    production: dict[str, str],
 ) -> None:
-    slug = model_slug(model_name)
-    reason = ("the model needs lightgbm 4.6.0, which this runtime does not have; serve it with a runtime image "
-              "that has it (RUNTIME_IMAGES=\"lightgbm=<image>\")")
-    # What a log tail (FallbackToLogsOnError) could hold besides: a credential and far too much text.
-    kube.create("api/v1", namespace, pod(slug, f"{reason}\nAWS_SECRET_ACCESS_KEY=devstack-secret "
-                                              f"MLFLOW_TRACKING_PASSWORD: hunter22 " + "x" * 5000))
-    kube.set_rollout_policy(not_ready("ReplicaSet has timed out progressing."))
+    reason = ("the model needs xgboost 3.0.5, which this runtime does not have; serve it with a runtime image "
+              "that has it (RUNTIME_IMAGES=\"xgboost=<image>\")")
+    # What a log tail (FallbackToLogsOnError) could hold besides: credentials and far too much text.
+    kube.set_rollout_policy(lambda template: crash(f"{reason}\nAWS_SECRET_ACCESS_KEY=devstack-secret "
+                                                   f"MLFLOW_TRACKING_PASSWORD: hunter22 " + "x" * 5000))
     register_versions(model_name, iris, tags=production)
 
     assert main(["run-once"]) == 0
 
     message = tags(model_name)["deployment_message"]
     assert tags(model_name)["deployment_status"] == "failed"
-    assert "the wrapper exited with code 1: " + reason in message
+    assert "CrashLoopBackOff: " + reason in message
     assert "devstack-secret" not in message and "hunter22" not in message
     assert len(message) <= MAX_MESSAGE
     assert message.endswith(f"once fixed: python -m watcher retry {model_name} 1")
@@ -67,11 +55,11 @@ def test_retry_deploys_a_version_whose_failure_was_fixed_outside_the_model(
     env: dict[str, str], capsys: pytest.CaptureFixture[str], kube: KubernetesPeer, namespace: str,
     model_name: str, iris: LoggedModel, production: dict[str, str], make_deps: Callable[..., Deps],
 ) -> None:
-    kube.set_rollout_policy(not_ready("ReplicaSet has timed out progressing."))
+    kube.set_rollout_policy(lambda template: crash("the model needs xgboost 3.0.5, which this runtime does not have"))
     register_versions(model_name, iris, tags=production)
     assert main(["run-once"]) == 0
     assert tags(model_name)["deployment_status"] == "failed"
-    kube.set_rollout_policy(all_ready)  # e.g. the node had no room, and now has
+    kube.set_rollout_policy(all_ready)  # ops rebuilt the image under the same tag, with xgboost
 
     remembered = reconcile_once(make_deps())
     assert (remembered.unchanged, remembered.deployed) == (1, 0)  # the failure's inputs did not change
