@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
 import pytest
 import sklearn
 import yaml
@@ -144,3 +147,36 @@ def test_runtime_images_choose_the_image_in_rendered_manifests_by_flavour_then_p
     assert image(sk, by_package) == "reg.example/pkg:3"  # its requirements.txt names scikit-learn
     assert image(sk, make_settings(runtime_images="xgboost=reg.example/wrapper-gbm:1")) == \
         "registry.example.org/model-wrapper:1.0"  # nothing matches: MODEL_WRAPPER_IMAGE
+
+
+CUSTOM_MODEL = '''
+import mlflow.pyfunc
+
+
+class Doubler(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input["x"] * 2
+'''
+
+
+def test_a_custom_model_whose_class_was_not_logged_with_it_fails_with_the_code_paths_hint(
+    local: Callable[..., Deps], mlflow_server: LocalMlflow, model_name: str, production: dict[str, str],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    package = tmp_path / "researcher_models"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "doubling.py").write_text(CUSTOM_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable where the researcher logs it, not in the wrapper
+    from researcher_models.doubling import Doubler  # type: ignore[import-not-found]
+
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=Doubler(), registered_model_name=model_name,
+                                input_example=pd.DataFrame({"x": [1.0, 2.0]}), pip_requirements=["mlflow"])
+    MlflowClient().set_model_version_tag(model_name, "1", "deploy", production["deploy"])
+
+    assert reconcile_once(local()).failed == 1
+
+    message = tags(model_name)["deployment_message"]
+    assert "No module named 'researcher_models'" in message
+    assert "log_model(..., code_paths=[\"researcher_models\"])" in message
