@@ -355,15 +355,10 @@ def contract_from_signature(
         inputs: dict[str, dict[str, Any]] = {
             name: {"type": tensor.field_type.value} for tensor in tensors for name in tensor.field_names}
         rows = [row if isinstance(row, list) else [row] for row in input_example or []]
-<<<<<<< HEAD
-        examples = [dict(zip(names, row, strict=True)) for row in rows if len(row) == len(names)]
-        description = f"Derived from the MLflow model signature ({', '.join(_describe(t) for t in tensors)})."
-=======
-        single = tensor.dtype == "float32"
-        examples = [{name: shortest_float32(v) if single else v for name, v in zip(names, row, strict=True)}
+        singles = {name for tensor in tensors if tensor.dtype == "float32" for name in tensor.field_names}
+        examples = [{name: shortest_float32(v) if name in singles else v for name, v in zip(names, row, strict=True)}
                     for row in rows if len(row) == len(names)]
-        description = f"Derived from the MLflow model signature ({tensor.describe()})."
->>>>>>> ff09b91 (Contract: a float32 example shows in its shortest form (5.1, not 5.099999904632568), the same float32)
+        description = f"Derived from the MLflow model signature ({', '.join(_describe(t) for t in tensors)})."
     else:
         inputs = {}
         for column in signature_inputs:
@@ -374,15 +369,11 @@ def contract_from_signature(
                     f"described without a contract; {HOW_TO_ADD}"
                 )
             inputs[name] = {"type": _MLFLOW_TYPES[kind].value, "required": column.get("required", True)}
-<<<<<<< HEAD
             if kind in _STRING_FORMATS:
                 inputs[name]["description"] = f"{kind}: {_STRING_FORMATS[kind]}"
-        examples = [dict(row) for row in input_example or [] if isinstance(row, dict)]
-=======
         singles = {str(c.get("name")) for c in signature_inputs if c.get("type") == "float"}
         examples = [{name: shortest_float32(v) if name in singles else v for name, v in row.items()}
                     for row in input_example or [] if isinstance(row, dict)]
->>>>>>> ff09b91 (Contract: a float32 example shows in its shortest form (5.1, not 5.099999904632568), the same float32)
         description = "Derived from the MLflow model signature."
         # A NaN in the example (missing values, which MLflow saves as NaN) shows the model takes NaN there.
         for row in examples:
@@ -395,10 +386,10 @@ def contract_from_signature(
     return contract_from_dict({"description": description, "inputs": inputs, "examples": fitting})
 
 
-<<<<<<< HEAD
 def _describe(tensor: TensorInput) -> str:
     return f"{tensor.name}: {tensor.describe()}" if tensor.name else tensor.describe()
-=======
+
+
 def shortest_float32(value: Any) -> Any:
     """A float32 as its shortest decimal (5.1, not the 5.099999904632568 MLflow saves it as), for examples
     people read in Swagger; the value is the same float32 either way."""
@@ -410,7 +401,6 @@ def shortest_float32(value: Any) -> Any:
         if struct.unpack("f", struct.pack("f", float(text)))[0] == single:
             return float(text)
     return value
->>>>>>> ff09b91 (Contract: a float32 example shows in its shortest form (5.1, not 5.099999904632568), the same float32)
 
 
 def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, Any]]) -> list[str]:
