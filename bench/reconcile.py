@@ -1,6 +1,11 @@
 """Benchmark: what one reconcile pass costs on registries of 1,000, 10,000 and 100,000 versions.
 
     python -m bench.reconcile [--sizes 1000,10000,100000] [--selected 20]      (or `make bench`)
+    python -m bench.reconcile --deployed 20,200,1000
+
+With `--deployed`, a steady-state pass over that many *deployed* models instead (see
+`measure_deployed`): the watcher's own time (the pass less the time spent waiting for the registry
+and the API server) and the wall time, and the requests, at each count.
 
 For each size, a fresh `mlflow server` (sqlite, one worker) holds SIZE versions, 10 per registered
 model, of which SELECTED (the newest version of the first SELECTED models) carry deploy=production;
@@ -38,6 +43,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 import mlflow
+import urllib3
 from mlflow import MlflowClient
 from mlflow.store.model_registry.dbmodels.models import (
     SqlModelVersion,
@@ -49,10 +55,12 @@ from sqlalchemy import insert
 
 from devstack.models import log_iris
 from devstack.servers import LocalMlflow, LocalS3
+from model_wrapper.naming import model_slug
 from tests.peers import KubernetesPeer, MlflowAccessLog
 from watcher.cli import build_deps
 from watcher.reconcile import Deps, reconcile_once
 from watcher.registry import Registry, VersionInfo
+from watcher.render import Release
 from watcher.settings import Selector, load_settings
 
 VERSIONS_EACH = 10
@@ -72,6 +80,8 @@ class Row:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.deployed:
+        return measure_deployed([int(count) for count in args.deployed.split(",")])
     sizes = [int(size) for size in args.sizes.split(",")]
     rows: list[Row] = []
     s3, kube = LocalS3().start(), KubernetesPeer().start()
@@ -93,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000", help="registry sizes, in versions")
     parser.add_argument("--selected", type=int, default=20, help="versions that carry deploy=production")
+    parser.add_argument("--deployed", default="", help="deployed-model counts for the flat-pass measurement, "
+                                                       "e.g. 20,200,1000")
     return parser
 
 
@@ -220,6 +232,133 @@ def _markdown(rows: list[Row], selected: int) -> str:
     ]
     lines += [f"| {r.size:,} | {r.approach} | {r.phase} | {r.seconds:.2f} | {r.mlflow:,} | {r.kubernetes} | "
               f"{r.kubernetes_writes} |" for r in rows]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FlatRow:
+    deployed: int
+    wall: float
+    own: float
+    mlflow: int
+    kubernetes: int
+    kubernetes_writes: int
+
+
+def measure_deployed(counts: list[int]) -> int:
+    """Steady-state passes over COUNT deployed models, each selected and running as the watcher left it.
+
+    The registry holds COUNT models of one version each, selected and tagged deployed; kmock holds
+    each one's Deployment, Service and Ingress exactly as the watcher renders them (created over its
+    HTTP API before the measurement: deploying 1,000 models through passes would take most of an
+    hour here). Then three passes with nothing to do, median reported. Own time = wall time less the
+    time spent inside urllib3 (sending, waiting for and reading answers from MLflow and Kubernetes).
+    """
+    rows: list[FlatRow] = []
+    s3, kube = LocalS3().start(), KubernetesPeer().start()
+    try:
+        source = _log_model_files(s3)
+        for count in counts:
+            rows.append(_flat(s3, kube, source, count))
+            print(f"{count} deployed models measured", file=sys.stderr)
+    finally:
+        kube.stop()
+        s3.stop()
+    print(_flat_markdown(rows))
+    return 0
+
+
+def _flat(s3: LocalS3, kube: KubernetesPeer, source: str, count: int) -> FlatRow:
+    server = LocalMlflow(s3)
+    names = [f"model-{index:06d}" for index in range(count)]
+    _seed_deployed(server.workdir / "mlflow.db", names, source)
+    server.start(timeout=300)
+    try:
+        os.environ.update(server.client_env())
+        deps = _deps(server, kube, f"flat-{count}")
+        for name in names:
+            release = Release(name=name, version=1, source=source, run_id=None, slug=model_slug(name))
+            for manifest in deps.renderer.render(release).manifests:
+                api = {"Deployment": "apis/apps/v1", "Service": "api/v1", "Ingress": "apis/networking.k8s.io/v1"}
+                kube.create(api[manifest["kind"]], deps.settings.k8s_name_space, manifest)
+        log = MlflowAccessLog(server.workdir / "server.log")
+        namespace = deps.settings.k8s_name_space
+        walls, owns = [], []
+        for _ in range(3):
+            log.mark()
+            before = len(kube.requests(namespace))
+            with _peer_time() as waited:
+                started = time.perf_counter()
+                report = reconcile_once(deps)
+                wall = time.perf_counter() - started
+            if (report.unchanged, report.failed) != (count, 0):
+                raise RuntimeError(f"not a steady state at {count}: {report.summary()} {report.failures[:3]}")
+            walls.append(wall)
+            owns.append(wall - waited[0])
+            after = kube.requests(namespace)[before:]
+            mlflow_requests = len(log.since())
+        writes = sum(1 for r in after if r.method.value in ("POST", "PUT", "PATCH", "DELETE"))
+        return FlatRow(count, statistics.median(walls), statistics.median(owns), mlflow_requests, len(after), writes)
+    finally:
+        server.cleanup()
+
+
+def _seed_deployed(db: Path, names: list[str], source: str) -> None:
+    """One selected version per model, with the tags a successful pass leaves on it."""
+    store = SqlAlchemyStore(f"sqlite:///{db}")
+    now = int(time.time() * 1000)
+    with store.ManagedSessionMaker() as session:
+        session.execute(insert(SqlRegisteredModel),
+                        [{"name": name, "creation_time": now, "last_updated_time": now} for name in names])
+        session.execute(insert(SqlModelVersion), [
+            {"name": name, "version": 1, "source": source, "storage_location": source, "creation_time": now,
+             "last_updated_time": now, "current_stage": "None", "status": "READY"} for name in names])
+        tags = {TAG[0]: TAG[1], "deployment_status": "deployed", "deployed": "true"}
+        session.execute(insert(SqlModelVersionTag), [
+            {"name": name, "version": 1, "key": key, "value": value}
+            for name in names for key, value in {**tags, "deployment_name": model_slug(name)}.items()])
+    store.engine.dispose()
+
+
+@contextlib.contextmanager
+def _peer_time() -> Iterator[list[float]]:
+    """Seconds spent in urllib3 (both clients use it) while the block runs: the peers' share of a pass."""
+    spent = [0.0]
+    depth = [0]
+    originals = (urllib3.connectionpool.HTTPConnectionPool.urlopen, urllib3.response.HTTPResponse.read)
+
+    def timed(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            depth[0] += 1
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:  # a read inside urlopen is counted once
+                    spent[0] += time.perf_counter() - started
+        return wrapper
+
+    urllib3.connectionpool.HTTPConnectionPool.urlopen = timed(originals[0])  # type: ignore[method-assign]
+    urllib3.response.HTTPResponse.read = timed(originals[1])  # type: ignore[method-assign]
+    try:
+        yield spent
+    finally:
+        urllib3.connectionpool.HTTPConnectionPool.urlopen, urllib3.response.HTTPResponse.read = originals  # type: ignore[method-assign]
+
+
+def _flat_markdown(rows: list[FlatRow]) -> str:
+    base = rows[0]
+    lines = [f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `python -m bench.reconcile --deployed "
+             f"{','.join(str(r.deployed) for r in rows)}`, {os.cpu_count()} cores, load average "
+             f"{os.getloadavg()[0]:.1f} after the run; median of 3 steady-state passes.", "",
+             "| deployed models | wall (s) | own (s) | own over the first row, per added model (ms) | "
+             "MLflow requests | Kubernetes requests | Kubernetes writes |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        per_model = (r.own - base.own) / (r.deployed - base.deployed) * 1000 if r.deployed != base.deployed else 0.0
+        lines.append(f"| {r.deployed:,} | {r.wall:.3f} | {r.own:.3f} | {per_model:.3f} | {r.mlflow} | "
+                     f"{r.kubernetes} | {r.kubernetes_writes} |")
     return "\n".join(lines)
 
 
