@@ -106,11 +106,33 @@ class Resources(_Strict):
     limits: dict[Literal["cpu", "memory"], Quantity] = {}
 
 
+class Autoscaling(_Strict):
+    """A HorizontalPodAutoscaler for the model's Deployment, scaling on CPU."""
+
+    min_replicas: int = Field(ge=1, le=50)
+    max_replicas: int = Field(ge=1, le=50)
+    target_cpu_utilization: int = Field(ge=1, le=100, description="percent of the CPU request")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
 class Serving(_Strict):
     """Per-model overrides of how the wrapper is run."""
 
     replicas: int | None = Field(default=None, ge=1, le=50)
     resources: Resources | None = None
+    autoscaling: Autoscaling | None = None
+
+    @model_validator(mode="after")
+    def _one_replica_count(self) -> Serving:
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError("give either replicas or autoscaling: with autoscaling the replica count is the "
+                             "HorizontalPodAutoscaler's, between min_replicas and max_replicas")
+        return self
 
 
 class Contract(_Strict):

@@ -30,6 +30,8 @@ RESOURCES = {
     "apps/v1/deployments": kmock.ResourceInfo(kind="Deployment", namespaced=True),
     "v1/services": kmock.ResourceInfo(kind="Service", namespaced=True),
     "networking.k8s.io/v1/ingresses": kmock.ResourceInfo(kind="Ingress", namespaced=True),
+    "autoscaling/v2/horizontalpodautoscalers": kmock.ResourceInfo(kind="HorizontalPodAutoscaler", namespaced=True),
+    "policy/v1/poddisruptionbudgets": kmock.ResourceInfo(kind="PodDisruptionBudget", namespaced=True),
     "coordination.k8s.io/v1/leases": kmock.ResourceInfo(kind="Lease", namespaced=True),
     "apps/v1/replicasets": kmock.ResourceInfo(kind="ReplicaSet", namespaced=True),
     "v1/pods": kmock.ResourceInfo(kind="Pod", namespaced=True),

@@ -33,6 +33,7 @@ from watcher.render import (
     MODEL_NAME,
     MODEL_VERSION,
     NEEDS,
+    OPTIONAL_TEMPLATES,
     SERVING,
     SPEC_HASH,
     Rendered,
@@ -64,6 +65,10 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind(client.AppsV1Api, "namespaced_deployment", "deployments"),
     "Service": Kind(client.CoreV1Api, "namespaced_service", "services"),
     "Ingress": Kind(client.NetworkingV1Api, "namespaced_ingress", "ingresses"),
+    # Only for some models (watcher.render.OPTIONAL_TEMPLATES): autoscaled ones, and those with 2+ replicas.
+    "HorizontalPodAutoscaler": Kind(client.AutoscalingV2Api, "namespaced_horizontal_pod_autoscaler",
+                                    "horizontalpodautoscalers"),
+    "PodDisruptionBudget": Kind(client.PolicyV1Api, "namespaced_pod_disruption_budget", "poddisruptionbudgets"),
 }
 """The managed kinds, in the order they are applied (removed in reverse)."""
 _OTHER_RESOURCES = {"Pod": "pods", "Lease": "leases"}
@@ -140,7 +145,7 @@ class KubernetesTarget:
     # --- apply ----------------------------------------------------------------------------
 
     def apply(self, rendered: Rendered, snapshot: Snapshot) -> None:
-        for manifest in rendered.manifests:
+        for manifest, owned in zip(rendered.manifests, _owned_manifests(rendered), strict=True):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             existing = snapshot.objects.get((kind, name))
             if existing is None:
@@ -148,7 +153,7 @@ class KubernetesTarget:
             elif not _managed(existing):
                 raise Blocked(f"{kind} {name!r} exists and is not managed by Service Builder")
             elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
-                self._call("patch", kind, partial(self._patch, manifest, existing))
+                self._call("patch", kind, partial(self._patch, owned, existing))
 
     def wait_ready(self, rendered: Rendered, timeout: float) -> None:
         """Block until the Deployment's template is rolled out as `kubectl rollout status` says, or raise.
@@ -185,7 +190,7 @@ class KubernetesTarget:
 
     def roll_back(self, rendered: Rendered, snapshot: Snapshot) -> None:
         """Put back what ran before this release (our paths only); remove what did not exist before."""
-        for manifest in reversed(rendered.manifests):
+        for manifest in reversed(_owned_manifests(rendered)):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             previous = snapshot.objects.get((kind, name))
             if previous is None:
@@ -195,7 +200,14 @@ class KubernetesTarget:
                 self._call("patch", kind, partial(self._patch, _ours(previous, manifest), current), attempts=6)
 
     def finish(self, rendered: Rendered, snapshot: Snapshot) -> None:
-        """Nothing left to do on Kubernetes: the Deployment's rolling update retired the old pods."""
+        """The rolling update retired the old pods; an autoscaler or budget the release no longer has goes now
+        (after the rollout, so a failed one is rolled back to what it had)."""
+        name = rendered.deployment["metadata"]["name"]
+        kept = {manifest["kind"] for manifest in rendered.manifests}
+        for kind in OPTIONAL_TEMPLATES:
+            obj = snapshot.objects.get((kind, name))
+            if kind not in kept and obj is not None and _managed(obj):
+                self._call("delete", kind, partial(self._delete, kind, name))
 
     def remove(self, slug: str, snapshot: Snapshot) -> None:
         for kind in reversed(KINDS):
@@ -319,6 +331,17 @@ def _api_message(error: ApiException) -> str:
         return str(json.loads(error.body or "{}").get("message", ""))[:300]
     except ValueError:
         return str(error.reason or "")[:300]
+
+
+def _owned_manifests(rendered: Rendered) -> list[dict[str, Any]]:
+    """The manifests as the watcher patches them: an autoscaled Deployment without spec.replicas, which is
+    the HPA's (a create still starts at min_replicas). owned_patch leaves a field we do not send alone,
+    so no patch undoes a scale, and a scale alone changes no spec hash, so it causes no write at all."""
+    manifests = list(rendered.manifests)
+    if not any(m["kind"] == "HorizontalPodAutoscaler" for m in manifests):
+        return manifests
+    return [m if m["kind"] != "Deployment" else {**m, "spec": {k: v for k, v in m["spec"].items() if k != "replicas"}}
+            for m in manifests]
 
 
 def _managed(obj: dict[str, Any]) -> bool:

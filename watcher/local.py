@@ -42,7 +42,7 @@ class LocalSnapshot:
         return [Live(slug=slug, model=state["model"], version=int(state["version"]), spec_hash=state["spec_hash"],
                      inputs_digest=state.get("inputs_digest", ""),
                      serving=Serving.model_validate(state.get("serving") or {}),
-                     kinds=KINDS if _alive(state.get("pid")) else frozenset(),
+                     kinds=frozenset(state.get("kinds", KINDS)) if _alive(state.get("pid")) else frozenset(),
                      needs=tuple(state.get("needs") or ()))
                 for slug, state in sorted(self.states.items())]
 
@@ -99,6 +99,7 @@ class LocalTarget:
         process, port = self._pending.pop(slug)
         state = {"model": release.name, "version": release.version, "spec_hash": rendered.spec_hash,
                  "inputs_digest": rendered.deployment["metadata"]["annotations"][INPUTS_DIGEST],
+                 "kinds": sorted(m["kind"] for m in rendered.manifests),  # what the plan expects to find
                  "serving": release.serving.model_dump(exclude_none=True), "needs": list(release.needs),
                  "pid": process.pid, "port": port,
                  "endpoint": f"http://127.0.0.1:{port}/{slug}/api/"}

@@ -32,7 +32,7 @@ class Live:
     """The digest of what its manifests were rendered from (empty when unknown: then it is rendered)."""
     serving: Serving = field(default_factory=Serving)
     kinds: frozenset[str] = KINDS
-    """Which of Deployment, Service and Ingress exist (the local target reports all or none)."""
+    """Which of the managed kinds exist under the slug (the local target reports what it last ran)."""
     managed: bool = True
     needs: tuple[str, ...] = ()
     """The flavours and packages its runtime image was chosen by (a new RUNTIME_IMAGES re-chooses)."""
@@ -92,6 +92,7 @@ def plan(
     slug_of: Callable[[str], str],
     spec_hash_of: Callable[[VersionInfo, Live], str],
     attempt_of: Callable[[VersionInfo], str],
+    kinds_of: Callable[[VersionInfo, Live], frozenset[str]] = lambda version, live: KINDS,
 ) -> Plan:
     """Actions that make what runs match what is selected; nothing for what already matches."""
     by_slug = {item.slug: item for item in live}
@@ -109,7 +110,7 @@ def plan(
             actions.append(Clash(version, slug, clash))
         elif _failed_before(version, attempt_of(version)):
             unchanged.append(str(version))
-        elif (action := _converge(version, slug, current, spec_hash_of)) is not None:
+        elif (action := _converge(version, slug, current, spec_hash_of, kinds_of)) is not None:
             actions.append(action)
         else:
             unchanged.append(str(version))
@@ -167,7 +168,8 @@ def _failed_before(version: VersionInfo, attempt: str) -> bool:
 
 
 def _converge(
-    version: VersionInfo, slug: str, current: Live | None, spec_hash_of: Callable[[VersionInfo, Live], str]
+    version: VersionInfo, slug: str, current: Live | None, spec_hash_of: Callable[[VersionInfo, Live], str],
+    kinds_of: Callable[[VersionInfo, Live], frozenset[str]],
 ) -> Action | None:
     if current is None:
         return Deploy(version, slug, "new")
@@ -175,7 +177,7 @@ def _converge(
         return Deploy(version, slug, "update", current)
     if current.spec_hash != spec_hash_of(version, current):
         return Deploy(version, slug, "reconfigure", current)
-    if current.kinds != KINDS:
+    if current.kinds != kinds_of(version, current):  # one deleted by hand, or one left over
         return Deploy(version, slug, "repair", current)
     if version.tags.get(STATUS) != "deployed" or version.tags.get("deployment_name") != slug:
         return RecordDeployed(version, current)

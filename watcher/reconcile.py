@@ -119,7 +119,8 @@ def _decide(deps: Deps, only_model: str | None) -> tuple[Plan, Any]:
         selected = [v for v in selected if v.name == only_model]
         live = [item for item in live if item.model == only_model or item.slug == model_slug(only_model)]
     return plan(selected, live, slug_of=model_slug, spec_hash_of=lambda v, item: _spec_hash(deps, v, item),
-                attempt_of=lambda v: attempt_key(deps, v)), snapshot
+                attempt_of=lambda v: attempt_key(deps, v),
+                kinds_of=lambda v, item: deps.renderer.kinds(_release(v, item.slug, item.serving))), snapshot
 
 
 def _spec_hash(deps: Deps, version: VersionInfo, live: Live) -> str:

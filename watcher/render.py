@@ -1,4 +1,5 @@
-"""Step 4 of the pass: render a model version's Deployment, Service and Ingress, then validate them.
+"""Step 4 of the pass: render a model version's Deployment, Service and Ingress (and, when it scales,
+its HorizontalPodAutoscaler and PodDisruptionBudget), then validate them.
 
 Pure once the templates are loaded: the same release and settings always give the same
 manifests and the same spec hash, so the plan can tell "nothing changed" without I/O.
@@ -33,6 +34,10 @@ from watcher.settings import Settings
 _DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "k8s_templates"
 TEMPLATES_DIR = Path(os.environ.get("SERVICE_BUILDER_TEMPLATES", _DEFAULT_TEMPLATES))
 TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "ingress.yaml.j2")
+# Kind → template of the objects only some models have (see `Renderer.kinds`), applied after the others.
+OPTIONAL_TEMPLATES = {"HorizontalPodAutoscaler": "horizontalpodautoscaler.yaml.j2",
+                      "PodDisruptionBudget": "poddisruptionbudget.yaml.j2"}
+CORE_KINDS = frozenset({"Deployment", "Service", "Ingress"})
 KUBERNETES_SCHEMA_VERSION = "1.33"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "service-builder"
@@ -69,7 +74,8 @@ class Release:
 class Rendered:
     release: Release
     manifests: tuple[dict[str, Any], ...]
-    """Deployment, Service, Ingress: the order they are applied in."""
+    """Deployment, Service, Ingress, then the HorizontalPodAutoscaler and PodDisruptionBudget where the
+    model has them: the order they are applied in."""
     spec_hash: str
 
     @property
@@ -84,7 +90,8 @@ class Renderer:
         environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(templates_dir), undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701
         self._templates = [environment.get_template(name) for name in TEMPLATES]
-        sources = b"".join((templates_dir / name).read_bytes() for name in TEMPLATES)
+        self._optional = {kind: environment.get_template(name) for kind, name in OPTIONAL_TEMPLATES.items()}
+        sources = b"".join((templates_dir / name).read_bytes() for name in (*TEMPLATES, *OPTIONAL_TEMPLATES.values()))
         self.templates_digest = hashlib.sha256(sources).hexdigest()[:16]
         self._shaping = self._shaping_digest()
 
@@ -110,7 +117,9 @@ class Renderer:
         if validate and (conflicts := resource_conflicts(release.serving)):
             raise ContractInvalid(f"the contract's {'; '.join(conflicts)}")
         context = self._context(release)
-        manifests = tuple(_load(template.render(context), template.name or "") for template in self._templates)
+        kinds = self.kinds(release)
+        templates = [*self._templates, *(t for kind, t in self._optional.items() if kind in kinds)]
+        manifests = tuple(_load(template.render(context), template.name or "") for template in templates)
         digest = self.inputs_digest(release)
         for manifest in manifests:  # part of the hash: new inputs patch the objects once, so the digest stays true
             manifest["metadata"]["annotations"][INPUTS_DIGEST] = digest
@@ -120,6 +129,24 @@ class Renderer:
             if validate:
                 validate_manifest(manifest)
         return Rendered(release, manifests, spec_hash)
+
+    def kinds(self, release: Release) -> frozenset[str]:
+        """The kinds this release runs as: an autoscaler when the contract asks for one, a disruption
+        budget when at least two replicas run (a budget over one pod would block every node drain)."""
+        serving = release.serving
+        kinds = set(CORE_KINDS)
+        if serving.autoscaling is not None:
+            kinds.add("HorizontalPodAutoscaler")
+        if self._replicas(release) >= 2:
+            kinds.add("PodDisruptionBudget")
+        return frozenset(kinds)
+
+    def _replicas(self, release: Release) -> int:
+        """The replica count a new Deployment starts with (an autoscaled one: its minimum)."""
+        serving = release.serving
+        if serving.autoscaling is not None:
+            return serving.autoscaling.min_replicas
+        return serving.replicas or self._settings.default_replicas
 
     def _context(self, release: Release) -> dict[str, Any]:
         s = self._settings
@@ -137,7 +164,7 @@ class Renderer:
                        "app.kubernetes.io/version": str(release.version)},
             "selector_labels": selector, "annotations": annotations,
             "pod_annotations": {MODEL_NAME: release.name, MODEL_VERSION: str(release.version)},
-            "replicas": release.serving.replicas or s.default_replicas,
+            "replicas": self._replicas(release), "autoscaling": release.serving.autoscaling,
             "progress_deadline_seconds": max(60, int(s.rollout_timeout_seconds)),
             "env": self._env(release), "secret_env": self._secret_env(), "resources": self._resources(release),
             "cache_size": "2Gi", "ingress_class_name": s.ingress_class_name, "tls_secret_name": s.tls_secret_name,

@@ -45,6 +45,8 @@ WATCHER_PERMISSIONS = {
     *{("apps", "deployments", verb, None) for verb in ("get", "list", "create", "patch", "delete")},
     *{("", "services", verb, None) for verb in ("list", "create", "patch", "delete")},
     *{("networking.k8s.io", "ingresses", verb, None) for verb in ("list", "create", "patch", "delete")},
+    *{("autoscaling", "horizontalpodautoscalers", verb, None) for verb in ("list", "create", "patch", "delete")},
+    *{("policy", "poddisruptionbudgets", verb, None) for verb in ("list", "create", "patch", "delete")},
     ("", "pods", "list", None),
     ("coordination.k8s.io", "leases", "create", None),
     *{("coordination.k8s.io", "leases", verb, "service-builder") for verb in ("get", "patch", "delete")},
