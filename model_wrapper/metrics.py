@@ -1,15 +1,22 @@
 """Prometheus metrics for one served model, and the ASGI middleware that records them.
 
 Created by `create_app`; every series carries the model name and version. Each app gets its own
-registry, so tests (and several apps in one process) never share counters.
+registry, so tests (and several apps in one process) never share counters. With WORKERS > 1 the
+server sets PROMETHEUS_MULTIPROC_DIR before the workers start (prometheus-client's multiprocess
+mode): each worker writes its counts to files there, and `/metrics`, whichever worker answers it,
+sums them, so a scrape sees the pod's totals.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 Scope = dict[str, Any]
@@ -47,7 +54,12 @@ class Metrics:
                 errors)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = os.environ.get(MULTIPROCESS_DIR)
+        if not directory:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, path=directory)
+        return generate_latest(every_worker)
 
 
 class MetricsMiddleware:

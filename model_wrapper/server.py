@@ -26,6 +26,7 @@ import uvicorn
 
 from model_wrapper.app import create_app
 from model_wrapper.logs import configure_logging, redact
+from model_wrapper.metrics import MULTIPROCESS_DIR
 from model_wrapper.predictor import LoadFailure, Predictor
 from model_wrapper.settings import SettingsError, WrapperSettings, load_settings
 
@@ -72,6 +73,11 @@ def serve_workers(settings: WrapperSettings) -> int:
     """Several processes (uvicorn's supervisor); each worker loads its own model, then serves."""
     with tempfile.NamedTemporaryFile(prefix="model-wrapper-fatal-", delete=False) as marker:
         os.environ[_FATAL_FILE] = marker.name
+    # Read by prometheus-client when a worker imports it: the workers then count into shared files
+    # and /metrics reports the pod's totals. A fresh directory each start: old files would add up.
+    metrics_dir = tempfile.mkdtemp(prefix="model-wrapper-metrics-")
+    os.environ[MULTIPROCESS_DIR] = metrics_dir
+    atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
     try:
         uvicorn.run("model_wrapper.server:worker_app", factory=True, workers=settings.workers,
                     host=settings.host, port=settings.port, log_config=None, access_log=settings.access_log,

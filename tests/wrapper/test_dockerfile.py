@@ -2,13 +2,15 @@
 
 No Docker engine runs here, so this reads the Dockerfile: its CMD is the entry point every
 wrapper test starts, its environment names are real settings, and it is slim, pinned and
-non-root on port 8080. The multi-worker mode the image's WORKERS selects is started for real.
+non-root on port 8080. The multi-worker mode the image's WORKERS selects is started for real, and its
+/metrics reports the pod's totals whichever worker answers.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from devstack.models import LoggedModel
@@ -16,6 +18,8 @@ from devstack.servers import LocalMlflow
 from model_wrapper.settings import WrapperSettings
 from tests.wrapper.conftest import ENTRY_POINT, ROOT, WrapperProcess, model_env, unique
 from tests.wrapper.models import log_iris_model
+
+REQUESTS = 40
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 INSTRUCTIONS = [line for line in re.sub(r"\\\n", " ", DOCKERFILE).splitlines() if line and not line.startswith("#")]
@@ -61,8 +65,9 @@ def test_the_build_context_holds_what_the_image_copies() -> None:
         assert (ROOT / source).exists(), source
 
 
-def test_workers_from_the_environment_each_serve_the_model(iris_model: LoggedModel, mlflow_server: LocalMlflow,
-                                                           tmp_path: Path) -> None:
+def test_workers_from_the_environment_each_serve_the_model_and_metrics_count_for_the_pod(
+    iris_model: LoggedModel, mlflow_server: LocalMlflow, tmp_path: Path,
+) -> None:
     from model_wrapper.naming import model_slug
 
     wrapper = WrapperProcess(model_env(iris_model, mlflow_server, WORKERS="2")).start()
@@ -71,9 +76,19 @@ def test_workers_from_the_environment_each_serve_the_model(iris_model: LoggedMod
         wrapper.wait_until(base + "ready")
         import httpx
 
-        answers = {httpx.post(base + "predict", json={"instances": [{"sepal_length": 5.1, "sepal_width": 3.5,
-                   "petal_length": 1.4, "petal_width": 0.2}]}, timeout=30).json()["labels"][0] for _ in range(20)}
+        def predict(_: int) -> str:  # a connection each: the kernel hands them to either worker
+            return httpx.post(base + "predict", json={"instances": [{"sepal_length": 5.1, "sepal_width": 3.5,
+                              "petal_length": 1.4, "petal_width": 0.2}]}, timeout=30).json()["labels"][0]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = set(pool.map(predict, range(REQUESTS)))
         assert answers == {"setosa"}
+        # Whichever worker answers a scrape, it reports the pod's total, not its own share.
+        root = base.split(f"/{model_slug(iris_model.name)}/")[0]
+        for _ in range(10):
+            scrape = httpx.get(root + "/metrics", timeout=30).text
+            assert re.findall(r'^model_wrapper_requests_total\{[^}]*endpoint="predict"[^}]*status="200"[^}]*\} '
+                              r"(\S+)$", scrape, re.M) == [f"{REQUESTS:.1f}"], scrape[:2000]
     finally:
         wrapper.stop()
     assert len(set(re.findall(r"Started server process \[(\d+)\]", wrapper.log()))) == 2
