@@ -108,7 +108,7 @@ def plan(
         claimed.setdefault(slug, version.name)
         if clash:
             actions.append(Clash(version, slug, clash))
-        elif _failed_before(version, attempt_of(version)):
+        elif _failed_before(version, attempt_of):
             unchanged.append(str(version))
         elif (action := _converge(version, slug, current, spec_hash_of, kinds_of)) is not None:
             actions.append(action)
@@ -162,9 +162,10 @@ def _clash(version: VersionInfo, slug: str, current: Live | None, claimed: dict[
     return None
 
 
-def _failed_before(version: VersionInfo, attempt: str) -> bool:
-    """A version that failed permanently with these same inputs is not retried until something changes."""
-    return version.tags.get(STATUS) == "failed" and version.tags.get(ATTEMPT) == attempt
+def _failed_before(version: VersionInfo, attempt_of: Callable[[VersionInfo], str]) -> bool:
+    """A version that failed permanently with these same inputs is not retried until something changes.
+    (The key is computed only for failed versions: it hashes the settings, too slow to do for every one.)"""
+    return version.tags.get(STATUS) == "failed" and version.tags.get(ATTEMPT) == attempt_of(version)
 
 
 def _converge(
