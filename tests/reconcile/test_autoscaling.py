@@ -4,10 +4,10 @@ A contract's `serving.autoscaling` becomes an `autoscaling/v2` HorizontalPodAuto
 watcher creates, updates and removes with the model; 2 or more replicas add a PodDisruptionBudget
 (`minAvailable: 1`). The watcher leaves `spec.replicas` of an autoscaled Deployment to the HPA:
 a scale alone causes no write, and a new template keeps the scaled count. The HPA controller's
-write is played the way the API server records it (kubernetes/kubernetes
-pkg/controller/podautoscaler/horizontal.go updates the scale subresource; a spec.replicas change
-bumps metadata.generation, pkg/registry/apps/deployment/strategy.go), then the Deployment
-controller's status follows. Bad autoscaling sections end `failed` with a message.
+write is played as a JSON patch of spec.replicas (kubernetes/kubernetes
+pkg/controller/podautoscaler/horizontal.go updates the scale subresource, which writes exactly
+that field); tests/control_plane.py's Deployment controller then rolls the pods out. Bad
+autoscaling sections end `failed` with a message.
 """
 
 from __future__ import annotations
@@ -61,12 +61,11 @@ def writes(kube: KubernetesPeer, namespace: str) -> list[str]:
 
 
 def scale_as_the_hpa_would(kube: KubernetesPeer, namespace: str, slug: str, replicas: int) -> None:
-    deployment = kube.objects("deployments", namespace)[slug]
-    generation = int(deployment["metadata"]["generation"]) + 1
-    kube.patch_object("deployments", namespace, slug, {
-        "metadata": {"generation": generation}, "spec": {"replicas": replicas},
-        "status": {"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
-                   "readyReplicas": replicas, "availableReplicas": replicas}})
+    """The HPA controller's write (through the scale subresource, a spec.replicas change); the Deployment
+    controller then brings up the pods."""
+    kube.patch("apis/apps/v1", namespace, "deployments", slug,
+               [{"op": "replace", "path": "/spec/replicas", "value": replicas}])
+    kube.wait_settled(namespace)
 
 
 def test_autoscaling_renders_a_valid_hpa_and_a_budget_owned_like_the_other_objects(
