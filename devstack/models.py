@@ -73,19 +73,25 @@ def log_sklearn_model(
     run_contract: str | bytes | None = None,
     tags: dict[str, str] | None = None,
     pip_requirements: list[str] | None = None,
+    files: dict[str, bytes] | None = None,
+    run_files: dict[str, bytes] | None = None,
 ) -> LoggedModel:
     """Log `model` (with `contract.yaml` among its files), register it as `name` and tag the version.
 
     `run_contract` puts a contract in the run's artifacts instead, the other place the watcher looks.
     A NumPy `example` gives the model a tensor signature, as for a model trained on arrays.
     Given `pip_requirements`, MLflow skips inferring them (which loads the model in a subprocess).
+    `files` go beside the model's contract (e.g. evaluation data), `run_files` beside the run's.
     """
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
         extra_files = []
         if contract is not None:
             extra_files.append(_write(Path(tmp) / "contract.yaml", contract))
+        extra_files += [_write(Path(tmp) / name, content) for name, content in (files or {}).items()]
         if run_contract is not None:
             mlflow.log_artifact(_write(Path(tmp) / "run" / "contract.yaml", run_contract))
+        for name, content in (run_files or {}).items():
+            mlflow.log_artifact(_write(Path(tmp) / "run" / name, content))
         mlflow.sklearn.log_model(
             model, name="model", registered_model_name=name,
             input_example=example[:2] if signature else None,

@@ -1,6 +1,12 @@
-"""`python -m model_wrapper`: serve the model named by the environment (the image's CMD)."""
+"""`python -m model_wrapper`: serve the model named by the environment (the image's CMD);
+`python -m model_wrapper evaluate`: run the evaluation gate on it instead (model_wrapper.evaluate)."""
 
 import sys
+
+if sys.argv[1:2] == ["evaluate"]:
+    from model_wrapper.evaluate import main as evaluate
+
+    sys.exit(evaluate(sys.argv[2:]))
 
 from model_wrapper.server import main
 

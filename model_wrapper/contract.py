@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from model_wrapper.evaluation import Evaluation
+
 MAX_CONTRACT_BYTES = 1 << 20
 MAX_FIELDS = 1000
 MAX_EXAMPLES = 100
@@ -147,6 +149,8 @@ class Contract(_Strict):
     labels: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
     examples: list[dict[FieldName, Any]] = Field(default=[], max_length=MAX_EXAMPLES)
     serving: Serving = Serving()
+    evaluation: Evaluation | None = None
+    """The optional evaluation gate: test data logged beside the contract, and what it must score."""
 
     @model_validator(mode="after")
     def _examples_fit_inputs(self) -> Contract:
@@ -155,6 +159,8 @@ class Contract(_Strict):
                 raise ValueError(f"examples[{index}] breaks the inputs schema: {'; '.join(problems)}")
         if self.labels is not None and self.task != "classification":
             raise ValueError("labels are only meaningful with task: classification")
+        if self.evaluation is not None and (problems := self.evaluation.problems_for(self.task, self.inputs)):
+            raise ValueError(f"evaluation: {'; '.join(problems)}")
         return self
 
     def instance_problems(self, instance: dict[str, Any]) -> list[str]:

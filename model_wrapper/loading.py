@@ -80,7 +80,7 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
     log.info("model %s version %s: loaded (%s; contract from %s)", settings.model_name, settings.model_version,
              backend.description, origin)
     return LoadedModel(contract=contract, contract_origin=origin, backend=backend, run_id=run_id, params=params,
-                       environment=tuple(environment.warnings))
+                       environment=tuple(environment.warnings), files=local)
 
 
 def find_contract(local: Path, run_id: str | None, mlmodel: Model, signature: list[dict[str, Any]] | None,
@@ -263,6 +263,27 @@ def _run_contract(run_id: str, target: Path) -> Path | None:
         raise LoadFailure(f"could not read the artifacts of run {run_id}: {_first_line(e)}") from e
     except OSError as e:
         raise LoadFailure(f"could not download {CONTRACT_FILE} from run {run_id}: {_first_line(e)}") from e
+
+
+def beside_contract(model: LoadedModel, name: str, target: Path) -> Path | None:
+    """The file `name` logged beside the model's contract (the model's files, or the run's), or None."""
+    if model.contract_origin.startswith("model's") and model.files is not None:
+        folder = Path(model.contract_origin.removeprefix("model's ")).parent
+        path = model.files / folder / name
+        return path if path.is_file() else None
+    if model.contract_origin.startswith("run's") and model.run_id:
+        try:
+            parent = str(Path(name).parent)
+            listed = mlflow.artifacts.list_artifacts(run_id=model.run_id,
+                                                     artifact_path=None if parent == "." else parent)
+            if name not in {info.path for info in listed}:
+                return None
+            target.mkdir(parents=True, exist_ok=True)
+            return Path(mlflow.artifacts.download_artifacts(run_id=model.run_id, artifact_path=name,
+                                                            dst_path=str(target)))
+        except (MlflowException, OSError) as e:
+            raise LoadFailure(f"could not download {name} from run {model.run_id}: {_first_line(e)}") from e
+    return None
 
 
 def _parse(path: Path, origin: str) -> tuple[Contract, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -55,6 +56,8 @@ class LoadedModel:
     """The model's params schema: name, type (MLflow's), default, shape (None or (-1,))."""
     environment: tuple[str, ...] = ()
     """How the model's logged environment differs from this runtime's (served anyway, ENV_MISMATCH=warn)."""
+    files: Path | None = None
+    """The downloaded model directory (where the evaluation data logged beside the contract is)."""
 
 
 class LoadFailure(Exception):

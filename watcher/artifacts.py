@@ -49,10 +49,7 @@ class S3Store:
 
     def read(self, uri: str, limit: int = MAX_CONTRACT_BYTES + 1) -> bytes | None:
         """The object's first `limit` bytes, or None when there is no such object."""
-        parsed = urlparse(uri)
-        if parsed.scheme != "s3":
-            raise Permanent(f"artifact location {redact(uri)} is not on S3; Service Builder reads contracts from S3")
-        bucket, key = parsed.netloc, parsed.path.lstrip("/")
+        bucket, key = _bucket_key(uri)
         try:
             response = self._s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit - 1}")
             return bytes(response["Body"].read())
@@ -69,6 +66,30 @@ class S3Store:
             raise Retryable(f"S3 error {code} reading s3://{bucket}/{key}") from e
         except BotoCoreError as e:
             raise Retryable(f"S3 unreachable reading s3://{bucket}/{key}: {type(e).__name__}") from e
+
+
+    def head(self, uri: str) -> tuple[int, str] | None:
+        """The object's size and ETag (what its content is, without reading it), or None when absent."""
+        bucket, key = _bucket_key(uri)
+        try:
+            response = self._s3.head_object(Bucket=bucket, Key=key)
+            return int(response["ContentLength"]), str(response.get("ETag", "")).strip('"')
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING:
+                return None
+            if code in _DENIED:
+                raise Blocked(f"S3 refused access to s3://{bucket}/{key} ({code}); check the S3 credentials") from e
+            raise Retryable(f"S3 error {code} reading s3://{bucket}/{key}") from e
+        except BotoCoreError as e:
+            raise Retryable(f"S3 unreachable reading s3://{bucket}/{key}: {type(e).__name__}") from e
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3":
+        raise Permanent(f"artifact location {redact(uri)} is not on S3; Service Builder reads contracts from S3")
+    return parsed.netloc, parsed.path.lstrip("/")
 
 
 @dataclass(frozen=True)

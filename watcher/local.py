@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from model_wrapper.contract import Serving
-from watcher.errors import RolloutFailed
+from watcher.errors import Retryable, RolloutFailed
 from watcher.lease import Busy
 from watcher.plan import KINDS, Live
 from watcher.render import INPUTS_DIGEST, RUNTIME, Rendered
@@ -68,8 +68,7 @@ class LocalTarget:
         port = _free_port()
         env = {**os.environ, **_container_env(rendered), "PORT": str(port), "HOST": "127.0.0.1",
                "LOG_FORMAT": "text", "TERMINATION_LOG": str(self._dir / f"{slug}.termination")}
-        env.update({key: value.get_secret_value() for key in _SECRET_ENV
-                    if (value := getattr(self._settings, key.lower())) is not None})
+        env.update(self._secrets())
         (self._dir / f"{slug}.termination").unlink(missing_ok=True)
         log = open(self._dir / f"{slug}.log", "ab")  # noqa: SIM115 - handed to the child process
         process = subprocess.Popen([_interpreter(rendered), "-m", "model_wrapper"], env=env, stdout=log,
@@ -92,6 +91,30 @@ class LocalTarget:
                 return
             time.sleep(0.2)
         raise RolloutFailed(f"not ready after {timeout:.0f}s: {self._last_words(slug)}")
+
+    def evaluate(self, job: dict[str, Any], timeout: float) -> str:
+        """Run the Job's command as a process here, with its environment; its result line."""
+        slug = job["metadata"]["labels"]["service-builder.io/evaluates"]
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        result = self._dir / f"{slug}.evaluation"
+        result.unlink(missing_ok=True)
+        env = {**os.environ, **{item["name"]: item["value"] for item in container.get("env", []) if "value" in item},
+               "LOG_FORMAT": "text", "TERMINATION_LOG": str(result), **self._secrets()}
+        command = [sys.executable, *container["command"][1:], *container.get("args", [])]
+        with open(self._dir / f"{slug}.evaluation.log", "wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                code = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _terminate(process.pid, grace=5)
+                process.wait()
+                raise Retryable(f"the evaluation did not finish within {timeout:.0f}s; retrying next pass") from None
+        if code != 0:
+            lines = (self._dir / f"{slug}.evaluation.log").read_text(errors="replace").strip().splitlines()
+            raise Retryable(f"the evaluation process exited with code {code}: "
+                            f"{(lines[-1] if lines else 'no output')[:300]}; retrying next pass")
+        return result.read_text(errors="replace") if result.exists() else ""
 
     def finish(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
         """Record the new process, then retire the one it replaces (so the endpoint never goes dark)."""
@@ -136,6 +159,10 @@ class LocalTarget:
 
     def smoke_base(self, slug: str) -> str | None:
         return None if self._settings.smoke_test == "off" else self.endpoint(slug)
+
+    def _secrets(self) -> dict[str, str]:
+        return {key: value.get_secret_value() for key in _SECRET_ENV
+                if (value := getattr(self._settings, key.lower())) is not None}
 
     def _last_words(self, slug: str) -> str:
         termination = self._dir / f"{slug}.termination"

@@ -98,6 +98,9 @@ class CountingTarget:
     def roll_back(self, rendered: Rendered, snapshot: Any) -> None:
         self._target.roll_back(rendered, snapshot)
 
+    def evaluate(self, job: dict[str, Any], timeout: float) -> str:
+        return self._target.evaluate(job, timeout)
+
     def remove(self, slug: str, snapshot: Any) -> None:
         self._target.remove(slug, snapshot)
 

@@ -45,6 +45,12 @@ class Deploy:
     reason: Literal["new", "update", "reconfigure", "repair"]
     previous: Live | None = None
 
+    @property
+    def evaluates(self) -> bool:
+        """Only a version about to take traffic passes through the gate (and is tagged deploying);
+        reconfiguring or repairing the version already serving does not ask again."""
+        return self.reason in ("new", "update")
+
 
 @dataclass(frozen=True)
 class RecordDeployed:

@@ -1,4 +1,4 @@
-"""One reconcile pass: find → decide → fetch → render → apply → record. Called by every trigger.
+"""One reconcile pass: find → decide → fetch → evaluate → render → apply → record. Called by every trigger.
 
 `reconcile_once` does exactly one pass and returns a `PassReport`; the CronJob, the `watch` loop,
 the webhook receiver and the CLI all go through it. A failure in one model is recorded on that
@@ -22,6 +22,7 @@ from model_wrapper.naming import model_slug
 from watcher import record
 from watcher.artifacts import S3Store, fetch_contract
 from watcher.errors import Blocked, PassAborted, Retryable, RolloutFailed, ServiceBuilderError, Stopping
+from watcher.gate import evaluate_before_rollout
 from watcher.lease import Busy
 from watcher.logs import about
 from watcher.plan import STATUS, Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
@@ -45,6 +46,7 @@ class Target(Protocol):
     def wait_ready(self, rendered: Rendered, timeout: float) -> None: ...
     def finish(self, rendered: Rendered, snapshot: Any) -> None: ...
     def roll_back(self, rendered: Rendered, snapshot: Any) -> None: ...
+    def evaluate(self, job: dict[str, Any], timeout: float) -> str: ...
     def remove(self, slug: str, snapshot: Any) -> None: ...
     def exclusive(self) -> Any: ...
     def endpoint(self, slug: str) -> str: ...
@@ -208,11 +210,12 @@ def _record_running(deps: Deps, action: RecordDeployed) -> None:
 def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> None:
     version, settings = action.version, deps.settings
     log.info("%s: %s deploy as %s", version, action.reason, action.slug)
-    if action.reason in ("new", "update"):
-        record.deploying(deps, version)
     found = fetch_contract(deps.store, deps.registry, version)
     rendered = deps.renderer.render(_release(version, action.slug, found.contract.serving, found.needs))
     warnings: list[str] | None = None
+    if action.evaluates:
+        evaluate_before_rollout(deps, version, found, rendered, action.previous)
+        record.deploying(deps, version)
     with _rolled_back_on_failure(deps, rendered, snapshot, action.previous):
         deps.target.apply(rendered, snapshot)
         deps.target.wait_ready(rendered, settings.rollout_timeout_seconds)

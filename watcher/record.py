@@ -27,6 +27,17 @@ def deploying(deps: Deps, version: VersionInfo) -> None:
     _write(deps, version, {STATUS: "deploying", "deployment_message": "Rolling out; this tag changes when done."})
 
 
+def evaluating(deps: Deps, version: VersionInfo, data: str) -> None:
+    _write(deps, version, {STATUS: "evaluating",
+                           "deployment_message": f"Evaluating on {data[:200]}; this tag changes when done."})
+
+
+def evaluated(deps: Deps, version: VersionInfo, *, passed: bool, summary: str, digest: str) -> None:
+    """The gate's outcome: its own tags, kept whatever the deployment does next."""
+    _write(deps, version, {"evaluation_status": "passed" if passed else "failed",
+                           "evaluation_summary": redact(summary)[:MAX_MESSAGE], "evaluation_digest": digest})
+
+
 def deployed(deps: Deps, version: VersionInfo, slug: str, *, fresh: bool, warnings: list[str] | None = None) -> None:
     """Record a ready version; `deployed_at` moves only when a new rollout happened. `warnings`: the
     environment differences the wrapper reported (None when it could not be asked: the tag stays)."""

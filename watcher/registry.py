@@ -14,6 +14,7 @@ from typing import Any
 
 import requests
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.entities.webhook import WebhookEvent, WebhookEventStr
 from mlflow.exceptions import MlflowException, RestException
@@ -36,6 +37,8 @@ class VersionInfo:
     source: str
     run_id: str | None
     tags: Mapping[str, str] = field(default_factory=dict, compare=False)
+    model_id: str | None = field(default=None, compare=False)
+    """The MLflow 3 logged model behind the version (None for versions registered MLflow-2 style)."""
 
     def __str__(self) -> str:
         return f"{self.name} v{self.version}"
@@ -145,6 +148,20 @@ class Registry:
                 return f"{model.artifact_location.rstrip('/')}/{rest}".rstrip("/")
         return f"{run.info.artifact_uri.rstrip('/')}/{path or ''}".rstrip("/")
 
+    def log_evaluation(self, version: VersionInfo, metrics: Mapping[str, float], timestamp_ms: int) -> None:
+        """The gate's figures as metrics of the version's logged model (on its source run), or of its run
+        for versions registered MLflow-2 style, where the MLflow UI shows them."""
+        with _translated(f"log the evaluation of {version}"):
+            run_id = version.run_id
+            if run_id is None and version.model_id:
+                run_id = self._client.get_logged_model(version.model_id).source_run_id
+            if run_id is None:
+                log.info("%s: no run or logged model to log the evaluation on; only tags record it", version)
+                return
+            self._client.log_batch(run_id, metrics=[
+                Metric(f"evaluation_{name}", value, timestamp_ms, 0, model_id=version.model_id)
+                for name, value in sorted(metrics.items())])
+
     def run_artifact_uri(self, run_id: str) -> str:
         with _translated(f"locate the artifacts of run {run_id}"):
             return str(self._client.get_run(run_id).info.artifact_uri)
@@ -201,7 +218,14 @@ class Registry:
 
 def _info(version: ModelVersion) -> VersionInfo:
     return VersionInfo(name=version.name, version=int(version.version), source=version.source or "",
-                       run_id=version.run_id or None, tags=dict(version.tags or {}))
+                       run_id=version.run_id or None, tags=dict(version.tags or {}),
+                       model_id=getattr(version, "model_id", None) or _logged_model_id(version.source or ""))
+
+
+def _logged_model_id(source: str) -> str | None:
+    """`models:/m-…` names the logged model itself (the registry's answers may leave model_id out)."""
+    rest = source.removeprefix("models:/") if source.startswith("models:/") else ""
+    return rest if rest and "/" not in rest else None
 
 
 class _translated:

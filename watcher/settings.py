@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     """Longest wait between passes while they keep failing (the wait doubles from 1 s, with jitter)."""
     lease_name: str = Field(default="service-builder", pattern=_DNS_LABEL)
     """The coordination Lease that keeps two watchers from acting at once."""
+    evaluation_timeout_seconds: float = Field(default=900, ge=10, le=86_400)
+    """Longest an evaluation (the contract's evaluation section) may run: the Job's activeDeadlineSeconds."""
 
     @field_validator("selector")
     @classmethod
