@@ -24,9 +24,11 @@ from kubernetes.client.exceptions import ApiException
 
 from model_wrapper.contract import Serving
 from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
+from watcher.jobs import JobRunner
 from watcher.lease import Lease
 from watcher.plan import Live
 from watcher.render import (
+    EVALUATES_LABEL,
     INPUTS_DIGEST,
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -71,7 +73,7 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind(client.PolicyV1Api, "namespaced_pod_disruption_budget", "poddisruptionbudgets"),
 }
 """The managed kinds, in the order they are applied (removed in reverse)."""
-_OTHER_RESOURCES = {"Pod": "pods", "Lease": "leases"}
+_OTHER_RESOURCES = {"Pod": "pods", "Lease": "leases", "Job": "jobs"}
 
 
 @dataclass
@@ -111,6 +113,8 @@ class KubernetesTarget:
         self._clock = clock
         self._lease = Lease(client.CoordinationV1Api(self._api), self._ns, settings.lease_name,
                             duration=LEASE_SECONDS)
+        self._jobs = JobRunner(client.BatchV1Api(self._api), self._core, self._ns, call=self._call,
+                               sleep=self._sleep, evaluates_label=EVALUATES_LABEL)
 
     # --- observe ------------------------------------------------------------------------
 
@@ -198,6 +202,10 @@ class KubernetesTarget:
             else:
                 current = self._read(kind, name)
                 self._call("patch", kind, partial(self._patch, _ours(previous, manifest), current), attempts=6)
+
+    def evaluate(self, job: dict[str, Any], timeout: float) -> str:
+        """Run the evaluation Job before the Deployment is touched; its pod's termination message."""
+        return self._jobs.run(job, timeout)
 
     def finish(self, rendered: Rendered, snapshot: Snapshot) -> None:
         """The rolling update retired the old pods; an autoscaler or budget the release no longer has goes now

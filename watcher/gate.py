@@ -26,10 +26,12 @@ from watcher.plan import Live
 from watcher.registry import VersionInfo
 from watcher.render import (
     ANNOTATION,
+    EVALUATES_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MODEL_NAME,
     MODEL_VERSION,
+    RUNTIME,
     Rendered,
     validate_manifest,
 )
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 EVALUATION_STATUS = "evaluation_status"
 SUMMARY = "evaluation_summary"
 DIGEST = "evaluation_digest"
-EVALUATES_LABEL = "service-builder.io/evaluates"
 TTL_SECONDS = 3600
 MAX_DATA_BYTES = 1 << 30  # the wrapper's /tmp (an emptyDir of 2Gi) holds the model and the data
 HEADER_BYTES = 64 * 1024
@@ -108,7 +109,8 @@ def evaluation_job(rendered: Rendered, digest: str, live: VersionInfo | None, de
     pod["restartPolicy"] = "Never"
     # Never the Deployment's selector labels: the Service must not send traffic to this pod.
     labels = {MANAGED_BY_LABEL: MANAGED_BY, "app.kubernetes.io/name": "model-evaluation", EVALUATES_LABEL: slug}
-    notes = {key: deployment["metadata"]["annotations"][key] for key in (MODEL_NAME, MODEL_VERSION)}
+    notes = {key: deployment["metadata"]["annotations"][key] for key in (MODEL_NAME, MODEL_VERSION, RUNTIME)
+             if deployment["metadata"]["annotations"].get(key)}
     job = {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": job_name(slug, digest), "namespace": deployment["metadata"]["namespace"],

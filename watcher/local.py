@@ -26,7 +26,7 @@ from model_wrapper.contract import Serving
 from watcher.errors import Retryable, RolloutFailed
 from watcher.lease import Busy
 from watcher.plan import KINDS, Live
-from watcher.render import INPUTS_DIGEST, RUNTIME, Rendered
+from watcher.render import EVALUATES_LABEL, INPUTS_DIGEST, RUNTIME, Rendered
 from watcher.settings import Settings
 
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -94,13 +94,15 @@ class LocalTarget:
 
     def evaluate(self, job: dict[str, Any], timeout: float) -> str:
         """Run the Job's command as a process here, with its environment; its result line."""
-        slug = job["metadata"]["labels"]["service-builder.io/evaluates"]
+        slug = job["metadata"]["labels"][EVALUATES_LABEL]
         container = job["spec"]["template"]["spec"]["containers"][0]
         result = self._dir / f"{slug}.evaluation"
         result.unlink(missing_ok=True)
         env = {**os.environ, **{item["name"]: item["value"] for item in container.get("env", []) if "value" in item},
                "LOG_FORMAT": "text", "TERMINATION_LOG": str(result), **self._secrets()}
-        command = [sys.executable, *container["command"][1:], *container.get("args", [])]
+        # The interpreter RUNTIME_IMAGES chose for the model (the Job's image on this target), as for its wrapper.
+        python = str(container["image"]) if job["metadata"]["annotations"].get(RUNTIME) else sys.executable
+        command = [python, *container["command"][1:], *container.get("args", [])]
         with open(self._dir / f"{slug}.evaluation.log", "wb") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)

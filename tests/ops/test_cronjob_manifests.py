@@ -48,6 +48,7 @@ WATCHER_PERMISSIONS = {
     *{("autoscaling", "horizontalpodautoscalers", verb, None) for verb in ("list", "create", "patch", "delete")},
     *{("policy", "poddisruptionbudgets", verb, None) for verb in ("list", "create", "patch", "delete")},
     ("", "pods", "list", None),
+    *{("batch", "jobs", verb, None) for verb in ("create", "get", "list", "delete")},
     ("coordination.k8s.io", "leases", "create", None),
     *{("coordination.k8s.io", "leases", verb, "service-builder") for verb in ("get", "patch", "delete")},
 }
