@@ -69,7 +69,7 @@ class JobController:
         status.setdefault("startTime", self._stamp_now())
         pods = self._owned(PODS, namespace, job)  # type: ignore[attr-defined]
         for pod in pods:
-            self._job_kubelet(pod)
+            self._job_kubelet(pod, job["spec"]["template"])
         pods = self._owned(PODS, namespace, job)  # type: ignore[attr-defined]
         succeeded = sum(1 for p in pods if p["status"]["phase"] == "Succeeded")
         failed = sum(1 for p in pods if p["status"]["phase"] == "Failed")
@@ -150,10 +150,10 @@ class JobController:
 
     # --- the kubelet ------------------------------------------------------------------------------
 
-    def _job_kubelet(self, pod: dict[str, Any]) -> None:
+    def _job_kubelet(self, pod: dict[str, Any], template: dict[str, Any]) -> None:
         if pod["status"]["phase"] in ("Succeeded", "Failed"):
             return
-        behaviour = type(self).pod_policy(pod["spec"])  # type: ignore[attr-defined]
+        behaviour = type(self).pod_policy(template)  # type: ignore[attr-defined]
         status = copy.deepcopy(pod["status"])
         container = status["containerStatuses"][0]
         kind = getattr(behaviour, "kind", "pending")
@@ -234,7 +234,8 @@ class JobController:
                 env[item["name"]] = str(item["value"])
                 continue
             ref = item["valueFrom"]["secretKeyRef"]
-            secret = self._objects.get((SECRETS, namespace, ref["name"]))  # type: ignore[attr-defined]
+            key = (SECRETS, namespace, ref["name"])
+            secret = self._objects[key] if key in self._objects else None  # type: ignore[attr-defined]
             data = (secret.raw.get("data") or {}) if secret is not None and not secret.deleted else None
             if data is None or ref["key"] not in data:
                 if ref.get("optional"):

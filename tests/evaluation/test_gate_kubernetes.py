@@ -1,0 +1,145 @@
+"""The evaluation gate on Kubernetes: a batch/v1 Job runs `python -m model_wrapper evaluate` before the
+Deployment is touched. The control plane's Job controller creates the Job's pod and its kubelet really
+runs the container (its command, its environment, the S3 Secret it references), so the figures come
+from the version's own model. A shuffled-label version is refused with its figures while the live one
+keeps serving; a Job that fails says why and is retried; a steady-state pass starts no Job."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from mlflow import MlflowClient
+from sklearn.metrics import accuracy_score
+
+from devstack.models import LoggedModel, iris_frame, register_versions
+from model_wrapper.naming import model_slug
+from tests.peers import BAD_IMAGE, READY, KubernetesPeer, crash
+from watcher.reconcile import Deps, reconcile_once
+from watcher.render import Renderer, validate_manifest
+from watcher.settings import Settings
+
+
+@pytest.fixture
+def s3_secret(kube: KubernetesPeer, namespace: str) -> None:
+    """The Secret the model pods (and so the evaluation Job's pod) read their S3 credentials from."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "service-builder-s3", "namespace": namespace},
+              "data": {key: base64.b64encode(value.encode()).decode() for key, value in
+                       (("AWS_ACCESS_KEY_ID", "devstack-key"), ("AWS_SECRET_ACCESS_KEY", "devstack-secret"))}}
+    request = urllib.request.Request(f"{kube.url}/api/v1/namespaces/{namespace}/secrets", method="POST",
+                                     data=json.dumps(secret).encode(), headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+@pytest.fixture
+def deps(make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], s3_secret: None) -> Deps:
+    return make_deps(make_settings(evaluation_timeout_seconds=300))
+
+
+def job_requests(kube: KubernetesPeer, namespace: str) -> list[str]:
+    """The verbs of every request on Jobs in the namespace, in order (as RBAC names them)."""
+    verbs = {"POST": "create", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
+    return [verbs.get(r.method.value) or ("get" if r.name else "list") for r in kube.requests(namespace)
+            if r.resource is not None and r.resource.plural == "jobs"]
+
+
+def test_a_shuffled_version_is_refused_by_its_job_while_the_live_version_keeps_serving(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, good_iris: LoggedModel,
+    bad_iris: LoggedModel, production: dict[str, str],
+) -> None:
+    client, slug = MlflowClient(), model_slug(model_name)
+    register_versions(model_name, good_iris, tags=production)
+
+    first = reconcile_once(deps)
+
+    assert (first.deployed, first.failed) == (1, 0), first.failures
+    assert client.get_model_version(model_name, "1").tags["evaluation_status"] == "passed"
+    assert kube.objects("jobs", namespace) == {}  # deleted once read
+    live = kube.objects("deployments", namespace)[slug]
+
+    register_versions(model_name, bad_iris, tags=production)
+    refused = reconcile_once(deps)
+
+    features, target = iris_frame()
+    accuracy = accuracy_score(target, bad_iris.model.predict(features))
+    tags = client.get_model_version(model_name, "2").tags
+    assert refused.failed == 1 and tags["deployment_status"] == "failed"
+    assert tags["deployment_message"].startswith(f"evaluation failed: accuracy {accuracy:.3f} < 0.900 required")
+    assert tags["deployment_message"].endswith("(evaluation.csv, 150 rows); version 1 keeps serving")
+    assert kube.objects("deployments", namespace)[slug]["spec"] == live["spec"]  # never touched
+    assert client.get_model_version(model_name, "1").tags["deployment_status"] == "deployed"
+    assert set(job_requests(kube, namespace)) <= {"create", "get", "list", "delete"}  # what the Role grants
+
+    before = len(kube.requests(namespace))
+    steady = reconcile_once(deps)
+
+    assert (steady.unchanged, steady.failed) == (1, 0)
+    assert [r for r in kube.requests(namespace)[before:] if r.method.value != "GET"] == []  # no write, no Job
+
+    client.delete_model_version_tag(model_name, "2", "deploy")  # v1 selected alone again, as it was
+    jobs_before = job_requests(kube, namespace)
+    assert reconcile_once(deps).failed == 0
+    assert job_requests(kube, namespace) == jobs_before  # it passed before: not evaluated again
+
+
+def test_the_job_manifest_is_the_deployments_pod_with_a_deadline_and_valid(make_settings: Callable[..., Settings],
+                                                                            good_iris: LoggedModel) -> None:
+    from watcher.gate import evaluation_job
+    from watcher.reconcile import _release
+    from watcher.registry import VersionInfo
+
+    rendered = Renderer(make_settings()).render(_release(
+        VersionInfo("iris", 3, good_iris.source, good_iris.run_id), "iris"))
+    live = VersionInfo("iris", 2, "models:/m-live", "run-live")
+    job = evaluation_job(rendered, "0123456789abcdef", live, 600)
+
+    validate_manifest(job)
+    pod, deployment_pod = job["spec"]["template"]["spec"], rendered.deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"] == deployment_pod["securityContext"]
+    (container,), (serving,) = pod["containers"], deployment_pod["containers"]
+    assert container["env"] == serving["env"] and container["securityContext"] == serving["securityContext"]
+    assert container["image"] == serving["image"] and container["resources"] == serving["resources"]
+    assert container["command"] == ["python", "-m", "model_wrapper", "evaluate"]
+    assert container["args"] == ["--live-source", "models:/m-live", "--live-version", "2", "--live-run-id", "run-live"]
+    assert "readinessProbe" not in container and "ports" not in container
+    assert (pod["restartPolicy"], job["spec"]["backoffLimit"]) == ("Never", 0)
+    assert job["spec"]["activeDeadlineSeconds"] == 600
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "service-builder"
+    # The pod must not match the Deployment's selector: the Service would send it traffic.
+    selector = rendered.deployment["spec"]["selector"]["matchLabels"]
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert len(job["metadata"]["name"]) <= 63
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [
+    (crash("MemoryError: cannot allocate 2.1 GiB"),
+     "BackoffLimitExceeded: Job has reached the specified backoff limit; container Error, exit code 1; "
+     "MemoryError: cannot allocate 2.1 GiB"),
+    (BAD_IMAGE, "DeadlineExceeded: Job was active longer than specified deadline"),
+])
+def test_a_job_that_fails_says_why_and_is_retried(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], s3_secret: None, kube: KubernetesPeer,
+    namespace: str, model_name: str, good_iris: LoggedModel, production: dict[str, str], behaviour: object,
+    reason: str,
+) -> None:
+    kube.set_rollout_policy(lambda template: behaviour if "job-name" in template["metadata"]["labels"] else READY)
+    deps = make_deps(make_settings(evaluation_timeout_seconds=10))
+    register_versions(model_name, good_iris, tags=production)
+
+    report = reconcile_once(deps)
+
+    tags = MlflowClient().get_model_version(model_name, "1").tags
+    assert report.failed == 1 and tags["deployment_status"] == "failed"
+    assert tags["deployment_message"].startswith(f"the evaluation Job failed ({reason}")
+    assert tags["deployment_message"].endswith("; retrying next pass")
+    assert tags.get("deployment_attempt", "") == ""  # a cluster fault: not remembered, tried again
+    assert kube.objects("deployments", namespace) == {} and kube.objects("jobs", namespace) == {}
+    created = job_requests(kube, namespace).count("create")
+
+    reconcile_once(deps)
+
+    assert job_requests(kube, namespace).count("create") == created + 1
