@@ -38,6 +38,9 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   pull and `ImagePullBackOff` after; a crashing one `CrashLoopBackOff` with a growing
   `restartCount` and `lastState.terminated` carrying its termination message.
 
+Jobs (the evaluation gate's) are `tests/job_controller.py`: the Job controller and a kubelet that
+runs the Job's container for real.
+
 What pods do is a test's choice (`pod_policy`: pod template -> `Pods`); the clock the controller
 judges progress by is `now()`, which tests move with `advance()` rather than waiting.
 """
@@ -61,6 +64,8 @@ from typing import Any
 import aiohttp.web
 import jsonpatch
 import kmock
+
+from tests.job_controller import JOBS, JobController
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 REPLICASETS = kmock.resource("apps", "v1", "replicasets")
@@ -108,7 +113,7 @@ class Rejected(kmock.KubernetesError):
     """A write the API server refuses with a Status (409, 415, 422)."""
 
 
-class ControlPlane(kmock.KubernetesEmulator):
+class ControlPlane(JobController, kmock.KubernetesEmulator):
     """kmock's emulator with the API server's write rules and a controller that runs on its own loop."""
 
     pod_policy: PodPolicy = staticmethod(all_ready)
@@ -142,6 +147,7 @@ class ControlPlane(kmock.KubernetesEmulator):
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def stop_controller(self) -> None:
+        self.stop_job_containers()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,6 +191,8 @@ class ControlPlane(kmock.KubernetesEmulator):
             meta["generation"] = 1
         obj.pop("status", None)
         self._default(request.resource.plural, obj, None)
+        if request.resource == JOBS:
+            self.default_job(obj)
         if request.resource == INGRESSES:
             self._default_ingress_class(obj)
         self._store(request.resource, namespace, meta["name"], obj)
@@ -328,6 +336,8 @@ class ControlPlane(kmock.KubernetesEmulator):
             for key in sorted(self._by_namespace.get(namespace, ()), key=lambda k: k[2]):
                 if key[0] == DEPLOYMENTS and key in self._objects and not self._objects[key].deleted:
                     self._sync_deployment(namespace or "", key[2])
+                elif key[0] == JOBS and key in self._objects and not self._objects[key].deleted:
+                    self.sync_job(namespace or "", key[2])
 
     def _live(self, resource: Any, namespace: str) -> list[dict[str, Any]]:
         found = []

@@ -235,7 +235,7 @@ class JobController:
                 continue
             ref = item["valueFrom"]["secretKeyRef"]
             key = (SECRETS, namespace, ref["name"])
-            secret = self._objects[key] if key in self._objects else None  # type: ignore[attr-defined]
+            secret = self._objects._objects.get(key)  # type: ignore[attr-defined]
             data = (secret.raw.get("data") or {}) if secret is not None and not secret.deleted else None
             if data is None or ref["key"] not in data:
                 if ref.get("optional"):

@@ -36,6 +36,9 @@ RESOURCES = {
     "apps/v1/replicasets": kmock.ResourceInfo(kind="ReplicaSet", namespaced=True),
     "v1/pods": kmock.ResourceInfo(kind="Pod", namespaced=True),
     "networking.k8s.io/v1/ingressclasses": kmock.ResourceInfo(kind="IngressClass", namespaced=False),
+    # The evaluation gate's Jobs, and the Secret their pods read S3 credentials from.
+    "batch/v1/jobs": kmock.ResourceInfo(kind="Job", namespaced=True),
+    "v1/secrets": kmock.ResourceInfo(kind="Secret", namespaced=True),
 }
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 DEFAULT_INGRESS_CLASS = "nginx"

@@ -7,8 +7,6 @@ keeps serving; a Job that fails says why and is retried; a steady-state pass sta
 from __future__ import annotations
 
 import base64
-import json
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -29,9 +27,7 @@ def s3_secret(kube: KubernetesPeer, namespace: str) -> None:
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "service-builder-s3", "namespace": namespace},
               "data": {key: base64.b64encode(value.encode()).decode() for key, value in
                        (("AWS_ACCESS_KEY_ID", "devstack-key"), ("AWS_SECRET_ACCESS_KEY", "devstack-secret"))}}
-    request = urllib.request.Request(f"{kube.url}/api/v1/namespaces/{namespace}/secrets", method="POST",
-                                     data=json.dumps(secret).encode(), headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=10).close()
+    kube.create("api/v1", namespace, secret)
 
 
 @pytest.fixture
