@@ -20,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from devstack.models import IRIS_CONTRACT, LoggedModel, iris_frame, log_sklearn_model
 from devstack.servers import LocalMlflow
 from tests.reconcile.conftest import _controller_resets, make_deps, make_settings, upload  # noqa: F401
+from tests.reconcile.test_local_target import local_deps, state_dir  # noqa: F401
 
 LABELS = ["setosa", "versicolor", "virginica"]
 GATE = """\

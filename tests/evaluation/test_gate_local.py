@@ -7,10 +7,8 @@ on the same data."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +20,8 @@ from sklearn.tree import DecisionTreeClassifier
 from devstack.models import LoggedModel, iris_frame, register_versions
 from model_wrapper.naming import model_slug
 from tests.evaluation.conftest import good_model, log_gated
+from tests.reconcile.test_local_target import answers
 from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    directory = tmp_path / "state"
-    yield directory
-    for path in directory.glob("*.json"):
-        pid = json.loads(path.read_text()).get("pid")
-        if isinstance(pid, int) and Path(f"/proc/{pid}").exists():
-            os.killpg(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def local_deps(make_deps: Callable[..., Deps], make_settings: Callable[..., Settings],
-               state_dir: Path) -> Callable[[], Deps]:
-    return lambda: make_deps(make_settings(deploy_target="local", local_state_dir=state_dir,
-                                           rollout_timeout_seconds=120))
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def served_version(state_dir: Path, slug: str) -> Any:
