@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-devstack.t
 # demo and up install only what they run (the runtime and moto); a full install covers them too.
 RUN_STAMP := $(VENV)/.installed-run-$(shell cat requirements.txt requirements-devstack.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo up test lint format bench browser examples clean
+.PHONY: demo up test lint scan format bench browser examples clean
 
 demo: $(RUN_STAMP)  ## run the whole product locally: MLflow + S3 + watcher + wrapper, then clean up
 	$(PY) -m devstack.demo
@@ -20,6 +20,9 @@ test: $(STAMP) browser  ## run the test suite against real MLflow, moto S3, kmoc
 lint: $(STAMP)  ## ruff + mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+scan: $(STAMP)  ## checkov over the rendered model manifests and the cronjob/ kit (its own .venv-checkov)
+	$(PY) -m devstack.scan
 
 examples: $(STAMP)  ## re-render docs/examples/ after a template change
 	$(PY) -m devstack.examples
@@ -52,4 +55,4 @@ browser:
 	  else echo "chromium not installed: the browser test will be skipped (apt-get install chromium)"; fi; }
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache artifacts .state
+	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache artifacts .state

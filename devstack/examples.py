@@ -31,7 +31,9 @@ def example_manifests() -> str:
                              model_wrapper_image="service-builder/model-wrapper:0.1.0", tls_secret_name=None,
                              s3_secret_name="service-builder-s3", api_keys_secret_name=None, default_replicas=1,
                              default_cpu_request="100m", default_memory_request="256Mi", default_memory_limit="1Gi",
-                             rollout_timeout_seconds=300)
+                             rollout_timeout_seconds=300, network_policy=True, ingress_namespace="ingress-nginx",
+                             metrics_namespace="monitoring", network_policy_extra_sources="", egress_policy=False,
+                             egress_destinations="")
     release = Release(name="Iris Classifier", version=3, source="models:/m-0123456789abcdef0123456789abcdef",
                       run_id="0123456789abcdef0123456789abcdef", slug=model_slug("Iris Classifier"),
                       serving=parse_contract(EXAMPLE_CONTRACT).serving)

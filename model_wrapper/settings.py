@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_wrapper.naming import model_slug
+from model_wrapper.secret_files import aws_credential_values, read_secret_file
 
 SOURCE_SCHEMES = ("models:/", "runs:/", "s3://")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -55,6 +56,8 @@ class WrapperSettings(BaseSettings):
     api_keys: SecretStr | None = None
     """Comma-separated API keys. When set, predict, invocations and metadata need one
     (header `X-API-Key` or `Authorization: Bearer`); health, ready, metrics and the docs stay open."""
+    api_keys_file: Path | None = None
+    """A file holding the API keys (a mounted Kubernetes Secret); takes the place of API_KEYS."""
     log_format: Literal["text", "json"] = "text"
     """`text` for people, `json` for log collectors."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -90,6 +93,12 @@ class WrapperSettings(BaseSettings):
         object.__setattr__(self, "model_slug", slug)
         return self
 
+    @model_validator(mode="after")
+    def _api_keys_from_file(self) -> WrapperSettings:
+        if self.api_keys_file is not None:
+            object.__setattr__(self, "api_keys", SecretStr(read_secret_file(self.api_keys_file, "API_KEYS_FILE")))
+        return self
+
     @property
     def prefix(self) -> str:
         """The route prefix, `/<slug>/api/`."""
@@ -103,6 +112,7 @@ class WrapperSettings(BaseSettings):
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line or an error message."""
         values = [s.get_secret_value() for s in (self.aws_secret_access_key, self.aws_access_key_id) if s]
+        values += aws_credential_values()
         return [v for v in values + [k.decode() for k in self.key_list()] if len(v) >= 4]
 
 

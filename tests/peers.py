@@ -32,6 +32,7 @@ RESOURCES = {
     "networking.k8s.io/v1/ingresses": kmock.ResourceInfo(kind="Ingress", namespaced=True),
     "autoscaling/v2/horizontalpodautoscalers": kmock.ResourceInfo(kind="HorizontalPodAutoscaler", namespaced=True),
     "policy/v1/poddisruptionbudgets": kmock.ResourceInfo(kind="PodDisruptionBudget", namespaced=True),
+    "networking.k8s.io/v1/networkpolicies": kmock.ResourceInfo(kind="NetworkPolicy", namespaced=True),
     "coordination.k8s.io/v1/leases": kmock.ResourceInfo(kind="Lease", namespaced=True),
     "apps/v1/replicasets": kmock.ResourceInfo(kind="ReplicaSet", namespaced=True),
     "v1/pods": kmock.ResourceInfo(kind="Pod", namespaced=True),

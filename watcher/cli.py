@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from model_wrapper.secret_files import aws_credential_values
 from watcher.errors import PassAborted, ServiceBuilderError, SettingsInvalid
 from watcher.logs import configure_logging, register_secrets
 from watcher.settings import Settings, load_settings
@@ -73,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging()
         log.error("%s", e)
         return 2
-    register_secrets(s.get_secret_value() for s in (settings.aws_secret_access_key, settings.aws_access_key_id,
-                                                     settings.k8s_api_key, settings.webhook_secret) if s)
+    register_secrets([*(s.get_secret_value() for s in (settings.aws_secret_access_key, settings.aws_access_key_id,
+                                                        settings.k8s_api_key, settings.webhook_secret) if s),
+                      *aws_credential_values()])
     configure_logging(settings.log_format)
     try:
         return _dispatch(args, settings)

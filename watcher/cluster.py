@@ -64,6 +64,8 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
+    # First and so removed last: a model's pods never run without the policy that guards them.
+    "NetworkPolicy": Kind(client.NetworkingV1Api, "namespaced_network_policy", "networkpolicies"),
     "Deployment": Kind(client.AppsV1Api, "namespaced_deployment", "deployments"),
     "Service": Kind(client.CoreV1Api, "namespaced_service", "services"),
     "Ingress": Kind(client.NetworkingV1Api, "namespaced_ingress", "ingresses"),
@@ -149,7 +151,10 @@ class KubernetesTarget:
     # --- apply ----------------------------------------------------------------------------
 
     def apply(self, rendered: Rendered, snapshot: Snapshot) -> None:
-        for manifest, owned in zip(rendered.manifests, _owned_manifests(rendered), strict=True):
+        # The NetworkPolicy first (KINDS order): a model's pods never run unguarded.
+        pairs = sorted(zip(rendered.manifests, _owned_manifests(rendered), strict=True),
+                       key=lambda pair: list(KINDS).index(pair[0]["kind"]))
+        for manifest, owned in pairs:
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             existing = snapshot.objects.get((kind, name))
             if existing is None:

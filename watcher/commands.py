@@ -133,7 +133,7 @@ def version_states(deps: Deps) -> list[dict[str, Any]]:
     for (model, number), info in sorted(known.items()):
         live = running.get((model, number))
         state = info.tags.get(STATUS, "pending")
-        if live is not None and live.kinds != KINDS:
+        if live is not None and not live.kinds >= KINDS:
             state = f"{state} (incomplete)"
         rows.append({"model": model, "version": number, "status": state, "running": live is not None,
                      "endpoint": deps.target.endpoint(live.slug) if live else info.tags.get("model_endpoint", ""),

@@ -1,5 +1,5 @@
-"""Step 4 of the pass: render a model version's Deployment, Service and Ingress (and, when it scales,
-its HorizontalPodAutoscaler and PodDisruptionBudget), then validate them.
+"""Step 4 of the pass: render a model version's Deployment, Service and Ingress (and its NetworkPolicy
+unless switched off; when it scales, its HorizontalPodAutoscaler and PodDisruptionBudget), then validate them.
 
 Pure once the templates are loaded: the same release and settings always give the same
 manifests and the same spec hash, so the plan can tell "nothing changed" without I/O.
@@ -27,7 +27,9 @@ from kubernetes.utils import parse_quantity
 from referencing import Registry, Resource
 
 from model_wrapper.contract import Serving
+from watcher import network
 from watcher.errors import ContractInvalid, Permanent
+from watcher.exemptions import scanner_exemptions
 from watcher.runtimes import pick_runtime
 from watcher.settings import Settings
 
@@ -35,7 +37,8 @@ _DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "k8s_templates"
 TEMPLATES_DIR = Path(os.environ.get("SERVICE_BUILDER_TEMPLATES", _DEFAULT_TEMPLATES))
 TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "ingress.yaml.j2")
 # Kind → template of the objects only some models have (see `Renderer.kinds`), applied after the others.
-OPTIONAL_TEMPLATES = {"HorizontalPodAutoscaler": "horizontalpodautoscaler.yaml.j2",
+OPTIONAL_TEMPLATES = {"NetworkPolicy": "networkpolicy.yaml.j2",
+                      "HorizontalPodAutoscaler": "horizontalpodautoscaler.yaml.j2",
                       "PodDisruptionBudget": "poddisruptionbudget.yaml.j2"}
 CORE_KINDS = frozenset({"Deployment", "Service", "Ingress"})
 KUBERNETES_SCHEMA_VERSION = "1.33"
@@ -52,7 +55,11 @@ MODEL_VERSION = ANNOTATION + "model-version"
 SERVING = ANNOTATION + "serving"
 RUNTIME = ANNOTATION + "runtime"
 NEEDS = ANNOTATION + "runtime-needs"
-_OPTIONAL_MLFLOW_SECRETS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+SECRETS_DIR = "/var/run/secrets/service-builder"
+S3_CREDENTIALS_KEY = "credentials"
+"""The S3 Secret's key holding an AWS shared credentials file (`[default]`, `aws_access_key_id = ...`)."""
+MLFLOW_CREDENTIALS_KEY = "mlflow-credentials"
+"""Optional key of the same Secret: MLflow's own credentials file (`[mlflow]`, `mlflow_tracking_username = ...`)."""
 
 
 @dataclass(frozen=True)
@@ -76,13 +83,13 @@ class Release:
 class Rendered:
     release: Release
     manifests: tuple[dict[str, Any], ...]
-    """Deployment, Service, Ingress, then the HorizontalPodAutoscaler and PodDisruptionBudget where the
-    model has them: the order they are applied in."""
+    """Deployment, Service, Ingress, then the NetworkPolicy, HorizontalPodAutoscaler and PodDisruptionBudget
+    where the model has them (the cluster applies the NetworkPolicy first)."""
     spec_hash: str
 
     @property
     def deployment(self) -> dict[str, Any]:
-        return self.manifests[0]
+        return next(manifest for manifest in self.manifests if manifest["kind"] == "Deployment")
 
 
 class Renderer:
@@ -133,10 +140,13 @@ class Renderer:
         return Rendered(release, manifests, spec_hash)
 
     def kinds(self, release: Release) -> frozenset[str]:
-        """The kinds this release runs as: an autoscaler when the contract asks for one, a disruption
-        budget when at least two replicas run (a budget over one pod would block every node drain)."""
+        """The kinds this release runs as: a NetworkPolicy unless switched off, an autoscaler when the
+        contract asks for one, a disruption budget when at least two replicas run (a budget over one
+        pod would block every node drain)."""
         serving = release.serving
         kinds = set(CORE_KINDS)
+        if self._settings.network_policy or self._settings.egress_policy:
+            kinds.add("NetworkPolicy")
         if serving.autoscaling is not None:
             kinds.add("HorizontalPodAutoscaler")
         if self._replicas(release) >= 2:
@@ -158,19 +168,33 @@ class Renderer:
                        ANNOTATION + "run-id": release.run_id or "", ANNOTATION + "source": release.source,
                        SERVING: json.dumps(release.serving.model_dump(exclude_none=True), sort_keys=True),
                        NEEDS: json.dumps(list(release.needs)), RUNTIME: runtime or ""}
+        resources = self._resources(release)
+        image = s.parsed_runtime_images[runtime] if runtime else s.model_wrapper_image
         return {
             "slug": release.slug, "namespace": s.k8s_name_space, "host": s.service_builder_host_name,
             "api_path": f"/{release.slug}/api",
-            "image": s.parsed_runtime_images[runtime] if runtime else s.model_wrapper_image,
+            "image": image,
             "labels": {**selector, "app.kubernetes.io/name": "model-wrapper",
                        "app.kubernetes.io/version": str(release.version)},
             "selector_labels": selector, "annotations": annotations,
             "pod_annotations": {MODEL_NAME: release.name, MODEL_VERSION: str(release.version)},
             "replicas": self._replicas(release), "autoscaling": release.serving.autoscaling,
             "progress_deadline_seconds": max(60, int(s.rollout_timeout_seconds)),
-            "env": self._env(release), "secret_env": self._secret_env(), "resources": self._resources(release),
+            "env": self._env(release), "secret_env": self._secret_env(), "secret_volumes": self._secret_volumes(),
+            "resources": resources,
+            "deployment_annotations": {**annotations, **scanner_exemptions(resources, image)},
             "cache_size": "2Gi", "ingress_class_name": s.ingress_class_name, "tls_secret_name": s.tls_secret_name,
+            **self._network_policy(),
         }
+
+    def _network_policy(self) -> dict[str, Any]:
+        """Sources admitted to the model port and egress rules; None switches that half of the policy off."""
+        s = self._settings
+        sources = network.ingress_sources(ingress_namespace=s.ingress_namespace, metrics_namespace=s.metrics_namespace,
+                                          extra=s.network_policy_extra_sources) if s.network_policy else None
+        urls = [s.mlflow_tracking_uri, network.s3_url(s.mlflow_s3_endpoint_url)]
+        egress = network.egress_rules(urls=urls, destinations=s.egress_destinations) if s.egress_policy else None
+        return {"ingress_sources": sources, "egress_rules": egress, "model_port": network.MODEL_PORT}
 
     def _env(self, release: Release) -> dict[str, str]:
         env = {"MODEL_NAME": release.name, "MODEL_VERSION": str(release.version), "MODEL_SOURCE": release.source,
@@ -179,19 +203,33 @@ class Renderer:
                "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": "/tmp", "LOG_FORMAT": "json",  # noqa: S108
                # uvicorn believes X-Forwarded-Proto only from these: behind a TLS Ingress, redirects stay https
                "FORWARDED_ALLOW_IPS": self._settings.trusted_proxies,
-               "ENV_MISMATCH": self._settings.env_mismatch}
+               "ENV_MISMATCH": self._settings.env_mismatch,
+               "AWS_SHARED_CREDENTIALS_FILE": f"{SECRETS_DIR}/s3/{S3_CREDENTIALS_KEY}"}
+        if self._settings.api_keys_secret_name:
+            env["API_KEYS_FILE"] = f"{SECRETS_DIR}/api-keys/API_KEYS"
         if self._settings.mlflow_s3_endpoint_url:
             env["MLFLOW_S3_ENDPOINT_URL"] = _without_userinfo(self._settings.mlflow_s3_endpoint_url)
         return env
 
     def _secret_env(self) -> dict[str, dict[str, Any]]:
-        s3 = self._settings.s3_secret_name
-        refs = {key: {"secret": s3, "key": key, "optional": False} for key in ("AWS_ACCESS_KEY_ID",
-                                                                              "AWS_SECRET_ACCESS_KEY")}
-        refs.update({key: {"secret": s3, "key": key, "optional": True} for key in _OPTIONAL_MLFLOW_SECRETS})
-        if self._settings.api_keys_secret_name:
-            refs["API_KEYS"] = {"secret": self._settings.api_keys_secret_name, "key": "API_KEYS", "optional": False}
-        return refs
+        """Only MLflow's token: MLflow reads it from nowhere but its environment. The rest are files."""
+        return {"MLFLOW_TRACKING_TOKEN": {"secret": self._settings.s3_secret_name, "key": "MLFLOW_TRACKING_TOKEN",
+                                          "optional": True}}
+
+    def _secret_volumes(self) -> list[dict[str, Any]]:
+        """Secrets as read-only files: S3 keys where boto3 looks (AWS_SHARED_CREDENTIALS_FILE), MLflow's
+        user and password where MLflow looks ($HOME/.mlflow/credentials), the API keys for API_KEYS_FILE."""
+        s = self._settings
+        volumes = [
+            {"name": "s3-credentials", "secret": s.s3_secret_name, "key": S3_CREDENTIALS_KEY,
+             "path": S3_CREDENTIALS_KEY, "optional": False, "mount": f"{SECRETS_DIR}/s3"},
+            {"name": "mlflow-credentials", "secret": s.s3_secret_name, "key": MLFLOW_CREDENTIALS_KEY,
+             "path": "credentials", "optional": True, "mount": "/tmp/.mlflow"},  # noqa: S108 - HOME is /tmp
+        ]
+        if s.api_keys_secret_name:
+            volumes.append({"name": "api-keys", "secret": s.api_keys_secret_name, "key": "API_KEYS",
+                            "path": "API_KEYS", "optional": False, "mount": f"{SECRETS_DIR}/api-keys"})
+        return volumes
 
     def _resources(self, release: Release) -> dict[str, dict[str, str]]:
         """The contract's requests and limits where it sets them, else the defaults. Kubernetes
@@ -203,7 +241,8 @@ class Renderer:
         asked = {str(k): v for k, v in explicit.requests.items()} if explicit else {}
         capped = {str(k): v for k, v in explicit.limits.items()} if explicit else {}
         requests = {"cpu": s.default_cpu_request, "memory": s.default_memory_request, **asked}
-        limits = {"memory": s.default_memory_limit, **capped}
+        limits = {"memory": s.default_memory_limit, **({"cpu": s.default_cpu_limit} if s.default_cpu_limit else {}),
+                  **capped}
         for name in requests.keys() & limits.keys():
             if parse_quantity(requests[name]) > parse_quantity(limits[name]):
                 if name not in capped:

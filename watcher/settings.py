@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model_wrapper.secret_files import read_secret_file
+from watcher import network
 from watcher.errors import SettingsInvalid
 from watcher.runtimes import parse_runtime_images
 
@@ -101,14 +103,28 @@ class Settings(BaseSettings):
     tls_secret_name: str | None = Field(default=None, pattern=_DNS_LABEL)
     """Optional TLS Secret for the Ingress host; endpoints become https."""
     s3_secret_name: str = Field(default="service-builder-s3", pattern=_DNS_LABEL)
-    """Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY that model pods read via secretKeyRef."""
+    """Secret model pods mount their S3 credentials file from (key `credentials`, an AWS shared credentials file)."""
     api_keys_secret_name: str | None = Field(default=None, pattern=_DNS_LABEL)
     """Optional Secret (key API_KEYS) that switches on API keys for every model endpoint."""
+    network_policy: bool = True
+    """A NetworkPolicy per model admitting only the sources below (turn off where no NetworkPolicy is enforced)."""
+    ingress_namespace: str = "ingress-nginx"
+    """The Ingress controller's namespace, admitted to the model port: a name, or KEY=VALUE[,...] namespace labels."""
+    metrics_namespace: str | None = None
+    """The metrics scraper's namespace (e.g. Prometheus), admitted to the model port: a name or KEY=VALUE labels."""
+    network_policy_extra_sources: str = ""
+    """More sources admitted to the model port, space-separated: namespace:NAME, namespace:K=V, pods:K=V, cidr:NET."""
+    egress_policy: bool = False
+    """Also restrict what model pods may call: DNS, the MLflow server and S3, nothing else."""
+    egress_destinations: str = ""
+    """Where the MLflow server and S3 live, written like the extra sources; unset: what their URLs' hosts say."""
     default_replicas: int = Field(default=1, ge=1, le=50)
     """Replicas when the contract has no serving.replicas."""
     default_cpu_request: str = Field(default="100m", pattern=_QUANTITY)
     default_memory_request: str = Field(default="256Mi", pattern=_QUANTITY)
     default_memory_limit: str = Field(default="1Gi", pattern=_QUANTITY)
+    default_cpu_limit: str | None = Field(default=None, pattern=_QUANTITY)
+    """CPU limit where the contract sets none; unset by default, since a CPU limit throttles inference."""
     local_state_dir: Path = Path(".state/local")
     """Where the local target keeps track of the wrapper processes it started."""
     search_page_size: int = Field(default=1000, ge=1, le=200_000)
@@ -116,7 +132,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     """`json` prints one JSON object per line (for clusters)."""
     webhook_secret: SecretStr | None = None
-    """Shared secret of the MLflow webhook (HMAC-SHA256); required by serve-webhooks."""
+    """Shared secret of the MLflow webhook (HMAC-SHA256); required by serve-webhooks. For local runs:
+    in a cluster, WEBHOOK_SECRET_FILE (a mounted Secret) keeps it out of the environment."""
+    webhook_secret_file: Path | None = None
+    """A file holding the webhook secret (a mounted Kubernetes Secret); takes the place of WEBHOOK_SECRET."""
     webhook_port: int = Field(default=8081, ge=1, le=65_535)
     """Port of the webhook receiver."""
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
@@ -154,10 +173,38 @@ class Settings(BaseSettings):
                 raise ValueError(f"RUNTIME_IMAGES: {key}={image!r} is not an image reference")
         return self
 
+    @field_validator("ingress_namespace")
+    @classmethod
+    def _ingress_namespace_selects(cls, value: str) -> str:
+        network.namespace_selector(value)
+        return value
+
+    @field_validator("metrics_namespace")
+    @classmethod
+    def _metrics_namespace_selects(cls, value: str | None) -> str | None:
+        if value:
+            network.namespace_selector(value)
+        return value or None
+
+    @field_validator("network_policy_extra_sources", "egress_destinations")
+    @classmethod
+    def _peers_parse(cls, value: str) -> str:
+        network.parse_peers(value)
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_secret_from_file(self) -> Settings:
+        if self.webhook_secret_file is not None:
+            self.webhook_secret = SecretStr(read_secret_file(self.webhook_secret_file, "WEBHOOK_SECRET_FILE"))
+        return self
+
     @model_validator(mode="after")
     def _default_request_within_limit(self) -> Settings:
         from kubernetes.utils import parse_quantity  # a third of a second to import: only when settings load
 
+        if self.default_cpu_limit and parse_quantity(self.default_cpu_request) > parse_quantity(self.default_cpu_limit):
+            raise ValueError(f"DEFAULT_CPU_REQUEST ({self.default_cpu_request}) is above DEFAULT_CPU_LIMIT "
+                             f"({self.default_cpu_limit}); Kubernetes refuses a request above its limit")
         if parse_quantity(self.default_memory_request) > parse_quantity(self.default_memory_limit):
             raise ValueError(f"DEFAULT_MEMORY_REQUEST ({self.default_memory_request}) is above DEFAULT_MEMORY_LIMIT "
                              f"({self.default_memory_limit}); Kubernetes refuses a request above its limit")
@@ -180,9 +227,12 @@ class Settings(BaseSettings):
         shaping = self.model_dump(include={
             "k8s_name_space", "service_builder_host_name", "model_wrapper_image", "ingress_class_name",
             "tls_secret_name", "s3_secret_name", "api_keys_secret_name", "default_replicas",
-            "default_cpu_request", "default_memory_request", "default_memory_limit", "mlflow_tracking_uri",
+            "default_cpu_request", "default_memory_request", "default_memory_limit", "default_cpu_limit",
+            "mlflow_tracking_uri",
             "trusted_proxies",
-            "mlflow_s3_endpoint_url", "deploy_target", "runtime_images", "env_mismatch"})
+            "mlflow_s3_endpoint_url", "deploy_target", "runtime_images", "env_mismatch", "network_policy",
+            "ingress_namespace", "metrics_namespace", "network_policy_extra_sources", "egress_policy",
+            "egress_destinations"})
         return hashlib.sha256(repr(sorted(shaping.items())).encode()).hexdigest()[:16]
 
 

@@ -109,8 +109,10 @@ def test_no_secret_reaches_a_manifest_a_tag_a_log_record_or_an_error_in_process(
     deployment = kube.objects("deployments", namespace)[model_slug(models["healthy"])]
     env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     by_name = {item["name"]: item for item in env}
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert "value" not in by_name[key] and by_name[key]["valueFrom"]["secretKeyRef"]["key"] == key
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(by_name)  # a mounted file, named below
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["s3-credentials"]["secret"]["items"] == [{"key": "credentials", "path": "credentials"}]
+    assert by_name["AWS_SHARED_CREDENTIALS_FILE"]["value"].endswith("/s3/credentials")
     logged = caplog.text + "".join(str(r.exc_info) for r in caplog.records)
     assert leaks(everything_sent_to(kube, namespace)) == []
     assert leaks(every_tag(*models.values())) == []

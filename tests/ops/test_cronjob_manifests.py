@@ -9,6 +9,7 @@ built-in kustomize renders the kit too.
 from __future__ import annotations
 
 import ast
+import configparser
 import copy
 import importlib.metadata
 import json
@@ -47,6 +48,7 @@ WATCHER_PERMISSIONS = {
     *{("networking.k8s.io", "ingresses", verb, None) for verb in ("list", "create", "patch", "delete")},
     *{("autoscaling", "horizontalpodautoscalers", verb, None) for verb in ("list", "create", "patch", "delete")},
     *{("policy", "poddisruptionbudgets", verb, None) for verb in ("list", "create", "patch", "delete")},
+    *{("networking.k8s.io", "networkpolicies", verb, None) for verb in ("list", "create", "patch", "delete")},
     ("", "pods", "list", None),
     *{("batch", "jobs", verb, None) for verb in ("create", "get", "list", "delete")},
     ("coordination.k8s.io", "leases", "create", None),
@@ -167,7 +169,14 @@ def test_the_example_secret_holds_placeholders_only() -> None:
     assert {doc["kind"] for doc in secrets} == {"Secret"}
     for secret in secrets:
         assert "data" not in secret
-        assert set(secret["stringData"].values()) == {"REPLACE_ME"}
+        for key, value in secret["stringData"].items():
+            if key == "credentials":  # an AWS shared credentials file: its values are the placeholders
+                parser = configparser.RawConfigParser()
+                parser.read_string(value)
+                assert {v for section in parser.sections() for v in parser[section].values()} == {"REPLACE_ME"}
+                assert set(parser["default"]) == {"aws_access_key_id", "aws_secret_access_key"}
+            else:
+                assert value == "REPLACE_ME", key
 
 
 def test_both_installs_use_one_namespace_and_one_watcher_image() -> None:
@@ -274,10 +283,30 @@ def test_every_container_has_cpu_and_memory_requests_and_limits(container: dict[
         assert set(resources[bound]) >= {"cpu", "memory"}, bound
 
 
+def _secret_mounts(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Mount path -> the `secret` volume source mounted there (read-only mounts only)."""
+    secrets = {volume["name"]: volume["secret"] for volume in spec.get("volumes", []) if "secret" in volume}
+    return {m["mountPath"]: secrets[m["name"]] for m in container.get("volumeMounts", [])
+            if m["name"] in secrets and m.get("readOnly") is True}
+
+
+def _secret_files(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """File path in the container -> (Secret, key) it holds."""
+    return {f"{path}/{item['path']}": (source["secretName"], item["key"])
+            for path, source in _secret_mounts(spec, container).items() for item in source["items"]}
+
+
+def _spec_and_containers() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    return [(spec, container) for spec in _pod_specs().values() for container in spec["containers"]]
+
+
 @pytest.mark.parametrize("container", _containers(), ids=lambda c: c["name"])
 def test_no_credential_is_written_into_a_manifest(container: dict[str, Any]) -> None:
+    (spec,) = [spec for spec in _pod_specs().values() if container in spec["containers"]]
     for variable in container.get("env", []):
-        if SECRET_LIKE.search(variable["name"]):
+        if SECRET_LIKE.search(variable["name"]) and variable["name"].endswith("_FILE"):
+            assert variable["value"] in _secret_files(spec, container), f"{variable['name']} names no mounted Secret"
+        elif SECRET_LIKE.search(variable["name"]):
             assert "value" not in variable, variable["name"]
             assert set(variable["valueFrom"]) == {"secretKeyRef"}, variable["name"]
     for source in container.get("envFrom", []):
@@ -287,14 +316,31 @@ def test_no_credential_is_written_into_a_manifest(container: dict[str, Any]) -> 
     assert [key for cm in configmaps for key in cm["data"] if SECRET_LIKE.search(key)] == []
 
 
+def test_credentials_reach_the_watcher_as_read_only_files_never_as_variables() -> None:
+    for spec, container in _spec_and_containers():
+        names = {variable["name"] for variable in container.get("env", [])}
+        assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WEBHOOK_SECRET"}, container["name"]
+        assert not [v for v in container.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})]
+        assert not [s for s in container.get("envFrom", []) if "secretRef" in s]
+        (credentials,) = [v["value"] for v in container["env"] if v["name"] == "AWS_SHARED_CREDENTIALS_FILE"]
+        assert _secret_files(spec, container)[credentials] == ("service-builder-s3", "credentials")
+        secret_volumes = [m for m in container["volumeMounts"] if m["name"] in
+                          {v["name"] for v in spec["volumes"] if "secret" in v}]
+        assert all(m.get("readOnly") is True for m in secret_volumes)
+        assert all(v["secret"]["defaultMode"] == 0o440 for v in spec["volumes"] if "secret" in v)
+    (watch,) = _pod_specs()["watch"]["containers"]
+    (webhook,) = [v["value"] for v in watch["env"] if v["name"] == "WEBHOOK_SECRET_FILE"]
+    assert _secret_files(_pod_specs()["watch"], watch)[webhook] == ("service-builder-webhook", "WEBHOOK_SECRET")
+
+
 def test_every_secret_reference_is_documented_by_the_example_and_the_readme() -> None:
-    referenced = {(v["valueFrom"]["secretKeyRef"]["name"], v["valueFrom"]["secretKeyRef"]["key"])
-                  for container in _containers() for v in container.get("env", [])
-                  if "secretKeyRef" in v.get("valueFrom", {})}
+    referenced = {ref for spec, container in _spec_and_containers()
+                  for path, ref in _secret_files(spec, container).items()
+                  if not _secret_mounts(spec, container)[path.rsplit("/", 1)[0]].get("optional")}
     examples = {(secret["metadata"]["name"], key)
                 for secret in _documents(EXAMPLE_SECRET) for key in secret["stringData"]}
     assert referenced == examples
-    assert ("service-builder-s3", "AWS_SECRET_ACCESS_KEY") in referenced
+    assert ("service-builder-s3", "credentials") in referenced
     assert ("service-builder-webhook", "WEBHOOK_SECRET") in referenced
     readme = (KIT / "README.md").read_text()
     for name, key in referenced:
@@ -309,6 +355,8 @@ def test_cronjob_gets_every_setting_the_brief_names_from_configmap_secret_or_its
     (source,) = container["envFrom"]
     assert source == {"configMapRef": {"name": configmap["metadata"]["name"]}}
     provided = set(configmap["data"]) | {v["name"] for v in container["env"]}
+    if "AWS_SHARED_CREDENTIALS_FILE" in provided:  # boto3 reads both keys from that file
+        provided |= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     assert provided >= SETTINGS, SETTINGS - provided
     assert configmap["data"]["LOG_FORMAT"] == "json"
     (namespace,) = [v for v in container["env"] if v["name"] == "K8S_NAME_SPACE"]

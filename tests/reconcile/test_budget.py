@@ -73,8 +73,9 @@ def test_steady_state_pass_reads_one_search_page_per_page_of_selected_versions_a
         kube_requests = kube.requests(namespace)[kube_before:]
         assert Counter((r.method.value, r.resource.plural, r.name) for r in kube_requests if r.resource) == {
             ("GET", "deployments", None): 1, ("GET", "services", None): 1, ("GET", "ingresses", None): 1,
-            ("GET", "horizontalpodautoscalers", None): 1, ("GET", "poddisruptionbudgets", None): 1}
-        assert len(kube_requests) == 5
+            ("GET", "horizontalpodautoscalers", None): 1, ("GET", "poddisruptionbudgets", None): 1,
+            ("GET", "networkpolicies", None): 1}
+        assert len(kube_requests) == 6
         assert s3 == []
         assert renders == [], "a steady-state pass compares inputs digests; it renders no live model"
 

@@ -132,7 +132,7 @@ def test_dry_run_prints_the_plan_and_manifests_and_writes_nothing(
     slug = model_slug(model_name)
     assert f"- new: {model_name} v1 as {slug}" in out
     documents = [doc for doc in yaml.safe_load_all(out[out.index("apiVersion"):]) if doc]
-    assert [doc["kind"] for doc in documents] == ["Deployment", "Service", "Ingress"]
+    assert [doc["kind"] for doc in documents] == ["Deployment", "Service", "Ingress", "NetworkPolicy"]
     assert kube.writes(namespace) == []
     assert tags(model_name) == before
 
@@ -164,7 +164,7 @@ def test_render_prints_the_validated_manifests_of_any_version(
     assert main(["render", model_name, "2"]) == 0
 
     documents = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert [doc["kind"] for doc in documents] == ["Deployment", "Service", "Ingress"]
+    assert [doc["kind"] for doc in documents] == ["Deployment", "Service", "Ingress", "NetworkPolicy"]
     env_vars = {e["name"]: e.get("value") for e in documents[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env_vars["MODEL_NAME"] == model_name and env_vars["MODEL_VERSION"] == "2"
     assert kube.requests(namespace) == []

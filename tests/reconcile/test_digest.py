@@ -51,6 +51,8 @@ def test_every_release_input_moves_the_digest(changed: Release) -> None:
     {"service_builder_host_name": "ml.example.org"}, {"default_replicas": 2},
     {"rollout_timeout_seconds": 900},  # reaches progressDeadlineSeconds, though the fingerprint omits it
     {"mlflow_s3_endpoint_url": "http://minio.example.org:9000"},
+    {"network_policy": False}, {"metrics_namespace": "monitoring"}, {"ingress_namespace": "traefik"},
+    {"network_policy_extra_sources": "cidr:10.0.0.0/8"}, {"egress_policy": True}, {"default_cpu_limit": "2"},
 ], ids=lambda setting: next(iter(setting)))
 def test_a_setting_that_shapes_the_manifests_moves_the_digest(setting: dict[str, Any]) -> None:
     assert renderer(**setting).inputs_digest(RELEASE) != renderer().inputs_digest(RELEASE)

@@ -51,7 +51,7 @@ def render(renderer: Renderer, name: str, source: str = "models:/m-0123", run_id
 
 def assert_exactly_our_objects(manifests: list[dict], name: str, source: str) -> None:
     slug = model_slug(name)
-    assert [m["kind"] for m in manifests] == ["Deployment", "Service", "Ingress"]
+    assert [m["kind"] for m in manifests] == ["Deployment", "Service", "Ingress", "NetworkPolicy"]
     for manifest in manifests:
         assert manifest["metadata"]["name"] == slug
         assert manifest["metadata"]["annotations"][MODEL_NAME] == name
@@ -124,7 +124,7 @@ def test_different_names_never_share_a_slug(first: str, second: str) -> None:
 
 
 @pytest.mark.parametrize("name", HOSTILE)
-def test_hostile_names_render_exactly_three_valid_objects_carrying_the_name_verbatim(
+def test_hostile_names_render_exactly_our_four_valid_objects_carrying_the_name_verbatim(
     renderer: Renderer, name: str
 ) -> None:
     assert_exactly_our_objects(render(renderer, name), name, "models:/m-0123")
@@ -133,7 +133,7 @@ def test_hostile_names_render_exactly_three_valid_objects_carrying_the_name_verb
 def test_a_name_trying_to_add_a_secret_yields_no_secret(renderer: Renderer) -> None:
     manifests = render(renderer, 'x"\nkind: Secret')
     dumped = yaml.safe_dump_all(manifests)
-    assert len(list(yaml.safe_load_all(dumped))) == 3
+    assert len(list(yaml.safe_load_all(dumped))) == len(manifests) == 4
     assert "Secret" not in {m["kind"] for m in manifests}
 
 
