@@ -36,6 +36,7 @@ from watcher.render import (
     MODEL_VERSION,
     NEEDS,
     OPTIONAL_TEMPLATES,
+    ROLLBACK_TO,
     SERVING,
     SPEC_HASH,
     Rendered,
@@ -97,6 +98,7 @@ class Snapshot:
         return Live(slug=slug, model=notes.get(MODEL_NAME, "") if managed else "",
                     version=_int(notes.get(MODEL_VERSION)), spec_hash=notes.get(SPEC_HASH, ""),
                     inputs_digest=notes.get(INPUTS_DIGEST, ""), serving=_serving(notes.get(SERVING)),
+                    rollback_to=_int(notes.get(ROLLBACK_TO)),
                     kinds=frozenset(present), managed=managed, needs=_needs(notes.get(NEEDS)))
 
 
@@ -162,7 +164,7 @@ class KubernetesTarget:
             elif not _managed(existing):
                 raise Blocked(f"{kind} {name!r} exists and is not managed by Service Builder")
             elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
-                self._call("patch", kind, partial(self._patch, owned, existing))
+                self._call("patch", kind, partial(self._patch, _remembering(owned, existing), existing))
 
     def wait_ready(self, rendered: Rendered, timeout: float) -> None:
         """Block until the Deployment's template is rolled out as `kubectl rollout status` says, or raise.
@@ -207,6 +209,15 @@ class KubernetesTarget:
             else:
                 current = self._read(kind, name)
                 self._call("patch", kind, partial(self._patch, _ours(previous, manifest), current), attempts=6)
+        if (rendered.deployment["kind"], rendered.deployment["metadata"]["name"]) in snapshot.objects:
+            self._forget_rollback(rendered.deployment["metadata"]["name"])
+
+    def _forget_rollback(self, name: str) -> None:
+        current = self._read("Deployment", name)
+        if ROLLBACK_TO in (current["metadata"].get("annotations") or {}):
+            remove = [{"op": "remove", "path": "/metadata/annotations/" + _pointer(ROLLBACK_TO)}]
+            self._call("patch", "Deployment", partial(self._method("patch", "Deployment"), name, self._ns, remove),
+                       attempts=6)
 
     def evaluate(self, job: dict[str, Any], timeout: float) -> str:
         """Run the evaluation Job before the Deployment is touched; its pod's termination message."""
@@ -214,13 +225,15 @@ class KubernetesTarget:
 
     def finish(self, rendered: Rendered, snapshot: Snapshot) -> None:
         """The rolling update retired the old pods; an autoscaler or budget the release no longer has goes now
-        (after the rollout, so a failed one is rolled back to what it had)."""
+        (after the rollout, so a failed one is rolled back to what it had), and so does the note of what to roll
+        back to."""
         name = rendered.deployment["metadata"]["name"]
         kept = {manifest["kind"] for manifest in rendered.manifests}
         for kind in OPTIONAL_TEMPLATES:
             obj = snapshot.objects.get((kind, name))
             if kind not in kept and obj is not None and _managed(obj):
                 self._call("delete", kind, partial(self._delete, kind, name))
+        self._forget_rollback(name)
 
     def remove(self, slug: str, snapshot: Snapshot) -> None:
         for kind in reversed(KINDS):
@@ -396,6 +409,17 @@ def _merge_map(ops: list[dict[str, Any]], path: str, wanted: dict[str, Any], liv
         return
     ops += [{"op": "add", "path": f"{path}/{_pointer(key)}", "value": value}
             for key, value in wanted.items() if live.get(key) != value]
+
+
+def _remembering(manifest: dict[str, Any], existing: dict[str, Any]) -> dict[str, Any]:
+    """An update of a Deployment to another version notes the version it replaces, until it is done, so a
+    roll-back cut short (API errors, a killed pass) is finished by a later pass."""
+    before = existing["metadata"].get("annotations") or {}
+    after = manifest["metadata"].get("annotations") or {}
+    if manifest["kind"] != "Deployment" or before.get(MODEL_VERSION) in (None, after.get(MODEL_VERSION)):
+        return manifest
+    serving = before.get(ROLLBACK_TO) or before[MODEL_VERSION]  # a second update keeps the first note
+    return {**manifest, "metadata": {**manifest["metadata"], "annotations": {**after, ROLLBACK_TO: serving}}}
 
 
 def _ours(previous: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:

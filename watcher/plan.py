@@ -36,6 +36,8 @@ class Live:
     managed: bool = True
     needs: tuple[str, ...] = ()
     """The flavours and packages its runtime image was chosen by (a new RUNTIME_IMAGES re-chooses)."""
+    rollback_to: int | None = None
+    """The version an unfinished update replaced (Kubernetes): what serves while the update is not done."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,14 @@ class RecordDeployed:
 
 
 @dataclass(frozen=True)
+class RollBack:
+    """The selected version failed for good but its template is still live: an interrupted roll-back."""
+
+    version: VersionInfo
+    live: Live
+
+
+@dataclass(frozen=True)
 class Supersede:
     version: VersionInfo
     winner: int
@@ -80,7 +90,7 @@ class Clash:
     message: str
 
 
-Action = Deploy | RecordDeployed | Supersede | Undeploy | Clash
+Action = Deploy | RecordDeployed | RollBack | Supersede | Undeploy | Clash
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,11 @@ def plan(
         if clash:
             actions.append(Clash(version, slug, clash))
         elif _failed_before(version, attempt_of):
-            unchanged.append(str(version))
+            if current is not None and current.version == version.version and current.rollback_to not in (
+                    None, version.version):
+                actions.append(RollBack(version, current))
+            else:
+                unchanged.append(str(version))
         elif (action := _converge(version, slug, current, spec_hash_of, kinds_of)) is not None:
             actions.append(action)
         else:
@@ -142,7 +156,8 @@ def _winners(selected: Sequence[VersionInfo]) -> tuple[list[VersionInfo], list[t
 
 def _serving(version: VersionInfo, current: Live | None) -> bool:
     """The loser still runs: it is superseded only once the winner is ready (by the winner's Deploy)."""
-    return current is not None and current.model == version.name and current.version == version.version
+    return current is not None and current.model == version.name and version.version in (current.version,
+                                                                                          current.rollback_to)
 
 
 def _incumbents_first(winners: list[VersionInfo], by_slug: dict[str, Live],

@@ -25,7 +25,19 @@ from watcher.errors import Blocked, PassAborted, Retryable, RolloutFailed, Servi
 from watcher.gate import evaluate_before_rollout
 from watcher.lease import Busy
 from watcher.logs import about
-from watcher.plan import STATUS, Action, Clash, Deploy, Live, Plan, RecordDeployed, Supersede, Undeploy, plan
+from watcher.plan import (
+    STATUS,
+    Action,
+    Clash,
+    Deploy,
+    Live,
+    Plan,
+    RecordDeployed,
+    RollBack,
+    Supersede,
+    Undeploy,
+    plan,
+)
 from watcher.registry import Registry, VersionInfo
 from watcher.render import Release, Rendered, Renderer
 from watcher.settings import Settings
@@ -163,6 +175,9 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
         elif isinstance(action, RecordDeployed):
             _record_running(deps, action)
             report.unchanged += 1
+        elif isinstance(action, RollBack):
+            _finish_roll_back(deps, action)
+            report.unchanged += 1
         elif isinstance(action, Supersede):
             record.superseded(deps, action.version, action.winner)
             report.superseded += 1
@@ -186,7 +201,7 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
         report.failed += 1
         report.failures.append(f"{subject}: {e}")
         log.error("%s: %s", subject, e)
-        if not isinstance(action, Undeploy):
+        if not isinstance(action, Undeploy | RollBack):  # a roll-back that failed again leaves the tags as they are
             record.failed(deps, action.version, e, attempt_key(deps, action.version))
 
 
@@ -232,6 +247,21 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
     else:
         report.updated += 1
     log.info("%s: %s at %s", version, "deployed", deps.target.endpoint(action.slug))
+
+
+def _finish_roll_back(deps: Deps, action: RollBack) -> None:
+    """Put the version that serves back into the template after a roll-back was cut short; it stays deployed."""
+    serving = deps.registry.get(action.version.name, int(action.live.rollback_to or 0))
+    if serving is None:
+        raise Retryable(f"version {action.live.rollback_to} is gone from the registry: nothing to roll back to")
+    log.info("%s: finishing the roll-back to version %s", action.version, serving.version)
+    found = fetch_contract(deps.store, deps.registry, serving)
+    rendered = deps.renderer.render(_release(serving, action.live.slug, found.contract.serving))
+    snapshot = deps.target.observe()
+    deps.target.apply(rendered, snapshot)
+    deps.target.wait_ready(rendered, deps.settings.rollout_timeout_seconds)
+    deps.target.finish(rendered, snapshot)
+    record.deployed(deps, serving, action.live.slug, fresh=False)
 
 
 def _supersede_previous(deps: Deps, action: Deploy, report: PassReport) -> None:
@@ -294,4 +324,6 @@ def describe(action: Action) -> str:
         return f"supersede: {action.version} (v{action.winner} wins)"
     if isinstance(action, Undeploy):
         return f"undeploy: {action.live.model or action.live.slug} v{action.live.version}"
+    if isinstance(action, RollBack):
+        return f"finish the roll-back of {action.version} to v{action.live.rollback_to}"
     return f"clash: {action.version}: {action.message}"

@@ -60,6 +60,8 @@ S3_CREDENTIALS_KEY = "credentials"
 """The S3 Secret's key holding an AWS shared credentials file (`[default]`, `aws_access_key_id = ...`)."""
 MLFLOW_CREDENTIALS_KEY = "mlflow-credentials"
 """Optional key of the same Secret: MLflow's own credentials file (`[mlflow]`, `mlflow_tracking_username = ...`)."""
+ROLLBACK_TO = ANNOTATION + "rollback-to"
+"""On a Deployment while an update is unfinished: the version to put back if it fails (not rendered)."""
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,10 @@ class KubeFaults:
         self._kube, self._ns = kube, namespace
         self._reactions: list[Any] = []
 
-    def refuse(self, verb: str, plural: str, status: int, *, times: int | None = None,
+    def refuse(self, verb: str, plural: str, status: int, *, times: int | None = None, skip: int = 0,
                landed: bool = False) -> Fault:
-        """Answer `verb` on `plural` with `status`; only the first `times` such requests when given."""
+        """Answer `verb` on `plural` with `status`; only `times` such requests when given, after letting the
+        first `skip` through."""
         fault = Fault(verb, plural, status)
 
         def answer(request: kmock.Request) -> None:
@@ -56,8 +57,8 @@ class KubeFaults:
         def install() -> Any:
             assert self._kube.emulator is not None
             view = self._kube.emulator[ACTIONS[verb], RESOURCES[plural], kmock.namespace(self._ns)]
-            if times is not None:
-                view = view[:times]
+            if times is not None or skip:
+                view = view[skip:None if times is None else skip + times]
             return view << answer
 
         self._reactions.append(self._kube.call(install))

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import pytest
 
-from devstack.models import log_iris
+from devstack.models import log_iris, register_versions
 from model_wrapper.naming import model_slug
 from tests.faults.kube_faults import KubeFaults
 from tests.faults.support import PLURALS, managed_objects, tags
-from tests.peers import KubernetesPeer
+from tests.peers import READY, KubernetesPeer, crash
 from watcher import commands
 from watcher.cluster import KubernetesTarget
 from watcher.errors import Blocked, PassAborted
@@ -176,3 +176,39 @@ def test_an_api_server_that_accepts_and_never_answers_aborts_the_pass_instead_of
     assert not worker.is_alive(), "the pass hung on a connection that never answers"
     assert [type(e) for e in outcome] == [PassAborted, PassAborted], outcome
     assert all("unreachable" in str(e) for e in outcome)
+
+
+def test_a_roll_back_cut_short_by_api_errors_is_finished_by_the_next_pass_and_the_serving_version_stays_deployed(
+    make_deps: Callable[..., Deps], kube: KubernetesPeer, kube_faults: KubeFaults, namespace: str, model_name: str,
+    production: dict[str, str],
+) -> None:
+    logged = log_iris(model_name, kind="tree", tags=production)
+    slug = model_slug(model_name)
+    assert reconcile_once(make_deps()).deployed == 1
+    kube.set_rollout_policy(lambda template: crash("boom") if template["metadata"]["annotations"][
+        "service-builder.io/model-version"] == "2" else READY)
+    register_versions(model_name, logged, tags=production)
+    # The update's own patch goes through; then the API server throttles every patch of the roll-back.
+    kube_faults.refuse("patch", "deployments", 429, skip=1, times=6)
+
+    cut_short = reconcile_once(make_deps())
+
+    assert cut_short.failed == 1
+    assert tags(model_name, 2)["deployment_status"] == "failed"
+    assert tags(model_name, 1)["deployment_status"] == "deployed", "its pods still serve"
+    assert env_of(kube, namespace, slug)["MODEL_VERSION"] == "2", "the template is still the failed version"
+
+    finished = reconcile_once(make_deps())
+
+    assert finished.failed == 0, finished.failures
+    assert env_of(kube, namespace, slug)["MODEL_VERSION"] == "1"
+    assert "service-builder.io/rollback-to" not in kube.objects("deployments", namespace)[slug]["metadata"][
+        "annotations"]
+    assert (tags(model_name, 1)["deployment_status"], tags(model_name, 2)["deployment_status"]) == (
+        "deployed", "failed")
+    assert reconcile_once(make_deps()).failed == 0 and env_of(kube, namespace, slug)["MODEL_VERSION"] == "1"
+
+
+def env_of(kube: KubernetesPeer, namespace: str, slug: str) -> dict[str, str]:
+    container = kube.objects("deployments", namespace)[slug]["spec"]["template"]["spec"]["containers"][0]
+    return {item["name"]: item.get("value", "") for item in container["env"]}
