@@ -19,6 +19,7 @@ from watcher.plan import (
     Live,
     Plan,
     RecordDeployed,
+    RollBack,
     Supersede,
     Undeploy,
     plan,
@@ -221,3 +222,22 @@ def test_transient_failure_without_an_attempt_key_is_retried() -> None:
 def test_failed_model_keeps_its_running_objects() -> None:
     failed = version(number=2, **{STATUS: "failed", ATTEMPT: ATTEMPT_KEY})
     assert decide([failed], [live(number=1)]).actions == ()
+
+
+# --- a roll-back cut short ---------------------------------------------------------------------
+
+
+def test_a_failed_update_still_in_the_template_is_rolled_back_to_the_version_it_replaced() -> None:
+    failed = version(number=2, **{STATUS: "failed", ATTEMPT: ATTEMPT_KEY})
+    stuck = Live(slug="iris", model="iris", version=2, spec_hash=HASH, rollback_to=1)
+
+    result = decide([deployed(number=1), failed], [stuck])
+
+    assert result.actions == (RollBack(failed, stuck),)  # and no Supersede: version 1's pods still serve
+
+
+def test_an_update_still_rolling_out_is_not_rolled_back() -> None:
+    rolling = version(number=2, **{STATUS: "deploying"})
+    live_now = Live(slug="iris", model="iris", version=2, spec_hash=HASH, rollback_to=1)
+
+    assert kinds_of(decide([rolling], [live_now])) == ["RecordDeployed"]
