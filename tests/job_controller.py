@@ -179,6 +179,12 @@ class JobController:
                                                                        "message": env}}
                 return
             workdir = Path(tempfile.mkdtemp(prefix="kubelet-"))
+            mounted = self._mount_secrets(pod, workdir)
+            if isinstance(mounted, str):
+                status["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating",
+                                                                       "message": mounted}}
+                return
+            env = {name: _remount(value, mounted) for name, value in env.items()}
             termination, log = workdir / "termination-log", workdir / "log"
             termination.touch()
             container = pod["spec"]["containers"][0]
@@ -222,6 +228,34 @@ class JobController:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
+    def _mount_secrets(self, pod: dict[str, Any], workdir: Path) -> dict[str, Path] | str:
+        """The container's Secret volumes as files, as the kubelet's secret volume plugin writes them
+        (pkg/volume/secret/secret.go: each `items` key at its `path`; a missing Secret or key fails the
+        mount unless the volume is optional). Returns mount path -> local folder, or why it cannot mount."""
+        import base64
+
+        namespace, spec = pod["metadata"]["namespace"], pod["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes") or [] if "secret" in v}
+        mounted: dict[str, Path] = {}
+        for mount in spec["containers"][0].get("volumeMounts") or []:
+            volume = volumes.get(mount["name"])
+            if volume is None:
+                continue
+            source = volume["secret"]
+            secret = self._objects._objects.get((SECRETS, namespace, source["secretName"]))  # type: ignore[attr-defined]
+            data = (secret.raw.get("data") or {}) if secret is not None and not secret.deleted else None
+            local = workdir / "volumes" / mount["name"]
+            local.mkdir(parents=True)
+            mounted[mount["mountPath"]] = local
+            for item in source.get("items") or [{"key": k, "path": k} for k in data or {}]:
+                if data is None or item["key"] not in data:
+                    if source.get("optional"):
+                        continue
+                    return f'MountVolume.SetUp failed for volume "{mount["name"]}": secret "{source["secretName"]}"' \
+                        + (" not found" if data is None else f" has no key {item['key']}")
+                (local / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
+        return mounted
+
     def _container_env(self, pod: dict[str, Any]) -> dict[str, str] | str:
         """The container's environment, as the kubelet builds it (no variable of the test process leaks in),
         or why it cannot be built."""
@@ -244,6 +278,14 @@ class JobController:
                     f"couldn't find key {ref['key']} in Secret {namespace}/{ref['name']}"
             env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
         return env
+
+
+def _remount(value: str, mounted: dict[str, Path]) -> str:
+    """A path under a mounted volume, as the process sees that volume here (the pod's path, re-rooted)."""
+    for mount_path, local in mounted.items():
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(local) + value[len(mount_path.rstrip("/")):]
+    return value
 
 
 def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:

@@ -26,7 +26,9 @@ def s3_secret(kube: KubernetesPeer, namespace: str) -> None:
     """The Secret the model pods (and so the evaluation Job's pod) read their S3 credentials from."""
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "service-builder-s3", "namespace": namespace},
               "data": {key: base64.b64encode(value.encode()).decode() for key, value in
-                       (("AWS_ACCESS_KEY_ID", "devstack-key"), ("AWS_SECRET_ACCESS_KEY", "devstack-secret"))}}
+                       (("AWS_ACCESS_KEY_ID", "devstack-key"), ("AWS_SECRET_ACCESS_KEY", "devstack-secret"),
+                        ("credentials", "[default]\naws_access_key_id = devstack-key\n"
+                                        "aws_secret_access_key = devstack-secret\n"))}}
     kube.create("api/v1", namespace, secret)
 
 

@@ -83,7 +83,8 @@ def test_hostile_names_and_forged_tags_deploy_as_valid_distinct_objects_that_car
         found = tags(name)
         assert found["deployment_status"] == "deployed" and found["deployment_name"] == slug, name
         assert found["model_endpoint"] == f"http://models.example.org/{slug}/api/", "forged tags are overwritten"
-    assert {r.resource.plural for r in kube.writes(namespace) if r.resource is not None} <= {*PLURALS, "leases"}
+    written = {r.resource.plural for r in kube.writes(namespace) if r.resource is not None}
+    assert written <= {*PLURALS, "networkpolicies", "leases"}, "the model's own kinds only"
 
     report = reconcile_once(make_deps())
     assert report.unchanged == len(names) and report.failed == 0, "stable slugs: nothing to redo"

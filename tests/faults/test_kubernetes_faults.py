@@ -186,8 +186,8 @@ def test_a_roll_back_cut_short_by_api_errors_is_finished_by_the_next_pass_and_th
     logged = log_iris(model_name, kind="tree", tags=production)
     slug = model_slug(model_name)
     assert reconcile_once(make_deps()).deployed == 1
-    kube.set_rollout_policy(lambda template: crash("boom") if template["metadata"]["annotations"][
-        "service-builder.io/model-version"] == "2" else READY)
+    kube.set_rollout_policy(lambda template: crash("boom") if (template["metadata"].get("annotations") or {}).get(
+        "service-builder.io/model-version") == "2" else READY)
     register_versions(model_name, logged, tags=production)
     # The update's own patch goes through; then the API server throttles every patch of the roll-back.
     kube_faults.refuse("patch", "deployments", 429, skip=1, times=6)
