@@ -15,7 +15,7 @@ up: $(RUN_STAMP)  ## keep MLflow (UI) + S3 + the watcher (local target, webhooks
 	$(PY) -m devstack.up
 
 test: $(STAMP) browser  ## run the test suite against real MLflow, moto S3, kmock, uvicorn and Chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n 3 --dist loadfile
 
 lint: $(STAMP)  ## ruff + mypy
 	$(VENV)/bin/ruff check .
