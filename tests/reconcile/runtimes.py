@@ -51,7 +51,7 @@ booster = xgboost.train({"objective": "multi:softmax", "num_class": 3, "max_dept
                         xgboost.DMatrix(features, label=target), num_boost_round=20)
 with mlflow.start_run():
     info = mlflow.xgboost.log_model(booster, name="model", registered_model_name=sys.argv[1],
-                                    input_example=features[:2], extra_files=[sys.argv[2]],
+                                    input_example=features[:2], extra_files=sys.argv[2:],
                                     pip_requirements=[f"xgboost=={xgboost.__version__}"])
 rows = features.iloc[[0, 60, 120]]  # one of each species
 print(json.dumps({"version": info.registered_model_version,
@@ -73,10 +73,11 @@ examples:
 """
 
 
-def log_xgboost_model(python: Path, name: str, contract: Path, cwd: Path) -> dict[str, object]:
-    """Train and log an XGBoost iris model with `python` (this process cannot import xgboost)."""
-    done = subprocess.run([str(python), "-c", LOG_XGBOOST, name, str(contract)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+def log_xgboost_model(python: Path, name: str, contract: Path, cwd: Path, *files: Path) -> dict[str, object]:
+    """Train and log an XGBoost iris model with `python` (this process cannot import xgboost); `files` go
+    beside its contract."""
+    done = subprocess.run([str(python), "-c", LOG_XGBOOST, name, str(contract), *map(str, files)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
     if done.returncode != 0:
         raise AssertionError(f"logging the XGBoost model failed:\n{done.stderr[-3000:]}")
     answer: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
