@@ -131,11 +131,12 @@ def job_name(slug: str, digest: str) -> str:
 def _data_file(deps: Deps, found: FoundContract, evaluation: Evaluation) -> DataFile:
     if not found.origin.startswith("s3://"):
         raise ContractInvalid("an evaluation section needs a contract.yaml logged with the model")
-    uri = f"{found.origin.rsplit('/', 1)[0]}/{evaluation.data}"
+    folder = found.origin.rsplit("/", 1)[0]
+    uri = f"{folder}/{evaluation.data}"
     head = deps.store.head(uri)
     if head is None:
         raise ContractInvalid(f"evaluation.data {evaluation.data!r} is missing: log it beside contract.yaml "
-                              f"(looked for {uri.rsplit('/', 3)[-2]}/{evaluation.data})")
+                              f"(looked for {folder.rsplit('/', 1)[-1]}/{evaluation.data})")
     size, etag = head
     if size > MAX_DATA_BYTES:
         raise ContractInvalid(f"{evaluation.data} is {_size(size)}; the limit is {_size(MAX_DATA_BYTES)}; "

@@ -31,7 +31,11 @@ CASES: dict[str, tuple[dict[str, bytes], str]] = {
     "wrong-task": ({CONTRACT: _with(GATE.replace("f1_macro: {min: 0.85}", "rmse: {max: 1}"))},
                    "rmse is a regression metric; this task is classification"),
     "missing-file": ({CONTRACT: _with(GATE.replace("evaluation.csv", "holdout.csv"))},
-                     "evaluation.data 'holdout.csv' is missing: log it beside contract.yaml"),
+                     "evaluation.data 'holdout.csv' is missing: log it beside contract.yaml "
+                     "(looked for extra_files/holdout.csv)"),
+    "missing-file-in-a-folder": ({CONTRACT: _with(GATE.replace("evaluation.csv", "data/holdout.csv"))},
+                                 "evaluation.data 'data/holdout.csv' is missing: log it beside contract.yaml "
+                                 "(looked for extra_files/data/holdout.csv)"),
     "no-target": ({DATA: csv_bytes(iris_table().drop(columns="species"))},
                   "the target column 'species' is not among evaluation.csv's columns"),
     "other-columns": ({DATA: csv_bytes(iris_table().rename(columns={"petal_width": "petal_wid"}))},
