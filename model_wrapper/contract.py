@@ -144,7 +144,9 @@ class Contract(_Strict):
     title: str | None = Field(default=None, max_length=200)
     description: str = Field(default="", max_length=10_000)
     task: Literal["classification", "regression", "other"] = "other"
-    inputs: dict[FieldName, FieldSpec] = Field(min_length=1, max_length=MAX_FIELDS)
+    inputs: dict[FieldName, FieldSpec] = Field(default={}, max_length=MAX_FIELDS)
+    """Left out only for a model whose tensors cannot be given as fields (an image, a string tensor):
+    such a model has no `predict`, and is served through `invocations` (see `tensors_without_fields`)."""
     outputs: dict[FieldName, FieldSpec] = Field(default={}, max_length=MAX_FIELDS)
     labels: list[str] | None = Field(default=None, min_length=1, max_length=10_000)
     examples: list[dict[FieldName, Any]] = Field(default=[], max_length=MAX_EXAMPLES)
@@ -159,6 +161,8 @@ class Contract(_Strict):
                 raise ValueError(f"examples[{index}] breaks the inputs schema: {'; '.join(problems)}")
         if self.labels is not None and self.task != "classification":
             raise ValueError("labels are only meaningful with task: classification")
+        if self.evaluation is not None and not self.inputs:
+            raise ValueError("evaluation needs inputs: the evaluation data's columns are the contract's inputs")
         if self.evaluation is not None and (problems := self.evaluation.problems_for(self.task, self.inputs)):
             raise ValueError(f"evaluation: {'; '.join(problems)}")
         return self
@@ -256,6 +260,9 @@ def _printable(key: str, limit: int = 80) -> str:
 # contract's inputs, in the order written, are the tensor's columns; derived, they are x0 … x(n-1).
 # Several named tensors (a Keras model with inputs a and b) are served the same way, one after the
 # other: derived, a tensor `a` of shape (-1,) is the field a, one of shape (-1, 2) the fields a_0, a_1.
+# Tensors whose instances are not rows of values (an image (-1, 28, 28), a string tensor, a shape
+# with several variable dimensions) have no fields: the model is served through `invocations` only,
+# in MLflow's own tensor formats, and its contract has no inputs.
 
 _MLFLOW_TYPES = {
     "double": FieldType.number,
@@ -281,15 +288,20 @@ _TENSOR_BOUNDS: dict[str, tuple[float, float]] = {
     **{f"int{bits}": (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1) for bits in (8, 16, 32)},
     **{f"uint{bits}": (0.0, 2.0**bits - 1) for bits in (8, 16, 32, 64)},
 }
+# A dtype as NumPy names it (float32, str, object, <U5, datetime64[ns]); NumPy arrays have at most 64 dimensions.
+_DTYPE_NAME = re.compile(r"^[A-Za-z0-9_<>|=\[\]]{1,40}$")
+MAX_DIMENSIONS = 64
 _RELOG = "log the model with a pandas DataFrame input example (named columns) to serve it"
+HOW_TO_INVOKE = "POST it to invocations in MLflow's tensor format ({\"inputs\": ...} or {\"instances\": ...})"
 
 
 @dataclass(frozen=True)
 class TensorInput:
-    """The one tensor a model takes, of shape (-1,) or (-1, n): an instance is a row of n values."""
+    """One tensor a model takes: an instance is a row of n values when its shape is (-1,) or (-1, n)
+    and its values numbers or booleans (`fields_problem` says when not)."""
 
     dtype: str
-    """A NumPy dtype name, e.g. float64."""
+    """A NumPy dtype name, e.g. float32 (or str, object: tensors that have no fields)."""
     shape: tuple[int, ...]
     named: bool = False
     """MLflow hands a named tensor to the model as {name: array}, an unnamed one as the array."""
@@ -311,72 +323,103 @@ class TensorInput:
             return [self.name] if len(self.shape) == 1 else [f"{self.name}_{index}" for index in range(self.width)]
         return [f"x{index}" for index in range(self.width)]
 
+    def fields_problem(self) -> str | None:
+        """Why an instance of this tensor is not a row of named values, or None when it is."""
+        if self.dtype not in _TENSOR_TYPES:
+            return f"{self.describe()}, whose values are not numbers or booleans"
+        if not (self.shape == (-1,) or (len(self.shape) == 2 and self.shape[0] == -1 and self.shape[1] > 0)):
+            return f"{self.describe()}, and only shapes (-1,) and (-1, n) are rows of named values"
+        if self.width > MAX_FIELDS:
+            return f"{self.describe()}: more than {MAX_FIELDS} values per instance"
+        return None
+
+    @property
+    def json_type(self) -> str | None:
+        """The JSON type of one value (strings for str and bytes tensors), None when any value goes."""
+        if self.dtype in _TENSOR_TYPES:
+            return _TENSOR_TYPES[self.dtype].value
+        return "string" if self.dtype in ("str", "bytes") or self.dtype.lstrip("<>|=")[:1] in ("U", "S") else None
+
     def describe(self) -> str:
         sizes = ", ".join(map(str, self.shape[:6])) + (", …" if len(self.shape) > 6 else "," * (len(self.shape) == 1))
-        return f"a {self.dtype} tensor of shape ({sizes})"
+        article = "an" if self.dtype[:1] in "aeiouAEIOU" else "a"
+        return f"{article} {self.dtype} tensor of shape ({sizes})"
 
 
-def tensor_input(signature_inputs: list[dict[str, Any]]) -> TensorInput | None:
-    """The signature's tensor, None for a column signature or several named tensors (`tensor_group`);
-    ContractError for a tensor signature whose instances are not rows of values (images, unnamed
-    tensors among others, unknown dtypes)."""
-    tensors = [column for column in signature_inputs if column.get("type") == "tensor"]
-    if not tensors or tensor_group(signature_inputs) is not None:
+def signature_tensors(signature_inputs: list[dict[str, Any]]) -> list[TensorInput] | None:
+    """The tensors a tensor signature takes, in the order their values fill an instance's fields
+    (one tensor, or several named ones); None for a column signature. ContractError for tensors
+    that cannot be fields (`tensors_without_fields` serves those) or cannot be read."""
+    tensors = _signature_tensors(signature_inputs)
+    if tensors is None:
         return None
-    if len(signature_inputs) != 1:
+    if (problem := _fields_problem(tensors)) is not None:
+        raise ContractError(f"the model takes {problem}; {_RELOG}")
+    # One tensor's values are x0 … x(n-1), named or not.
+    return [dataclasses.replace(tensors[0], name="")] if len(tensors) == 1 else tensors
+
+
+def tensors_without_fields(signature_inputs: list[dict[str, Any]]) -> list[TensorInput] | None:
+    """The tensors of a signature whose instances cannot be given as fields (an image, a string
+    tensor, several variable dimensions, or several named tensors one of which is such): the model
+    is served through `invocations` only. None for any other signature; ContractError for a
+    signature that cannot be read."""
+    tensors = _signature_tensors(signature_inputs)
+    return tensors if tensors is not None and _fields_problem(tensors) is not None else None
+
+
+def describe_tensors(tensors: list[TensorInput]) -> str:
+    return ", ".join(_describe(t) for t in tensors)
+
+
+def _signature_tensors(signature_inputs: list[dict[str, Any]]) -> list[TensorInput] | None:
+    """Every tensor of a tensor signature, read but not judged; None for a column signature.
+    ContractError for what MLflow does not log either (tensors among columns, several tensors
+    not all named) and for a spec that cannot be read."""
+    tensors = [column for column in signature_inputs if column.get("type") == "tensor"]
+    if not tensors:
+        return None
+    named = all(isinstance(column.get("name"), str) and column.get("name") for column in signature_inputs)
+    if len(signature_inputs) != 1 and not (len(tensors) == len(signature_inputs) and named):
         raise ContractError(f"the model signature has {len(signature_inputs)} inputs with tensors among them; "
                             f"the wrapper serves one table, one tensor or several named tensors; {_RELOG}")
-    # One tensor's values are x0 … x(n-1), named or not.
-    return dataclasses.replace(_tensor(tensors[0]), name="")
+    return [_tensor(column) for column in signature_inputs]
 
 
-def tensor_group(signature_inputs: list[dict[str, Any]]) -> list[TensorInput] | None:
-    """Several named tensors (each of shape (-1,) or (-1, n)), in signature order; None for any
-    other signature. ContractError when one of them is not rows of values."""
-    if len(signature_inputs) < 2 or not all(column.get("type") == "tensor" and isinstance(column.get("name"), str)
-                                             and column.get("name") for column in signature_inputs):
-        return None
-    group = [_tensor(column) for column in signature_inputs]
-    if sum(tensor.width for tensor in group) > MAX_FIELDS:
-        raise ContractError(f"the model takes more than {MAX_FIELDS} values per instance; {_RELOG}")
-    return group
+def _fields_problem(tensors: list[TensorInput]) -> str | None:
+    for tensor in tensors:
+        if (problem := tensor.fields_problem()) is not None:
+            return f"{tensor.name}: {problem}" if len(tensors) > 1 else problem
+    if sum(tensor.width for tensor in tensors) > MAX_FIELDS:
+        return f"more than {MAX_FIELDS} values per instance ({describe_tensors(tensors)})"
+    return None
 
 
 def _tensor(column: dict[str, Any]) -> TensorInput:
     spec = column.get("tensor-spec")
     dtype, shape = (spec.get("dtype"), spec.get("shape")) if isinstance(spec, dict) else (None, None)
-    if not isinstance(shape, list | tuple) or not all(isinstance(size, int) for size in shape):
-        raise ContractError(f"the model signature's tensor has no readable shape ({shape!r}); {_RELOG}")
+    if not isinstance(shape, list | tuple) or not all(isinstance(size, int) and (size == -1 or size > 0)
+                                                      for size in shape) or not 1 <= len(shape) <= MAX_DIMENSIONS:
+        shown = _printable(repr(shape), 60)
+        raise ContractError(f"the model signature's tensor has no readable shape ({shown}); {_RELOG}")
     name = column.get("name")
     tensor = TensorInput(_printable(str(dtype), 40), tuple(shape), named=bool(name),
                          name=_printable(name, 100) if isinstance(name, str) else "")
-    if not isinstance(dtype, str) or dtype not in _TENSOR_TYPES:
-        raise ContractError(f"the model takes {tensor.describe()}; the wrapper serves tensors of numbers or "
-                            f"booleans; {_RELOG}")
-    if not (tensor.shape == (-1,) or (len(tensor.shape) == 2 and tensor.shape[0] == -1 and tensor.shape[1] > 0)):
-        raise ContractError(f"the model takes {tensor.describe()}, and only shapes (-1,) and (-1, n) are rows "
-                            f"of named values; {_RELOG}")
-    if tensor.width > MAX_FIELDS:
-        raise ContractError(f"the model takes {tensor.describe()}: more than {MAX_FIELDS} values per instance; "
-                            f"{_RELOG}")
+    if not isinstance(dtype, str) or not _DTYPE_NAME.match(dtype):
+        raise ContractError(f"the model takes {tensor.describe()}, whose dtype is no NumPy dtype name; {_RELOG}")
     return tensor
-
-
-def signature_tensors(signature_inputs: list[dict[str, Any]]) -> list[TensorInput] | None:
-    """The tensors a tensor signature takes, in the order their values fill an instance's fields
-    (one tensor, or several named ones); None for a column signature."""
-    group = tensor_group(signature_inputs)
-    if group is not None:
-        return group
-    tensor = tensor_input(signature_inputs)
-    return [tensor] if tensor is not None else None
 
 
 def contract_from_signature(
     signature_inputs: list[dict[str, Any]], input_example: Sequence[Any] | None = None
 ) -> Contract:
     """Derive a contract from an MLflow signature and (optionally) its input example: records
-    ({column: value}) for a column signature, rows of values for tensors."""
+    ({column: value}) for a column signature, rows of values for tensors. Tensors that cannot be
+    fields give a contract without inputs."""
+    if (without := tensors_without_fields(signature_inputs)) is not None:
+        return contract_from_dict({"description": f"Derived from the MLflow model signature "
+                                                  f"({describe_tensors(without)}). Its inputs cannot be given "
+                                                  f"as fields, so there is no predict: {HOW_TO_INVOKE}."})
     tensors = signature_tensors(signature_inputs)
     if tensors is not None:
         names = [name for tensor in tensors for name in tensor.field_names]
@@ -386,7 +429,7 @@ def contract_from_signature(
         singles = {name for tensor in tensors if tensor.dtype == "float32" for name in tensor.field_names}
         examples = [{name: shortest_float32(v) if name in singles else v for name, v in zip(names, row, strict=True)}
                     for row in rows if len(row) == len(names)]
-        description = f"Derived from the MLflow model signature ({', '.join(_describe(t) for t in tensors)})."
+        description = f"Derived from the MLflow model signature ({describe_tensors(tensors)})."
     else:
         inputs = {}
         for column in signature_inputs:
@@ -434,9 +477,17 @@ def shortest_float32(value: Any) -> Any:
 def signature_mismatches(contract: Contract, signature_inputs: list[dict[str, Any]]) -> list[str]:
     """Where the contract's inputs disagree with the model's MLflow signature."""
     try:
-        tensors = signature_tensors(signature_inputs)
+        without = tensors_without_fields(signature_inputs)
+        tensors = signature_tensors(signature_inputs) if without is None else None
     except ContractError as e:
         return [str(e)]
+    if without is not None:
+        return [f"the contract has {len(contract.inputs)} inputs, but the model takes {describe_tensors(without)}, "
+                "which cannot be given as fields; leave inputs out of the contract (the model is served through "
+                "invocations)"] if contract.inputs else []
+    if not contract.inputs:
+        return ["the contract has no inputs; list the model's inputs (only a model whose tensors cannot be "
+                "given as fields goes without)"]
     if tensors is not None:
         return _tensor_mismatches(contract, tensors)
     columns = {str(c["name"]): c for c in signature_inputs if c.get("name")}
@@ -476,7 +527,7 @@ def _field_dtypes(tensors: list[TensorInput]) -> list[str]:
 def _tensor_mismatches(contract: Contract, tensors: list[TensorInput]) -> list[str]:
     width = sum(tensor.width for tensor in tensors)
     if len(contract.inputs) != width:
-        takes = ", ".join(_describe(t) for t in tensors)
+        takes = describe_tensors(tensors)
         return [f"the contract has {len(contract.inputs)} inputs but the model takes {takes}, "
                 f"{width} value(s) per instance; list one input per value, in the tensor's order"]
     problems = []

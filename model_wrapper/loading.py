@@ -38,6 +38,7 @@ from model_wrapper.contract import (
     parse_contract,
     signature_mismatches,
     signature_tensors,
+    tensors_without_fields,
     within_tensor_range,
 )
 from model_wrapper.environment import EnvironmentCheck, check_environment
@@ -49,6 +50,8 @@ MODEL_CONTRACT_PATHS = (CONTRACT_FILE, f"extra_files/{CONTRACT_FILE}")
 # Signature column types the array fast path reproduces exactly (float32 columns would not).
 _FAST_SIGNATURE_TYPES = {"double", "long", "integer"}
 JSON = "application/json"
+# The serving input example is the start-up test and the docs' example of an invocations-only model.
+MAX_SERVING_EXAMPLE_BYTES = 1 << 20
 
 
 def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
@@ -65,7 +68,12 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
     contract, origin = find_contract(local, run_id, mlmodel, signature, workdir / "run")
     if signature is not None and (problems := signature_mismatches(contract, signature)):
         raise LoadFailure(f"the {origin} disagrees with the model signature: {'; '.join(problems)}")
-    tensors = signature_tensors(signature) if signature else None  # the signature passed its checks just above
+    if signature is None and not contract.inputs:
+        raise LoadFailure(f"the {origin} has no inputs and the model no signature, so the API cannot be described; "
+                          f"{HOW_TO_ADD}")
+    # The signature passed its checks just above.
+    without_fields = tensors_without_fields(signature) if signature else None
+    tensors = signature_tensors(signature) if signature and without_fields is None else None
     if tensors is not None:
         contract = within_tensor_range(contract, tensors)
     environment = check_model_environment(local, mlmodel, settings)
@@ -76,11 +84,36 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
     except Exception as e:
         raise LoadFailure(environment.explain(f"the model cannot be loaded: {_first_line(e)}")) from e
     params = params_schema(mlmodel)
-    backend = choose_backend(pyfunc, contract, signature, tensors, params=params)
+    if without_fields is not None:  # served through invocations only: predict has no fields to take
+        backend: ModelBackend = PyfuncBackend(pyfunc, [], None, scorer(pyfunc), to_input=_no_fields)
+    else:
+        backend = choose_backend(pyfunc, contract, signature, tensors, params=params)
     log.info("model %s version %s: loaded (%s; contract from %s)", settings.model_name, settings.model_version,
              backend.description, origin)
     return LoadedModel(contract=contract, contract_origin=origin, backend=backend, run_id=run_id, params=params,
-                       environment=tuple(environment.warnings), files=local)
+                       environment=tuple(environment.warnings), files=local,
+                       without_fields=tuple(without_fields or ()),
+                       serving_example=serving_example(mlmodel, local) if without_fields else None)
+
+
+def serving_example(mlmodel: Model, local: Path) -> bytes | None:
+    """The body MLflow saved for `invocations` with the input example (`serving_input_example.json`),
+    when it has one of at most MAX_SERVING_EXAMPLE_BYTES."""
+    info = mlmodel.saved_input_example_info or {}
+    relative = info.get("serving_input_path")
+    if not isinstance(relative, str):
+        return None
+    path = (local / relative).resolve()
+    if not path.is_relative_to(local.resolve()) or not path.is_file():
+        return None
+    if path.stat().st_size > MAX_SERVING_EXAMPLE_BYTES:
+        log.warning("the model's serving input example is over %d bytes; not used", MAX_SERVING_EXAMPLE_BYTES)
+        return None
+    return path.read_bytes()
+
+
+def _no_fields(rows: list[tuple[Any, ...]]) -> Any:
+    raise AssertionError("a model whose inputs cannot be fields has no predict")  # the predictor answers 404
 
 
 def find_contract(local: Path, run_id: str | None, mlmodel: Model, signature: list[dict[str, Any]] | None,

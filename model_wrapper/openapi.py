@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from model_wrapper.contract import TensorInput, describe_tensors
 from model_wrapper.errors import ErrorResponse
 from model_wrapper.predictor import Predictor
 
@@ -39,8 +41,6 @@ def build_openapi(routes: list[Any], predictor: Predictor, *, prefix: str, error
                   secured: bool) -> dict[str, Any]:
     """The whole document for an installed predictor."""
     model = predictor.installed()
-    schema = predictor.schema
-    assert schema is not None  # installed implies a schema
     contract = model.contract
     info = (f"{contract.description}\n\nModel **{predictor.name}** version **{predictor.version}** "
             f"served by the Service Builder model wrapper ({model.backend.description}).")
@@ -48,6 +48,24 @@ def build_openapi(routes: list[Any], predictor: Predictor, *, prefix: str, error
                            openapi_version=OPENAPI_VERSION, description=info,
                            routes=[r for r in routes if isinstance(r, APIRoute)])
     components = document.setdefault("components", {}).setdefault("schemas", {})
+    if model.without_fields:
+        _document_tensor_invocations(document, predictor, list(model.without_fields))
+    else:
+        _document_predict(document, components, predictor, prefix=prefix, errors=errors)
+    for item in document["paths"].values():
+        operation = item.get("post") or item.get("get") or {}
+        if secured and operation.get("operationId") in protected:
+            operation["security"] = [{"ApiKey": []}]
+    if secured:
+        document["components"]["securitySchemes"] = API_KEY_SCHEME
+    return to_openapi30(document)
+
+
+def _document_predict(document: dict[str, Any], components: dict[str, Any], predictor: Predictor, *, prefix: str,
+                      errors: dict[int, str]) -> None:
+    """`predict` from the contract's fields, and its examples on `invocations` as records."""
+    schema, contract = predictor.schema, predictor.installed().contract
+    assert schema is not None  # a model with fields has a schema once installed
     request_ref = _add_model(components, schema.request_model)
     response_ref = _add_model(components, schema.response_model)
     error_ref = _add_model(components, ErrorResponse)
@@ -63,18 +81,40 @@ def build_openapi(routes: list[Any], predictor: Predictor, *, prefix: str, error
                          for status, text in errors.items()}},
     }}, **document["paths"]}
     for path, item in document["paths"].items():
-        operation = item.get("post") or item.get("get") or {}
         if path.endswith("/invocations"):
-            operation["requestBody"] = {"required": True, "content": {
+            item["post"]["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": INVOCATIONS_SCHEMA,
                                      "example": {"dataframe_records": contract.examples[:2]}},
                 "text/csv": {"schema": {"type": "string"}},
                 "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}}}
-        if secured and operation.get("operationId") in protected:
-            operation["security"] = [{"ApiKey": []}]
-    if secured:
-        document["components"]["securitySchemes"] = API_KEY_SCHEME
-    return to_openapi30(document)
+
+
+def _document_tensor_invocations(document: dict[str, Any], predictor: Predictor, tensors: list[TensorInput]) -> None:
+    """A model whose inputs cannot be fields has no predict: `invocations` documents its tensors,
+    with MLflow's saved serving input example and the answer to it."""
+    model = predictor.installed()
+    named = len(tensors) > 1 or tensors[0].named
+    inputs = {"type": "object", "required": [t.name for t in tensors],
+              "properties": {t.name: _tensor_schema(t) for t in tensors}} if named else _tensor_schema(tensors[0])
+    body: dict[str, Any] = {"schema": {**INVOCATIONS_SCHEMA, "properties": {
+        **INVOCATIONS_SCHEMA["properties"], "inputs": {**inputs, "description": f"The model takes "
+                                                       f"{describe_tensors(tensors)}: one item per instance."}}}}
+    if model.serving_example is not None:
+        body["example"] = orjson.loads(model.serving_example)
+    for path, item in document["paths"].items():
+        if path.endswith("/invocations"):
+            operation = item["post"]
+            operation["requestBody"] = {"required": True, "content": {"application/json": body}}
+            if predictor.example_answer is not None:
+                operation["responses"]["200"]["content"] = {"application/json": {"example": predictor.example_answer}}
+
+
+def _tensor_schema(tensor: TensorInput) -> dict[str, Any]:
+    """A tensor as nested JSON arrays, the first dimension the instances."""
+    node: dict[str, Any] = {"type": tensor.json_type} if tensor.json_type else {}
+    for size in reversed(tensor.shape):
+        node = {"type": "array", "items": node, **({"minItems": size, "maxItems": size} if size > 0 else {})}
+    return node
 
 
 def _add_model(components: dict[str, Any], model: type[BaseModel]) -> dict[str, str]:

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from model_wrapper.contract import Contract
-from model_wrapper.errors import InvalidInput, ModelFault, NotReady, PredictionFailed, WrapperError
+from model_wrapper.contract import HOW_TO_INVOKE, Contract, TensorInput, describe_tensors
+from model_wrapper.errors import InvalidInput, ModelFault, NotFound, NotReady, PredictionFailed, WrapperError
 from model_wrapper.schema import RequestSchema, build_schema
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,10 @@ class LoadedModel:
     """How the model's logged environment differs from this runtime's (served anyway, ENV_MISMATCH=warn)."""
     files: Path | None = None
     """The downloaded model directory (where the evaluation data logged beside the contract is)."""
+    without_fields: tuple[TensorInput, ...] = ()
+    """The tensors of a model whose inputs cannot be fields: it has no predict, only invocations."""
+    serving_example: bytes | None = None
+    """MLflow's saved `invocations` body for such a model: its start-up test and its docs' example."""
 
 
 class LoadFailure(Exception):
@@ -84,8 +88,9 @@ class Predictor:
         """Take a loaded model; it serves once `warm_up` has predicted the contract's examples."""
         backend, contract = model.backend, model.contract
         title = contract.title or self.name
-        self.schema = build_schema(contract, backend.columns, max_batch=self.max_batch, title=title,
-                                   classes=len(backend.classes) if backend.classes else None, params=model.params)
+        if not model.without_fields:
+            self.schema = build_schema(contract, backend.columns, max_batch=self.max_batch, title=title,
+                                       classes=len(backend.classes) if backend.classes else None, params=model.params)
         self._label_of = _label_map(contract.labels, backend.classes) if contract.labels else {}
         self.model = model
         self.reason = "predicting the contract's examples"
@@ -93,6 +98,10 @@ class Predictor:
     def warm_up(self) -> None:
         """Predict the contract's examples; ready only if they all work."""
         model = self.installed()
+        if model.without_fields:
+            self._warm_up_invocations(model)
+            self.ready, self.reason = True, "ready"
+            return
         examples = model.contract.examples or _examples_from_fields(model.contract)
         try:
             if examples:
@@ -109,10 +118,26 @@ class Predictor:
             raise LoadFailure(f"the contract's examples cannot be predicted: {e.message}") from e
         self.ready, self.reason = True, "ready"
 
+    def _warm_up_invocations(self, model: LoadedModel) -> None:
+        """A model without fields is tried on MLflow's saved serving input example, through invocations."""
+        if model.serving_example is None:
+            log.warning("model %s version %s: no serving input example; ready without a test prediction",
+                        self.name, self.version)
+            return
+        status, answer, _ = model.backend.invoke(model.serving_example, "application/json")
+        if status != 200:
+            raise LoadFailure(f"the model's serving input example cannot be predicted through invocations: "
+                              f"{status} {answer[:300].decode(errors='replace')}")
+        self.example_answer = orjson.loads(answer)
+
     def predict_body(self, body: bytes) -> bytes:
         """Answer a `{"instances": [...]}` body with `{"predictions": [...], ...}` as JSON bytes."""
         schema = self.schema
         if schema is None or self.model is None:
+            if self.model is not None and self.model.without_fields:
+                takes = describe_tensors(list(self.model.without_fields))
+                raise NotFound(f"this model has no predict: it takes {takes}, which cannot be given as fields; "
+                               f"{HOW_TO_INVOKE}")
             raise NotReady(self.reason)
         rows, params = schema.parse(body)
         try:

@@ -99,6 +99,9 @@ class FoundContract:
     """Where it came from: an s3:// URI, or `signature` when derived."""
     needs: tuple[str, ...] = ()
     """The version's flavours, then its requirements' packages: what picks its runtime image."""
+    serving_example: bytes | None = None
+    """For a model whose inputs cannot be fields (no `predict`): MLflow's saved `invocations` body,
+    the smoke test's request."""
 
 
 def fetch_contract(store: S3Store, registry: Registry, version: VersionInfo) -> FoundContract:
@@ -119,13 +122,35 @@ def fetch_contract(store: S3Store, registry: Registry, version: VersionInfo) -> 
             contract = _parse(data, uri)
             if signature and (problems := signature_mismatches(contract, signature)):
                 raise ContractInvalid(f"contract.yaml disagrees with the model signature: {'; '.join(problems[:5])}")
-            return FoundContract(contract, uri, wanted)
+            if not signature and not contract.inputs:
+                raise ContractInvalid(f"contract.yaml has no inputs and the model no signature, so the API of "
+                                      f"{version} cannot be described; {HOW_TO_ADD}")
+            return _found(store, model_uri, mlmodel, contract, uri, wanted)
     if signature is None:
         raise ContractInvalid(f"no contract.yaml and no model signature for {version}; {HOW_TO_ADD}")
     try:
-        return FoundContract(contract_from_signature(signature, example), "signature", wanted)
+        return _found(store, model_uri, mlmodel, contract_from_signature(signature, example), "signature", wanted)
     except ContractError as e:
         raise ContractInvalid(str(e)) from e
+
+
+def _found(store: S3Store, model_uri: str, mlmodel: bytes, contract: Contract, origin: str,
+           wanted: tuple[str, ...]) -> FoundContract:
+    # Only a model without fields is smoke-tested through invocations, on MLflow's saved serving example.
+    serving = None if contract.inputs else _serving_example(store, model_uri, mlmodel)
+    return FoundContract(contract, origin, wanted, serving)
+
+
+def _serving_example(store: S3Store, model_uri: str, raw: bytes) -> bytes | None:
+    """MLflow's `serving_input_example.json` (its request body for the input example), when it has
+    one of at most MAX_CONTRACT_BYTES; else None, and the smoke test is skipped."""
+    mlmodel = yaml.safe_load(raw)  # already known to parse: `_signature`
+    info = mlmodel.get("saved_input_example_info") if isinstance(mlmodel, dict) else None
+    path = info.get("serving_input_path") if isinstance(info, dict) else None
+    if not isinstance(path, str) or ".." in path.split("/"):
+        return None
+    data = store.read(f"{model_uri}/{path}")
+    return data if data and len(data) <= MAX_CONTRACT_BYTES else None
 
 
 def _needs(store: S3Store, model_uri: str, raw: bytes) -> tuple[str, ...]:

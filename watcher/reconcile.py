@@ -41,7 +41,7 @@ from watcher.plan import (
 from watcher.registry import Registry, VersionInfo
 from watcher.render import Release, Rendered, Renderer
 from watcher.settings import Settings
-from watcher.smoke import environment_warnings, smoke_test
+from watcher.smoke import environment_warnings, smoke_test, smoke_test_invocations
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,11 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
         base = deps.target.smoke_base(action.slug)
         if base and found.contract.examples:
             smoke_test(base, found.contract.examples, retry_for=settings.smoke_test_seconds)
+        elif base and found.serving_example is not None:
+            smoke_test_invocations(base, found.serving_example, retry_for=settings.smoke_test_seconds)
+        elif base:
+            log.info("%s: no examples to smoke-test %s with; the wrapper's readiness stands for it", version,
+                     action.slug)
         if base:
             warnings = environment_warnings(base)
     deps.target.finish(rendered, snapshot)

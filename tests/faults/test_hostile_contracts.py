@@ -173,25 +173,51 @@ def test_a_tensors_dtype_narrows_the_contracts_ranges_and_a_range_it_cannot_hold
         "a: the contract's range is outside what int8 holds (-128 to 127)"]
 
 
+@pytest.mark.parametrize(("inputs", "described"), [
+    (tensor(shape=[-1, 28, 28]), "a float64 tensor of shape (-1, 28, 28)"),
+    (tensor(shape=[-1, -1]), "a float64 tensor of shape (-1, -1)"),
+    (tensor(shape=[-1, 10**9]), "a float64 tensor of shape (-1, 1000000000)"),
+    (tensor(shape=[-1, *[2] * 63]), "a float64 tensor of shape (-1, 2, 2, 2, 2, 2, …)"),
+    (tensor("str"), "a str tensor of shape (-1, 4)"),
+    (tensor("object", [-1]), "an object tensor of shape (-1,)"),
+    ([*tensor("uint8", [-1, 28, 28, 3]), *tensor()], None),
+], ids=["an image", "any width", "a billion values", "sixty-four dimensions", "strings", "objects",
+        "an image among others, unnamed"])
+def test_a_tensor_signature_no_row_of_fields_can_fill_is_served_without_fields(
+        inputs: list[dict[str, Any]], described: str | None) -> None:
+    if described is None:  # MLflow logs no signature of several unnamed tensors either
+        with pytest.raises(ContractError, match="2 inputs with tensors among them"):
+            contract_from_signature(inputs)
+        return
+    contract = contract_from_signature(inputs, [[1.0] * 4])
+
+    assert contract.inputs == {} and contract.examples == [], "no example row fits no fields"
+    assert described in contract.description and "POST it to invocations" in contract.description
+    assert len(contract.description) < 400
+    assert signature_mismatches(contract, inputs) == []
+    assert "cannot be given as fields; leave inputs out" in signature_mismatches(parse_contract(
+        IRIS_CONTRACT.encode()), inputs)[0]
+
+
 @pytest.mark.parametrize(("inputs", "fragment"), [
-    (tensor(shape=[-1, 28, 28]), "float64 tensor of shape (-1, 28, 28), and only shapes (-1,) and (-1, n)"),
-    (tensor(shape=[-1, -1]), "shape (-1, -1)"),
-    (tensor(shape=[-1, 10**9]), "more than 1000 values per instance"),
-    (tensor(shape=list(range(10_000))), "shape (0, 1, 2, 3, 4, 5, …)"),
-    (tensor("str"), "a str tensor"),
-    (tensor(["float64"]), "serves tensors of numbers or booleans"),
+    (tensor(shape=list(range(10_000))), "no readable shape ([0, 1, 2"),
+    (tensor(shape=[-1, *[2] * 64]), "no readable shape"),
+    (tensor(shape=[-1, 0]), "no readable shape"),
+    (tensor(shape=[]), "no readable shape"),
+    (tensor(["float64"]), "whose dtype is no NumPy dtype name"),
+    (tensor("float64\n- injected: true"), "whose dtype is no NumPy dtype name"),
     (tensor(shape="(-1, 4)"), "no readable shape"),
     ([{"type": "tensor", "tensor-spec": "float64"}], "no readable shape"),
     ([*tensor(), *tensor()], "2 inputs with tensors among them"),
-], ids=["an image", "any width", "a billion values", "ten thousand dimensions", "strings", "a list as dtype",
-        "a string as shape", "a string as spec", "two tensors"])
-def test_a_tensor_signature_no_row_of_fields_can_fill_is_refused_saying_how_to_serve_it(
+], ids=["ten thousand dimensions", "sixty-five dimensions", "a dimension of 0", "no dimension", "a list as dtype",
+        "a dtype with a newline", "a string as shape", "a string as spec", "two tensors"])
+def test_a_tensor_signature_that_cannot_be_read_is_refused_saying_how_to_serve_it(
         inputs: list[dict[str, Any]], fragment: str) -> None:
     with pytest.raises(ContractError) as refused:
         contract_from_signature(inputs)
     message = str(refused.value)
     assert fragment in message and "pandas DataFrame input example" in message, message
-    assert len(message) < 400
+    assert len(message) < 400 and "\n" not in message
     assert signature_mismatches(parse_contract(IRIS_CONTRACT.encode()), inputs) == [message]
 
 

@@ -163,41 +163,72 @@ flavors:
 signature:
   inputs: '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 28, 28]}}]'
 """
+FIELDS_OVER_AN_IMAGE = "inputs:\n  x0: {type: number}\n"
 
 
-def test_a_model_trained_on_arrays_deploys_on_fields_x0_to_xn_and_an_image_model_fails_saying_why(
+def _requests(endpoint: str, slug: str) -> dict[tuple[str, str], float]:
+    """The wrapper's request counts by (endpoint, status), read from its /metrics."""
+    with urllib.request.urlopen(endpoint.replace(f"/{slug}/api/", "/metrics"), timeout=10) as page:
+        return {(sample.labels["endpoint"], sample.labels["status"]): sample.value
+                for family in text_string_to_metric_families(page.read().decode()) for sample in family.samples
+                if sample.name == "model_wrapper_requests_total"}
+
+
+def test_models_trained_on_arrays_deploy_on_fields_x0_to_xn_or_through_invocations_when_they_have_none(
     local_deps: Callable[[], Deps], state_dir: Path, model_name: str, production: dict[str, str],
     upload: Callable[[dict[str, str]], str],
 ) -> None:
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from tests.wrapper.conformance import IMAGES, log_echo
+
     features, target = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=500).fit(features, target)
     log_sklearn_model(model_name, model, features, contract=None, tags=production,
                       pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
     image_name = f"{model_name}-image"
-    MlflowClient().create_registered_model(image_name)
-    MlflowClient().create_model_version(image_name, upload({"MLmodel": IMAGE_MODEL}), tags=production)
+    image = log_echo(image_name, ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 28, 28), "img")])),
+                     {"img": IMAGES})
+    for key, value in production.items():
+        MlflowClient().set_model_version_tag(image_name, image.version, key, value)
+    fields_name = f"{model_name}-fields-over-an-image"
+    MlflowClient().create_registered_model(fields_name)
+    MlflowClient().create_model_version(fields_name, upload({"MLmodel": IMAGE_MODEL,
+                                                             "contract.yaml": FIELDS_OVER_AN_IMAGE}), tags=production)
 
-    report = reconcile_once(local_deps())  # the smoke test predicts the saved NumPy example rows
+    report = reconcile_once(local_deps())  # the smoke tests: the saved NumPy rows, the saved serving example
 
-    assert (report.deployed, report.failed) == (1, 1), report.failures
+    assert (report.deployed, report.failed) == (2, 1), report.failures
     endpoint = MlflowClient().get_model_version(model_name, "1").tags["model_endpoint"]
-    with urllib.request.urlopen(endpoint.replace(f"/{model_slug(model_name)}/api/", "/metrics"), timeout=10) as page:
-        smoke_tests = [sample.value for family in text_string_to_metric_families(page.read().decode())
-                       for sample in family.samples if sample.name == "model_wrapper_requests_total"
-                       and sample.labels["endpoint"] == "predict" and sample.labels["status"] == "200"]
-    assert smoke_tests == [1.0], "the pass predicted the saved example rows through the endpoint"
+    assert _requests(endpoint, model_slug(model_name))[("predict", "200")] == 1.0, \
+        "the pass predicted the saved example rows through the endpoint"
     instance = dict(zip(["x0", "x1", "x2", "x3"], features[60].tolist(), strict=True))
     request = urllib.request.Request(f"{endpoint}predict", method="POST", headers={"Content-Type": "application/json"},
                                      data=json.dumps({"instances": [instance]}).encode())
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read())["predictions"] == model.predict(features[60:61]).tolist()
-    image_tags = MlflowClient().get_model_version(image_name, "1").tags
-    assert image_tags["deployment_status"] == "failed"
-    assert "float32 tensor of shape (-1, 28, 28)" in image_tags["deployment_message"]
-    assert not (state_dir / f"{model_slug(image_name)}.json").exists(), "no wrapper was started for it"
 
+    image_tags = MlflowClient().get_model_version(image_name, image.version).tags
+    assert image_tags["deployment_status"] == "deployed", image_tags
+    image_requests = _requests(image_tags["model_endpoint"], model_slug(image_name))
+    assert image_requests[("invocations", "200")] == 1.0 and ("predict", "200") not in image_requests, \
+        "the pass smoke-tested the image model through invocations, with MLflow's saved serving example"
+    request = urllib.request.Request(f"{image_tags['model_endpoint']}invocations", method="POST",
+                                     headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"inputs": {"img": IMAGES[:1].tolist()}}).encode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read()) == {"predictions": [float(IMAGES[0].sum())]}
+
+    fields_tags = MlflowClient().get_model_version(fields_name, "1").tags
+    assert fields_tags["deployment_status"] == "failed"
+    assert "float32 tensor of shape (-1, 28, 28), which cannot be given as fields; leave inputs out" in \
+        fields_tags["deployment_message"]
+    assert not (state_dir / f"{model_slug(fields_name)}.json").exists(), "no wrapper was started for it"
+
+    MlflowClient().delete_model_version_tag(image_name, image.version, "deploy")
     MlflowClient().delete_model_version_tag(model_name, "1", "deploy")
-    assert reconcile_once(local_deps()).undeployed == 1
+    assert reconcile_once(local_deps()).undeployed == 2
 
 
 def test_a_model_whose_example_has_missing_values_deploys_and_takes_nan_where_the_example_had_it(
@@ -224,4 +255,4 @@ def test_a_model_whose_example_has_missing_values_deploys_and_takes_nan_where_th
         assert json.loads(response.read())["predictions"] == expected
 
     MlflowClient().delete_model_version_tag(model_name, "1", "deploy")
-    assert reconcile_once(local_deps()).undeployed == 1
+    assert reconcile_once(local_deps()).undeployed == 2

@@ -3,7 +3,9 @@
 
 The models cover what MLflow can log and the wrapper used to refuse or fail on: float32 and int32
 frames, bool/binary/datetime/string columns with an optional one, one named tensor, several named
-tensors, a custom pyfunc with params that raises on demand, and a LightGBM classifier.
+tensors, tensors that cannot be fields (an image, a string tensor, named tensors of differing
+shapes with two variable dimensions), a custom pyfunc with params that raises on demand, and a
+LightGBM classifier.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ TYPED_FRAME = pd.DataFrame({
     "opt": [1.5, 2.5],
 })
 LABELLED_IRIS = IRIS_CONTRACT
+# Two 28x28 images whose values float32 holds exactly.
+IMAGES = (np.arange(2 * 28 * 28, dtype=np.float32) / 8).reshape(2, 28, 28)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,14 @@ MODELS: dict[str, Callable[[str], LoggedModel]] = {
     "tensors": lambda name: log_echo(name, ModelSignature(inputs=Schema([
         TensorSpec(np.dtype(np.float32), (-1, 2), "a"), TensorSpec(np.dtype(np.int32), (-1,), "b")])),
         {"a": np.array([[0.5, 1.5], [2.0, 3.0]], np.float32), "b": np.array([1, 2], np.int32)}),
+    # Tensors whose instances cannot be fields: served through invocations only.
+    "image": lambda name: log_echo(name, ModelSignature(inputs=Schema([
+        TensorSpec(np.dtype(np.float32), (-1, 28, 28), "img")])), {"img": IMAGES}),
+    "strings": lambda name: log_echo(name, ModelSignature(inputs=Schema([TensorSpec(np.dtype(str), (-1,))])),
+                                     np.array(["alpha", "beta"])),
+    "uneven": lambda name: log_echo(name, ModelSignature(inputs=Schema([
+        TensorSpec(np.dtype(np.float64), (-1, -1, 3), "a"), TensorSpec(np.dtype(np.int64), (-1,), "b")])),
+        {"a": np.arange(12, dtype=np.float64).reshape(2, 2, 3), "b": np.array([1, 2])}),
     "params": lambda name: log_echo(name, ModelSignature(
         inputs=Schema([ColSpec("double", "x")]),
         params=ParamSchema([ParamSpec("scale", "double", 1.0), ParamSpec("mode", "string", "ok"),

@@ -3,7 +3,8 @@ under several signatures. Its answer shows what MLflow handed it, so that two se
 if they parsed the request alike:
 
 - a DataFrame: one string per row naming each column's dtype and value;
-- one tensor: the sum of each row; several named tensors: the sum of every tensor's row;
+- one tensor: the sum of each instance (a string tensor: its values joined); several named tensors:
+  the sum of every tensor's instance;
 - params `scale` and `mode`: predictions times `scale`; `mode` makes it fail on purpose
   (`internal`: an MlflowException INTERNAL_ERROR; `value`: a ValueError; `unserialisable`: an
   answer that is not JSON), and so does a negative `x`, the case of a model that rejects some input.
@@ -34,6 +35,8 @@ class Echo(PythonModel):
                 (model_input["x"] * params.get("scale", 1.0)).tolist()
         elif isinstance(model_input, dict):
             answer = sum(np.asarray(value).reshape(len(value), -1).sum(axis=1) for value in model_input.values())
+        elif np.asarray(model_input).dtype.kind in "USO":  # a string tensor: each instance's values joined
+            answer = ["|".join(map(str, np.asarray(row).ravel())) for row in model_input]
         else:
             answer = np.asarray(model_input).reshape(len(model_input), -1).sum(axis=1)
         if mode == "unserialisable":

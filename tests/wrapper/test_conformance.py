@@ -21,16 +21,18 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
 from devstack.models import IRIS_FEATURES, iris_frame
 from devstack.servers import LocalMlflow
-from tests.wrapper.conformance import TYPED_FRAME, Pair, post_both, start_pairs, stop_pairs
+from tests.wrapper.conformance import IMAGES, TYPED_FRAME, Pair, post_both, start_pairs, stop_pairs
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -144,6 +146,33 @@ def _cases() -> list[tuple[str, str, bytes, str | None]]:
         ("tensors", "lengths that differ"): _json({"instances": [{"a": [0.5, 1.5], "b": 1}, {"a": [2, 3]}]}),
         ("tensors", "a float where int32 goes"): _json({"inputs": {"a": [[0.5, 1.5]], "b": [1.7]}}),
     }
+    image = IMAGES.tolist()
+    cases |= {
+        ("image", "inputs"): _json({"inputs": {"img": image}}),
+        ("image", "inputs, unnamed"): _json({"inputs": image}),
+        ("image", "instances of objects"): _json({"instances": [{"img": picture} for picture in image]}),
+        ("image", "instances of images"): _json({"instances": image}),
+        ("image", "a row short"): _json({"inputs": {"img": [picture[:27] for picture in image]}}),
+        ("image", "ragged"): _json({"inputs": {"img": [image[0], image[1][:27]]}}),
+        ("image", "strings"): _json({"inputs": {"img": [[["x"] * 28] * 28]}}),
+        ("image", "dataframe_split"): _json({"dataframe_split": {"columns": ["img"], "data": [[image[0]]]}}),
+        ("image", "csv"): (b"img\n1\n", CSV),
+        ("strings", "inputs"): _json({"inputs": ["alpha", "beta", "gamma"]}),
+        ("strings", "instances"): _json({"instances": ["alpha", "", "ünïcode"]}),
+        ("strings", "numbers"): _json({"inputs": [1, 2.5]}),
+        ("strings", "a list in a string's place"): _json({"inputs": [["alpha", "beta"]]}),
+        ("strings", "dataframe_records"): _json({"dataframe_records": [{"0": "alpha"}]}),
+        ("uneven", "inputs"): _json({"inputs": {"a": [[[0, 1, 2]], [[3, 4, 5]]], "b": [1, 2]}}),
+        ("uneven", "inputs of another length"): _json({"inputs": {"a": [[[0.5, 1, 2], [3, 4, 5], [6, 7, 8]]],
+                                                                  "b": [7]}}),
+        ("uneven", "instances"): _json({"instances": [{"a": [[0, 1, 2], [3, 4, 5]], "b": 1},
+                                                      {"a": [[6, 7, 8], [9, 10, 11]], "b": 2}]}),
+        ("uneven", "instances of differing lengths"): _json({"instances": [{"a": [[0, 1, 2]], "b": 1},
+                                                                           {"a": [[6, 7, 8], [9, 10, 11]], "b": 2}]}),
+        ("uneven", "a tensor missing"): _json({"inputs": {"a": [[[0, 1, 2]]]}}),
+        ("uneven", "a row of 2 where 3 go"): _json({"inputs": {"a": [[[0, 1]]], "b": [1]}}),
+        ("uneven", "a float where int64 goes"): _json({"inputs": {"a": [[[0, 1, 2]]], "b": [1.5]}}),
+    }
     split = {"dataframe_split": {"columns": ["x"], "data": [[1.0], [2.5]]}}
     for name, params in {
         "no params": None, "scale": {"scale": 2.0}, "an integer scale": {"scale": 3},
@@ -208,17 +237,58 @@ def test_the_cases_cover_every_model_and_answers_of_every_kind(pairs: dict[str, 
     assert set(statuses.values()) >= {200, 400, 415, 500}
     assert statuses[("params", "a model that raises MlflowException INTERNAL_ERROR")] == 500
     assert statuses[("lightgbm", "15,000 rows (1.3 MB)")] == 200
+    # The models without fields are served, and their tensors' shapes enforced, by MLflow's own code.
+    assert [statuses[("image", "inputs")], statuses[("image", "a row short")]] == [200, 400]
+    assert [statuses[("uneven", "inputs of another length")], statuses[("uneven", "a row of 2 where 3 go")]] == \
+        [200, 400]
+    assert statuses[("strings", "inputs")] == 200
 
 
 def test_every_model_became_ready_by_predicting_its_logged_example_in_the_signatures_dtypes(
         pairs: dict[str, Pair], client: httpx.Client) -> None:
     # float32 and int32 frames used to fail here: the examples were predicted from a float64 frame.
-    for pair in pairs.values():
+    for pair in (pair for name, pair in pairs.items() if name not in WITHOUT_FIELDS):
         metadata = client.get(pair.api + "metadata").json()
         assert metadata["contract"]["examples"], pair.name
         openapi = client.get(pair.api + "openapi.json").json()
         answer = openapi["paths"][f"/{pair.slug}/api/predict"]["post"]["responses"]["200"]["content"]
         assert len(answer["application/json"]["example"]["predictions"]) == len(metadata["contract"]["examples"])
+
+
+# --- tensors that cannot be fields: invocations only ---------------------------------------------------
+
+WITHOUT_FIELDS = {"image": "img: a float32 tensor of shape (-1, 28, 28)", "strings": "a str tensor of shape (-1,)",
+                  "uneven": "a: a float64 tensor of shape (-1, -1, 3)"}
+
+
+@pytest.mark.parametrize("model", sorted(WITHOUT_FIELDS))
+def test_a_model_whose_inputs_cannot_be_fields_documents_invocations_with_mlflows_own_serving_example(
+        pairs: dict[str, Pair], client: httpx.Client, model: str) -> None:
+    pair = pairs[model]
+    saved = Path(mlflow.artifacts.download_artifacts(pair.model.source, dst_path=str(pair.wrapper.workdir / "saved")))
+    document = client.get(pair.api + "openapi.json").json()
+    operation = document["paths"][f"/{pair.slug}/api/invocations"]["post"]
+    example = operation["requestBody"]["content"]["application/json"]["example"]
+    peer = client.post(pair.mlflow_root + "/invocations", json=example)
+
+    assert f"/{pair.slug}/api/predict" not in document["paths"]
+    assert example == json.loads((saved / "serving_input_example.json").read_text())
+    assert peer.status_code == 200 and operation["responses"]["200"]["content"]["application/json"]["example"] == \
+        peer.json(), "the start-up test answered the saved example as mlflow models serve does"
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]
+    assert WITHOUT_FIELDS[model] in schema["description"]
+
+
+@pytest.mark.parametrize("model", sorted(WITHOUT_FIELDS))
+def test_predict_on_a_model_without_fields_is_a_404_that_points_at_invocations(
+        pairs: dict[str, Pair], client: httpx.Client, model: str) -> None:
+    answer = client.post(pairs[model].api + "predict", json={"instances": [{"x0": 1}]})
+    metadata = client.get(pairs[model].api + "metadata").json()
+
+    assert answer.status_code == 404
+    message = answer.json()["error"]["message"]
+    assert WITHOUT_FIELDS[model] in message and "POST it to invocations" in message, message
+    assert metadata["contract"]["inputs"] == {} and metadata["contract_origin"] == "model signature"
 
 
 # --- predict, against the peer's answers -----------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Every signature MLflow logs becomes fields: binary and datetime columns, several named tensors,
-params schemas. Pure functions over the MLmodel file's JSON, table-driven; the conformance suite
-serves the same kinds of model for real."""
+"""Every signature MLflow logs becomes fields (binary and datetime columns, several named tensors,
+params schemas), or, for tensors no row of fields can hold, a contract without inputs. Pure
+functions over the MLmodel file's JSON, table-driven; the conformance suite serves the same kinds
+of model for real."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 from model_wrapper.contract import (
     ContractError,
     contract_from_signature,
+    describe_tensors,
     signature_mismatches,
     signature_tensors,
+    tensors_without_fields,
     within_tensor_range,
 )
 from model_wrapper.errors import InvalidInput
@@ -76,16 +79,42 @@ def test_a_contract_that_does_not_fill_the_tensors_is_a_mismatch_naming_them(inp
 
 
 @pytest.mark.parametrize(("inputs", "fragment"), [
-    ([tensor("a", "float32", [-1, 28, 28]), tensor("b", "int32", [-1])], "shape (-1, 28, 28)"),
-    ([tensor("a", "str", [-1]), tensor("b", "int32", [-1])], "a str tensor"),
-    ([tensor("a", "float32", [-1]), {"type": "tensor", "tensor-spec": {"dtype": "int32", "shape": [-1]}}],
-     "2 inputs with tensors among them"),
+    ([tensor("a", "float32", [-1, 28, 28]), tensor("b", "int32", [-1])], "a: a float32 tensor of shape (-1, 28, 28)"),
+    ([tensor("a", "str", [-1]), tensor("b", "int32", [-1])], "a: a str tensor of shape (-1,)"),
 ])
-def test_named_tensors_that_are_not_rows_of_values_are_still_refused(inputs: list[dict[str, Any]],
-                                                                     fragment: str) -> None:
+def test_named_tensors_that_are_not_rows_of_values_derive_a_contract_without_fields(inputs: list[dict[str, Any]],
+                                                                                   fragment: str) -> None:
+    contract = contract_from_signature(inputs)
+
+    assert contract.inputs == {} and contract.examples == []
+    assert fragment in contract.description and "POST it to invocations" in contract.description
+    assert signature_mismatches(contract, inputs) == []
+    assert signature_mismatches(contract_from_signature(KERAS), inputs) == [
+        f"the contract has 3 inputs, but the model takes {describe_tensors(tensors_without_fields(inputs) or [])}, "
+        "which cannot be given as fields; leave inputs out of the contract (the model is served through invocations)"]
+
+
+def test_a_contract_without_inputs_fits_only_a_model_whose_tensors_cannot_be_fields() -> None:
+    from model_wrapper.contract import contract_from_dict
+
+    bare = contract_from_dict({"title": "An image classifier", "serving": {"replicas": 2}})
+
+    assert signature_mismatches(bare, [tensor("img", "uint8", [-1, 28, 28, 3])]) == []
+    for fieldable in (KERAS, [{"name": "x", "type": "double"}], [{"name": "x", "type": "double", "required": False}]):
+        assert signature_mismatches(bare, fieldable) == [
+            "the contract has no inputs; list the model's inputs (only a model whose tensors cannot be given as "
+            "fields goes without)"]
+    with pytest.raises(ContractError, match="evaluation needs inputs"):
+        contract_from_dict({"task": "classification", "evaluation": {
+            "data": "evaluation.csv", "target": "y", "metrics": {"accuracy": {"min": 0.5}}}})
+
+
+def test_a_signature_mlflow_cannot_log_is_still_refused() -> None:
+    unnamed_among_named = [tensor("a", "float32", [-1]), {"type": "tensor", "tensor-spec": {"dtype": "int32",
+                                                                                           "shape": [-1]}}]
     with pytest.raises(ContractError, match="pandas DataFrame input example") as refused:
-        contract_from_signature(inputs)
-    assert fragment in str(refused.value)
+        contract_from_signature(unnamed_among_named)
+    assert "2 inputs with tensors among them" in str(refused.value)
 
 
 SCHEMA = build_schema(contract_from_signature([{"name": "x", "type": "double"}]), ["x"], max_batch=5, title="P",

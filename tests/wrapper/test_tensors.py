@@ -1,8 +1,9 @@
 """Models logged with a NumPy input example have a tensor signature, not named columns.
 
 A tensor of shape (-1, n) is served as n fields: the contract's inputs in the order written, or
-x0 … x(n-1) when the contract is derived. The answers are the model's own on the same array;
-a tensor no row of named values can fill (an image) stops the wrapper saying so.
+x0 … x(n-1) when the contract is derived. The answers are the model's own on the same array.
+A tensor no row of named values can fill (an image) has no fields: it is served through
+invocations, and a contract that lists fields for it stops the wrapper saying so.
 """
 
 from __future__ import annotations
@@ -116,10 +117,34 @@ def test_a_contract_names_the_tensors_values_in_the_order_it_lists_them(mlflow_s
     assert metadata["fast_path"] is False and metadata["contract_origin"] == "model's contract.yaml"
 
 
+def test_an_image_models_own_contract_may_leave_inputs_out_and_it_serves_through_invocations(
+        mlflow_server: LocalMlflow) -> None:
+    model = log_positional(unique("wrapper-image"), (-1, 2, 3), contract="title: Image sum\nserving: {replicas: 2}\n")
+    served = serve(model, mlflow_server)
+    wrapper = next(served)
+    try:
+        answer = wrapper.post("invocations", {"inputs": [[[1, 2, 3], [0, 0, 1]], [[0.5, 0, 0], [0, 1, 0]]]})
+        predict = wrapper.post("predict", {"instances": [{"x0": 1}]})
+        metadata = wrapper.get("metadata").json()
+        document = wrapper.get("openapi.json").json()
+    finally:
+        served.close()
+
+    assert answer.status_code == 200 and answer.json() == {"predictions": [[321.0, 100.0], [0.5, 10.0]]}, answer.text
+    assert predict.status_code == 404 and "a float32 tensor of shape (-1, 2, 3)" in predict.json()["error"]["message"]
+    assert metadata["contract_origin"] == "model's contract.yaml" and metadata["contract"]["title"] == "Image sum"
+    assert document["info"]["title"] == "Image sum" and f"/{wrapper.slug}/api/predict" not in document["paths"]
+    inputs = document["paths"][f"/{wrapper.slug}/api/invocations"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]["inputs"]
+    assert inputs["items"] == {"type": "array", "minItems": 2, "maxItems": 2,
+                               "items": {"type": "array", "minItems": 3, "maxItems": 3, "items": {"type": "number"}}}
+
+
 @pytest.mark.parametrize(("shape", "contract", "fragment"), [
-    ((-1, 2, 2), None, "float32 tensor of shape (-1, 2, 2)"),
+    ((-1, 2, 2), POSITIONAL_CONTRACT, "the contract has 3 inputs, but the model takes a float32 tensor of shape "
+                                      "(-1, 2, 2), which cannot be given as fields; leave inputs out"),
     ((-1, 4), POSITIONAL_CONTRACT, "the contract has 3 inputs but the model takes a float32 tensor of shape (-1, 4)"),
-], ids=["an image with no contract", "a contract one value short"])
+], ids=["fields over an image", "a contract one value short"])
 def test_a_tensor_the_contract_cannot_fill_stops_the_wrapper_saying_why(
         shape: tuple[int, ...], contract: str | None, fragment: str, mlflow_server: LocalMlflow) -> None:
     model = log_positional(unique("wrapper-tensor"), shape, contract=contract)
