@@ -176,14 +176,16 @@ def stop_pairs(pairs: dict[str, Pair]) -> None:
         stop_process(pair.mlflow_process)
 
 
-def _mlflow_serve(model: LoggedModel, mlflow_server: LocalMlflow, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _mlflow_serve(model: LoggedModel, mlflow_server: LocalMlflow, port: int, log_path: Path, *,
+                  python: str | Path = PYTHON, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     # mlflow models serve starts `uvicorn` by name: the venv's bin must be on PATH.
-    env = {**os.environ, **mlflow_server.client_env(), **SAME_PROCESS_ENV,
-           "PATH": f"{os.path.dirname(PYTHON)}{os.pathsep}{os.environ.get('PATH', '')}"}
-    command = [PYTHON, "-m", "mlflow", "models", "serve", "-m", model.source, "--env-manager", "local",
+    environment = {**os.environ, **mlflow_server.client_env(), **SAME_PROCESS_ENV, **(env or {}),
+                   "PATH": f"{os.path.dirname(python)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [str(python), "-m", "mlflow", "models", "serve", "-m", model.source, "--env-manager", "local",
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with open(log_path, "wb") as log:
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _wait_all(pairs: Iterator[Pair] | Any) -> None:
