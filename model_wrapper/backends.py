@@ -13,6 +13,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from model_wrapper.one_call import joint_predict
+
 Scorer = Callable[[bytes, str], tuple[int, bytes, str]]
 
 
@@ -32,6 +34,8 @@ class SklearnArrayBackend:
         self.columns = columns
         self._predict = estimator.predict
         self._proba = estimator.predict_proba if has_probabilities(estimator) else None
+        # Labels and probabilities from one scikit-learn call where that is exact (model_wrapper.one_call).
+        self._joint = joint_predict(estimator) if self._proba is not None else None
         self.classes: list[Any] | None = list(estimator.classes_) if self._proba is not None else None
         self._dtype = dtype
         # Column-major is how a DataFrame's values are laid out, row-major how MLflow parses a
@@ -43,6 +47,8 @@ class SklearnArrayBackend:
     def predict(self, rows: list[tuple[Any, ...]], params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
         # No params: a model with a params schema is served by PyfuncBackend.
         features = np.array(rows, dtype=self._dtype, order=self._order)
+        if self._joint is not None:
+            return self._joint(features)
         predictions = self._predict(features)
         return predictions, (self._proba(features) if self._proba is not None else None)
 
