@@ -282,8 +282,8 @@ def _flat(s3: LocalS3, kube: KubernetesPeer, source: str, count: int) -> FlatRow
         for name in names:
             release = Release(name=name, version=1, source=source, run_id=None, slug=model_slug(name))
             for manifest in deps.renderer.render(release).manifests:
-                api = {"Deployment": "apis/apps/v1", "Service": "api/v1", "Ingress": "apis/networking.k8s.io/v1"}
-                kube.create(api[manifest["kind"]], deps.settings.k8s_name_space, manifest)
+                group = manifest["apiVersion"]  # "v1" is the core API's; the others are named groups
+                kube.create("api/v1" if group == "v1" else f"apis/{group}", deps.settings.k8s_name_space, manifest)
         log = MlflowAccessLog(server.workdir / "server.log")
         namespace = deps.settings.k8s_name_space
         walls, owns = [], []
