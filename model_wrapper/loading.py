@@ -14,7 +14,6 @@ import importlib.metadata
 import logging
 import os
 import platform
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
+from model_wrapper.array_inputs import array_dtype as _array_dtype
+from model_wrapper.array_inputs import array_safe as _array_safe
+from model_wrapper.array_inputs import column_order as _column_order
+from model_wrapper.array_inputs import quiet_feature_name_warning as _quiet_feature_name_warning
 from model_wrapper.backends import PyfuncBackend, Scorer, SklearnArrayBackend, frame_builder, has_probabilities
 from model_wrapper.contract import (
     CONTRACT_FILE,
@@ -47,8 +50,6 @@ from model_wrapper.settings import WrapperSettings
 
 log = logging.getLogger(__name__)
 MODEL_CONTRACT_PATHS = (CONTRACT_FILE, f"extra_files/{CONTRACT_FILE}")
-# Signature column types the array fast path reproduces exactly (float32 columns would not).
-_FAST_SIGNATURE_TYPES = {"double", "long", "integer"}
 JSON = "application/json"
 # The serving input example is the start-up test and the docs' example of an invocations-only model.
 MAX_SERVING_EXAMPLE_BYTES = 1 << 20
@@ -223,12 +224,6 @@ def signature_frame_builder(columns: list[str], contract: Contract,
     return build
 
 
-def _quiet_feature_name_warning() -> None:
-    # The wrapper builds arrays in the fitted column order itself, so sklearn's warning that an
-    # array has no column names says nothing here.
-    warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
-
-
 def scorer(pyfunc: Any) -> Scorer:
     """MLflow's own scoring-server code, answered as `mlflow.pyfunc.scoring_server.init` does: an
     MlflowException is its JSON (`serialize_as_json`) with its status; any other error (the
@@ -378,40 +373,6 @@ def _native_classifier(pyfunc: Any) -> Any | None:
     except (NotImplementedError, AttributeError):
         return None
     return raw if has_probabilities(raw) else None
-
-
-def _column_order(contract: Contract, signature: list[dict[str, Any]] | None, estimator: Any, *,
-                  positional: bool = False) -> list[str]:
-    """The order the model takes its inputs in. `positional`: a tensor, whose columns are the
-    contract's inputs in the order written (or the fitted columns, when the contract names them)."""
-    fitted = list(getattr(estimator, "feature_names_in_", []))
-    if fitted and set(fitted) == set(contract.inputs):
-        return [str(name) for name in fitted]
-    if positional:
-        return list(contract.inputs)
-    if fitted:
-        missing = sorted(set(fitted) - set(contract.inputs))
-        extra = sorted(set(contract.inputs) - set(fitted))
-        raise LoadFailure(f"the contract's inputs differ from the columns the model was trained on: "
-                          f"missing {missing}, not used by the model {extra}")
-    order = [str(column["name"]) for column in signature or [] if column.get("name") in contract.inputs]
-    return order + [name for name in contract.inputs if name not in order]
-
-
-def _array_safe(contract: Contract, signature: list[dict[str, Any]] | None, columns: list[str]) -> bool:
-    specs = [contract.inputs[name] for name in columns]
-    if not all(spec.required and spec.type.value in ("number", "integer") for spec in specs):
-        return False
-    return signature is None or all(column.get("type") in _FAST_SIGNATURE_TYPES for column in signature)
-
-
-def _array_dtype(contract: Contract, signature: list[dict[str, Any]] | None) -> type[Any]:
-    # Pyfunc hands scikit-learn an int64 frame only when every column is an integer one.
-    if signature:
-        kinds = {column.get("type") for column in signature}
-    else:
-        kinds = {spec.type.value for spec in contract.inputs.values()}
-    return np.int64 if kinds <= {"long", "integer"} else np.float64
 
 
 def _first_line(error: BaseException) -> str:

@@ -119,15 +119,22 @@ def load_into(settings: WrapperSettings, predictor: Predictor, workdir: Path,
     """Load, install and warm up the model; on failure report why and call `on_fatal`."""
     try:
         _import_scipy_special()
-        from model_wrapper.loading import load_model  # imports MLflow: seconds, so off the serving thread
+        from model_wrapper.sklearn_loading import load_fast  # scikit-learn models without importing MLflow
 
-        predictor.install(load_model(settings, workdir))
+        if (fast := load_fast(settings, workdir)) is None:
+            from model_wrapper.loading import load_model  # imports MLflow: seconds, so off the serving thread
+
+            predictor.install(load_model(settings, workdir))
+        else:
+            predictor.install(fast[0])
         predictor.warm_up()
         log.info("model %s version %s: ready on %s", settings.model_name, settings.model_version, settings.prefix)
         # Later collections skip everything loaded so far: steadier request latency. No collection
         # first: start-up leaves a few thousand garbage objects, not worth a quarter second.
         gc.freeze()
         gc.enable()
+        if fast is not None:
+            fast[1]()  # MLflow for invocations, now that predict serves
         return
     except LoadFailure as e:
         reason = str(e)
