@@ -255,4 +255,4 @@ def test_a_model_whose_example_has_missing_values_deploys_and_takes_nan_where_th
         assert json.loads(response.read())["predictions"] == expected
 
     MlflowClient().delete_model_version_tag(model_name, "1", "deploy")
-    assert reconcile_once(local_deps()).undeployed == 2
+    assert reconcile_once(local_deps()).undeployed == 1
