@@ -162,7 +162,7 @@ class Watch:
         return self._run(None, "poll", covered)
 
     def _run(self, model: str | None, trigger: str, covers: list[str]) -> bool:
-        report = self._pass(model, trigger)
+        report = self._pass(model, trigger, covers)
         if report is not None and report.skipped:
             with self._lock:  # another watcher holds the lease: ask again shortly
                 for name in covers:
@@ -177,14 +177,15 @@ class Watch:
         self._failures = 0
         return True
 
-    def _pass(self, model: str | None, trigger: str) -> PassReport | None:
-        """One pass; None when it could not run (logged and counted, never raised)."""
+    def _pass(self, model: str | None, trigger: str, eager: list[str]) -> PassReport | None:
+        """One pass; None when it could not run (logged and counted, never raised). `eager`: the models webhooks
+        asked for, retried at once."""
         if self.stop():
             return PassReport(skipped="stopping")
         started = time.monotonic()
         report: PassReport | None = None
         try:
-            report = reconcile_once(self.deps, dry_run=self.dry_run, only_model=model, out=self.out)
+            report = reconcile_once(self.deps, dry_run=self.dry_run, only_model=model, out=self.out, eager=eager)
             outcome = "skipped" if report.skipped else "ok"
         except PassAborted as e:
             outcome = "aborted"

@@ -7,8 +7,9 @@ functions for slugs and hashes) and returns actions, so every lifecycle case is 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from model_wrapper.contract import Serving
@@ -17,6 +18,57 @@ from watcher.registry import VersionInfo
 KINDS = frozenset({"Deployment", "Service", "Ingress"})
 STATUS = "deployment_status"
 ATTEMPT = "deployment_attempt"
+RETRY_FIRST_SECONDS = 60.0
+"""The pause before the third try of a version the cluster keeps failing; it doubles with each failure."""
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """A failure worth another try (the cluster's, or a transient one), as the `deployment_attempt` tag keeps it
+    between passes and processes: `<inputs key> failures=N [retry_after=<UTC time>]`. A permanent failure keeps
+    the bare key instead."""
+
+    key: str
+    failures: int
+    after: datetime | None = None
+
+    def __str__(self) -> str:
+        after = f" retry_after={utc_text(self.after)}" if self.after else ""
+        return f"{self.key} failures={self.failures}{after}"
+
+    @classmethod
+    def parse(cls, text: str) -> Retrying | None:
+        """The record in a tag value, or None when it is not one (empty, a bare key, edited by hand)."""
+        parts = text.split()
+        fields = dict(part.partition("=")[::2] for part in parts[1:])
+        if len(parts) not in (2, 3) or set(fields) - {"failures", "retry_after"} or \
+                not fields.get("failures", "").isdigit():
+            return None
+        try:
+            after = datetime.fromisoformat(fields["retry_after"]) if "retry_after" in fields else None
+        except ValueError:
+            return None
+        return cls(parts[0], int(fields["failures"]), _utc(after) if after else None)
+
+    def next(self, key: str, now: datetime, cap: float) -> Retrying:
+        """The record after one more failure with inputs `key` (a change of inputs starts counting anew)."""
+        failures = self.failures + 1 if key == self.key else 1
+        delay = retry_delay(failures, cap)
+        return Retrying(key, failures, _utc(now) + timedelta(seconds=delay) if delay else None)
+
+
+def retry_delay(failures: int, cap: float) -> float:
+    """Seconds before the next try after `failures` in a row: none after the first (a blip is retried by the next
+    pass), then RETRY_FIRST_SECONDS doubling, at most `cap`."""
+    return 0.0 if failures <= 1 else min(cap, RETRY_FIRST_SECONDS * 2.0 ** min(failures - 2, 32))
+
+
+def utc_text(moment: datetime) -> str:
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -109,8 +161,13 @@ def plan(
     spec_hash_of: Callable[[VersionInfo, Live], str],
     attempt_of: Callable[[VersionInfo], str],
     kinds_of: Callable[[VersionInfo, Live], frozenset[str]] = lambda version, live: KINDS,
+    now: datetime | None = None,
+    eager: Collection[str] = frozenset(),
 ) -> Plan:
-    """Actions that make what runs match what is selected; nothing for what already matches."""
+    """Actions that make what runs match what is selected; nothing for what already matches.
+
+    `now` is the clock a retry's pause is measured by (None: no pause is honoured); `eager` names the models
+    a person or a webhook just asked for, which are retried at once."""
     by_slug = {item.slug: item for item in live}
     winners, losers = _winners(selected)
     actions: list[Action] = [Supersede(v, winner) for v, winner in losers
@@ -124,7 +181,7 @@ def plan(
         claimed.setdefault(slug, version.name)
         if clash:
             actions.append(Clash(version, slug, clash))
-        elif _failed_before(version, attempt_of):
+        elif _failed_before(version, attempt_of) or _pausing(version, attempt_of, now, eager):
             if current is not None and current.version == version.version and current.rollback_to not in (
                     None, version.version):
                 actions.append(RollBack(version, current))
@@ -187,6 +244,16 @@ def _failed_before(version: VersionInfo, attempt_of: Callable[[VersionInfo], str
     """A version that failed permanently with these same inputs is not retried until something changes.
     (The key is computed only for failed versions: it hashes the settings, too slow to do for every one.)"""
     return version.tags.get(STATUS) == "failed" and version.tags.get(ATTEMPT) == attempt_of(version)
+
+
+def _pausing(version: VersionInfo, attempt_of: Callable[[VersionInfo], str], now: datetime | None,
+             eager: Collection[str]) -> bool:
+    """A version the cluster failed is left alone until its pause is over, unless its inputs changed since."""
+    if now is None or version.name in eager or version.tags.get(STATUS) != "failed":
+        return False
+    record = Retrying.parse(version.tags.get(ATTEMPT, ""))
+    return record is not None and record.after is not None and _utc(now) < record.after and \
+        record.key == attempt_of(version)
 
 
 def _converge(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -99,11 +99,13 @@ class PassReport:
 
 
 def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None = None,
-                   out: Callable[[str], None] = print) -> PassReport:
-    """One pass. Raises PassAborted only when the registry or the cluster cannot be reached."""
+                   out: Callable[[str], None] = print, eager: Collection[str] = ()) -> PassReport:
+    """One pass. Raises PassAborted only when the registry or the cluster cannot be reached. `eager`: models
+    a webhook just asked for, retried at once even while a failure's pause runs."""
     started = time.monotonic()
     report = PassReport()
-    the_plan, snapshot = _decide(deps, only_model)
+    eager = frozenset(eager) | ({only_model} if only_model else set())
+    the_plan, snapshot = _decide(deps, only_model, eager)
     report.found, report.unchanged = the_plan.found, len(the_plan.unchanged)
     if dry_run:
         _print_plan(deps, the_plan, out)
@@ -111,7 +113,7 @@ def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None 
         try:
             with deps.target.exclusive():
                 # Re-read under the lease: another watcher may have acted since we looked.
-                the_plan, snapshot = _decide(deps, only_model)
+                the_plan, snapshot = _decide(deps, only_model, eager)
                 report.unchanged = len(the_plan.unchanged)
                 for action in the_plan.actions:
                     if deps.stop_requested():
@@ -125,7 +127,7 @@ def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None 
     return report
 
 
-def _decide(deps: Deps, only_model: str | None) -> tuple[Plan, Any]:
+def _decide(deps: Deps, only_model: str | None, eager: frozenset[str]) -> tuple[Plan, Any]:
     selected = deps.registry.selected(deps.settings.parsed_selector, name=only_model)
     snapshot = deps.target.observe()
     live = snapshot.live()
@@ -134,7 +136,8 @@ def _decide(deps: Deps, only_model: str | None) -> tuple[Plan, Any]:
         live = [item for item in live if item.model == only_model or item.slug == model_slug(only_model)]
     return plan(selected, live, slug_of=model_slug, spec_hash_of=lambda v, item: _spec_hash(deps, v, item),
                 attempt_of=lambda v: attempt_key(deps, v),
-                kinds_of=lambda v, item: deps.renderer.kinds(_release(v, item.slug, item.serving))), snapshot
+                kinds_of=lambda v, item: deps.renderer.kinds(_release(v, item.slug, item.serving)),
+                now=deps.clock(), eager=eager), snapshot
 
 
 def _spec_hash(deps: Deps, version: VersionInfo, live: Live) -> str:
@@ -194,7 +197,7 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
         if isinstance(action, Deploy) and action.reason in ("new", "update"):  # never left `deploying`
             record.failed(deps, action.version, Retryable(
                 "stopped by a signal during the rollout; what ran before was put back, the next pass retries"),
-                attempt_key(deps, action.version))
+                attempt_key(deps, action.version), back_off=False)
         raise
     except Exception as error:  # one model's failure, whatever it is, never stops the pass for the others
         e = error if isinstance(error, ServiceBuilderError) else _unexpected(subject, error)
@@ -202,7 +205,9 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
         report.failures.append(f"{subject}: {e}")
         log.error("%s: %s", subject, e)
         if not isinstance(action, Undeploy | RollBack):  # a roll-back that failed again leaves the tags as they are
-            record.failed(deps, action.version, e, attempt_key(deps, action.version))
+            # A clash is re-checked by the plan every pass at no cost: no pause, and no count to rewrite.
+            record.failed(deps, action.version, e, attempt_key(deps, action.version),
+                          back_off=not isinstance(action, Clash))
 
 
 def _unexpected(subject: str, error: Exception) -> Retryable:

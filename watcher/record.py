@@ -7,12 +7,13 @@ Messages are redacted and short: a researcher reads them in the MLflow UI.
 from __future__ import annotations
 
 import logging
+import re
 from shlex import quote
 from typing import TYPE_CHECKING
 
 from watcher.errors import Blocked, PassAborted, Permanent, RolloutFailed, ServiceBuilderError
 from watcher.logs import redact
-from watcher.plan import ATTEMPT, STATUS, Live
+from watcher.plan import ATTEMPT, STATUS, Live, Retrying, utc_text
 from watcher.registry import VersionInfo
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 500
 WARNINGS = "deployment_warnings"
+_RETRY_SAID = re.compile(r"([;,] (will retry|the next pass retries|retrying next pass|checking again next pass))+$")
+"""How the errors of a retried failure end; the recorded message says when, instead."""
 
 
 def deploying(deps: Deps, version: VersionInfo) -> None:
@@ -73,15 +76,26 @@ def undeployed(deps: Deps, live: Live,
         deps.registry.delete_tag(version, "model_endpoint")
 
 
-def failed(deps: Deps, version: VersionInfo, error: ServiceBuilderError, attempt: str) -> None:
-    """Record why; a permanent failure remembers its inputs so it is not retried until they change."""
+def failed(deps: Deps, version: VersionInfo, error: ServiceBuilderError, attempt: str, *,
+           back_off: bool = True) -> None:
+    """Record why; a permanent failure remembers its inputs so it is not retried until they change. Any other
+    is retried, after a pause that grows with each failure in a row (`back_off`; a stop or a clash retries at
+    once), and the message says when."""
     remember = isinstance(error, Permanent) and not isinstance(error, Blocked)
     # A rollout fails for reasons outside the model files (its runtime, resources, the image): once
     # that is fixed, nothing about the version changed, so the researcher is told how to ask again.
-    retry = f"; once fixed: python -m watcher retry {quote(version.name)} {version.version}" \
-        if isinstance(error, RolloutFailed) else ""
-    message = redact(str(error))[:MAX_MESSAGE - len(retry)] + retry
-    tags = {STATUS: "failed", "deployment_message": message, ATTEMPT: attempt if remember else ""}
+    command = f"python -m watcher retry {quote(version.name)} {version.version}"
+    retry = f"; once fixed: {command}" if isinstance(error, RolloutFailed) else ""
+    attempt_tag = attempt if remember else ""
+    if not remember and back_off:
+        previous = Retrying.parse(version.tags.get(ATTEMPT, "")) or Retrying(attempt, 0)
+        retrying = previous.next(attempt, deps.clock(), deps.settings.retry_backoff_max_seconds)
+        attempt_tag = str(retrying)
+        retry = "; will retry on the next pass" if retrying.after is None else \
+            f"; will retry after {utc_text(retrying.after)} (attempt {retrying.failures} failed; now: {command})"
+    text = redact(_RETRY_SAID.sub("", str(error)) if retry else str(error))
+    message = text[:MAX_MESSAGE - len(retry)] + retry
+    tags = {STATUS: "failed", "deployment_message": message, ATTEMPT: attempt_tag}
     if version.tags.get(STATUS) != "deployed":
         tags["deployed"] = "false"
     try:

@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     """Serve Prometheus metrics on this port during `watch` and `serve-webhooks` (off when unset)."""
     backoff_max_seconds: float = Field(default=300, gt=0, le=86_400)
     """Longest wait between passes while they keep failing (the wait doubles from 1 s, with jitter)."""
+    retry_backoff_max_seconds: float = Field(default=1800, ge=60, le=86_400)
+    """Longest pause before a version the cluster keeps failing is tried again: the first retry is the next pass,
+    then the pause is 60 s, doubling with each failure in a row. A change of inputs, `retry` or a webhook retries
+    at once."""
     lease_name: str = Field(default="service-builder", pattern=_DNS_LABEL)
     """The coordination Lease that keeps two watchers from acting at once."""
     evaluation_timeout_seconds: float = Field(default=900, ge=10, le=86_400)
@@ -223,7 +227,11 @@ class Settings(BaseSettings):
         return "https" if self.tls_secret_name else "http"
 
     def fingerprint(self) -> str:
-        """A short hash of the settings that shape a deployment (not secrets, not timing)."""
+        """A short hash of the settings that shape a deployment (not secrets, not timing).
+
+        ROLLOUT_TIMEOUT_SECONDS stays out although it reaches progressDeadlineSeconds: the renderer's probe
+        rendering carries that change into the inputs digest, and a timeout can fix no failure that is
+        remembered as permanent (running out of it is retried anyway), so it must not reopen them."""
         shaping = self.model_dump(include={
             "k8s_name_space", "service_builder_host_name", "model_wrapper_image", "ingress_class_name",
             "tls_secret_name", "s3_secret_name", "api_keys_secret_name", "default_replicas",

@@ -133,8 +133,8 @@ def test_a_job_that_fails_says_why_and_is_retried(
     tags = MlflowClient().get_model_version(model_name, "1").tags
     assert report.failed == 1 and tags["deployment_status"] == "failed"
     assert tags["deployment_message"].startswith(f"the evaluation Job failed ({reason}")
-    assert tags["deployment_message"].endswith("; retrying next pass")
-    assert tags.get("deployment_attempt", "") == ""  # a cluster fault: not remembered, tried again
+    assert tags["deployment_message"].endswith("; will retry on the next pass")
+    assert tags["deployment_attempt"].endswith(" failures=1")  # a cluster fault: counted, not remembered
     assert kube.objects("deployments", namespace) == {} and kube.objects("jobs", namespace) == {}
     created = job_requests(kube, namespace).count("create")
 

@@ -127,6 +127,7 @@ def test_an_unexpected_error_fails_only_its_model_and_the_pass_goes_on(
     assert (report.deployed, report.failed) == (1, 1), report.failures
     found = tags(unlucky)
     assert found["deployment_status"] == "failed"
-    assert found["deployment_message"] == "the watcher failed unexpectedly (KeyError); its log has the details"
-    assert found.get("deployment_attempt", "") == "", "tried again next pass"
+    assert found["deployment_message"] == ("the watcher failed unexpectedly (KeyError); its log has the details; "
+                                           "will retry on the next pass")
+    assert found["deployment_attempt"].endswith(" failures=1"), "tried again next pass"
     assert set(kube.objects("deployments", namespace)) == {model_slug(healthy)}

@@ -91,8 +91,9 @@ def test_one_registry_call_answering_503_is_retried_with_backoff_then_only_that_
         assert gaps[1] > gaps[0] and gaps[1] >= 1.5, f"exponential back-off between retries: {gaps}"
         failed = tags(broken)
         assert failed["deployment_status"] == "failed" and failed["deployed"] == "false"
-        assert failed["deployment_message"].endswith(f"{broken} v1: too many 503 error responses")
-        assert failed.get("deployment_attempt", "") == "", "a transient failure is retried on the next pass"
+        assert failed["deployment_message"].endswith(f"{broken} v1: too many 503 error responses; will retry on the "
+                                                     "next pass")
+        assert failed["deployment_attempt"].endswith(" failures=1"), "a transient failure is retried on the next pass"
         assert tags(healthy)["deployment_status"] == "deployed"
         assert model_slug(broken) not in kube.objects("deployments", namespace)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT, LoggedModel, register_versions
+from devstack.servers import LocalMlflow
 from model_wrapper.naming import model_slug
 from tests.peers import (
     BAD_IMAGE,
@@ -26,11 +28,15 @@ from tests.peers import (
     PENDING,
     READY,
     KubernetesPeer,
+    MlflowAccessLog,
     Pods,
     RolloutPolicy,
     all_ready,
     crash,
 )
+from tests.reconcile.conftest import FIXED_NOW
+from watcher import commands
+from watcher.cli import build_deps
 from watcher.reconcile import Deps, PassReport, reconcile_once
 from watcher.render import (
     MODEL_VERSION,
@@ -221,8 +227,49 @@ def test_brand_new_model_that_never_gets_ready_leaves_no_objects(
     failed = tags(model_name, "1")
     message = failed["deployment_message"]
     assert "no progress for 1s (pods: ContainerCreating)" in message and "will retry" in message
-    assert failed.get("deployment_attempt", "") == ""  # the cluster's fault: tried again next pass
+    assert failed["deployment_attempt"].endswith(" failures=1")  # the cluster's fault: tried again next pass
     assert objects(kube, namespace) == {plural: set() for plural in KINDS}
+
+
+def test_a_version_the_cluster_keeps_failing_waits_a_growing_pause_between_passes_which_retry_cuts_short(
+    make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str, mlflow_server: LocalMlflow,
+    model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    kube.set_rollout_policy(lambda template: PENDING)  # no node has room, for as long as the cluster says
+    register_versions(model_name, iris, tags=production)
+    settings = make_settings(rollout_timeout_seconds=1)
+
+    def deps_at(seconds: float) -> Deps:  # a fresh Deps each pass, like the CronJob's fresh process: only tags carry
+        return build_deps(settings, clock=lambda: FIXED_NOW + timedelta(seconds=seconds))
+
+    assert reconcile_once(deps_at(0)).failed == 1
+    assert tags(model_name, "1")["deployment_message"].endswith("; will retry on the next pass")
+    assert reconcile_once(deps_at(10)).failed == 1, "the next pass retries a first failure"
+    second = tags(model_name, "1")
+    retry = f"python -m watcher retry {model_name} 1"
+    assert second["deployment_message"].endswith(f"; will retry after 2026-11-22T12:01:10Z (attempt 2 failed; now: "
+                                                 f"{retry})")
+    assert second["deployment_attempt"].endswith(" failures=2 retry_after=2026-11-22T12:01:10Z")
+
+    mlflow, before = MlflowAccessLog(mlflow_server.workdir / "server.log"), len(kube.requests(namespace))
+    mlflow.mark()
+    paused = reconcile_once(deps_at(69))
+    assert (paused.found, paused.unchanged, paused.failed) == (1, 1, 0)
+    assert [(r.method.value, r.name) for r in kube.requests(namespace)[before:]] == [("GET", None)] * 6, \
+        "a pause costs what a steady-state pass costs: the six lists"
+    assert [path.split("?")[0] for _, path in mlflow.since()] == ["/api/2.0/mlflow/model-versions/search"]
+
+    assert reconcile_once(deps_at(70)).failed == 1, "the pause is over"
+    assert tags(model_name, "1")["deployment_message"].endswith(
+        f"; will retry after 2026-11-22T12:03:10Z (attempt 3 failed; now: {retry})"), "twice the pause"
+    kube.set_rollout_policy(all_ready)
+    assert reconcile_once(deps_at(100)).unchanged == 1, "still paused, although the cluster has room now"
+
+    lines: list[str] = []
+    assert commands.retry(deps_at(100), model_name, 1, out=lines.append) == 0, lines
+    done = tags(model_name, "1")
+    assert (done["deployment_status"], done["deployment_attempt"]) == ("deployed", "")
+    assert lines[-1] == f"{model_name} v1: deployed: {done['deployment_message']}"
 
 
 def test_pods_of_another_release_with_the_same_instance_label_are_not_taken_for_ours(
@@ -233,16 +280,24 @@ def test_pods_of_another_release_with_the_same_instance_label_are_not_taken_for_
     kube.create("api/v1", namespace, {  # a Helm release that happens to use the same instance name
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{slug}-redis-0", "labels": {
             "app.kubernetes.io/instance": slug, "app.kubernetes.io/name": "redis"}},
-        "spec": {"containers": [{"name": "redis", "image": "redis:7"}]},
-        "status": {"containerStatuses": [{"name": "redis", "ready": False, "restartCount": 9, "state": {
-            "waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"message": "redis is broken"}}}]}})
+        "spec": {"containers": [{"name": "redis", "image": "redis:7"}]}})
+    # The API server drops the status of a create; the kubelet writes it afterwards, as here.
+    kube.patch_object("pods", namespace, f"{slug}-redis-0", {"status": {"containerStatuses": [{
+        "name": "redis", "image": "redis:7", "imageID": "", "ready": False, "started": False, "restartCount": 9,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "redis is broken"}}}]}})
+    assert kube.objects("pods", namespace)[f"{slug}-redis-0"]["status"]["containerStatuses"][0]["restartCount"] == 9
     kube.set_rollout_policy(lambda template: PENDING)
     register_versions(model_name, iris, tags=production)
 
-    passes(make_deps(make_settings(rollout_timeout_seconds=1)))
+    # Long enough for the pods to be looked at while the rollout is still waited for, not only at its end.
+    passes(make_deps(make_settings(rollout_timeout_seconds=12)))
 
-    message = tags(model_name, "1")["deployment_message"]
+    failed = tags(model_name, "1")
+    message = failed["deployment_message"]
     assert "redis" not in message and "ContainerCreating" in message
+    # The foreign pod's crash loop neither cut the wait short nor made the failure the version's own.
+    assert "no progress for 12s" in message and failed["deployment_attempt"].endswith(" failures=1")
 
 
 def test_failed_version_is_not_retried_until_its_inputs_change(
@@ -382,7 +437,7 @@ def test_stale_tags_on_a_version_that_is_not_ready_are_checked_again_next_pass(
     assert stuck.failed == 1
     failed = tags(model_name, "1")
     assert failed["deployment_status"] == "failed" and "ContainerCreating" in failed["deployment_message"]
-    assert failed.get("deployment_attempt", "") == ""  # not a permanent verdict: the next pass looks again
+    assert failed["deployment_attempt"].endswith(" failures=1")  # not a permanent verdict: the next pass looks again
     kube.set_rollout_policy(all_ready)
 
     recovered = passes(deps)

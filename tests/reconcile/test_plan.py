@@ -6,7 +6,8 @@ The slug, spec-hash and attempt-key functions are passed in, so each case states
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,10 +20,12 @@ from watcher.plan import (
     Live,
     Plan,
     RecordDeployed,
+    Retrying,
     RollBack,
     Supersede,
     Undeploy,
     plan,
+    retry_delay,
 )
 from watcher.registry import VersionInfo
 
@@ -46,10 +49,11 @@ def live(name: str = "iris", number: int | None = 1, *, slug: str | None = None,
 
 
 def decide(selected: list[VersionInfo], running: list[Live], *, slugs: Mapping[str, str] | None = None,
-           spec_hash: str = HASH, attempt: str = ATTEMPT_KEY) -> Plan:
+           spec_hash: str = HASH, attempt: str = ATTEMPT_KEY, now: datetime | None = None,
+           eager: Collection[str] = ()) -> Plan:
     slug_of: Callable[[str], str] = lambda name: (slugs or {}).get(name, name)  # noqa: E731
     return plan(selected, running, slug_of=slug_of, spec_hash_of=lambda v, item: spec_hash,
-                attempt_of=lambda v: attempt)
+                attempt_of=lambda v: attempt, now=now, eager=eager)
 
 
 def kinds_of(result: Plan) -> list[str]:
@@ -222,6 +226,74 @@ def test_transient_failure_without_an_attempt_key_is_retried() -> None:
 def test_failed_model_keeps_its_running_objects() -> None:
     failed = version(number=2, **{STATUS: "failed", ATTEMPT: ATTEMPT_KEY})
     assert decide([failed], [live(number=1)]).actions == ()
+
+
+# --- a failure the cluster caused: retried later, with a growing pause ------------------------
+
+NOW = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+PAUSED = f"{ATTEMPT_KEY} failures=3 retry_after=2026-12-02T04:02:00Z"
+
+
+def pausing(number: int = 1, record: str = PAUSED) -> VersionInfo:
+    return version(number=number, **{STATUS: "failed", ATTEMPT: record})
+
+
+@pytest.mark.parametrize(("case", "record", "kwargs", "retried"), [
+    ("during its pause", PAUSED, {"now": NOW}, False),
+    ("a second before its end", PAUSED, {"now": NOW + timedelta(seconds=119)}, False),
+    ("once its pause is over", PAUSED, {"now": NOW + timedelta(seconds=120)}, True),
+    ("a clock without a zone, read as UTC", PAUSED, {"now": datetime(2026, 12, 2, 4, 1)}, False),
+    ("after its inputs changed", PAUSED, {"now": NOW, "attempt": "attempt-2-new-image"}, True),
+    ("when a webhook or a person asks for the model", PAUSED, {"now": NOW, "eager": {"iris"}}, True),
+    ("only the model asked for", PAUSED, {"now": NOW, "eager": {"other"}}, False),
+    ("after a first failure (no pause yet)", f"{ATTEMPT_KEY} failures=1", {"now": NOW}, True),
+    ("with no clock to measure the pause by", PAUSED, {}, True),
+    ("with a record edited by hand", f"{ATTEMPT_KEY} failures=x retry_after=2026-12-02T04:02:00Z", {"now": NOW},
+     True),
+    ("with a time that does not parse", f"{ATTEMPT_KEY} failures=3 retry_after=soon", {"now": NOW}, True),
+    ("with an unknown field", f"{ATTEMPT_KEY} failures=3 retry_after=2026-12-02T04:02:00Z x=1", {"now": NOW},
+     True),
+])
+def test_a_version_the_cluster_failed_waits_out_its_pause_unless_something_changed(
+        case: str, record: str, kwargs: dict[str, object], retried: bool) -> None:
+    result = decide([pausing(record=record)], [], **kwargs)  # type: ignore[arg-type]
+    assert kinds_of(result) == (["Deploy"] if retried else []), case
+    assert result.unchanged == (() if retried else ("iris v1",)), case
+
+
+def test_a_paused_update_leaves_the_version_that_serves_alone() -> None:
+    assert decide([deployed(number=1), pausing(number=2)], [live(number=1)], now=NOW).actions == ()
+
+
+def test_a_paused_update_whose_roll_back_was_cut_short_is_rolled_back_during_the_pause() -> None:
+    stuck = Live(slug="iris", model="iris", version=2, spec_hash=HASH, rollback_to=1)
+    result = decide([deployed(number=1), pausing(number=2)], [stuck], now=NOW)
+    assert result.actions == (RollBack(pausing(number=2), stuck),)
+
+
+def test_a_paused_version_that_is_no_longer_selected_is_still_undeployed() -> None:
+    assert kinds_of(decide([], [live(number=1)], now=NOW)) == ["Undeploy"]
+
+
+def test_the_pause_is_none_after_one_failure_then_doubles_from_a_minute_up_to_the_cap() -> None:
+    assert [retry_delay(n, cap=1800) for n in range(1, 9)] == [0, 60, 120, 240, 480, 960, 1800, 1800]
+    assert retry_delay(10_000, cap=600) == 600
+
+
+def test_each_failure_in_a_row_counts_and_new_inputs_count_anew() -> None:
+    first = Retrying("k1", 0).next("k1", NOW, cap=1800)
+    assert first == Retrying("k1", 1) and str(first) == "k1 failures=1"
+    third = first.next("k1", NOW, 1800).next("k1", NOW, 1800)
+    assert third == Retrying("k1", 3, NOW + timedelta(seconds=120))
+    assert str(third) == "k1 failures=3 retry_after=2026-12-02T04:02:00Z"
+    assert Retrying.parse(str(third)) == third
+    assert third.next("k2", NOW, 1800) == Retrying("k2", 1)
+
+
+@pytest.mark.parametrize("text", ["", ATTEMPT_KEY, "k failures=", "k failures=-1", "k retry_after=2026-12-02",
+                                  "k failures=1 failures=2 x", "k failures=1 retry_after=2026-13-40T00:00:00Z"])
+def test_what_is_not_a_retry_record_parses_as_none(text: str) -> None:
+    assert Retrying.parse(text) is None
 
 
 # --- a roll-back cut short ---------------------------------------------------------------------
