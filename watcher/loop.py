@@ -1,8 +1,8 @@
 """`python -m watcher watch`: a pass at start, then one every POLL_INTERVAL_SECONDS, until SIGTERM.
 
 The loop decides when passes run (schedule, back-off after failures, passes the webhook receiver
-asks for); `reconcile_once` decides what a pass does. One thread runs every pass, so two passes
-never overlap in one process; the Lease keeps two processes from acting at once.
+asks for) and tells `Health` how they go; `reconcile_once` decides what a pass does. One thread runs
+every pass, so two passes never overlap in one process; the Lease keeps two processes from acting at once.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import schedule
 
 from watcher.errors import PassAborted, ServiceBuilderError, Stopping
+from watcher.health import Health
 from watcher.metrics import CountingTarget, Metrics
 from watcher.reconcile import Deps, PassReport, reconcile_once
 from watcher.settings import Settings
@@ -93,9 +94,10 @@ class Watch:
     """The loop: scheduled full passes, requested single-model passes, back-off, all on one thread."""
 
     def __init__(self, deps: Deps, settings: Settings, metrics: Metrics, stop: Stop, *, dry_run: bool = False,
-                 out: Callable[[str], None] = print) -> None:
+                 out: Callable[[str], None] = print, health: Health | None = None) -> None:
         self._counted = CountingTarget(deps.target)
-        self.deps = replace(deps, target=self._counted)
+        self.health = health or Health(settings)
+        self.deps = replace(deps, target=self._counted, progress=self.health.progressed)
         self.settings, self.metrics, self.stop = settings, metrics, stop
         self.dry_run, self.out = dry_run, out
         self._pending: dict[str, float] = {}
@@ -184,6 +186,7 @@ class Watch:
             return PassReport(skipped="stopping")
         started = time.monotonic()
         report: PassReport | None = None
+        self.health.pass_started()
         try:
             report = reconcile_once(self.deps, dry_run=self.dry_run, only_model=model, out=self.out, eager=eager)
             outcome = "skipped" if report.skipped else "ok"
@@ -196,6 +199,8 @@ class Watch:
         except Exception:
             outcome = "error"
             log.exception("pass failed unexpectedly; the loop goes on")
+        finally:
+            self.health.pass_finished()
         self.metrics.observe_pass(trigger, outcome, time.monotonic() - started, report,
                                   self._counted.deployed_after(report))
         return report
@@ -206,12 +211,12 @@ def watching(settings: Settings, build_deps: BuildDeps, *, stop: Stop | None = N
              out: Callable[[str], None] = print) -> Iterator[Watch]:
     """A ready `Watch` with signals handled and metrics served; both are undone on exit."""
     stop = stop or Stop()
-    metrics = Metrics()
-    deps = build_deps(settings, stop_requested=stop, sleep=stop.sleep)
+    metrics, health = Metrics(), Health(settings)
+    deps = build_deps(settings, stop_requested=stop, sleep=health.beating(stop.sleep))
     stop_metrics = _serve_metrics(metrics, settings)
     stop.handle_signals()
     try:
-        yield Watch(deps, settings, metrics, stop, dry_run=dry_run, out=out)
+        yield Watch(deps, settings, metrics, stop, dry_run=dry_run, out=out, health=health)
     finally:
         stop.restore_signals()
         if stop_metrics is not None:

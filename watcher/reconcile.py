@@ -76,6 +76,8 @@ class Deps:
     renderer: Renderer
     clock: Callable[[], datetime]
     stop_requested: Callable[[], bool] = lambda: False
+    progress: Callable[[], None] = lambda: None
+    """Told as the pass moves on to each action (the `watch` loop's health listens)."""
 
 
 @dataclass
@@ -119,6 +121,7 @@ def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None 
                     if deps.stop_requested():
                         log.warning("stop requested: leaving the remaining actions to the next pass")
                         break
+                    deps.progress()
                     _perform(deps, action, snapshot, report)
         except Busy as e:
             report.skipped = str(e)

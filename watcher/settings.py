@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     """Longest pause before a version the cluster keeps failing is tried again: the first retry is the next pass,
     then the pause is 60 s, doubling with each failure in a row. A change of inputs, `retry` or a webhook retries
     at once."""
+    stuck_pass_seconds: float | None = Field(default=None, ge=1, le=86_400)
+    """`watch`/`serve-webhooks`: a pass that shows no progress (no model acted on, no rollout poll) for this long
+    is stuck, and /healthz answers 503 so the livenessProbe restarts the watcher. Unset: the longest one model's
+    steps may go quiet, ROLLOUT_TIMEOUT + EVALUATION_TIMEOUT + SMOKE_TEST + 4 K8S_REQUEST_TIMEOUT seconds + 120."""
     lease_name: str = Field(default="service-builder", pattern=_DNS_LABEL)
     """The coordination Lease that keeps two watchers from acting at once."""
     evaluation_timeout_seconds: float = Field(default=900, ge=10, le=86_400)
@@ -225,6 +229,14 @@ class Settings(BaseSettings):
     @property
     def endpoint_scheme(self) -> str:
         return "https" if self.tls_secret_name else "http"
+
+    @property
+    def stuck_after_seconds(self) -> float:
+        """STUCK_PASS_SECONDS, or what it defaults to (25 minutes with the other defaults)."""
+        if self.stuck_pass_seconds is not None:
+            return self.stuck_pass_seconds
+        return (self.rollout_timeout_seconds + self.evaluation_timeout_seconds + self.smoke_test_seconds
+                + 4 * self.k8s_request_timeout_seconds + 120)
 
     def fingerprint(self) -> str:
         """A short hash of the settings that shape a deployment (not secrets, not timing).

@@ -122,8 +122,9 @@ def wanted_model(event: Mapping[str, Any], selector: Selector) -> tuple[str, int
 
 
 def create_app(settings: Settings, trigger: Callable[[str], None], *, clock: Callable[[], float] = time.time,
-               metrics: Metrics | None = None) -> FastAPI:
-    """The receiver: verify, drop replays and irrelevant events, then `trigger(model)` (which must not block)."""
+               metrics: Metrics | None = None, problem: Callable[[], str | None] = lambda: None) -> FastAPI:
+    """The receiver: verify, drop replays and irrelevant events, then `trigger(model)` (which must not block).
+    `/healthz` answers 503 with `problem()` while that says the loop is stuck."""
     if settings.webhook_secret is None:
         raise SettingsInvalid("WEBHOOK_SECRET: not set; the receiver needs the secret MLflow signs deliveries with")
     secret, selector = settings.webhook_secret.get_secret_value(), settings.parsed_selector
@@ -159,8 +160,11 @@ def create_app(settings: Settings, trigger: Callable[[str], None], *, clock: Cal
         return JSONResponse({"status": "accepted", "model": model}, status_code=202)
 
     @app.get("/healthz")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        stuck = problem()
+        if stuck is not None:
+            return JSONResponse({"status": "stuck", "reason": stuck}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     return app
 
@@ -191,7 +195,7 @@ def serve(settings: Settings, build_deps: BuildDeps, *, stop: Stop | None = None
         log.error("WEBHOOK_SECRET: not set; serve-webhooks needs the secret MLflow signs deliveries with")
         return 2
     with watching(settings, build_deps, stop=stop) as watch:
-        app = create_app(settings, watch.request, metrics=watch.metrics)
+        app = create_app(settings, watch.request, metrics=watch.metrics, problem=watch.health.problem)
         server = uvicorn.Server(uvicorn.Config(app, host=settings.listen_address, port=settings.webhook_port,
                                                log_config=None, access_log=False, lifespan="off"))
         thread = threading.Thread(target=server.run, name="webhooks", daemon=True)
