@@ -160,7 +160,8 @@ def test_sigterm_during_a_rollout_stops_within_seconds_and_leaves_no_half_applie
     for name in names:
         new_version(name, iris_files, tags=production)
     controller.set_rollout_policy(lambda deployment: None)  # no controller: no Deployment ever becomes ready
-    env = {**process_env, "POLL_INTERVAL_SECONDS": "3600", "ROLLOUT_TIMEOUT_SECONDS": "120", "LOG_FORMAT": "json"}
+    # A watcher that ignored the signal would wait out the rollout timeout, ten times the bound on the exit below.
+    env = {**process_env, "POLL_INTERVAL_SECONDS": "3600", "ROLLOUT_TIMEOUT_SECONDS": "600", "LOG_FORMAT": "json"}
     log_path = tmp_path / "watch.log"
     with log_path.open("wb") as log:
         child = subprocess.Popen([sys.executable, "-m", "watcher", "watch"], cwd=ROOT, env=env,
@@ -169,13 +170,13 @@ def test_sigterm_during_a_rollout_stops_within_seconds_and_leaves_no_half_applie
         try:
             wait_until(lambda: controller.objects("deployments", namespace), 60, "the first rollout to start")
             child.send_signal(signal.SIGTERM)
-            asked = time.monotonic()
-            code = child.wait(20)
-            took = time.monotonic() - asked
+            try:
+                code = child.wait(60)  # a bound for a loaded machine, not a measurement
+            except subprocess.TimeoutExpired:
+                raise AssertionError("still running 60 s after SIGTERM: " + log_path.read_text()[-2000:]) from None
         finally:
             stop_process(child)
     assert code == 0, log_path.read_text()[-2000:]
-    assert took < 10, f"stopped {took:.1f}s after SIGTERM"
     for name in names:
         present = {plural for plural in KINDS if model_slug(name) in controller.objects(plural, namespace)}
         assert present in (set(), set(KINDS)), f"{name} half-applied: {sorted(present)}"
