@@ -154,9 +154,8 @@ class KubernetesTarget:
 
     def apply(self, rendered: Rendered, snapshot: Snapshot) -> None:
         # The NetworkPolicy first (KINDS order): a model's pods never run unguarded.
-        pairs = sorted(zip(rendered.manifests, _owned_manifests(rendered), strict=True),
-                       key=lambda pair: list(KINDS).index(pair[0]["kind"]))
-        for manifest, owned in pairs:
+        for manifest, owned in zip(_in_apply_order(rendered.manifests), _in_apply_order(_owned_manifests(rendered)),
+                                   strict=True):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             existing = snapshot.objects.get((kind, name))
             if existing is None:
@@ -200,8 +199,9 @@ class KubernetesTarget:
             self._sleep(POLL_SECONDS)
 
     def roll_back(self, rendered: Rendered, snapshot: Snapshot) -> None:
-        """Put back what ran before this release (our paths only); remove what did not exist before."""
-        for manifest in reversed(_owned_manifests(rendered)):
+        """Put back what ran before this release (our paths only); remove what did not exist before, in the
+        reverse of the order applied: the NetworkPolicy goes last, so no pod is ever left unguarded."""
+        for manifest in reversed(_in_apply_order(_owned_manifests(rendered))):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             previous = snapshot.objects.get((kind, name))
             if previous is None:
@@ -357,6 +357,11 @@ def _api_message(error: ApiException) -> str:
         return str(json.loads(error.body or "{}").get("message", ""))[:300]
     except ValueError:
         return str(error.reason or "")[:300]
+
+
+def _in_apply_order(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifests in KINDS order (the NetworkPolicy first); a stable sort, so one kind's keep theirs."""
+    return sorted(manifests, key=lambda manifest: list(KINDS).index(manifest["kind"]))
 
 
 def _owned_manifests(rendered: Rendered) -> list[dict[str, Any]]:

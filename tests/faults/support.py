@@ -28,7 +28,7 @@ WATCHER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_
 # The MLflow client retries the CLI configures for itself (bounded, with back-off) apply in these runs.
 _TEST_ONLY = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER")
-PLURALS = ("deployments", "services", "ingresses")
+PLURALS = ("networkpolicies", "deployments", "services", "ingresses")
 
 
 def tags(name: str, version: str | int = 1) -> dict[str, str]:

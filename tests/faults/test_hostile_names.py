@@ -84,7 +84,7 @@ def test_hostile_names_and_forged_tags_deploy_as_valid_distinct_objects_that_car
         assert found["deployment_status"] == "deployed" and found["deployment_name"] == slug, name
         assert found["model_endpoint"] == f"http://models.example.org/{slug}/api/", "forged tags are overwritten"
     written = {r.resource.plural for r in kube.writes(namespace) if r.resource is not None}
-    assert written <= {*PLURALS, "networkpolicies", "leases"}, "the model's own kinds only"
+    assert written <= {*PLURALS, "leases"}, "the model's own kinds only"
 
     report = reconcile_once(make_deps())
     assert report.unchanged == len(names) and report.failed == 0, "stable slugs: nothing to redo"

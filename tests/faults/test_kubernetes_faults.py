@@ -133,7 +133,9 @@ def test_failure_after_the_deployment_and_before_the_ingress_is_told_truthfully_
     report = reconcile_once(make_deps())
     assert report.failed == 1
 
-    assert managed_objects(kube, namespace) == {"deployments": {slug}, "services": {slug}, "ingresses": set()}
+    # What could not be removed keeps the policy that guards its pods: the NetworkPolicy is removed last.
+    assert managed_objects(kube, namespace) == {"networkpolicies": {slug}, "deployments": {slug}, "services": {slug},
+                                                "ingresses": set()}
     found = tags(model_name)
     assert found["deployment_status"] == "failed" and found["deployed"] == "false"
     assert "model_endpoint" not in found

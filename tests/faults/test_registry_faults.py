@@ -14,7 +14,16 @@ from devstack.models import log_iris
 from devstack.servers import LocalMlflow, free_port
 from model_wrapper.naming import model_slug
 from tests.faults.proxy import FaultProxy
-from tests.faults.support import error_lines, managed_objects, ready_now, run_watcher, start_watcher, tags, watcher_env
+from tests.faults.support import (
+    PLURALS,
+    error_lines,
+    managed_objects,
+    ready_now,
+    run_watcher,
+    start_watcher,
+    tags,
+    watcher_env,
+)
 from tests.peers import KubernetesPeer, all_ready
 from watcher.cli import main
 from watcher.reconcile import Deps, reconcile_once
@@ -60,16 +69,15 @@ def test_registry_gone_mid_pass_aborts_the_pass_and_leaves_no_model_half_applied
     (line,) = error_lines(stderr)[-1:]
     assert "pass aborted" in line and "MLflow registry unreachable" in line
     objects = managed_objects(kube, namespace)
-    for name in names:  # all three objects, or none
+    for name in names:  # all of its objects, or none
         present = [plural for plural, found in objects.items() if model_slug(name) in found]
-        assert present in ([], ["deployments", "services", "ingresses"]), (name, present)
+        assert present in ([], list(PLURALS)), (name, present)
 
     kube.set_rollout_policy(all_ready)
     report = reconcile_once(make_deps())
     assert report.failed == 0, report.failures
     assert {tags(name)["deployment_status"] for name in names} == {"deployed"}
-    assert managed_objects(kube, namespace) == {plural: {model_slug(n) for n in names}
-                                                for plural in ("deployments", "services", "ingresses")}
+    assert managed_objects(kube, namespace) == {plural: {model_slug(n) for n in names} for plural in PLURALS}
 
 
 def test_one_registry_call_answering_503_is_retried_with_backoff_then_only_that_model_fails(
