@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -359,7 +359,7 @@ def _api_message(error: ApiException) -> str:
         return str(error.reason or "")[:300]
 
 
-def _in_apply_order(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _in_apply_order(manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The manifests in KINDS order (the NetworkPolicy first); a stable sort, so one kind's keep theirs."""
     return sorted(manifests, key=lambda manifest: list(KINDS).index(manifest["kind"]))
 
