@@ -2,8 +2,9 @@
 
 A real MLflow server cannot be asked to answer 503 to one call, so this project seam stands in
 the network path instead: every request is forwarded unchanged, except those a rule matches,
-which get the rule's status without reaching the server. Each hit is recorded with its time,
-so tests can count retries and see the back-off between them.
+which get the rule's status without reaching the server, or (`hold`) reach it only once the test
+releases them: a connection that answers nothing for as long as it likes. Each hit is recorded
+with its time, so tests can count retries and see the back-off between them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Rule:
     """How many matching requests to fail; None: every one."""
     hits: list[float] = field(default_factory=list)
     """`time.monotonic()` of every request this rule answered."""
+    release: threading.Event | None = None
+    """For a `hold` rule: forward the request only once this is set (status is then unused)."""
 
     def wants(self, line: str) -> bool:
         return bool(self.pattern.search(line)) and (self.times is None or len(self.hits) < self.times)
@@ -68,6 +71,13 @@ class FaultProxy:
             self._rules.append(rule)
         return rule
 
+    def hold(self, pattern: str, times: int | None = 1) -> Rule:
+        """Keep requests matching `pattern` unanswered until `rule.release` is set, then forward them."""
+        rule = Rule(re.compile(pattern), 0, times, release=threading.Event())
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
@@ -93,7 +103,9 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 line = f"{self.command} {unquote_plus(self.path)}"
                 rule = proxy._rule_for(line)
-                if rule is not None:
+                if rule is not None and rule.release is not None:
+                    rule.release.wait(300)  # a guard against a test that never releases it, not a timing
+                elif rule is not None:
                     self._answer(rule.status, b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected"}',
                                  {"Content-Type": "application/json"})
                     return

@@ -1,24 +1,24 @@
 """`/healthz` of the long-running watcher: green while passes progress, 503 with the reason while one is stuck.
 
-The verdict is table-tested as a pure function; end to end, a real `serve-webhooks` loop runs a pass that hangs
-through the project's own seam (a target whose `observe` blocks, as on a connection that never answers), and
-the receiver's `/healthz` is polled until it says so, then until it recovers once the pass ends.
+The verdict is table-tested as a pure function; end to end, a real `serve-webhooks` loop talks to the emulated
+API server through a loopback proxy that holds one list request unanswered (a connection that answers nothing,
+under a request timeout longer than the stuck bound), and the receiver's `/healthz` is polled until it says so,
+then until it recovers once the request is let through and the pass ends.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
 import yaml
 
 from devstack.servers import free_port
+from tests.faults.proxy import FaultProxy
 from tests.ops.conftest import WEBHOOK_SECRET
 from tests.ops.support import delivery, in_background, passes, post, tag_event, wait_until
 from tests.peers import KubernetesPeer
@@ -73,23 +73,6 @@ def test_waits_and_actions_count_as_progress_and_the_end_of_a_pass_clears_it() -
     assert health.problem() == "no pass has finished for 41s (the loop waits at most 30s between passes)"
 
 
-class HangingTarget:
-    """The project's own seam: the real target, except that `observe` blocks while the test holds it."""
-
-    def __init__(self, target: Any) -> None:
-        self._target = target
-        self.hold, self.entered, self.release = threading.Event(), threading.Event(), threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._target, name)
-
-    def observe(self) -> Any:
-        if self.hold.is_set():
-            self.entered.set()
-            self.release.wait(120)  # a guard against a test that never releases it, not a timing
-        return self._target.observe()
-
-
 def health_of(port: int) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
@@ -102,31 +85,29 @@ def test_a_pass_that_hangs_turns_healthz_503_with_the_reason_and_green_again_onc
     make_settings: Callable[..., Settings], deps_factory: Callable[..., Deps], controller: KubernetesPeer,
     model_name: str, production: dict[str, str],
 ) -> None:
-    settings = make_settings(metrics_port=free_port(), stuck_pass_seconds=1)
-    targets: list[HangingTarget] = []
+    proxy = FaultProxy(controller.url).start()
+    try:
+        settings = make_settings(metrics_port=free_port(), stuck_pass_seconds=1, k8s_api=proxy.url,
+                                 k8s_request_timeout_seconds=600)
+        with in_background(serve, settings, deps_factory):
+            wait_until(lambda: passes(settings.metrics_port, "poll", "ok") == 1, 60, "the start-up pass")
+            assert health_of(settings.webhook_port) == (200, {"status": "ok"})
+            held = proxy.hold(r"^GET /apis/apps/v1/namespaces/[^/]+/deployments\?")
+            event = tag_event(model_name, 1, "deploy", production["deploy"])
+            assert post(f"http://127.0.0.1:{settings.webhook_port}{PATH}", *delivery(event, WEBHOOK_SECRET)) == 202
+            wait_until(lambda: bool(held.hits), 60, "the webhook pass to send the list that is held")
 
-    def hanging_deps(s: Settings, **kwargs: Any) -> Deps:
-        deps = deps_factory(s, **kwargs)
-        targets.append(HangingTarget(deps.target))
-        return replace(deps, target=targets[-1])
+            body = wait_until(lambda: (found := health_of(settings.webhook_port))[0] == 503 and found[1], 60,
+                              "/healthz to report the stuck pass")
+            assert body["status"] == "stuck" and "has shown no progress for" in body["reason"]
+            assert "STUCK_PASS_SECONDS=1" in body["reason"]
 
-    with in_background(serve, settings, hanging_deps):
-        wait_until(lambda: passes(settings.metrics_port, "poll", "ok") == 1, 60, "the start-up pass")
-        assert health_of(settings.webhook_port) == (200, {"status": "ok"})
-        target = targets[0]
-        target.hold.set()
-        event = tag_event(model_name, 1, "deploy", production["deploy"])
-        assert post(f"http://127.0.0.1:{settings.webhook_port}{PATH}", *delivery(event, WEBHOOK_SECRET)) == 202
-        wait_until(target.entered.is_set, 60, "the webhook pass to reach the hanging call")
-
-        body = wait_until(lambda: (found := health_of(settings.webhook_port))[0] == 503 and found[1], 60,
-                          "/healthz to report the stuck pass")
-        assert body["status"] == "stuck" and "has shown no progress for" in body["reason"]
-        assert "STUCK_PASS_SECONDS=1" in body["reason"]
-
-        target.release.set()
-        wait_until(lambda: health_of(settings.webhook_port)[0] == 200, 60, "/healthz to recover")
-        wait_until(lambda: passes(settings.metrics_port, "webhook", "ok") == 1, 60, "the webhook pass to end")
+            assert held.release is not None
+            held.release.set()
+            wait_until(lambda: health_of(settings.webhook_port)[0] == 200, 60, "/healthz to recover")
+            wait_until(lambda: passes(settings.metrics_port, "webhook", "ok") == 1, 60, "the webhook pass to end")
+    finally:
+        proxy.stop()
 
 
 def test_the_watch_deployment_is_restarted_by_its_liveness_probe_on_healthz() -> None:
