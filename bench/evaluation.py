@@ -39,9 +39,9 @@ import numpy as np
 
 from devstack.models import IRIS_CONTRACT, LoggedModel, iris_frame, log_sklearn_model, train_iris
 from devstack.servers import LocalMlflow, LocalS3
-from watcher.cli import build_deps
-from watcher.reconcile import reconcile_once
-from watcher.settings import load_settings
+from watcher.config.settings import load_settings
+from watcher.entry.cli import build_deps
+from watcher.reconcile.engine import reconcile_once
 
 GATE = "evaluation:\n  data: evaluation.csv\n  target: species\n  metrics:\n    accuracy: {min: 0.9}\n" \
        "    f1_macro: {min: 0.85}\n    roc_auc: {min: 0.9}\n"

@@ -23,9 +23,9 @@ from collections.abc import Callable
 import numpy as np
 
 from devstack.models import IRIS_CONTRACT, iris_frame, train_iris
-from model_wrapper.backends import SklearnArrayBackend
-from model_wrapper.contract import parse_contract
-from model_wrapper.predictor import LoadedModel, Predictor
+from model_wrapper.contract.spec import parse_contract
+from model_wrapper.predict.backends import SklearnArrayBackend
+from model_wrapper.predict.predictor import LoadedModel, Predictor
 
 
 def _per_call(call: Callable[[], object], repeats: int) -> float:

@@ -55,13 +55,13 @@ from sqlalchemy import insert
 
 from devstack.models import log_iris
 from devstack.servers import LocalMlflow, LocalS3
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer, MlflowAccessLog
-from watcher.cli import build_deps
-from watcher.reconcile import Deps, reconcile_once
-from watcher.registry import Registry, VersionInfo
-from watcher.render import Release
-from watcher.settings import Selector, load_settings
+from watcher.clients.registry import Registry, VersionInfo
+from watcher.config.settings import Selector, load_settings
+from watcher.entry.cli import build_deps
+from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.render.manifests import Release
 
 VERSIONS_EACH = 10
 TAG = ("deploy", "production")

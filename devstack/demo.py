@@ -37,7 +37,7 @@ def main() -> int:
                            "LOCAL_STATE_DIR": str(workdir / "state"), "SERVICE_BUILDER_HOST_NAME": "localhost"})
         return run_demo()
     finally:
-        from watcher.cli import main as watcher
+        from watcher.entry.cli import main as watcher
 
         if started:
             watcher(["undeploy", MODEL, "--untag"])  # stops the wrapper process the demo started
@@ -52,7 +52,7 @@ def run_demo() -> int:
     from mlflow import MlflowClient
 
     from devstack.models import IRIS_CONTRACT, log_iris
-    from watcher.cli import main as watcher
+    from watcher.entry.cli import main as watcher
 
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     logged = log_iris(MODEL)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from model_wrapper.contract import parse_contract
-from model_wrapper.naming import model_slug
-from watcher.render import Release, Renderer
-from watcher.settings import load_settings
+from model_wrapper.contract.naming import model_slug
+from model_wrapper.contract.spec import parse_contract
+from watcher.config.settings import load_settings
+from watcher.render.manifests import Release, Renderer
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "iris-manifests.yaml"
 EXAMPLE_CONTRACT = b"""

@@ -92,9 +92,9 @@ def kustomize(directory: Path) -> str:
 
 def rendered(contract: bytes, overrides: dict[str, Any]) -> str:
     """The manifests the watcher would apply for a model with this contract (the example's settings)."""
-    from model_wrapper.contract import parse_contract
-    from watcher.render import Release, Renderer
-    from watcher.settings import load_settings
+    from model_wrapper.contract.spec import parse_contract
+    from watcher.config.settings import load_settings
+    from watcher.render.manifests import Release, Renderer
 
     settings = load_settings(**{"mlflow_tracking_uri": "http://mlflow.mlops.svc:5000", "k8s_name_space": "models",
                                 "mlflow_s3_endpoint_url": "http://minio.mlops.svc:9000",

@@ -37,7 +37,7 @@ def main() -> int:
                            "LOCAL_STATE_DIR": str(workdir / "state"), "SERVICE_BUILDER_HOST_NAME": "localhost",
                            "WEBHOOK_SECRET": WEBHOOK_SECRET, "WEBHOOK_PORT": str(ports["WEBHOOK_PORT"]),
                            "LISTEN_ADDRESS": "127.0.0.1", "POLL_INTERVAL_SECONDS": POLL_SECONDS})
-        from watcher.cli import main as watcher
+        from watcher.entry.cli import main as watcher
 
         if watcher(["register-webhook", f"http://127.0.0.1:{ports['WEBHOOK_PORT']}"]) != 0:
             return 1
@@ -71,8 +71,8 @@ def stop_wrappers(state_dir: Path) -> None:
     """Stop every wrapper process the local target recorded (the registry that selected them goes too)."""
     if not state_dir.is_dir():
         return
-    from watcher.local import LocalTarget
-    from watcher.settings import load_settings
+    from watcher.config.settings import load_settings
+    from watcher.targets.local import LocalTarget
 
     target = LocalTarget(load_settings(deploy_target="local", local_state_dir=state_dir))
     snapshot = target.observe()

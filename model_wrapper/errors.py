@@ -1,6 +1,6 @@
 """The wrapper's HTTP errors: one base class that carries its status code, one JSON shape.
 
-Raised by the predictor and the endpoints; rendered by the single handler in `model_wrapper.app`.
+Raised by the predictor and the endpoints; rendered by the single handler in `model_wrapper.http.app`.
 Every error body is `{"error": {"status", "code", "message", "details"}}`, where each detail
 names a `field` path such as `instances[0].petal_width`; on MLflow's scoring routes the same error
 is rendered in MLflow's own shape, `{"error_code", "message"}` (`mlflow_body`).

@@ -24,11 +24,11 @@ from typing import Any
 
 import uvicorn
 
-from model_wrapper.app import create_app
-from model_wrapper.logs import configure_logging, redact
-from model_wrapper.metrics import MULTIPROCESS_DIR
-from model_wrapper.predictor import LoadFailure, Predictor
-from model_wrapper.settings import SettingsError, WrapperSettings, load_settings
+from model_wrapper.config.logs import configure_logging, redact
+from model_wrapper.config.settings import SettingsError, WrapperSettings, load_settings
+from model_wrapper.http.app import create_app
+from model_wrapper.http.metrics import MULTIPROCESS_DIR
+from model_wrapper.predict.predictor import LoadFailure, Predictor
 
 log = logging.getLogger(__name__)
 EXIT_BAD_SETTINGS = 2
@@ -119,10 +119,12 @@ def load_into(settings: WrapperSettings, predictor: Predictor, workdir: Path,
     """Load, install and warm up the model; on failure report why and call `on_fatal`."""
     try:
         _import_scipy_special()
-        from model_wrapper.sklearn_loading import load_fast  # scikit-learn models without importing MLflow
+        from model_wrapper.loading.sklearn_loader import load_fast  # scikit-learn models without importing MLflow
 
         if (fast := load_fast(settings, workdir)) is None:
-            from model_wrapper.loading import load_model  # imports MLflow: seconds, so off the serving thread
+            from model_wrapper.loading.mlflow_loader import (
+                load_model,  # imports MLflow: seconds, so off the serving thread
+            )
 
             predictor.install(load_model(settings, workdir))
         else:

@@ -258,7 +258,7 @@ def s3_requests() -> Iterator[list[str]]:
 def pass_settings(tracking_uri: str, s3_url: str, kube: KubernetesPeer, namespace: str,
                   production: dict[str, str], state_dir: Any, **overrides: Any) -> Any:
     """Watcher settings against this session's peers, in one test's namespace, selecting by `production`."""
-    from watcher.settings import load_settings
+    from watcher.config.settings import load_settings
 
     values: dict[str, Any] = {
         "mlflow_tracking_uri": tracking_uri, "mlflow_s3_endpoint_url": s3_url,

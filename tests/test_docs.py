@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from devstack.examples import EXAMPLE, example_manifests
-from watcher.settings import Settings
+from watcher.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -1,5 +1,5 @@
 import sys
 
-from watcher.cli import main
+from watcher.entry.cli import main
 
 sys.exit(main())

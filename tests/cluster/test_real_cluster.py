@@ -72,9 +72,9 @@ def test_deploy_update_failed_update_rolled_back_and_undeploy(
     from mlflow import MlflowClient
 
     from devstack.models import log_iris, register_versions
-    from watcher.cli import build_deps
-    from watcher.reconcile import reconcile_once
-    from watcher.settings import load_settings
+    from watcher.config.settings import load_settings
+    from watcher.entry.cli import build_deps
+    from watcher.reconcile.engine import reconcile_once
 
     tag = {"deploy": f"e2e-{cluster_namespace}"}
     image = os.environ.get("E2E_MODEL_WRAPPER_IMAGE")

@@ -14,11 +14,11 @@ from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score
 
 from devstack.models import LoggedModel, iris_frame, register_versions
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.peers import BAD_IMAGE, READY, KubernetesPeer, crash
-from watcher.reconcile import Deps, reconcile_once
-from watcher.render import Renderer, validate_manifest
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.render.manifests import Renderer, validate_manifest
 
 
 @pytest.fixture
@@ -85,9 +85,9 @@ def test_a_shuffled_version_is_refused_by_its_job_while_the_live_version_keeps_s
 
 def test_the_job_manifest_is_the_deployments_pod_with_a_deadline_and_valid(make_settings: Callable[..., Settings],
                                                                             good_iris: LoggedModel) -> None:
-    from watcher.gate import evaluation_job
-    from watcher.reconcile import _release
-    from watcher.registry import VersionInfo
+    from watcher.clients.registry import VersionInfo
+    from watcher.reconcile.engine import _release
+    from watcher.reconcile.gate import evaluation_job
 
     rendered = Renderer(make_settings()).render(_release(
         VersionInfo("iris", 3, good_iris.source, good_iris.run_id), "iris"))

@@ -18,10 +18,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.tree import DecisionTreeClassifier
 
 from devstack.models import LoggedModel, iris_frame, register_versions
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.evaluation.conftest import good_model, log_gated
 from tests.reconcile.test_local_target import answers
-from watcher.reconcile import Deps, reconcile_once
+from watcher.reconcile.engine import Deps, reconcile_once
 
 
 def served_version(state_dir: Path, slug: str) -> Any:

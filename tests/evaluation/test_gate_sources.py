@@ -21,8 +21,8 @@ from devstack.models import IRIS_CONTRACT, iris_frame
 from tests.evaluation.conftest import GATE, csv_bytes, good_model, iris_table
 from tests.reconcile.runtimes import XGBOOST_CONTRACT, log_xgboost_model
 from tests.reconcile.test_environments import xgboost_python  # noqa: F401 - the runtime that has XGBoost
-from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.reconcile.engine import Deps, reconcile_once
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,9 +12,9 @@ import pytest
 from sklearn import metrics as skm
 
 from devstack.models import IRIS_CONTRACT
-from model_wrapper.contract import ContractError, parse_contract
-from model_wrapper.evaluation import Evaluation, Figures, verdict
-from model_wrapper.scoring import DataProblem, Tally, check_columns, read_batches
+from model_wrapper.contract.evaluation import Evaluation, Figures, verdict
+from model_wrapper.contract.spec import ContractError, parse_contract
+from model_wrapper.evaluate.scoring import DataProblem, Tally, check_columns, read_batches
 from tests.evaluation.conftest import GATE, csv_bytes, iris_table, parquet_bytes
 
 REGRESSION = "task: regression\ninputs:\n  x: {type: number}\n"

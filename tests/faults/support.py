@@ -17,8 +17,8 @@ from mlflow import MlflowClient
 
 from devstack.servers import LocalS3
 from tests.peers import KubernetesPeer, all_ready
-from watcher.rollout import rollout_status
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.decide.rollout import rollout_status
 
 ROOT = Path(__file__).resolve().parents[2]
 WATCHER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",

@@ -20,10 +20,10 @@ import pytest
 
 from devstack.models import log_iris
 from devstack.servers import LOCAL_AWS_ENV, QUIET_MLFLOW_ENV, LocalMlflow, LocalS3
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.faults.support import credentials_checked, run_watcher, tags, watcher_env
 from tests.wrapper.conftest import WrapperProcess
-from watcher.settings import Settings
+from watcher.config.settings import Settings
 
 KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
@@ -130,8 +130,8 @@ def test_a_watcher_pass_reads_contracts_with_the_s3_keys_of_the_mounted_file_alo
 
 
 def test_the_webhook_secret_is_read_from_its_file_and_a_bad_file_names_the_variable(tmp_path: Path) -> None:
+    from watcher.config.settings import load_settings
     from watcher.errors import SettingsInvalid
-    from watcher.settings import load_settings
 
     secret = tmp_path / "WEBHOOK_SECRET"
     secret.write_text("hmac-secret-from-file\n")  # `kubectl create secret --from-file` keeps a final newline
@@ -146,7 +146,7 @@ def test_the_webhook_secret_is_read_from_its_file_and_a_bad_file_names_the_varia
 
 
 def test_the_wrapper_reads_its_api_keys_from_their_file_and_redacts_the_s3_file_keys(tmp_path: Path) -> None:
-    from model_wrapper.settings import SettingsError, load_settings
+    from model_wrapper.config.settings import SettingsError, load_settings
 
     keys, credentials = _written(tmp_path / "API_KEYS", "key-one-abcd,key-two-efgh\n"), tmp_path / "credentials"
     credentials.write_text("[default]\naws_access_key_id = AKIAFILEKEY1\naws_secret_access_key = file-secret-9\n")

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from devstack.models import IRIS_CONTRACT, log_iris
-from model_wrapper.contract import (
+from model_wrapper.contract.naming import model_slug
+from model_wrapper.contract.spec import (
     MAX_CONTRACT_BYTES,
     ContractError,
     TensorInput,
@@ -24,10 +25,9 @@ from model_wrapper.contract import (
     signature_mismatches,
     within_tensor_range,
 )
-from model_wrapper.naming import model_slug
 from tests.faults.support import tags
 from tests.peers import KubernetesPeer
-from watcher.reconcile import Deps, reconcile_once
+from watcher.reconcile.engine import Deps, reconcile_once
 
 IRIS = yaml.safe_load(IRIS_CONTRACT)
 

@@ -12,9 +12,9 @@ from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT, LoggedModel
 from tests.evaluation.conftest import GATE, csv_bytes, good_iris, iris_table, parquet_bytes, variant  # noqa: F401
-from watcher import gate
-from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.reconcile import gate
+from watcher.reconcile.engine import Deps, reconcile_once
 
 CONTRACT = "extra_files/contract.yaml"
 DATA = "extra_files/evaluation.csv"

@@ -14,15 +14,15 @@ from collections.abc import Callable
 import pytest
 
 from devstack.models import log_iris, register_versions
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.faults.kube_faults import KubeFaults
 from tests.faults.support import PLURALS, managed_objects, tags
 from tests.peers import READY, KubernetesPeer, crash
-from watcher import commands
-from watcher.cluster import KubernetesTarget
+from watcher.config.settings import Settings
+from watcher.entry import commands
 from watcher.errors import Blocked, PassAborted
-from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.targets.kubernetes.cluster import KubernetesTarget
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 NOTHING = {plural: set() for plural in PLURALS}

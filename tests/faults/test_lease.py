@@ -13,9 +13,9 @@ from kubernetes import client
 
 from tests.faults.kube_faults import KubeFaults
 from tests.peers import KubernetesPeer
-from watcher.cluster import api_client
-from watcher.lease import Busy, Lease, LeaseLost, _stamp
-from watcher.settings import load_settings
+from watcher.config.settings import load_settings
+from watcher.targets.kubernetes.cluster import api_client
+from watcher.targets.kubernetes.lease import Busy, Lease, LeaseLost, _stamp
 
 NAME = "service-builder"
 

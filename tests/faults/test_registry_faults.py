@@ -12,7 +12,7 @@ import pytest
 
 from devstack.models import log_iris
 from devstack.servers import LocalMlflow, free_port
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.faults.proxy import FaultProxy
 from tests.faults.support import (
     PLURALS,
@@ -25,9 +25,9 @@ from tests.faults.support import (
     watcher_env,
 )
 from tests.peers import KubernetesPeer, all_ready
-from watcher.cli import main
-from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.entry.cli import main
+from watcher.reconcile.engine import Deps, reconcile_once
 
 
 @pytest.mark.usefixtures("_restore_logging")

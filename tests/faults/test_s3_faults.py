@@ -14,11 +14,11 @@ from mlflow import MlflowClient
 
 from devstack.models import log_iris
 from devstack.servers import LocalS3
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.faults.support import credentials_checked, tags
 from tests.peers import KubernetesPeer
-from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.reconcile.engine import Deps, reconcile_once
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 BAD_KEY_ID, BAD_SECRET = "AKIAWRONGKEY00000000", "wrong-secret-0123456789abcdef"

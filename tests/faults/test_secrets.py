@@ -19,13 +19,13 @@ from mlflow import MlflowClient
 
 from devstack.models import log_iris
 from devstack.servers import LocalMlflow, LocalS3, free_port
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.faults.kube_faults import KubeFaults
 from tests.faults.support import credentials_checked, run_watcher, tags, watcher_env
 from tests.peers import KubernetesPeer
-from watcher.cli import main
-from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.entry.cli import main
+from watcher.reconcile.engine import Deps, reconcile_once
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 SECRETS = {

@@ -21,9 +21,9 @@ from mlflow import MlflowClient
 from devstack.models import LoggedModel, log_iris
 from devstack.servers import WEBHOOK_SERVER_ENV, LocalMlflow, LocalS3, free_port
 from tests.peers import KubernetesPeer, all_ready, pass_settings
-from watcher.cli import build_deps
-from watcher.settings import Settings
-from watcher.webhooks import WEBHOOK_NAME
+from watcher.config.settings import Settings
+from watcher.entry.cli import build_deps
+from watcher.entry.webhooks import WEBHOOK_NAME
 
 FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 WEBHOOK_SECRET = "whsec-for-tests-only-4f1c9a"

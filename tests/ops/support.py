@@ -18,7 +18,7 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.models import LoggedModel
-from watcher.loop import Stop
+from watcher.entry.loop import Stop
 
 
 @dataclass

@@ -23,10 +23,10 @@ from tests.ops.conftest import WEBHOOK_SECRET
 from tests.ops.support import delivery, in_background, passes, post, tag_event, wait_until
 from tests.peers import KubernetesPeer
 from tests.test_docs import ROOT
-from watcher.health import Beats, Health, stuck
-from watcher.reconcile import Deps
-from watcher.settings import Settings, load_settings
-from watcher.webhooks import PATH, serve
+from watcher.config.settings import Settings, load_settings
+from watcher.entry.health import Beats, Health, stuck
+from watcher.entry.webhooks import PATH, serve
+from watcher.reconcile.engine import Deps
 
 BOUND, IDLE = 60.0, 120.0
 

@@ -18,11 +18,11 @@ from tests.ops.conftest import WEBHOOK_SECRET
 from tests.ops.support import delivery, new_version, tag_event
 from tests.ops.test_watch import FailsOnce
 from tests.peers import KubernetesPeer
-from watcher.cli import main
-from watcher.logs import configure_logging, register_secrets
-from watcher.loop import run_watch
-from watcher.settings import Settings
-from watcher.webhooks import PATH, create_app
+from watcher.config.logs import configure_logging, register_secrets
+from watcher.config.settings import Settings
+from watcher.entry.cli import main
+from watcher.entry.loop import run_watch
+from watcher.entry.webhooks import PATH, create_app
 
 pytestmark = pytest.mark.usefixtures("root_logging")
 
@@ -73,7 +73,7 @@ def test_a_traceback_with_a_secret_in_it_is_logged_as_json_with_the_secret_maske
 def test_refused_and_accepted_deliveries_log_json_without_secret_or_signature(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from watcher.settings import load_settings
+    from watcher.config.settings import load_settings
 
     settings = load_settings(mlflow_tracking_uri="http://127.0.0.1:9", webhook_secret=WEBHOOK_SECRET,
                              selector="tag:deploy=production")
@@ -84,7 +84,7 @@ def test_refused_and_accepted_deliveries_log_json_without_secret_or_signature(
     assert client.post(PATH, content=tampered, headers=headers).status_code == 401
     assert client.post(PATH, content=body, headers=headers).status_code == 202
     err = capsys.readouterr().err
-    lines = [line for line in _json_lines(err) if line["name"] == "watcher.webhooks"]
+    lines = [line for line in _json_lines(err) if line["name"] == "watcher.entry.webhooks"]
     assert [line["level"] for line in lines] == ["WARNING", "INFO"]
     assert lines[1]["model"] == "iris" and lines[1]["version"] == 4
     assert WEBHOOK_SECRET not in err and headers["X-MLflow-Signature"].split(",", 1)[1] not in err

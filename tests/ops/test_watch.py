@@ -19,15 +19,15 @@ import pytest
 
 from devstack.models import LoggedModel
 from devstack.servers import LocalMlflow, free_port, stop_process
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.ops.conftest import WEBHOOK_SECRET
 from tests.ops.support import in_background, new_version, passes, scrape, status_is, tags_of, wait_until
 from tests.peers import KubernetesPeer, all_ready
-from watcher.cli import main
-from watcher.loop import backoff_delay, run_watch
-from watcher.reconcile import reconcile_once
-from watcher.registry import Registry
-from watcher.settings import Selector, Settings
+from watcher.clients.registry import Registry
+from watcher.config.settings import Selector, Settings
+from watcher.entry.cli import main
+from watcher.entry.loop import backoff_delay, run_watch
+from watcher.reconcile.engine import reconcile_once
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("deployments", "services", "ingresses")

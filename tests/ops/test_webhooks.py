@@ -19,7 +19,7 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from devstack.models import LoggedModel
 from devstack.servers import LocalMlflow, free_port, wait_http
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.ops.conftest import WEBHOOK_SECRET
 from tests.ops.support import (
     delivery,
@@ -34,9 +34,8 @@ from tests.ops.support import (
     wait_until,
 )
 from tests.peers import KubernetesPeer
-from watcher.errors import Permanent
-from watcher.settings import Selector, Settings, load_settings
-from watcher.webhooks import (
+from watcher.config.settings import Selector, Settings, load_settings
+from watcher.entry.webhooks import (
     OWN_TAGS,
     PATH,
     Deliveries,
@@ -49,6 +48,7 @@ from watcher.webhooks import (
     verify,
     wanted_model,
 )
+from watcher.errors import Permanent
 
 NOW = 1_800_000_000.0
 

@@ -15,10 +15,10 @@ from devstack.models import LoggedModel
 from devstack.servers import free_port
 from tests.ops.support import new_version, passes, status_is, tags_of, wait_until
 from tests.peers import KubernetesPeer
-from watcher.cluster import api_client
-from watcher.loop import Stop, watching
-from watcher.registry import Registry, VersionInfo
-from watcher.settings import Selector, Settings
+from watcher.clients.registry import Registry, VersionInfo
+from watcher.config.settings import Selector, Settings
+from watcher.entry.loop import Stop, watching
+from watcher.targets.kubernetes.cluster import api_client
 
 
 class Gate(Registry):

@@ -14,9 +14,9 @@ import pytest
 from devstack.models import LoggedModel, log_iris
 from devstack.servers import LocalMlflow
 from tests.peers import KubernetesPeer, all_ready, pass_settings
-from watcher.cli import build_deps
-from watcher.reconcile import Deps
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.entry.cli import build_deps
+from watcher.reconcile.engine import Deps
 
 FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -19,11 +19,11 @@ import pytest
 from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer
-from watcher.reconcile import Deps, PassReport, reconcile_once
-from watcher.render import MANAGED_BY, MANAGED_BY_LABEL, validate_manifest
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.reconcile.engine import Deps, PassReport, reconcile_once
+from watcher.render.manifests import MANAGED_BY, MANAGED_BY_LABEL, validate_manifest
 
 MLMODEL = "flavors:\n  python_function: {loader_module: mlflow.sklearn, python_version: 3.11.7}\n"
 AUTOSCALED = IRIS_CONTRACT + ("serving:\n"

@@ -21,9 +21,9 @@ from mlflow import MlflowClient
 from devstack.models import LoggedModel, register_versions
 from devstack.servers import LocalMlflow
 from tests.peers import KubernetesPeer, MlflowAccessLog, s3_requests
-from watcher.reconcile import Deps, reconcile_once
-from watcher.render import Release, Rendered, Renderer
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.render.manifests import Release, Rendered, Renderer
 
 MODELS, VERSIONS_EACH, SELECTED = 200, 10, 20
 SEARCH = "/api/2.0/mlflow/model-versions/search"

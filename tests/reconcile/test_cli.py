@@ -15,9 +15,9 @@ from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, register_versions
 from devstack.servers import free_port
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer
-from watcher.cli import main
+from watcher.entry.cli import main
 
 SUMMARY = re.compile(r"pass done: found=(\d+) deployed=(\d+) updated=(\d+) unchanged=(\d+) superseded=(\d+) "
                      r"undeployed=(\d+) failed=(\d+) duration=\d+\.\d\ds")

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from model_wrapper.contract import Serving
-from watcher.render import INPUTS_DIGEST, SPEC_HASH, TEMPLATES_DIR, Release, Renderer
-from watcher.settings import load_settings
+from model_wrapper.contract.spec import Serving
+from watcher.config.settings import load_settings
+from watcher.render.manifests import INPUTS_DIGEST, SPEC_HASH, TEMPLATES_DIR, Release, Renderer
 
 BASE: dict[str, Any] = {"mlflow_tracking_uri": "http://mlflow.example.org:5000",
                         "service_builder_host_name": "models.example.org"}

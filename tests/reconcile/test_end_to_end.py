@@ -8,10 +8,10 @@ import pytest
 from mlflow import MlflowClient
 
 from devstack.models import log_iris
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer
-from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.reconcile.engine import Deps, reconcile_once
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 

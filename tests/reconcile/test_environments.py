@@ -25,11 +25,11 @@ from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, log_iris, register_versions
 from devstack.servers import LocalMlflow
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.reconcile.runtimes import XGBOOST_CONTRACT, log_xgboost_model, xgboost_runtime
 from tests.reconcile.test_local_target import state_dir  # noqa: F401 - the fixture that stops the wrappers
-from watcher.reconcile import Deps, reconcile_once, render_version
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.reconcile.engine import Deps, reconcile_once, render_version
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT, LoggedModel, register_versions
 from devstack.servers import LocalMlflow
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.peers import (
     BAD_IMAGE,
     DEFAULT_INGRESS_CLASS,
@@ -37,16 +37,16 @@ from tests.peers import (
     crash,
 )
 from tests.reconcile.conftest import FIXED_NOW
-from watcher import commands
-from watcher.cli import build_deps
-from watcher.reconcile import Deps, PassReport, reconcile_once
-from watcher.render import (
+from watcher.config.settings import Settings
+from watcher.entry import commands
+from watcher.entry.cli import build_deps
+from watcher.reconcile.engine import Deps, PassReport, reconcile_once
+from watcher.render.manifests import (
     MODEL_VERSION,
     SPEC_HASH,
     TEMPLATES_DIR,
     Renderer,
 )
-from watcher.settings import Settings
 
 KINDS = ("deployments", "services", "ingresses")
 OURS = {"deployments", "services", "ingresses"}

@@ -29,9 +29,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from devstack.models import LoggedModel, log_sklearn_model, register_versions
-from model_wrapper.naming import model_slug
-from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from model_wrapper.contract.naming import model_slug
+from watcher.config.settings import Settings
+from watcher.reconcile.engine import Deps, reconcile_once
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model_wrapper.naming import MAX_SLUG, model_slug
+from model_wrapper.contract.naming import MAX_SLUG, model_slug
+from watcher.config.settings import load_settings
 from watcher.errors import Permanent
-from watcher.render import MODEL_NAME, Release, Renderer, validate_manifest
-from watcher.settings import load_settings
+from watcher.render.manifests import MODEL_NAME, Release, Renderer, validate_manifest
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -17,13 +17,13 @@ import yaml
 from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, register_versions
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.peers import READY, KubernetesPeer, crash
+from watcher.config.settings import Settings, load_settings
+from watcher.decide.network import egress_rules, parse_peers
 from watcher.errors import SettingsInvalid
-from watcher.network import egress_rules, parse_peers
-from watcher.reconcile import Deps, reconcile_once
-from watcher.render import MODEL_VERSION, Release, Renderer, validate_manifest
-from watcher.settings import Settings, load_settings
+from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.render.manifests import MODEL_VERSION, Release, Renderer, validate_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 WATCHER_WORKLOADS = (ROOT / "cronjob" / "cronjob.yaml", ROOT / "cronjob" / "watch" / "deployment.yaml")

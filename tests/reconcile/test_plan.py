@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from watcher.plan import (
+from watcher.clients.registry import VersionInfo
+from watcher.decide.plan import (
     ATTEMPT,
     KINDS,
     STATUS,
@@ -27,7 +28,6 @@ from watcher.plan import (
     plan,
     retry_delay,
 )
-from watcher.registry import VersionInfo
 
 HASH = "h-current"
 ATTEMPT_KEY = "attempt-1"

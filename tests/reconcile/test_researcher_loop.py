@@ -14,11 +14,11 @@ import pytest
 from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, register_versions
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer, all_ready, crash
-from watcher.cli import main
-from watcher.reconcile import Deps, reconcile_once
-from watcher.record import MAX_MESSAGE
+from watcher.entry.cli import main
+from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.record import MAX_MESSAGE
 
 
 @pytest.fixture(autouse=True)

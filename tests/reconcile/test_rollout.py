@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from watcher.rollout import pod_fault, rollout_status
+from watcher.decide.rollout import pod_fault, rollout_status
 
 
 def deployment(generation: int, wanted: int | None, /, **status: Any) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from watcher.clients.smoke import smoke_test
 from watcher.errors import RolloutFailed
-from watcher.smoke import smoke_test
 
 EXAMPLES = [{"sepal_length": 5.1}]
 Endpoint = tuple[str, Callable[..., None]]

@@ -143,7 +143,7 @@ PYTHON = str(Path(sys.prefix).resolve() / "bin" / Path(sys.executable).name)
 
 def start_pairs(mlflow_server: LocalMlflow) -> dict[str, Pair]:
     """Log every model, start both servers for each at once, and wait until all are ready."""
-    from model_wrapper.naming import model_slug
+    from model_wrapper.contract.naming import model_slug
 
     logged = {kind: log(unique(f"conform-{kind}")) for kind, log in MODELS.items()}
     ports = _distinct_ports(2 * len(logged))

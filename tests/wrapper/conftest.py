@@ -131,7 +131,7 @@ def model_env(model: LoggedModel, mlflow_server: LocalMlflow, **extra: str) -> d
 
 def serve(model: LoggedModel, mlflow_server: LocalMlflow, **extra: str) -> Iterator[Served]:
     """Start a wrapper for `model`, wait for ready, yield it, stop it."""
-    from model_wrapper.naming import model_slug
+    from model_wrapper.contract.naming import model_slug
 
     wrapper = WrapperProcess(model_env(model, mlflow_server, **extra)).start()
     slug = extra.get("MODEL_SLUG") or model_slug(model.name)

@@ -13,8 +13,8 @@ import httpx
 from devstack.models import LoggedModel
 from devstack.servers import LocalMlflow
 from tests.wrapper.conftest import serve
-from watcher.render import Release, Renderer
-from watcher.settings import load_settings
+from watcher.config.settings import load_settings
+from watcher.render.manifests import Release, Renderer
 
 
 def rendered_env(**settings: str) -> dict[str, str]:

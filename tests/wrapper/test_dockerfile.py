@@ -15,7 +15,7 @@ from pathlib import Path
 
 from devstack.models import LoggedModel
 from devstack.servers import LocalMlflow
-from model_wrapper.settings import WrapperSettings
+from model_wrapper.config.settings import WrapperSettings
 from tests.wrapper.conftest import ENTRY_POINT, ROOT, WrapperProcess, model_env, unique
 from tests.wrapper.models import log_iris_model
 
@@ -68,7 +68,7 @@ def test_the_build_context_holds_what_the_image_copies() -> None:
 def test_workers_from_the_environment_each_serve_the_model_and_metrics_count_for_the_pod(
     iris_model: LoggedModel, mlflow_server: LocalMlflow, tmp_path: Path,
 ) -> None:
-    from model_wrapper.naming import model_slug
+    from model_wrapper.contract.naming import model_slug
 
     wrapper = WrapperProcess(model_env(iris_model, mlflow_server, WORKERS="2")).start()
     base = wrapper.base(model_slug(iris_model.name))

@@ -14,7 +14,7 @@ import pytest
 import sklearn
 from sklearn.dummy import DummyClassifier
 
-from model_wrapper.environment import (
+from model_wrapper.loading.environment import (
     Difference,
     EnvironmentCheck,
     check_environment,

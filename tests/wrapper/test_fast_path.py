@@ -26,9 +26,9 @@ from sklearn.tree import DecisionTreeClassifier
 
 from devstack.models import iris_frame
 from devstack.servers import LocalMlflow
-from model_wrapper.loading import load_model
-from model_wrapper.predictor import Predictor
-from model_wrapper.settings import load_settings
+from model_wrapper.config.settings import load_settings
+from model_wrapper.loading.mlflow_loader import load_model
+from model_wrapper.predict.predictor import Predictor
 from tests.wrapper.conftest import model_env, serve, unique
 from tests.wrapper.models import log_model
 

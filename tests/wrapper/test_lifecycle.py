@@ -17,10 +17,10 @@ from starlette.testclient import TestClient
 
 from devstack.models import IRIS_CONTRACT
 from devstack.servers import LocalMlflow
-from model_wrapper.app import create_app
-from model_wrapper.contract import HOW_TO_ADD
-from model_wrapper.predictor import LoadFailure, Predictor
-from model_wrapper.settings import load_settings
+from model_wrapper.config.settings import load_settings
+from model_wrapper.contract.spec import HOW_TO_ADD
+from model_wrapper.http.app import create_app
+from model_wrapper.predict.predictor import LoadFailure, Predictor
 from tests.wrapper.conftest import Served, WrapperProcess, model_env, serve, unique
 from tests.wrapper.models import log_iris_model
 
@@ -62,7 +62,7 @@ def test_health_answers_while_the_model_loads_and_ready_only_after_the_examples(
 
 def test_ready_waits_for_the_contract_examples_to_be_predicted(iris_model: Any, mlflow_server: LocalMlflow,
                                                                tmp_path: Path) -> None:
-    from model_wrapper.loading import load_model
+    from model_wrapper.loading.mlflow_loader import load_model
 
     settings = load_settings(model_env(iris_model, mlflow_server))
     predictor = Predictor(settings.model_name, settings.model_version, settings.max_batch)
@@ -124,7 +124,7 @@ def test_without_a_contract_the_api_is_derived_from_the_signature(mlflow_server:
 
 def test_a_contract_in_the_run_artifacts_is_used_when_the_model_has_none(mlflow_server: LocalMlflow,
                                                                          tmp_path: Path) -> None:
-    from model_wrapper.loading import load_model
+    from model_wrapper.loading.mlflow_loader import load_model
 
     model = log_iris_model(unique("wrapper-run-contract"), contract=None, run_contract=RUN_CONTRACT)
 
@@ -161,7 +161,7 @@ def test_no_contract_and_no_signature_stops_the_wrapper_saying_how_to_add_one(ml
 ])
 def test_an_unusable_contract_is_a_load_failure_that_says_what_to_fix(mlflow_server: LocalMlflow, contract: str,
                                                                       words: str, tmp_path: Path) -> None:
-    from model_wrapper.loading import load_model
+    from model_wrapper.loading.mlflow_loader import load_model
 
     model = log_iris_model(unique("wrapper-bad-contract"), contract=contract)
     settings = load_settings(model_env(model, mlflow_server))
@@ -173,7 +173,7 @@ def test_an_unusable_contract_is_a_load_failure_that_says_what_to_fix(mlflow_ser
 
 def test_a_model_that_cannot_be_downloaded_is_a_load_failure_naming_the_source(mlflow_server: LocalMlflow,
                                                                                 tmp_path: Path) -> None:
-    from model_wrapper.loading import load_model
+    from model_wrapper.loading.mlflow_loader import load_model
 
     env = {**mlflow_server.client_env(), "MODEL_NAME": "ghost", "MODEL_VERSION": "1",
            "MODEL_SOURCE": "s3://models/does/not/exist"}
@@ -205,7 +205,7 @@ def test_every_form_of_model_source_loads_the_same_model(form: str, iris_model: 
     URI, or the artifact location itself (the watcher passes the version's source as it is)."""
     from mlflow import MlflowClient
 
-    from model_wrapper.loading import load_model
+    from model_wrapper.loading.mlflow_loader import load_model
 
     client = MlflowClient()
     source = {

@@ -22,8 +22,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
-from model_wrapper.backends import SklearnArrayBackend
-from model_wrapper.one_call import joint_predict
+from model_wrapper.predict.backends import SklearnArrayBackend
+from model_wrapper.predict.one_call import joint_predict
 
 IRIS = load_iris()
 CANCER = load_breast_cancer()

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from devstack.models import IRIS_CONTRACT, IRIS_FEATURES, iris_frame
-from model_wrapper.contract import parse_contract
+from model_wrapper.contract.spec import parse_contract
 from tests.wrapper.conftest import Served
 
 EXAMPLES = parse_contract(IRIS_CONTRACT.encode()).examples

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from model_wrapper.contract import parse_contract
+from model_wrapper.config.settings import SettingsError, WrapperSettings, load_settings
+from model_wrapper.contract.spec import parse_contract
 from model_wrapper.errors import InvalidInput, MalformedRequest, PayloadTooLarge, WrapperError, field_path
-from model_wrapper.openapi import to_openapi30
-from model_wrapper.schema import INT64_MAX, build_schema
-from model_wrapper.settings import SettingsError, WrapperSettings, load_settings
-from model_wrapper.swagger import swagger_page
+from model_wrapper.http.openapi import to_openapi30
+from model_wrapper.http.swagger import swagger_page
+from model_wrapper.predict.schema import INT64_MAX, build_schema
 
 CONTRACT = parse_contract(b"""
 title: Loans

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from model_wrapper.contract import (
+from model_wrapper.contract.spec import (
     ContractError,
     contract_from_signature,
     describe_tensors,
@@ -20,7 +20,7 @@ from model_wrapper.contract import (
     within_tensor_range,
 )
 from model_wrapper.errors import InvalidInput
-from model_wrapper.schema import build_schema
+from model_wrapper.predict.schema import build_schema
 
 
 def tensor(name: str, dtype: str, shape: list[int]) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def test_each_field_of_a_tensor_group_is_bounded_by_its_own_tensors_dtype() -> N
 ])
 def test_a_contract_that_does_not_fill_the_tensors_is_a_mismatch_naming_them(inputs: dict[str, Any],
                                                                              fragment: str) -> None:
-    from model_wrapper.contract import contract_from_dict
+    from model_wrapper.contract.spec import contract_from_dict
 
     problems = signature_mismatches(contract_from_dict({"inputs": inputs}), KERAS)
 
@@ -95,7 +95,7 @@ def test_named_tensors_that_are_not_rows_of_values_derive_a_contract_without_fie
 
 
 def test_a_contract_without_inputs_fits_only_a_model_whose_tensors_cannot_be_fields() -> None:
-    from model_wrapper.contract import contract_from_dict
+    from model_wrapper.contract.spec import contract_from_dict
 
     bare = contract_from_dict({"title": "An image classifier", "serving": {"replicas": 2}})
 

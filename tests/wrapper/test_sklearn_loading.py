@@ -1,8 +1,8 @@
 """Scikit-learn models loaded without MLflow answer exactly as the MLflow-loaded ones.
 
 Each model is logged to the real MLflow server and S3, then loaded twice: by
-`model_wrapper.sklearn_loading.load_fast` (MLflow's REST API, S3 and the MLmodel file read
-directly) and by `model_wrapper.loading.load_model` (MLflow). The two loaded models must agree
+`model_wrapper.loading.sklearn_loader.load_fast` (MLflow's REST API, S3 and the MLmodel file read
+directly) and by `model_wrapper.loading.mlflow_loader.load_model` (MLflow). The two loaded models must agree
 on everything a client sees (contract, backend, columns, classes, warnings) and predict bit for
 bit alike, also against `mlflow.pyfunc` on many random inputs; what the direct path cannot load
 exactly (float32 columns, text columns, tensors, params, a source it cannot resolve) goes to MLflow.
@@ -27,10 +27,10 @@ from sklearn.tree import DecisionTreeClassifier
 
 from devstack.models import IRIS_CONTRACT, iris_frame
 from devstack.servers import LocalMlflow
-from model_wrapper.loading import load_model
-from model_wrapper.predictor import LoadedModel
-from model_wrapper.settings import load_settings
-from model_wrapper.sklearn_loading import artifact_location, load_fast
+from model_wrapper.config.settings import load_settings
+from model_wrapper.loading.mlflow_loader import load_model
+from model_wrapper.loading.sklearn_loader import artifact_location, load_fast
+from model_wrapper.predict.predictor import LoadedModel
 from tests.wrapper.conftest import model_env, unique
 from tests.wrapper.models import log_model
 

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT, LoggedModel
 from devstack.servers import LocalMlflow
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.reconcile.runtimes import xgboost_runtime
 from tests.wrapper.conformance import SAME_PROCESS_ENV, Pair, _distinct_ports, _mlflow_serve, _wait_all, post_both
 from tests.wrapper.conftest import ROOT, WrapperProcess, model_env, unique

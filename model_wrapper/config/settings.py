@@ -1,0 +1,135 @@
+"""The wrapper's one settings object, read from the environment at start-up.
+
+Called by `model_wrapper.server` (and by tests that build an app in-process). A bad value
+stops the process with a message that names the environment variable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_wrapper.contract.naming import model_slug
+from model_wrapper.contract.secret_files import aws_credential_values, read_secret_file
+
+SOURCE_SCHEMES = ("models:/", "runs:/", "s3://")
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a model the wrapper can serve; the message names the variable."""
+
+
+class WrapperSettings(BaseSettings):
+    """Everything the wrapper reads from its environment (names are the variables, upper case)."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", use_attribute_docstrings=True, protected_namespaces=(),
+        frozen=True,
+    )
+
+    model_name: str = Field(min_length=1, max_length=500)
+    """Registered-model name, as in the MLflow registry."""
+    model_version: str = Field(min_length=1, max_length=50)
+    """Registered-model version being served."""
+    model_source: str = Field(min_length=1, max_length=2000)
+    """Where the model's artifacts are: `models:/…`, `runs:/…` or `s3://…`."""
+    model_run_id: str | None = Field(default=None, max_length=100)
+    """The run that logged the model; where a run-level contract.yaml is looked for."""
+    model_slug: str = ""
+    """URL prefix label: routes live under `/<slug>/api/`. Default: derived from MODEL_NAME."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    """TCP port to listen on."""
+    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
+    """Address to bind."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server processes; each loads its own copy of the model. Prefer replicas to workers."""
+    max_body_bytes: int = Field(default=64 << 20, ge=1024, le=1 << 30)
+    """Largest request body accepted, in bytes (default 64 MiB: batch scoring); larger bodies get 413."""
+    max_batch: int = Field(default=1000, ge=1, le=1_000_000)
+    """Most instances in one predict request; more get 413."""
+    api_keys: SecretStr | None = None
+    """Comma-separated API keys. When set, predict, invocations and metadata need one
+    (header `X-API-Key` or `Authorization: Bearer`); health, ready, metrics and the docs stay open."""
+    api_keys_file: Path | None = None
+    """A file holding the API keys (a mounted Kubernetes Secret); takes the place of API_KEYS."""
+    log_format: Literal["text", "json"] = "text"
+    """`text` for people, `json` for log collectors."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level logged."""
+    access_log: bool = False
+    """Log one line per request (off by default: /metrics counts requests without the cost)."""
+    env_mismatch: Literal["warn", "fail"] = "warn"
+    """A version difference in the model's flavour library, numpy/pandas majors or Python: `warn` serves
+    the model and lists it under `metadata` and `ready`; `fail` refuses to serve it."""
+    termination_log: Path = Path("/dev/termination-log")
+    """Where a fatal start-up reason is written; Kubernetes shows it in the pod status."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking server (read by MLflow itself; needed for models:/ and runs:/ sources)."""
+    mlflow_s3_endpoint_url: str | None = None
+    """S3 endpoint for artifacts when not AWS (MinIO, moto); read by MLflow."""
+    aws_access_key_id: SecretStr | None = None
+    """S3 access key (read by boto3; never logged)."""
+    aws_secret_access_key: SecretStr | None = None
+    """S3 secret key (read by boto3; never logged)."""
+
+    @field_validator("model_source")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(SOURCE_SCHEMES):
+            raise ValueError(f"must start with one of {', '.join(SOURCE_SCHEMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _slug(self) -> WrapperSettings:
+        slug = self.model_slug or model_slug(self.model_name)
+        if not _DNS_LABEL.match(slug):
+            raise ValueError("MODEL_SLUG must be a DNS-1035 label (a-z, 0-9, '-', starting with a letter)")
+        object.__setattr__(self, "model_slug", slug)
+        return self
+
+    @model_validator(mode="after")
+    def _api_keys_from_file(self) -> WrapperSettings:
+        if self.api_keys_file is not None:
+            object.__setattr__(self, "api_keys", SecretStr(read_secret_file(self.api_keys_file, "API_KEYS_FILE")))
+        return self
+
+    @property
+    def prefix(self) -> str:
+        """The route prefix, `/<slug>/api/`."""
+        return f"/{self.model_slug}/api/"
+
+    def key_list(self) -> list[bytes]:
+        """The configured API keys (empty when the API is open)."""
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return [key.strip().encode() for key in raw.split(",") if key.strip()]
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a log line or an error message."""
+        values = [s.get_secret_value() for s in (self.aws_secret_access_key, self.aws_access_key_id) if s]
+        values += aws_credential_values()
+        return [v for v in values + [k.decode() for k in self.key_list()] if len(v) >= 4]
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> WrapperSettings:
+    """Read and validate the settings from the process environment, with `environ` (if given) taking
+    precedence; raise SettingsError naming the bad variable."""
+    overrides = {key.lower(): value for key, value in (environ or {}).items()}
+    try:
+        # pydantic-settings reads the environment underneath values given here.
+        return WrapperSettings.model_validate({k: v for k, v in overrides.items() if k in WrapperSettings.model_fields})
+    except ValidationError as e:
+        raise SettingsError(_describe(e)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        problem = "is required" if item["type"] == "missing" else item["msg"].removeprefix("Value error, ")
+        parts.append(f"{str(item['loc'][0]).upper()} {problem}" if item["loc"] else problem)
+    return "bad wrapper environment: " + "; ".join(parts)

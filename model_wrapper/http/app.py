@@ -1,0 +1,186 @@
+"""The app factory: thin endpoints under `/<slug>/api/` over a transport-free `Predictor`.
+
+`create_app(settings, predictor)` is called by `model_wrapper.server` (and by tests). Each endpoint
+reads the request, calls the predictor, and returns bytes; errors are `WrapperError`s rendered by
+one handler in one JSON shape (MLflow's shape on MLflow's scoring routes). MLflow's scoring-server
+routes are also served at the pod root, so `ScoringServerClient(host, port)` works against a pod.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from model_wrapper.config.settings import WrapperSettings
+from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_status, mlflow_body
+from model_wrapper.http.guards import Guards
+from model_wrapper.http.metrics import Metrics, MetricsMiddleware
+from model_wrapper.http.openapi import build_openapi
+from model_wrapper.http.swagger import ASSETS, swagger_page
+from model_wrapper.predict.predictor import Predictor
+
+log = logging.getLogger(__name__)
+JSON = "application/json"
+PROTECTED = {"predict", "invocations", "metadata"}
+ERROR_TEXTS = {400: "Malformed JSON", 401: "Missing or wrong API key (when keys are configured)",
+               413: "Body or batch over the limit", 422: "Invalid input; `details` name each field",
+               500: "The model failed (not the request)", 503: "The model is not ready yet"}
+# MLflow's scoring-server routes (mlflow/pyfunc/scoring_server/__init__.py `init`), at the pod root.
+ROOT_ROUTES = ("/invocations", "/ping", "/health", "/version")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in ERROR_TEXTS.items()}
+
+
+def create_app(settings: WrapperSettings, predictor: Predictor) -> Any:
+    """The ASGI application serving `predictor` under `settings.prefix`."""
+    prefix = settings.prefix
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, title=settings.model_name,
+                  version=settings.model_version)
+    _routes(app, prefix, predictor, secured=bool(settings.key_list()))
+    _root_routes(app, predictor)
+    app.mount(f"{prefix}assets", StaticFiles(directory=str(ASSETS)), name="assets")
+    metrics = Metrics(settings.model_name, settings.model_version)
+    app.add_api_route("/metrics", lambda: Response(metrics.render(), media_type="text/plain; version=0.0.4"),
+                      methods=["GET"], include_in_schema=False)
+    mlflow_paths = {*ROOT_ROUTES, f"{prefix}invocations"}
+    _handlers(app, mlflow_paths=mlflow_paths)
+    endpoints = {f"{prefix}{name}": name for name in
+                 ("predict", "invocations", "health", "ready", "metadata", "openapi.json")}
+    endpoints |= {prefix: "docs", "/metrics": "metrics"}
+    endpoints |= {path: f"root{path.replace('/', '_')}" for path in ROOT_ROUTES}
+    app.add_middleware(Guards, keys=settings.key_list(),
+                       protected={f"{prefix}{name}" for name in PROTECTED} | {"/invocations"},
+                       max_body_bytes=settings.max_body_bytes, mlflow_paths=mlflow_paths)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints, prefix=prefix)
+    return app
+
+
+def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool) -> None:
+    document: dict[str, Any] = {}
+
+    # The hot path is a plain ASGI endpoint: FastAPI's request and dependency machinery would cost
+    # more than validating the body and predicting. openapi.py documents it from the contract.
+    app.router.routes.append(Route(f"{prefix}predict", PredictEndpoint(predictor), methods=["POST"], name="predict"))
+
+    app.add_api_route(f"{prefix}invocations", Invocations(predictor), methods=["POST"], operation_id="invocations",
+                      summary="MLflow scoring protocol", description=Invocations.__doc__,
+                      responses={**ERRORS, 200: {"description": "As `mlflow models serve` answers"}})
+
+    @app.get(f"{prefix}health", operation_id="health", summary="Liveness")
+    async def health() -> Response:
+        """200 while the process serves HTTP, also while the model is still loading."""
+        return Response(b'{"status":"alive"}', media_type=JSON)
+
+    @app.get(f"{prefix}ready", operation_id="ready", summary="Readiness", responses={503: ERRORS[503]})
+    async def ready() -> Response:
+        """200 once the model is loaded and the contract's examples were predicted; 503 with the reason before."""
+        if not predictor.ready:
+            raise NotReady(predictor.reason)
+        differences = predictor.model.environment if predictor.model else ()
+        # The watcher copies `warnings` into the version's deployment_warnings tag (ready needs no API key).
+        return Response(orjson.dumps({"status": "ready", "warnings": list(differences)}) if differences
+                        else b'{"status":"ready"}', media_type=JSON)
+
+    @app.get(f"{prefix}metadata", operation_id="metadata", summary="Model metadata",
+             responses={401: ERRORS[401], 503: ERRORS[503]})
+    async def metadata() -> dict[str, Any]:
+        """Name, version, run id, how the model is served, and the contract."""
+        return predictor.metadata()
+
+    @app.get(f"{prefix}openapi.json", include_in_schema=False)
+    async def openapi() -> Response:
+        if not document:
+            document.update(build_openapi(app.routes, predictor, prefix=prefix, errors=ERROR_TEXTS,
+                                          protected=PROTECTED, secured=secured))
+        return Response(orjson.dumps(document), media_type=JSON)
+
+    @app.get(prefix, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        contract = predictor.installed().contract if predictor.model else None
+        title = (contract.title if contract and contract.title else None) or predictor.name
+        return HTMLResponse(swagger_page(title=title, openapi_url=f"{prefix}openapi.json",
+                                         assets=f"{prefix}assets"))
+
+
+def _root_routes(app: FastAPI, predictor: Predictor) -> None:
+    """`/invocations`, `/ping`, `/health` and `/version` as `mlflow models serve` answers them."""
+    mlflow_version = importlib.metadata.version("mlflow")
+    app.add_api_route("/invocations", Invocations(predictor), methods=["POST"], include_in_schema=False)
+
+    async def ping() -> Response:
+        # MLflow's server listens only once its model is loaded; this one answers 503 until ready.
+        if not predictor.ready:
+            raise NotReady(predictor.reason)
+        return Response(b"\n", media_type=JSON)
+
+    app.add_api_route("/ping", ping, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/health", ping, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/version", lambda: Response(mlflow_version, media_type=JSON), methods=["GET"],
+                      include_in_schema=False)
+
+
+class Invocations:
+    """The MLflow scoring-server protocol (`dataframe_split`, `dataframe_records`, `instances`,
+    `inputs`, CSV, Parquet, `params`), answered exactly as `mlflow models serve` would, so MLflow
+    clients work unchanged."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        content_type = request.headers.get("content-type", "")
+        status, answer, media = await run_in_threadpool(self.predictor.invoke, body, content_type)
+        return Response(answer, status_code=status, media_type=media)
+
+
+class PredictEndpoint:
+    """`POST predict`: body bytes in, the predictor's JSON bytes out; errors raise to the one handler."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        predictor = self.predictor
+        answer = predictor.predict_body(body) if predictor.inline else await run_in_threadpool(
+            predictor.predict_body, body)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _handlers(app: FastAPI, *, mlflow_paths: set[str]) -> None:
+    async def render(request: Request, error: Exception) -> Response:
+        if not isinstance(error, WrapperError):
+            error = _translate(error)
+        body = mlflow_body(error) if request.url.path in mlflow_paths else error.body()
+        return Response(body, status_code=error.status_code, media_type=JSON, headers=error.headers)
+
+    for kind in (WrapperError, HTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(kind, render)
+
+
+def _translate(error: Exception) -> WrapperError:
+    if isinstance(error, HTTPException):
+        return for_status(error.status_code, str(error.detail))
+    if isinstance(error, RequestValidationError):
+        return for_status(422, "invalid request")
+    log.exception("unexpected error while answering a request", exc_info=error)
+    return WrapperError("internal error; the wrapper's log has the details")
+

@@ -1,0 +1,288 @@
+"""The MLflow model registry as the watcher sees it: find selected versions, resolve artifacts, write tags.
+
+The only watcher module that imports mlflow. Its errors leave as the watcher's own
+(`watcher.errors`), with the registry's message but never a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.webhook import WebhookEvent, WebhookEventStr
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+from watcher.config.logs import redact
+from watcher.config.settings import Selector
+from watcher.errors import PassAborted, Permanent, Retryable, ServiceBuilderError
+
+log = logging.getLogger(__name__)
+REGISTERED_MODEL_PAGE = 1000  # the server's maximum for search_registered_models
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered model version, as much of it as the watcher needs."""
+
+    name: str
+    version: int
+    source: str
+    run_id: str | None
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False)
+    model_id: str | None = field(default=None, compare=False)
+    """The MLflow 3 logged model behind the version (None for versions registered MLflow-2 style)."""
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+class VersionGone(Permanent):
+    """The version (or its whole model) no longer exists."""
+
+
+class Registry:
+    """MLflow registry calls, each translated into the watcher's error tree."""
+
+    def __init__(self, tracking_uri: str, page_size: int = 1000, client: MlflowClient | None = None) -> None:
+        self._client = client or MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._page_size = page_size
+
+    def selected(self, selector: Selector, name: str | None = None) -> list[VersionInfo]:
+        """Every READY version the selector picks (of model `name` only, when given), filtered and paged
+        on the server."""
+        with _translated("search the registry", abort=True):
+            if selector.kind == "tag":
+                query = f"tags.`{selector.key}` = '{selector.value}'"
+                if name is not None and not set(name) & {"'", "\\", "`"}:
+                    query = f"name = '{name}' AND {query}"  # a webhook pass reads only its model's versions
+                found = [_info(v) for v in self._versions(query) if v.status == "READY"]
+                return [v for v in found if name is None or v.name == name]
+            if selector.kind == "alias":
+                return list(self._aliased(selector.key))
+            return [_info(v) for model in self._models() for v in model.latest_versions or []
+                    if (v.current_stage or "").lower() == selector.key.lower() and v.status == "READY"]
+
+    def get(self, name: str, version: int) -> VersionInfo | None:
+        """One version, or None when it (or its model) does not exist."""
+        try:
+            with _translated(f"read {name} v{version}"):
+                return _info(self._client.get_model_version(name, str(version)))
+        except VersionGone:
+            return None
+
+    def set_tags(self, version: VersionInfo, tags: Mapping[str, str], *, last: str | None = None) -> None:
+        """Write `tags` on the version, the `last` key only after all the others have landed.
+
+        MLflow takes one call per tag, so the others go concurrently. A vanished version is not an
+        error (there is nothing left to tell).
+        """
+        try:
+            self._write_concurrently(version, {k: v for k, v in tags.items() if k != last})
+            if last is not None and last in tags:
+                self._write_concurrently(version, {last: tags[last]})
+        except VersionGone:
+            log.info("%s: no longer exists, tags not written", version)
+
+    def with_status(self, name: str, status: str) -> list[VersionInfo]:
+        """The versions of model `name` whose deployment_status is `status` (filtered on the server)."""
+        with _translated(f"search the versions of {name}"):
+            if set(name) & {"'", "\\", "`"}:
+                return []  # not expressible in a filter; such a name cannot be registered in MLflow either
+            return [_info(v) for v in self._versions(f"name = '{name}' AND tags.deployment_status = '{status}'")]
+
+    def unselect(self, version: VersionInfo, selector: Selector) -> None:
+        """Remove what makes `selector` pick the version: its tag, its alias, or its stage (back to None)."""
+        with _translated(f"remove {selector} from {version}"):
+            if selector.kind == "tag":
+                self._client.delete_model_version_tag(version.name, str(version.version), selector.key)
+            elif selector.kind == "alias":
+                self._client.delete_registered_model_alias(version.name, selector.key)
+            else:
+                self._client.transition_model_version_stage(version.name, str(version.version), "None")
+
+    def delete_tag(self, version: VersionInfo, key: str) -> None:
+        """Remove one tag (gone already, or the version gone, is what was wanted)."""
+        try:
+            with _translated(f"remove the tag {key!r} of {version}"):
+                self._client.delete_model_version_tag(version.name, str(version.version), key)
+        except VersionGone:
+            pass
+        if isinstance(version.tags, dict):
+            version.tags.pop(key, None)
+
+    def _write_concurrently(self, version: VersionInfo, tags: Mapping[str, str]) -> None:
+        def write(key: str, value: str) -> None:
+            with _translated(f"tag {version}"):
+                self._client.set_model_version_tag(version.name, str(version.version), key, value)
+
+        if not tags:
+            return
+        with ThreadPoolExecutor(max_workers=min(len(tags), 8)) as pool:
+            for future in [pool.submit(write, key, value) for key, value in tags.items()]:
+                future.result()
+
+    def artifact_uri(self, version: VersionInfo) -> str:
+        """Where the version's model files are (for MLflow 3 `models:/m-…` sources, the logged model's)."""
+        with _translated(f"locate the artifacts of {version}"):
+            uri = str(self._client.get_model_version_download_uri(version.name, str(version.version)))
+            # The registry hands back a `runs:/` source (an MLflow 2 style registration) unresolved.
+            return self._run_model_location(uri) if RunsArtifactRepository.is_runs_uri(uri) else uri
+
+    def _run_model_location(self, uri: str) -> str:
+        """`runs:/<run>/<name>[/<path>]` as a storage location, as MLflow's own runs repository reads it:
+        the logged model called <name> that the run produced (MLflow 3), else the run's artifacts."""
+        run_id, path = RunsArtifactRepository.parse_runs_uri(uri)
+        name, _, rest = (path or "").partition("/")
+        run = self._client.get_run(run_id)
+        for output in run.outputs.model_outputs if run.outputs else []:
+            model = self._client.get_logged_model(output.model_id)
+            if model.name == name and model.artifact_location:
+                return f"{model.artifact_location.rstrip('/')}/{rest}".rstrip("/")
+        return f"{run.info.artifact_uri.rstrip('/')}/{path or ''}".rstrip("/")
+
+    def log_evaluation(self, version: VersionInfo, metrics: Mapping[str, float], timestamp_ms: int) -> None:
+        """The gate's figures as metrics of the version's logged model (on its source run), or of its run
+        for versions registered MLflow-2 style, where the MLflow UI shows them."""
+        with _translated(f"log the evaluation of {version}"):
+            run_id = version.run_id
+            if run_id is None and version.model_id:
+                run_id = self._client.get_logged_model(version.model_id).source_run_id
+            if run_id is None:
+                log.info("%s: no run or logged model to log the evaluation on; only tags record it", version)
+                return
+            self._client.log_batch(run_id, metrics=[
+                Metric(f"evaluation_{name}", value, timestamp_ms, 0, model_id=version.model_id)
+                for name, value in sorted(metrics.items())])
+
+    def run_artifact_uri(self, run_id: str) -> str:
+        with _translated(f"locate the artifacts of run {run_id}"):
+            return str(self._client.get_run(run_id).info.artifact_uri)
+
+    def ensure_webhook(self, name: str, url: str, events: Sequence[str], secret: str, description: str) -> bool:
+        """Create the webhook called `name`, or point it at `url` with these events and secret; True if created."""
+        wanted: list[WebhookEvent | WebhookEventStr] = [WebhookEvent(*event.split(".", 1)) for event in events]
+        with _translated(f"register the webhook {name!r}"):
+            existing = next((hook for hook in self._webhooks() if hook.name == name), None)
+            if existing is None:
+                self._client.create_webhook(name, url, wanted, description=description, secret=secret)
+                return True
+            self._client.update_webhook(existing.webhook_id, url=url, events=wanted, description=description,
+                                        secret=secret, status="ACTIVE")
+            return False
+
+    def _webhooks(self) -> Iterator[Any]:
+        token = None
+        while True:
+            page = self._client.list_webhooks(max_results=100, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def _versions(self, query: str) -> Iterator[ModelVersion]:
+        token = None
+        while True:
+            page = self._client.search_model_versions(query, max_results=self._page_size, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def _models(self) -> Iterator[Any]:
+        token = None
+        while True:
+            page = self._client.search_registered_models(max_results=REGISTERED_MODEL_PAGE, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def _aliased(self, alias: str) -> Iterator[VersionInfo]:
+        # Aliases cannot be filtered on the server; registered models are paged (1000 a call)
+        # and only the aliased versions are read, never every version.
+        for model in self._models():
+            number = (model.aliases or {}).get(alias)
+            if number is not None:
+                version = self._client.get_model_version(model.name, str(number))
+                if version.status == "READY":
+                    yield _info(version)
+
+
+def _info(version: ModelVersion) -> VersionInfo:
+    return VersionInfo(name=version.name, version=int(version.version), source=version.source or "",
+                       run_id=version.run_id or None, tags=dict(version.tags or {}),
+                       model_id=getattr(version, "model_id", None) or _logged_model_id(version.source or ""))
+
+
+def _logged_model_id(source: str) -> str | None:
+    """`models:/m-…` names the logged model itself (the registry's answers may leave model_id out)."""
+    rest = source.removeprefix("models:/") if source.startswith("models:/") else ""
+    return rest if rest and "/" not in rest else None
+
+
+class _translated:
+    """Context manager: MLflow/requests errors in, the watcher's errors out."""
+
+    def __init__(self, doing: str, *, abort: bool = False) -> None:
+        self._doing = doing
+        self._abort = abort
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if error is None or isinstance(error, ServiceBuilderError) or not isinstance(error, Exception):
+            return
+        raise _translate(error, self._doing, self._abort) from error
+
+
+def _translate(error: Exception, doing: str, abort: bool) -> ServiceBuilderError:
+    if (refused := _cause(error, _NO_ANSWER)) is not None:
+        # No answer at all: the registry is gone for every model, so the pass stops here rather
+        # than tagging nothing and failing each remaining model in turn.
+        return PassAborted(f"MLflow registry unreachable: could not {doing}: {redact(refused)}")
+    message = f"could not {doing}: {redact(_cause(error, (requests.RequestException,)) or _short(error))}"
+    if isinstance(error, RestException) and error.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return VersionGone(message)
+    status = error.get_http_status_code() if isinstance(error, MlflowException) else None
+    unreachable = isinstance(error, requests.RequestException | OSError) or (
+        isinstance(error, MlflowException) and not isinstance(error, RestException))
+    if abort and (unreachable or (status or 0) >= 500):
+        return PassAborted(f"MLflow registry unreachable: {message}")
+    if unreachable or (status or 0) >= 500 or status == 429:
+        return Retryable(message)
+    return Permanent(message)
+
+
+_NO_ANSWER = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
+
+
+def _cause(error: BaseException, kinds: tuple[type[BaseException], ...]) -> str | None:
+    """The short reason of the first of `kinds` behind `error` (e.g. connection refused, too many 503s).
+
+    MLflow re-raises transport errors as a plain MlflowException with a long message; the requests
+    error is its context, and urllib3's reason inside says what actually happened.
+    """
+    cause: BaseException | None = error
+    for _ in range(10):
+        if cause is None:
+            return None
+        if isinstance(cause, kinds):
+            reason = getattr(cause.args[0] if cause.args else cause, "reason", None) or cause
+            return (str(reason).splitlines() or [type(cause).__name__])[0][:300]
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _short(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:300]
+

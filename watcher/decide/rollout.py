@@ -1,0 +1,100 @@
+"""Verdicts on a rollout, as pure functions of the Deployment and its pods (plain API dicts).
+
+`rollout_status` is `kubectl rollout status` (kubectl `pkg/polymorphichelpers/rollout_status.go`,
+`DeploymentStatusViewer.Status`); `pod_fault` reads the kubelet's container states. Called by
+`watcher.targets.kubernetes.cluster` while it waits, and table-tested with kubectl's own cases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+TIMED_OUT = "ProgressDeadlineExceeded"
+VERSION_FAULTS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+"""Waiting reasons that say the version itself cannot run. A first `ErrImagePull` is not one: the kubelet
+retries the pull, and shows ImagePullBackOff once it keeps failing."""
+CONFIG_FAULTS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+"""A Secret or ConfigMap the pod needs is missing: for ops to fix, not the version."""
+
+
+@dataclass(frozen=True)
+class Status:
+    done: bool
+    message: str
+    timed_out: bool = False
+    """`ProgressDeadlineExceeded` on the generation the controller has observed."""
+
+
+def rollout_status(deployment: dict[str, Any]) -> Status:
+    """kubectl's verdict: done only once the current generation is observed, every wanted replica is
+    updated, no old replica is left and every updated one is available. Absent counts are zero
+    (`omitempty`); `spec.replicas` is read live, so a replica count an autoscaler set is respected."""
+    meta, spec, status = (deployment.get(k) or {} for k in ("metadata", "spec", "status"))
+    name = meta.get("name", "")
+    if int(meta.get("generation") or 0) > int(status.get("observedGeneration") or 0):
+        return Status(False, "Waiting for deployment spec update to be observed...")
+    conditions = status.get("conditions") or []
+    progressing: dict[str, Any] = next((c for c in conditions if c.get("type") == "Progressing"), {})
+    if progressing.get("reason") == TIMED_OUT:
+        return Status(False, f'deployment "{name}" exceeded its progress deadline', timed_out=True)
+    wanted = spec.get("replicas")
+    replicas, updated, available = (int(status.get(k) or 0) for k in ("replicas", "updatedReplicas",
+                                                                        "availableReplicas"))
+    if wanted is not None and updated < int(wanted):
+        return Status(False, f'Waiting for deployment "{name}" rollout to finish: {updated} out of {wanted} new '
+                             "replicas have been updated...")
+    if replicas > updated:
+        return Status(False, f'Waiting for deployment "{name}" rollout to finish: {replicas - updated} old '
+                             "replicas are pending termination...")
+    if available < updated:
+        return Status(False, f'Waiting for deployment "{name}" rollout to finish: {available} of {updated} '
+                             "updated replicas are available...")
+    return Status(True, f'deployment "{name}" successfully rolled out')
+
+
+def progress_mark(deployment: dict[str, Any]) -> tuple[int, ...]:
+    """What moves while a rollout progresses: the observed generation and the updated, ready and available
+    counts (progress.go's `DeploymentProgressing` compares the same); a change restarts the stall clock."""
+    status = deployment.get("status") or {}
+    return tuple(int(status.get(k) or 0) for k in ("observedGeneration", "updatedReplicas", "readyReplicas",
+                                                    "availableReplicas", "replicas"))
+
+
+@dataclass(frozen=True)
+class PodFault:
+    reason: str
+    detail: str
+    version_fault: bool
+    """True: the version's own pods cannot run (permanent); False: ops must fix the cluster side."""
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}".strip(": ")[:400]
+
+
+def pod_fault(pods: list[dict[str, Any]]) -> PodFault | None:
+    """The first container that is stuck for good, with the last termination message (the wrapper writes
+    why it stopped there), else None. Pods that are Ready or still starting are no fault."""
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason", "")
+            if reason not in VERSION_FAULTS and reason not in CONFIG_FAULTS:
+                continue
+            terminated = (container.get("lastState") or {}).get("terminated") or {}
+            detail = terminated.get("message") or waiting.get("message") or ""
+            restarts = int(container.get("restartCount") or 0)
+            if reason == "CrashLoopBackOff" and restarts:
+                detail = f"{detail} (restarted {restarts} times)".strip()
+            return PodFault(reason, str(detail).strip(), reason in VERSION_FAULTS)
+    return None
+
+
+def waiting_reasons(pods: list[dict[str, Any]]) -> str:
+    """What the not-ready containers wait for, for a message (e.g. `ContainerCreating`, `ErrImagePull`)."""
+    reasons = sorted({((c.get("state") or {}).get("waiting") or {}).get("reason", "")
+                      for pod in pods for c in (pod.get("status") or {}).get("containerStatuses") or []
+                      if not c.get("ready")} - {""})
+    if not reasons and any((p.get("status") or {}).get("phase") == "Pending" for p in pods):
+        reasons = ["Pending"]
+    return ", ".join(reasons)

@@ -1,0 +1,487 @@
+"""Step 5 of the pass on Kubernetes: observe, apply (create-or-patch), wait for rollout, roll back, remove.
+
+The only watcher module that imports `kubernetes`. One paged list per managed kind (`KINDS`: adding a
+kind is one line there) observes the whole namespace; objects without the managed-by label are
+reported, never touched. Updates are JSON patches of the paths Service Builder owns, so what admission,
+controllers and people add to our objects survives; every request has a connect and read timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from model_wrapper.contract.spec import Serving
+from watcher.config.settings import Settings
+from watcher.decide.plan import Live
+from watcher.decide.rollout import pod_fault, progress_mark, rollout_status, waiting_reasons
+from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
+from watcher.render.manifests import (
+    EVALUATES_LABEL,
+    INPUTS_DIGEST,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MODEL_NAME,
+    MODEL_VERSION,
+    NEEDS,
+    OPTIONAL_TEMPLATES,
+    ROLLBACK_TO,
+    SERVING,
+    SPEC_HASH,
+    Rendered,
+)
+from watcher.targets.kubernetes.jobs import JobRunner
+from watcher.targets.kubernetes.lease import Lease
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+TIMEOUT = (5, 30)
+"""(connect, read) seconds for every request, set on the client itself so no call can go without; the read
+timeout is K8S_REQUEST_TIMEOUT_SECONDS."""
+LEASE_SECONDS = 60  # renewed while held; after a crash, the next CronJob run (2 min later) finds it expired
+PAGE_SIZE = 500
+WRITES = frozenset({"create", "patch", "delete"})
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the client reaches one kind: its API class, the method suffix, and the resource (for RBAC messages)."""
+
+    api: Callable[[client.ApiClient], Any]
+    method: str
+    resource: str
+
+
+KINDS: dict[str, Kind] = {
+    # First and so removed last: a model's pods never run without the policy that guards them.
+    "NetworkPolicy": Kind(client.NetworkingV1Api, "namespaced_network_policy", "networkpolicies"),
+    "Deployment": Kind(client.AppsV1Api, "namespaced_deployment", "deployments"),
+    "Service": Kind(client.CoreV1Api, "namespaced_service", "services"),
+    "Ingress": Kind(client.NetworkingV1Api, "namespaced_ingress", "ingresses"),
+    # Only for some models (watcher.render.manifests.OPTIONAL_TEMPLATES): autoscaled ones, and those with 2+ replicas.
+    "HorizontalPodAutoscaler": Kind(client.AutoscalingV2Api, "namespaced_horizontal_pod_autoscaler",
+                                    "horizontalpodautoscalers"),
+    "PodDisruptionBudget": Kind(client.PolicyV1Api, "namespaced_pod_disruption_budget", "poddisruptionbudgets"),
+}
+"""The managed kinds, in the order they are applied (removed in reverse)."""
+_OTHER_RESOURCES = {"Pod": "pods", "Lease": "leases", "Job": "jobs"}
+
+
+@dataclass
+class Snapshot:
+    """What the namespace holds, from one list per kind: raw objects by (kind, name), and per-slug views."""
+
+    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def live(self) -> list[Live]:
+        by_slug: dict[str, dict[str, dict[str, Any]]] = {}
+        for (kind, name), obj in self.objects.items():  # one walk: a pass stays linear in the models
+            by_slug.setdefault(name, {})[kind] = obj
+        return [self._live(slug, by_slug[slug]) for slug in sorted(by_slug)]
+
+    def _live(self, slug: str, present: dict[str, dict[str, Any]]) -> Live:
+        managed = all(_managed(obj) for obj in present.values())
+        first = present.get("Deployment") or next(iter(present.values()))
+        notes = first.get("metadata", {}).get("annotations") or {}
+        return Live(slug=slug, model=notes.get(MODEL_NAME, "") if managed else "",
+                    version=_int(notes.get(MODEL_VERSION)), spec_hash=notes.get(SPEC_HASH, ""),
+                    inputs_digest=notes.get(INPUTS_DIGEST, ""), serving=_serving(notes.get(SERVING)),
+                    rollback_to=_int(notes.get(ROLLBACK_TO)),
+                    kinds=frozenset(present), managed=managed, needs=_needs(notes.get(NEEDS)))
+
+
+class KubernetesTarget:
+    """Runs models as Deployment + Service + Ingress in one namespace."""
+
+    def __init__(self, settings: Settings, api: client.ApiClient | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._ns = settings.k8s_name_space
+        self._api = api or api_client(settings)
+        _with_default_timeout(self._api, (TIMEOUT[0], settings.k8s_request_timeout_seconds))
+        self._apis = {kind: spec.api(self._api) for kind, spec in KINDS.items()}
+        self._core = client.CoreV1Api(self._api)
+        self._sleep = sleep
+        self._clock = clock
+        self._lease = Lease(client.CoordinationV1Api(self._api), self._ns, settings.lease_name,
+                            duration=LEASE_SECONDS)
+        self._jobs = JobRunner(client.BatchV1Api(self._api), self._core, self._ns, call=self._call,
+                               sleep=self._sleep, evaluates_label=EVALUATES_LABEL)
+
+    # --- observe ------------------------------------------------------------------------
+
+    def observe(self) -> Snapshot:
+        snapshot = Snapshot()
+        for kind in KINDS:
+            try:
+                items = self._list(kind, partial(self._method("list", kind), self._ns))
+            except Retryable as e:
+                raise PassAborted(f"Kubernetes API unreachable: {e}") from e
+            for obj in items:
+                snapshot.objects[(kind, obj["metadata"]["name"])] = obj
+        return snapshot
+
+    def _list(self, kind: str, list_fn: Callable[..., Any], **query: Any) -> list[dict[str, Any]]:
+        """Every item, a page (`limit`/`continue`) at a time: one namespace may hold thousands of objects.
+        Read as the JSON sent: the client's models would cost ~1 ms an object to build and undo."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            answer = self._call("list", kind, partial(list_fn, limit=PAGE_SIZE, _continue=token,
+                                                      _preload_content=False, **query))
+            try:
+                page = json.loads(answer.data)
+            except ValueError as e:
+                raise PassAborted(f"Kubernetes API answered the {kind} list with something not JSON: {e}") from e
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+
+    # --- apply ----------------------------------------------------------------------------
+
+    def apply(self, rendered: Rendered, snapshot: Snapshot) -> None:
+        # The NetworkPolicy first (KINDS order): a model's pods never run unguarded.
+        for manifest, owned in zip(_in_apply_order(rendered.manifests), _in_apply_order(_owned_manifests(rendered)),
+                                   strict=True):
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            existing = snapshot.objects.get((kind, name))
+            if existing is None:
+                self._call("create", kind, partial(self._create, manifest))
+            elif not _managed(existing):
+                raise Blocked(f"{kind} {name!r} exists and is not managed by Service Builder")
+            elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
+                self._call("patch", kind, partial(self._patch, _remembering(owned, existing), existing))
+
+    def wait_ready(self, rendered: Rendered, timeout: float) -> None:
+        """Block until the Deployment's template is rolled out as `kubectl rollout status` says, or raise.
+
+        Slow is not failed: `timeout` counts from the last progress (a change in observed generation or in
+        updated, ready or available pods). Failed for good (RolloutFailed): the new pods crash-loop or cannot
+        pull their image. Failed for now (Retryable): no progress for `timeout`, or ProgressDeadlineExceeded
+        with no fault of the version in sight; the next pass tries again."""
+        name = rendered.deployment["metadata"]["name"]
+        version = (rendered.deployment["metadata"].get("annotations") or {}).get(MODEL_VERSION)
+        mark, since, polls = None, self._clock(), 0
+        while True:
+            deployment = self._read("Deployment", name)
+            verdict = rollout_status(deployment)
+            if verdict.done:
+                return
+            if progress_mark(deployment) != mark:
+                mark, since = progress_mark(deployment), self._clock()
+            polls += 1
+            stalled = self._clock() - since >= timeout
+            if verdict.timed_out or stalled or polls % 3 == 0:
+                pods = self._new_pods(deployment, version)
+                fault = pod_fault(pods)
+                if fault is not None and fault.version_fault:
+                    raise RolloutFailed(f"the new pods cannot run: {fault}")
+                if fault is not None and (verdict.timed_out or stalled):
+                    raise Blocked(f"the new pods cannot start: {fault}; fix it in the cluster, the next pass retries")
+                if verdict.timed_out or stalled:
+                    waiting = waiting_reasons(pods)
+                    why = "progress deadline exceeded" if verdict.timed_out else f"no progress for {timeout:.0f}s"
+                    raise Retryable(f"rollout not finished, {why}" + (f" (pods: {waiting})" if waiting else "") +
+                                    f"; {verdict.message.rstrip('.')}; will retry")
+            self._sleep(POLL_SECONDS)
+
+    def roll_back(self, rendered: Rendered, snapshot: Snapshot) -> None:
+        """Put back what ran before this release (our paths only); remove what did not exist before, in the
+        reverse of the order applied: the NetworkPolicy goes last, so no pod is ever left unguarded."""
+        for manifest in reversed(_in_apply_order(_owned_manifests(rendered))):
+            kind, name = manifest["kind"], manifest["metadata"]["name"]
+            previous = snapshot.objects.get((kind, name))
+            if previous is None:
+                self._call("delete", kind, partial(self._delete, kind, name), attempts=6)
+            else:
+                current = self._read(kind, name)
+                self._call("patch", kind, partial(self._patch, _ours(previous, manifest), current), attempts=6)
+        if (rendered.deployment["kind"], rendered.deployment["metadata"]["name"]) in snapshot.objects:
+            self._forget_rollback(rendered.deployment["metadata"]["name"])
+
+    def _forget_rollback(self, name: str) -> None:
+        current = self._read("Deployment", name)
+        if ROLLBACK_TO in (current["metadata"].get("annotations") or {}):
+            remove = [{"op": "remove", "path": "/metadata/annotations/" + _pointer(ROLLBACK_TO)}]
+            self._call("patch", "Deployment", partial(self._method("patch", "Deployment"), name, self._ns, remove),
+                       attempts=6)
+
+    def evaluate(self, job: dict[str, Any], timeout: float) -> str:
+        """Run the evaluation Job before the Deployment is touched; its pod's termination message."""
+        return self._jobs.run(job, timeout)
+
+    def finish(self, rendered: Rendered, snapshot: Snapshot) -> None:
+        """The rolling update retired the old pods; an autoscaler or budget the release no longer has goes now
+        (after the rollout, so a failed one is rolled back to what it had), and so does the note of what to roll
+        back to."""
+        name = rendered.deployment["metadata"]["name"]
+        kept = {manifest["kind"] for manifest in rendered.manifests}
+        for kind in OPTIONAL_TEMPLATES:
+            obj = snapshot.objects.get((kind, name))
+            if kind not in kept and obj is not None and _managed(obj):
+                self._call("delete", kind, partial(self._delete, kind, name))
+        self._forget_rollback(name)
+
+    def remove(self, slug: str, snapshot: Snapshot) -> None:
+        for kind in reversed(KINDS):
+            obj = snapshot.objects.get((kind, slug))
+            if obj is not None and _managed(obj):
+                self._call("delete", kind, partial(self._delete, kind, slug))
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._lease.held():
+            yield
+
+    def endpoint(self, slug: str) -> str:
+        return f"{self._settings.endpoint_scheme}://{self._settings.service_builder_host_name}/{slug}/api/"
+
+    def smoke_base(self, slug: str) -> str | None:
+        """The in-cluster Service address, when the watcher runs inside the cluster (or is told to try)."""
+        if self._settings.smoke_test == "off":
+            return None
+        in_cluster = config.incluster_config.SERVICE_HOST_ENV_NAME in os.environ
+        if self._settings.smoke_test == "on" or in_cluster:
+            return f"http://{slug}.{self._ns}.svc/{slug}/api/"
+        return None
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _method(self, verb: str, kind: str) -> Callable[..., Any]:
+        return getattr(self._apis[kind], f"{verb}_{KINDS[kind].method}")
+
+    def _read(self, kind: str, name: str) -> dict[str, Any]:
+        obj = self._call("get", kind, partial(self._method("read", kind), name, self._ns))
+        return self._api.sanitize_for_serialization(obj)
+
+    def _create(self, manifest: dict[str, Any]) -> Any:
+        kind = manifest["kind"]
+        try:
+            return self._method("create", kind)(self._ns, manifest)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        # It exists after all: an earlier try whose answer was lost (a 5xx or timeout after the write)
+        # created it. Adopt it, but only if it carries our label: never take over someone else's object.
+        current = self._read(kind, manifest["metadata"]["name"])
+        return self._patch(manifest, current, ours_only=True)
+
+    def _patch(self, manifest: dict[str, Any], current: dict[str, Any], *, ours_only: bool = False) -> Any:
+        ops = owned_patch(manifest, current)
+        if ours_only:
+            ops.insert(0, {"op": "test", "path": "/metadata/labels/" + _pointer(MANAGED_BY_LABEL), "value": MANAGED_BY})
+        if not ops:
+            return current
+        return self._method("patch", manifest["kind"])(manifest["metadata"]["name"], self._ns, ops)
+
+    def _delete(self, kind: str, name: str) -> None:
+        try:
+            self._method("delete", kind)(name, self._ns)
+        except ApiException as e:
+            if e.status != 404:  # already gone is what we wanted
+                raise
+
+    def _new_pods(self, deployment: dict[str, Any], version: str | None) -> list[dict[str, Any]]:
+        """The pods of this Deployment's own selector that run the version being rolled out."""
+        match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{key}={value}" for key, value in sorted(match.items()))
+        pods = self._list("Pod", self._core.list_namespaced_pod, namespace=self._ns, label_selector=selector)
+        return [pod for pod in pods
+                if all((pod["metadata"].get("labels") or {}).get(k) == v for k, v in match.items())
+                and (version is None or (pod["metadata"].get("annotations") or {}).get(MODEL_VERSION) == version)]
+
+    def _call(self, verb: str, kind: str, fn: Callable[[], T], attempts: int = 3) -> T:
+        """One API call with bounded retries (backing off) for conflicts, throttling and server errors."""
+        for attempt in range(attempts):
+            if verb in WRITES:
+                self._lease.check()
+            try:
+                return fn()
+            except ApiException as e:
+                error = _translate(e, verb, kind, self._ns)
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                error = Retryable(f"Kubernetes API unreachable ({verb} {kind}): {type(e).__name__}")
+            if not isinstance(error, Retryable) or attempt == attempts - 1:
+                raise error
+            self._sleep(min(0.2 * 2**attempt, 5.0))
+        raise AssertionError("unreachable")
+
+
+def api_client(settings: Settings) -> client.ApiClient:
+    """Bearer token (K8S_API + K8S_API_KEY), else in-cluster config, else kubeconfig."""
+    if settings.k8s_api:
+        configuration = client.Configuration()
+        configuration.host = settings.k8s_api
+        configuration.verify_ssl = settings.k8s_verify_ssl
+        if settings.k8s_api_key:
+            configuration.api_key = {"authorization": settings.k8s_api_key.get_secret_value()}
+            configuration.api_key_prefix = {"authorization": "Bearer"}
+        return client.ApiClient(configuration)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as e:
+            raise PassAborted(f"no Kubernetes access: set K8S_API, run in a cluster or provide a kubeconfig "
+                              f"({e}); or run models on this machine with DEPLOY_TARGET=local") from None
+    return client.ApiClient()
+
+
+def _translate(error: ApiException, verb: str, kind: str, namespace: str) -> ServiceBuilderError:
+    resource = KINDS[kind].resource if kind in KINDS else _OTHER_RESOURCES.get(kind, kind.lower())
+    if error.status == 403:
+        return Blocked(f"forbidden: the watcher's Role lacks '{verb}' on {resource} in namespace {namespace}")
+    if error.status == 409 or error.status == 429 or (error.status or 0) >= 500:
+        return Retryable(f"Kubernetes answered {error.status} to {verb} {kind}; will retry")
+    if error.status == 422:
+        return Permanent(f"Kubernetes rejected the {kind}: {_api_message(error)}")
+    return Permanent(f"Kubernetes answered {error.status} to {verb} {kind}: {_api_message(error)}")
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message", ""))[:300]
+    except ValueError:
+        return str(error.reason or "")[:300]
+
+
+def _in_apply_order(manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifests in KINDS order (the NetworkPolicy first); a stable sort, so one kind's keep theirs."""
+    return sorted(manifests, key=lambda manifest: list(KINDS).index(manifest["kind"]))
+
+
+def _owned_manifests(rendered: Rendered) -> list[dict[str, Any]]:
+    """The manifests as the watcher patches them: an autoscaled Deployment without spec.replicas, which is
+    the HPA's (a create still starts at min_replicas). owned_patch leaves a field we do not send alone,
+    so no patch undoes a scale, and a scale alone changes no spec hash, so it causes no write at all."""
+    manifests = list(rendered.manifests)
+    if not any(m["kind"] == "HorizontalPodAutoscaler" for m in manifests):
+        return manifests
+    return [m if m["kind"] != "Deployment" else {**m, "spec": {k: v for k, v in m["spec"].items() if k != "replicas"}}
+            for m in manifests]
+
+
+def _managed(obj: dict[str, Any]) -> bool:
+    return (obj.get("metadata", {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+
+
+def owned_patch(manifest: dict[str, Any], current: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON-patch ops that set what `manifest` says and nothing else: our labels and annotations key by key,
+    each top-level `spec` field we render (a field we do not render, e.g. ingressClassName when
+    INGRESS_CLASS_NAME is unset, is left to admission), and in a pod template its spec plus our template
+    labels and annotations key by key (so `kubectl rollout restart`'s annotation stays)."""
+    ops: list[dict[str, Any]] = []
+    _merge_map(ops, "/metadata/labels", manifest["metadata"].get("labels") or {}, current["metadata"].get("labels"))
+    _merge_map(ops, "/metadata/annotations", manifest["metadata"].get("annotations") or {},
+               current["metadata"].get("annotations"))
+    live_spec = current.get("spec") or {}
+    for key, value in (manifest.get("spec") or {}).items():
+        path = "/spec/" + _pointer(key)
+        if key == "template" and isinstance(live_spec.get("template"), dict):
+            live = live_spec["template"]
+            meta, live_meta = value.get("metadata") or {}, live.get("metadata") or {}
+            if not isinstance(live.get("metadata"), dict):
+                ops.append({"op": "add", "path": path + "/metadata", "value": {}})
+            _merge_map(ops, path + "/metadata/labels", meta.get("labels") or {}, live_meta.get("labels"))
+            _merge_map(ops, path + "/metadata/annotations", meta.get("annotations") or {}, live_meta.get("annotations"))
+            if live.get("spec") != value.get("spec"):
+                ops.append({"op": "add", "path": path + "/spec", "value": value.get("spec") or {}})
+        elif live_spec.get(key) != value:
+            ops.append({"op": "add", "path": path, "value": value})
+    if ops and "spec" not in current and manifest.get("spec") is not None:
+        ops.insert(0, {"op": "add", "path": "/spec", "value": {}})
+    return ops
+
+
+def _merge_map(ops: list[dict[str, Any]], path: str, wanted: dict[str, Any], live: Any) -> None:
+    if not isinstance(live, dict):
+        if wanted:
+            ops.append({"op": "add", "path": path, "value": wanted})
+        return
+    ops += [{"op": "add", "path": f"{path}/{_pointer(key)}", "value": value}
+            for key, value in wanted.items() if live.get(key) != value]
+
+
+def _remembering(manifest: dict[str, Any], existing: dict[str, Any]) -> dict[str, Any]:
+    """An update of a Deployment to another version notes the version it replaces, until it is done, so a
+    roll-back cut short (API errors, a killed pass) is finished by a later pass."""
+    before = existing["metadata"].get("annotations") or {}
+    after = manifest["metadata"].get("annotations") or {}
+    if manifest["kind"] != "Deployment" or before.get(MODEL_VERSION) in (None, after.get(MODEL_VERSION)):
+        return manifest
+    serving = before.get(ROLLBACK_TO) or before[MODEL_VERSION]  # a second update keeps the first note
+    return {**manifest, "metadata": {**manifest["metadata"], "annotations": {**after, ROLLBACK_TO: serving}}}
+
+
+def _ours(previous: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """What we had set on `previous` (a live object from before this release): the same paths `manifest`
+    owns, with the values they had then."""
+    meta, spec = previous.get("metadata") or {}, previous.get("spec") or {}
+    mine = manifest["metadata"]
+
+    def picked(values: Any, keys: Any) -> dict[str, Any]:
+        return {k: v for k, v in (values or {}).items() if k in (keys or {})}
+
+    owned_spec = {k: spec[k] for k in manifest.get("spec") or {} if k in spec}
+    if isinstance(owned_spec.get("template"), dict):
+        template, wanted = owned_spec["template"], manifest["spec"]["template"].get("metadata") or {}
+        owned_spec["template"] = {"metadata": {
+            "labels": picked((template.get("metadata") or {}).get("labels"), wanted.get("labels")),
+            "annotations": picked((template.get("metadata") or {}).get("annotations"), wanted.get("annotations"))},
+            "spec": template.get("spec")}
+    return {"kind": manifest["kind"], "metadata": {
+        "name": mine["name"], "labels": picked(meta.get("labels"), mine.get("labels")),
+        "annotations": picked(meta.get("annotations"), mine.get("annotations"))}, "spec": owned_spec}
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _with_default_timeout(api: client.ApiClient, timeout: tuple[float, float]) -> None:
+    """Give every request of this client a (connect, read) timeout unless the call sets its own."""
+    rest: Any = api.rest_client
+    if getattr(rest, "_default_timeout", False):
+        return
+    request = rest.request
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = timeout
+        return request(*args, **kwargs)
+
+    rest.request = timed
+    rest._default_timeout = True
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _needs(value: str | None) -> tuple[str, ...]:
+    try:
+        found = json.loads(value) if value else []
+    except ValueError:
+        return ()
+    return tuple(str(item) for item in found) if isinstance(found, list) else ()
+
+
+def _serving(value: str | None) -> Serving:
+    try:
+        return Serving.model_validate_json(value) if value else Serving()
+    except ValueError:
+        return Serving()

@@ -1,0 +1,229 @@
+"""Step 5 of the pass on this machine (`DEPLOY_TARGET=local`): each model is a wrapper process.
+
+Same lifecycle as Kubernetes (new, update, supersede, undeploy): the process is started from
+the rendered Deployment's environment, a new version replaces the old one only once it is
+ready, and the processes are tracked in a state directory so a later run finds them again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model_wrapper.contract.spec import Serving
+from watcher.config.settings import Settings
+from watcher.decide.plan import KINDS, Live
+from watcher.errors import Retryable, RolloutFailed
+from watcher.render.manifests import EVALUATES_LABEL, INPUTS_DIGEST, RUNTIME, Rendered
+from watcher.targets.kubernetes.lease import Busy
+
+_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@dataclass
+class LocalSnapshot:
+    """The wrapper processes recorded in the state directory, by slug."""
+
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def live(self) -> list[Live]:
+        return [Live(slug=slug, model=state["model"], version=int(state["version"]), spec_hash=state["spec_hash"],
+                     inputs_digest=state.get("inputs_digest", ""),
+                     serving=Serving.model_validate(state.get("serving") or {}),
+                     kinds=frozenset(state.get("kinds", KINDS)) if _alive(state.get("pid")) else frozenset(),
+                     needs=tuple(state.get("needs") or ()))
+                for slug, state in sorted(self.states.items())]
+
+
+class LocalTarget:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._dir = settings.local_state_dir.resolve()
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._pending: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+
+    def observe(self) -> LocalSnapshot:
+        snapshot = LocalSnapshot()
+        for path in sorted(self._dir.glob("*.json")):
+            try:
+                snapshot.states[path.stem] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # a torn write from a killed run: the model is simply redeployed
+        return snapshot
+
+    def apply(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
+        slug = rendered.deployment["metadata"]["name"]
+        port = _free_port()
+        env = {**os.environ, **_container_env(rendered), "PORT": str(port), "HOST": "127.0.0.1",
+               "LOG_FORMAT": "text", "TERMINATION_LOG": str(self._dir / f"{slug}.termination")}
+        env.update(self._secrets())
+        (self._dir / f"{slug}.termination").unlink(missing_ok=True)
+        log = open(self._dir / f"{slug}.log", "ab")  # noqa: SIM115 - handed to the child process
+        process = subprocess.Popen([_interpreter(rendered), "-m", "model_wrapper"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self._pending[slug] = (process, port)
+
+    def wait_ready(self, rendered: Rendered, timeout: float) -> None:
+        slug = rendered.deployment["metadata"]["name"]
+        if slug not in self._pending:  # started by an earlier run: only check that it still answers
+            if not _answers(f"{self.endpoint(slug)}ready"):
+                raise RolloutFailed(f"the running wrapper does not answer at {self.endpoint(slug)}ready")
+            return
+        process, port = self._pending[slug]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RolloutFailed(f"the wrapper exited with code {process.returncode}: {self._last_words(slug)}")
+            if _answers(f"http://127.0.0.1:{port}/{slug}/api/ready"):
+                return
+            time.sleep(0.2)
+        raise RolloutFailed(f"not ready after {timeout:.0f}s: {self._last_words(slug)}")
+
+    def evaluate(self, job: dict[str, Any], timeout: float) -> str:
+        """Run the Job's command as a process here, with its environment; its result line."""
+        slug = job["metadata"]["labels"][EVALUATES_LABEL]
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        result = self._dir / f"{slug}.evaluation"
+        result.unlink(missing_ok=True)
+        env = {**os.environ, **{item["name"]: item["value"] for item in container.get("env", []) if "value" in item},
+               "LOG_FORMAT": "text", "TERMINATION_LOG": str(result), **self._secrets()}
+        # The interpreter RUNTIME_IMAGES chose for the model (the Job's image on this target), as for its wrapper.
+        python = str(container["image"]) if job["metadata"]["annotations"].get(RUNTIME) else sys.executable
+        command = [python, *container["command"][1:], *container.get("args", [])]
+        with open(self._dir / f"{slug}.evaluation.log", "wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                code = process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _terminate(process.pid, grace=5)
+                process.wait()
+                raise Retryable(f"the evaluation did not finish within {timeout:.0f}s; retrying next pass") from None
+        if code != 0:
+            lines = (self._dir / f"{slug}.evaluation.log").read_text(errors="replace").strip().splitlines()
+            raise Retryable(f"the evaluation process exited with code {code}: "
+                            f"{(lines[-1] if lines else 'no output')[:300]}; retrying next pass")
+        return result.read_text(errors="replace") if result.exists() else ""
+
+    def finish(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
+        """Record the new process, then retire the one it replaces (so the endpoint never goes dark)."""
+        slug, release = rendered.deployment["metadata"]["name"], rendered.release
+        process, port = self._pending.pop(slug)
+        state = {"model": release.name, "version": release.version, "spec_hash": rendered.spec_hash,
+                 "inputs_digest": rendered.deployment["metadata"]["annotations"][INPUTS_DIGEST],
+                 "kinds": sorted(m["kind"] for m in rendered.manifests),  # what the plan expects to find
+                 "serving": release.serving.model_dump(exclude_none=True), "needs": list(release.needs),
+                 "pid": process.pid, "port": port,
+                 "endpoint": f"http://127.0.0.1:{port}/{slug}/api/"}
+        _write_atomically(self._dir / f"{slug}.json", json.dumps(state))
+        old = snapshot.states.get(slug)
+        if old and old.get("pid") != process.pid:
+            _terminate(old.get("pid"))
+
+    def roll_back(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
+        slug = rendered.deployment["metadata"]["name"]
+        if slug in self._pending:
+            _terminate(self._pending.pop(slug)[0].pid)
+
+    def remove(self, slug: str, snapshot: LocalSnapshot) -> None:
+        state = snapshot.states.get(slug)
+        if state:
+            _terminate(state.get("pid"))
+        (self._dir / f"{slug}.json").unlink(missing_ok=True)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with open(self._dir / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(f"another watcher is working on {self._dir}; leaving this pass to it") from None
+            yield
+
+    def endpoint(self, slug: str) -> str:
+        if slug in self._pending:
+            return f"http://127.0.0.1:{self._pending[slug][1]}/{slug}/api/"
+        state = self.observe().states.get(slug) or {}
+        return str(state.get("endpoint", ""))
+
+    def smoke_base(self, slug: str) -> str | None:
+        return None if self._settings.smoke_test == "off" else self.endpoint(slug)
+
+    def _secrets(self) -> dict[str, str]:
+        return {key: value.get_secret_value() for key in _SECRET_ENV
+                if (value := getattr(self._settings, key.lower())) is not None}
+
+    def _last_words(self, slug: str) -> str:
+        termination = self._dir / f"{slug}.termination"
+        if termination.exists() and (text := termination.read_text(errors="replace").strip()):
+            return text[:400]
+        lines = (self._dir / f"{slug}.log").read_text(errors="replace").strip().splitlines()
+        return (lines[-1] if lines else "no output")[:400]
+
+
+def _interpreter(rendered: Rendered) -> str:
+    """The runtime RUNTIME_IMAGES chose (on this target a Python interpreter), else the watcher's own Python."""
+    chosen = rendered.deployment["metadata"]["annotations"].get(RUNTIME)
+    return str(rendered.deployment["spec"]["template"]["spec"]["containers"][0]["image"]) if chosen else sys.executable
+
+
+def _container_env(rendered: Rendered) -> dict[str, str]:
+    container = rendered.deployment["spec"]["template"]["spec"]["containers"][0]
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"model_wrapper" in cmdline and not Path(f"/proc/{pid}/stat").read_text().split(")")[-1].startswith(" Z")
+
+
+def _terminate(pid: Any, grace: float = 10) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
