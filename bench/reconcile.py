@@ -57,10 +57,12 @@ from devstack.models import log_iris
 from devstack.servers import LocalMlflow, LocalS3
 from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer, MlflowAccessLog
-from watcher.clients.registry import Registry, VersionInfo
-from watcher.config.settings import Selector, load_settings
+from watcher.clients.registry import Registry
+from watcher.config.settings import load_settings
+from watcher.decide.types import Selector, VersionInfo
 from watcher.entry.cli import build_deps
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 from watcher.render.manifests import Release
 
 VERSIONS_EACH = 10

@@ -24,6 +24,14 @@ class Blocked(Permanent):
     object): recorded as failed, yet tried again every pass, so the fix works without re-tagging."""
 
 
+class VersionGone(Permanent):
+    """The version (or its whole model) no longer exists."""
+
+
+class EvaluationFailed(Permanent):
+    """The version scored below what its contract requires; the live version keeps serving."""
+
+
 class ContractInvalid(Permanent):
     """The model's contract is missing or unusable."""
 
@@ -36,8 +44,24 @@ class PassAborted(ServiceBuilderError):
     """The registry or the cluster cannot be reached: the pass cannot run at all."""
 
 
+class Busy(ServiceBuilderError):
+    """Another watcher holds the lease: this pass leaves the work to it."""
+
+
+class LeaseLost(PassAborted):
+    """The lease could not be renewed: another watcher may act now, so this pass writes nothing more."""
+
+
 class SettingsInvalid(ServiceBuilderError):
     """An environment variable has a value the watcher cannot use."""
+
+
+class Rejected(Exception):
+    """A delivery the receiver refuses; carries its HTTP status and the metric outcome."""
+
+    def __init__(self, status: int, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.outcome, self.reason = status, outcome, reason
 
 
 class Stopping(BaseException):

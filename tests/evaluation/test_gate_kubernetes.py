@@ -17,7 +17,8 @@ from devstack.models import LoggedModel, iris_frame, register_versions
 from model_wrapper.contract.naming import model_slug
 from tests.peers import BAD_IMAGE, READY, KubernetesPeer, crash
 from watcher.config.settings import Settings
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 from watcher.render.manifests import Renderer, validate_manifest
 
 
@@ -85,11 +86,11 @@ def test_a_shuffled_version_is_refused_by_its_job_while_the_live_version_keeps_s
 
 def test_the_job_manifest_is_the_deployments_pod_with_a_deadline_and_valid(make_settings: Callable[..., Settings],
                                                                             good_iris: LoggedModel) -> None:
-    from watcher.clients.registry import VersionInfo
-    from watcher.reconcile.engine import _release
+    from watcher.decide.types import VersionInfo
+    from watcher.reconcile.actions import release_of
     from watcher.reconcile.gate import evaluation_job
 
-    rendered = Renderer(make_settings()).render(_release(
+    rendered = Renderer(make_settings()).render(release_of(
         VersionInfo("iris", 3, good_iris.source, good_iris.run_id), "iris"))
     live = VersionInfo("iris", 2, "models:/m-live", "run-live")
     job = evaluation_job(rendered, "0123456789abcdef", live, 600)

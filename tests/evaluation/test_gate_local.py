@@ -21,7 +21,8 @@ from devstack.models import LoggedModel, iris_frame, register_versions
 from model_wrapper.contract.naming import model_slug
 from tests.evaluation.conftest import good_model, log_gated
 from tests.reconcile.test_local_target import answers
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 
 def served_version(state_dir: Path, slug: str) -> Any:

@@ -22,7 +22,8 @@ from tests.evaluation.conftest import GATE, csv_bytes, good_model, iris_table
 from tests.reconcile.runtimes import XGBOOST_CONTRACT, log_xgboost_model
 from tests.reconcile.test_environments import xgboost_python  # noqa: F401 - the runtime that has XGBoost
 from watcher.config.settings import Settings
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 ROOT = Path(__file__).resolve().parents[2]
 

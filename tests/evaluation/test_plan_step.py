@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.reconcile.test_plan import ATTEMPT_KEY, DEPLOYED, decide, live, version
-from watcher.clients.registry import VersionInfo
-from watcher.decide.plan import ATTEMPT, STATUS, Deploy, Live, Plan
+from watcher.decide.plan import Deploy, Plan
+from watcher.decide.types import ATTEMPT, STATUS, Live, VersionInfo
 
 PASSED = {"evaluation_status": "passed", "evaluation_digest": "d-1", "evaluation_summary": "accuracy=0.97"}
 REFUSED = {STATUS: "failed", ATTEMPT: ATTEMPT_KEY, "evaluation_status": "failed",

@@ -20,9 +20,11 @@ from model_wrapper.contract.naming import model_slug
 from tests.faults.support import PLURALS, managed_objects, ready_now, run_watcher, start_watcher, tags, watcher_env
 from tests.peers import KubernetesPeer, all_ready
 from watcher.config.settings import Settings, load_settings
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.errors import Busy
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 from watcher.targets.kubernetes.cluster import api_client
-from watcher.targets.kubernetes.lease import Busy, Lease
+from watcher.targets.kubernetes.lease import Lease
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 LONG_AGO = "2000-01-01T00:00:00.000000Z"

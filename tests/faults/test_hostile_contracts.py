@@ -27,7 +27,8 @@ from model_wrapper.contract.spec import (
 )
 from tests.faults.support import tags
 from tests.peers import KubernetesPeer
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 IRIS = yaml.safe_load(IRIS_CONTRACT)
 

@@ -14,7 +14,8 @@ from devstack.models import IRIS_CONTRACT, LoggedModel
 from tests.evaluation.conftest import GATE, csv_bytes, good_iris, iris_table, parquet_bytes, variant  # noqa: F401
 from watcher.config.settings import Settings
 from watcher.reconcile import gate
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 CONTRACT = "extra_files/contract.yaml"
 DATA = "extra_files/evaluation.csv"

@@ -19,7 +19,8 @@ from model_wrapper.contract.naming import model_slug
 from tests.faults.support import tags
 from tests.peers import KubernetesPeer
 from watcher.clients.artifacts import S3Store
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 BOMB = "\n".join(['l0: &l0 ["lol"]'] + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)])

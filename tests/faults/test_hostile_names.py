@@ -19,7 +19,8 @@ from model_wrapper.contract.naming import MAX_SLUG, model_slug
 from tests.faults.support import PLURALS, run_watcher, tags, watcher_env
 from tests.peers import KubernetesPeer
 from watcher.config.settings import Settings
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")

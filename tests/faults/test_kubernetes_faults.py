@@ -21,7 +21,8 @@ from tests.peers import READY, KubernetesPeer, crash
 from watcher.config.settings import Settings
 from watcher.entry import commands
 from watcher.errors import Blocked, PassAborted
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 from watcher.targets.kubernetes.cluster import KubernetesTarget
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")

@@ -14,8 +14,9 @@ from kubernetes import client
 from tests.faults.kube_faults import KubeFaults
 from tests.peers import KubernetesPeer
 from watcher.config.settings import load_settings
+from watcher.errors import Busy, LeaseLost
 from watcher.targets.kubernetes.cluster import api_client
-from watcher.targets.kubernetes.lease import Busy, Lease, LeaseLost, _stamp
+from watcher.targets.kubernetes.lease import Lease, _stamp
 
 NAME = "service-builder"
 

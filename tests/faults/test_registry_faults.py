@@ -27,7 +27,8 @@ from tests.faults.support import (
 from tests.peers import KubernetesPeer, all_ready
 from watcher.config.settings import Settings
 from watcher.entry.cli import main
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 
 @pytest.mark.usefixtures("_restore_logging")

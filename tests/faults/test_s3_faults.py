@@ -18,7 +18,8 @@ from model_wrapper.contract.naming import model_slug
 from tests.faults.support import credentials_checked, tags
 from tests.peers import KubernetesPeer
 from watcher.config.settings import Settings
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 BAD_KEY_ID, BAD_SECRET = "AKIAWRONGKEY00000000", "wrong-secret-0123456789abcdef"

@@ -25,7 +25,8 @@ from tests.faults.support import credentials_checked, run_watcher, tags, watcher
 from tests.peers import KubernetesPeer
 from watcher.config.settings import Settings
 from watcher.entry.cli import main
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 SECRETS = {

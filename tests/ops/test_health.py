@@ -26,7 +26,7 @@ from tests.test_docs import ROOT
 from watcher.config.settings import Settings, load_settings
 from watcher.entry.health import Beats, Health, stuck
 from watcher.entry.webhooks import PATH, serve
-from watcher.reconcile.engine import Deps
+from watcher.reconcile.deps import Deps
 
 BOUND, IDLE = 60.0, 120.0
 

@@ -24,7 +24,8 @@ from tests.ops.conftest import WEBHOOK_SECRET
 from tests.ops.support import in_background, new_version, passes, scrape, status_is, tags_of, wait_until
 from tests.peers import KubernetesPeer, all_ready
 from watcher.clients.registry import Registry
-from watcher.config.settings import Selector, Settings
+from watcher.config.settings import Settings
+from watcher.decide.types import Selector
 from watcher.entry.cli import main
 from watcher.entry.loop import backoff_delay, run_watch
 from watcher.reconcile.engine import reconcile_once

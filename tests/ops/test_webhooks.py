@@ -34,12 +34,12 @@ from tests.ops.support import (
     wait_until,
 )
 from tests.peers import KubernetesPeer
-from watcher.config.settings import Selector, Settings, load_settings
+from watcher.config.settings import Settings, load_settings
+from watcher.decide.types import Selector
 from watcher.entry.webhooks import (
     OWN_TAGS,
     PATH,
     Deliveries,
-    Rejected,
     create_app,
     receiver_url,
     register,
@@ -48,7 +48,7 @@ from watcher.entry.webhooks import (
     verify,
     wanted_model,
 )
-from watcher.errors import Permanent
+from watcher.errors import Permanent, Rejected
 
 NOW = 1_800_000_000.0
 

@@ -15,8 +15,9 @@ from devstack.models import LoggedModel
 from devstack.servers import free_port
 from tests.ops.support import new_version, passes, status_is, tags_of, wait_until
 from tests.peers import KubernetesPeer
-from watcher.clients.registry import Registry, VersionInfo
-from watcher.config.settings import Selector, Settings
+from watcher.clients.registry import Registry
+from watcher.config.settings import Settings
+from watcher.decide.types import Selector, VersionInfo
 from watcher.entry.loop import Stop, watching
 from watcher.targets.kubernetes.cluster import api_client
 

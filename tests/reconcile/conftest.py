@@ -16,7 +16,7 @@ from devstack.servers import LocalMlflow
 from tests.peers import KubernetesPeer, all_ready, pass_settings
 from watcher.config.settings import Settings
 from watcher.entry.cli import build_deps
-from watcher.reconcile.engine import Deps
+from watcher.reconcile.deps import Deps
 
 FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

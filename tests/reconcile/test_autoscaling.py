@@ -22,7 +22,8 @@ from devstack.models import IRIS_CONTRACT
 from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer
 from watcher.config.settings import Settings
-from watcher.reconcile.engine import Deps, PassReport, reconcile_once
+from watcher.reconcile.deps import Deps, PassReport
+from watcher.reconcile.engine import reconcile_once
 from watcher.render.manifests import MANAGED_BY, MANAGED_BY_LABEL, validate_manifest
 
 MLMODEL = "flavors:\n  python_function: {loader_module: mlflow.sklearn, python_version: 3.11.7}\n"

@@ -22,7 +22,8 @@ from devstack.models import LoggedModel, register_versions
 from devstack.servers import LocalMlflow
 from tests.peers import KubernetesPeer, MlflowAccessLog, s3_requests
 from watcher.config.settings import Settings
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 from watcher.render.manifests import Release, Rendered, Renderer
 
 MODELS, VERSIONS_EACH, SELECTED = 200, 10, 20

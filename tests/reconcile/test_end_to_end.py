@@ -11,7 +11,8 @@ from devstack.models import log_iris
 from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer
 from watcher.config.settings import Settings
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 

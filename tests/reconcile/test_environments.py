@@ -29,7 +29,8 @@ from model_wrapper.contract.naming import model_slug
 from tests.reconcile.runtimes import XGBOOST_CONTRACT, log_xgboost_model, xgboost_runtime
 from tests.reconcile.test_local_target import state_dir  # noqa: F401 - the fixture that stops the wrappers
 from watcher.config.settings import Settings
-from watcher.reconcile.engine import Deps, reconcile_once, render_version
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once, render_version
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -40,7 +40,8 @@ from tests.reconcile.conftest import FIXED_NOW
 from watcher.config.settings import Settings
 from watcher.entry import commands
 from watcher.entry.cli import build_deps
-from watcher.reconcile.engine import Deps, PassReport, reconcile_once
+from watcher.reconcile.deps import Deps, PassReport
+from watcher.reconcile.engine import reconcile_once
 from watcher.render.manifests import (
     MODEL_VERSION,
     SPEC_HASH,

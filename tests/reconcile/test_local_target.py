@@ -31,7 +31,8 @@ from sklearn.pipeline import make_pipeline
 from devstack.models import LoggedModel, log_sklearn_model, register_versions
 from model_wrapper.contract.naming import model_slug
 from watcher.config.settings import Settings
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from tests.peers import READY, KubernetesPeer, crash
 from watcher.config.settings import Settings, load_settings
 from watcher.decide.network import egress_rules, parse_peers
 from watcher.errors import SettingsInvalid
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 from watcher.render.manifests import MODEL_VERSION, Release, Renderer, validate_manifest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,23 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from watcher.clients.registry import VersionInfo
-from watcher.decide.plan import (
-    ATTEMPT,
-    KINDS,
-    STATUS,
-    Clash,
-    Deploy,
-    Live,
-    Plan,
-    RecordDeployed,
-    Retrying,
-    RollBack,
-    Supersede,
-    Undeploy,
-    plan,
-    retry_delay,
-)
+from watcher.decide.plan import Clash, Deploy, Plan, RecordDeployed, RollBack, Supersede, Undeploy, plan
+from watcher.decide.retry import Retrying, retry_delay
+from watcher.decide.types import ATTEMPT, KINDS, STATUS, Live, VersionInfo
 
 HASH = "h-current"
 ATTEMPT_KEY = "attempt-1"

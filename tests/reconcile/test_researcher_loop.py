@@ -17,7 +17,8 @@ from devstack.models import LoggedModel, register_versions
 from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer, all_ready, crash
 from watcher.entry.cli import main
-from watcher.reconcile.engine import Deps, reconcile_once
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
 from watcher.reconcile.record import MAX_MESSAGE
 
 

@@ -29,9 +29,10 @@ from model_wrapper.contract.spec import (
     parse_contract,
     signature_mismatches,
 )
-from watcher.clients.registry import Registry, VersionInfo
+from watcher.clients.registry import Registry
 from watcher.config.logs import redact
 from watcher.decide.runtimes import needs
+from watcher.decide.types import VersionInfo
 from watcher.errors import Blocked, ContractInvalid, Permanent, Retryable
 
 log = logging.getLogger(__name__)

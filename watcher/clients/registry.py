@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -21,31 +20,11 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
 from watcher.config.logs import redact
-from watcher.config.settings import Selector
-from watcher.errors import PassAborted, Permanent, Retryable, ServiceBuilderError
+from watcher.decide.types import Selector, VersionInfo
+from watcher.errors import PassAborted, Permanent, Retryable, ServiceBuilderError, VersionGone
 
 log = logging.getLogger(__name__)
 REGISTERED_MODEL_PAGE = 1000  # the server's maximum for search_registered_models
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """One registered model version, as much of it as the watcher needs."""
-
-    name: str
-    version: int
-    source: str
-    run_id: str | None
-    tags: Mapping[str, str] = field(default_factory=dict, compare=False)
-    model_id: str | None = field(default=None, compare=False)
-    """The MLflow 3 logged model behind the version (None for versions registered MLflow-2 style)."""
-
-    def __str__(self) -> str:
-        return f"{self.name} v{self.version}"
-
-
-class VersionGone(Permanent):
-    """The version (or its whole model) no longer exists."""
 
 
 class Registry:

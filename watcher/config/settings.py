@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -18,33 +17,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model_wrapper.contract.secret_files import read_secret_file
 from watcher.decide import network
 from watcher.decide.runtimes import parse_runtime_images
+from watcher.decide.types import Selector
 from watcher.errors import SettingsInvalid
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _HOST = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-
-
-@dataclass(frozen=True)
-class Selector:
-    """Which model versions are meant to be live: `tag:KEY=VALUE`, `alias:NAME` or `stage:NAME`."""
-
-    kind: Literal["tag", "alias", "stage"]
-    key: str
-    value: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> Selector:
-        kind, _, rest = text.partition(":")
-        if kind == "tag" and re.fullmatch(r"[\w.\-/ ]{1,250}=[^'\\]{1,500}", rest):
-            key, _, value = rest.partition("=")
-            return cls("tag", key, value)
-        if kind in ("alias", "stage") and re.fullmatch(r"[\w.\-]{1,250}", rest):
-            return cls(kind, rest)  # type: ignore[arg-type]
-        raise ValueError(f"{text!r} is not a selector; use tag:KEY=VALUE, alias:NAME or stage:NAME")
-
-    def __str__(self) -> str:
-        return f"tag:{self.key}={self.value}" if self.kind == "tag" else f"{self.kind}:{self.key}"
 
 
 class Settings(BaseSettings):

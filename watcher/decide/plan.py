@@ -9,87 +9,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
-from model_wrapper.contract.spec import Serving
-from watcher.clients.registry import VersionInfo
-
-KINDS = frozenset({"Deployment", "Service", "Ingress"})
-STATUS = "deployment_status"
-ATTEMPT = "deployment_attempt"
-RETRY_FIRST_SECONDS = 60.0
-"""The pause before the third try of a version the cluster keeps failing; it doubles with each failure."""
-
-
-@dataclass(frozen=True)
-class Retrying:
-    """A failure worth another try (the cluster's, or a transient one), as the `deployment_attempt` tag keeps it
-    between passes and processes: `<inputs key> failures=N [retry_after=<UTC time>]`. A permanent failure keeps
-    the bare key instead."""
-
-    key: str
-    failures: int
-    after: datetime | None = None
-
-    def __str__(self) -> str:
-        after = f" retry_after={utc_text(self.after)}" if self.after else ""
-        return f"{self.key} failures={self.failures}{after}"
-
-    @classmethod
-    def parse(cls, text: str) -> Retrying | None:
-        """The record in a tag value, or None when it is not one (empty, a bare key, edited by hand)."""
-        parts = text.split()
-        fields = dict(part.partition("=")[::2] for part in parts[1:])
-        if len(parts) not in (2, 3) or set(fields) - {"failures", "retry_after"} or \
-                not fields.get("failures", "").isdigit():
-            return None
-        try:
-            after = datetime.fromisoformat(fields["retry_after"]) if "retry_after" in fields else None
-        except ValueError:
-            return None
-        return cls(parts[0], int(fields["failures"]), _utc(after) if after else None)
-
-    def next(self, key: str, now: datetime, cap: float) -> Retrying:
-        """The record after one more failure with inputs `key` (a change of inputs starts counting anew)."""
-        failures = self.failures + 1 if key == self.key else 1
-        delay = retry_delay(failures, cap)
-        return Retrying(key, failures, _utc(now) + timedelta(seconds=delay) if delay else None)
-
-
-def retry_delay(failures: int, cap: float) -> float:
-    """Seconds before the next try after `failures` in a row: none after the first (a blip is retried by the next
-    pass), then RETRY_FIRST_SECONDS doubling, at most `cap`."""
-    return 0.0 if failures <= 1 else min(cap, RETRY_FIRST_SECONDS * 2.0 ** min(failures - 2, 32))
-
-
-def utc_text(moment: datetime) -> str:
-    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class Live:
-    """What a target runs under one slug."""
-
-    slug: str
-    model: str
-    """The registered-model name it serves (empty when the objects are not ours)."""
-    version: int | None
-    spec_hash: str = ""
-    inputs_digest: str = ""
-    """The digest of what its manifests were rendered from (empty when unknown: then it is rendered)."""
-    serving: Serving = field(default_factory=Serving)
-    kinds: frozenset[str] = KINDS
-    """Which of the managed kinds exist under the slug (the local target reports what it last ran)."""
-    managed: bool = True
-    needs: tuple[str, ...] = ()
-    """The flavours and packages its runtime image was chosen by (a new RUNTIME_IMAGES re-chooses)."""
-    rollback_to: int | None = None
-    """The version an unfinished update replaced (Kubernetes): what serves while the update is not done."""
+from watcher.decide.retry import Retrying, as_utc
+from watcher.decide.types import ATTEMPT, KINDS, STATUS, Live, VersionInfo
 
 
 @dataclass(frozen=True)
@@ -252,7 +176,7 @@ def _pausing(version: VersionInfo, attempt_of: Callable[[VersionInfo], str], now
     if now is None or version.name in eager or version.tags.get(STATUS) != "failed":
         return False
     record = Retrying.parse(version.tags.get(ATTEMPT, ""))
-    return record is not None and record.after is not None and _utc(now) < record.after and \
+    return record is not None and record.after is not None and as_utc(now) < record.after and \
         record.key == attempt_of(version)
 
 

@@ -20,7 +20,7 @@ from watcher.config.settings import Settings, load_settings
 from watcher.errors import PassAborted, ServiceBuilderError, SettingsInvalid
 
 if TYPE_CHECKING:
-    from watcher.reconcile.engine import Deps
+    from watcher.reconcile.deps import Deps
 
 log = logging.getLogger("watcher")
 # Bounded MLflow retries: a failing call must not stall the pass for minutes (users may override).
@@ -146,7 +146,7 @@ def build_deps(settings: Settings, *, sleep: Callable[[float], None] = time.slee
     """
     from watcher.clients.artifacts import S3Store
     from watcher.clients.registry import Registry
-    from watcher.reconcile.engine import Deps
+    from watcher.reconcile.deps import Deps
     from watcher.render.manifests import Renderer
 
     target: object

@@ -11,11 +11,12 @@ from shlex import quote
 from typing import Any
 
 from model_wrapper.contract.naming import model_slug
-from watcher.clients.registry import VersionInfo
-from watcher.decide.plan import ATTEMPT, KINDS, STATUS, Deploy, Live, Undeploy
+from watcher.decide.plan import Deploy, Undeploy
+from watcher.decide.types import ATTEMPT, KINDS, STATUS, Live, VersionInfo
 from watcher.errors import Permanent
-from watcher.reconcile import record
-from watcher.reconcile.engine import Deps, PassReport, _perform, reconcile_once, render_version
+from watcher.reconcile.actions import perform
+from watcher.reconcile.deps import Deps, PassReport
+from watcher.reconcile.engine import reconcile_once, render_version
 
 
 def reconcile(deps: Deps, *, dry_run: bool = False, only_model: str | None = None,
@@ -39,7 +40,7 @@ def deploy(deps: Deps, name: str, version: int, out: Callable[[str], None] = pri
             raise Permanent(f"the name {slug!r} is already used by {previous.model or 'objects not managed by us'}")
         reason = "new" if previous is None else "update" if previous.version != version else "reconfigure"
         report = PassReport(found=1)
-        _perform(deps, Deploy(info, slug, reason, previous), snapshot, report)  # type: ignore[arg-type]
+        perform(deps, Deploy(info, slug, reason, previous), snapshot, report)  # type: ignore[arg-type]
     if report.failed:
         out(f"{info}: failed: {report.failures[0].removeprefix(f'{info}: ')}")
         return 1
@@ -68,15 +69,15 @@ def undeploy(deps: Deps, name: str, *, untag: bool = False, out: Callable[[str],
         live = next((item for item in snapshot.live() if item.slug == slug and item.model == name), None)
         report = PassReport()
         if live is not None:
-            _perform(deps, Undeploy(live, retag=False), snapshot, report)
+            perform(deps, Undeploy(live, retag=False), snapshot, report)
     if report.failed:
         out(f"{name}: {report.failures[0].removeprefix(f'{name}: ')}")
         return 1
     for version in chosen:  # selected, yet not what ran (a failed newer version, say): no longer selected either
         if live is None or version.version != live.version:
-            record.undeployed(deps, Live(slug, name, version.version), why)
+            deps.recorder.undeployed(Live(slug, name, version.version), why)
     if live is not None:
-        record.undeployed(deps, live, why)
+        deps.recorder.undeployed(live, why)
     untagged = f" ({selector} removed from {', '.join(f'v{v.version}' for v in chosen)})" if chosen else ""
     out(f"{name}: undeployed{untagged}" if live is not None else f"{name}: not deployed{untagged}")
     return 0

@@ -25,7 +25,8 @@ from watcher.config.settings import Settings
 from watcher.entry.health import Health
 from watcher.entry.metrics import CountingTarget, Metrics
 from watcher.errors import PassAborted, ServiceBuilderError, Stopping
-from watcher.reconcile.engine import Deps, PassReport, reconcile_once
+from watcher.reconcile.deps import Deps, PassReport
+from watcher.reconcile.engine import reconcile_once
 
 log = logging.getLogger(__name__)
 BuildDeps = Callable[..., Deps]

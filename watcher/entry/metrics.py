@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
-    from watcher.reconcile.engine import PassReport, Target
+    from watcher.reconcile.deps import PassReport
+    from watcher.reconcile.ports import Target
     from watcher.render.manifests import Rendered
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -24,11 +24,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from watcher.clients.registry import Registry
-from watcher.config.settings import Selector, Settings
-from watcher.decide.plan import ATTEMPT, STATUS
+from watcher.config.settings import Settings
+from watcher.decide.types import ATTEMPT, STATUS, Selector
 from watcher.entry.loop import BuildDeps, Stop, watching
 from watcher.entry.metrics import Metrics
-from watcher.errors import Permanent, ServiceBuilderError, SettingsInvalid
+from watcher.errors import Permanent, Rejected, ServiceBuilderError, SettingsInvalid
 
 log = logging.getLogger(__name__)
 PATH = "/webhooks/mlflow"
@@ -42,14 +42,6 @@ SIGNATURE, TIMESTAMP, DELIVERY = "x-mlflow-signature", "x-mlflow-timestamp", "x-
 MAX_BODY = 1 << 20
 SERVER_HINT = ("a cluster-internal http:// receiver needs the MLflow server started with "
                "MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https and MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true")
-
-
-class Rejected(Exception):
-    """A delivery the receiver refuses; carries its HTTP status and the metric outcome."""
-
-    def __init__(self, status: int, outcome: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.outcome, self.reason = status, outcome, reason
 
 
 def sign(secret: str, delivery_id: str, timestamp: str, payload: str) -> str:

@@ -1,6 +1,6 @@
 """The evaluate step of the pass (find → decide → fetch → evaluate → render → apply → record).
 
-Called by `watcher.reconcile.engine` for a version about to take traffic whose contract has an
+Called by the pass (`watcher.reconcile.actions`) for a version about to take traffic whose contract has an
 `evaluation` section. The target runs `python -m model_wrapper evaluate` in the wrapper image
 (a Kubernetes Job, or a local process) from a Job manifest derived from the version's own
 Deployment; this module turns its figures into a verdict (`model_wrapper.contract.evaluation.verdict`),
@@ -15,15 +15,18 @@ import csv
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
 from model_wrapper.contract.evaluation import Evaluation, Figures, column_problem, verdict
-from watcher.clients.artifacts import FoundContract
-from watcher.clients.registry import VersionInfo
-from watcher.decide.plan import Live
-from watcher.errors import ContractInvalid, Permanent, Retryable
-from watcher.reconcile import record
+from watcher.clients.artifacts import FoundContract, S3Store
+from watcher.clients.registry import Registry
+from watcher.decide.types import Live, VersionInfo
+from watcher.errors import ContractInvalid, EvaluationFailed, Permanent, Retryable
+from watcher.reconcile.ports import Target
+from watcher.reconcile.record import Recorder
 from watcher.render.manifests import (
     ANNOTATION,
     EVALUATES_LABEL,
@@ -36,9 +39,6 @@ from watcher.render.manifests import (
     validate_manifest,
 )
 
-if TYPE_CHECKING:
-    from watcher.reconcile.engine import Deps
-
 log = logging.getLogger(__name__)
 EVALUATION_STATUS = "evaluation_status"
 SUMMARY = "evaluation_summary"
@@ -48,10 +48,6 @@ MAX_DATA_BYTES = 1 << 30  # the wrapper's /tmp (an emptyDir of 2Gi) holds the mo
 HEADER_BYTES = 64 * 1024
 
 
-class EvaluationFailed(Permanent):
-    """The version scored below what its contract requires; the live version keeps serving."""
-
-
 @dataclass(frozen=True)
 class DataFile:
     uri: str
@@ -59,33 +55,68 @@ class DataFile:
     etag: str
 
 
-def evaluate_before_rollout(deps: Deps, version: VersionInfo, found: FoundContract, rendered: Rendered,
-                            previous: Live | None) -> None:
-    """Pass, or raise EvaluationFailed / ContractInvalid (permanent) or Retryable (the run itself failed)."""
-    evaluation = found.contract.evaluation
-    if evaluation is None:
-        return
-    data = _data_file(deps, found, evaluation)
-    digest = evaluation_digest(found, data)
-    if version.tags.get(DIGEST) == digest and version.tags.get(EVALUATION_STATUS) == "passed":
-        log.info("%s: passed the evaluation on %s before; not run again", version, evaluation.data)
-        return
-    live = _live_version(deps, version, previous) if evaluation.compare_with_live else None
-    record.evaluating(deps, version, evaluation.data)
-    job = evaluation_job(rendered, digest, live, deps.settings.evaluation_timeout_seconds)
-    result = _parse(deps.target.evaluate(job, deps.settings.evaluation_timeout_seconds + 60))
-    if not result.get("ok"):
-        message = f"evaluation on {evaluation.data} impossible: {result.get('message', 'no reason given')}"
-        record.evaluated(deps, version, passed=False, summary=message, digest=digest)
-        raise ContractInvalid(message) if result.get("problem") == "contract" else Permanent(message)
-    figures = _figures(result, evaluation, live)
-    outcome = verdict(evaluation, figures)
-    deps.registry.log_evaluation(version, figures.metrics, int(deps.clock().timestamp() * 1000))
-    record.evaluated(deps, version, passed=outcome.passed, summary=outcome.summary, digest=digest)
-    if not outcome.passed:
-        serving = f"; version {previous.version} keeps serving" if previous and previous.version else ""
-        raise EvaluationFailed(outcome.message + serving)
-    log.info("%s: passed the evaluation: %s", version, outcome.summary)
+@dataclass(frozen=True)
+class Gate:
+    """The evaluation step, built once per pass's collaborators from the few it uses."""
+
+    recorder: Recorder
+    registry: Registry
+    store: S3Store
+    target: Target
+    timeout_seconds: float
+    """How long one evaluation may run (EVALUATION_TIMEOUT_SECONDS)."""
+    clock: Callable[[], datetime]
+
+    def before_rollout(self, version: VersionInfo, found: FoundContract, rendered: Rendered,
+                       previous: Live | None) -> None:
+        """Pass, or raise EvaluationFailed / ContractInvalid (permanent) or Retryable (the run itself failed)."""
+        evaluation = found.contract.evaluation
+        if evaluation is None:
+            return
+        data = self._data_file(found, evaluation)
+        digest = evaluation_digest(found, data)
+        if version.tags.get(DIGEST) == digest and version.tags.get(EVALUATION_STATUS) == "passed":
+            log.info("%s: passed the evaluation on %s before; not run again", version, evaluation.data)
+            return
+        live = self._live_version(version, previous) if evaluation.compare_with_live else None
+        self.recorder.evaluating(version, evaluation.data)
+        job = evaluation_job(rendered, digest, live, self.timeout_seconds)
+        result = _parse(self.target.evaluate(job, self.timeout_seconds + 60))
+        if not result.get("ok"):
+            message = f"evaluation on {evaluation.data} impossible: {result.get('message', 'no reason given')}"
+            self.recorder.evaluated(version, passed=False, summary=message, digest=digest)
+            raise ContractInvalid(message) if result.get("problem") == "contract" else Permanent(message)
+        figures = _figures(result, evaluation, live)
+        outcome = verdict(evaluation, figures)
+        self.registry.log_evaluation(version, figures.metrics, int(self.clock().timestamp() * 1000))
+        self.recorder.evaluated(version, passed=outcome.passed, summary=outcome.summary, digest=digest)
+        if not outcome.passed:
+            serving = f"; version {previous.version} keeps serving" if previous and previous.version else ""
+            raise EvaluationFailed(outcome.message + serving)
+        log.info("%s: passed the evaluation: %s", version, outcome.summary)
+
+    def _data_file(self, found: FoundContract, evaluation: Evaluation) -> DataFile:
+        if not found.origin.startswith("s3://"):
+            raise ContractInvalid("an evaluation section needs a contract.yaml logged with the model")
+        folder = found.origin.rsplit("/", 1)[0]
+        uri = f"{folder}/{evaluation.data}"
+        head = self.store.head(uri)
+        if head is None:
+            raise ContractInvalid(f"evaluation.data {evaluation.data!r} is missing: log it beside contract.yaml "
+                                  f"(looked for {folder.rsplit('/', 1)[-1]}/{evaluation.data})")
+        size, etag = head
+        if size > MAX_DATA_BYTES:
+            raise ContractInvalid(f"{evaluation.data} is {_size(size)}; the limit is {_size(MAX_DATA_BYTES)}; "
+                                  "evaluate on a sample")
+        if evaluation.data.lower().endswith(".csv"):
+            _check_header(self.store.read(uri, HEADER_BYTES) or b"", found, evaluation)
+        return DataFile(uri, size, etag)
+
+    def _live_version(self, version: VersionInfo, previous: Live | None) -> VersionInfo | None:
+        """The version serving this model now, if another one does (the first version has nothing to beat)."""
+        if previous is None or previous.model != version.name or previous.version in (None, version.version):
+            return None
+        return self.registry.get(version.name, int(previous.version or 0))
 
 
 def evaluation_digest(found: FoundContract, data: DataFile) -> str:
@@ -128,24 +159,6 @@ def job_name(slug: str, digest: str) -> str:
     return f"{slug[:43].rstrip('-')}-eval-{digest[:12]}"
 
 
-def _data_file(deps: Deps, found: FoundContract, evaluation: Evaluation) -> DataFile:
-    if not found.origin.startswith("s3://"):
-        raise ContractInvalid("an evaluation section needs a contract.yaml logged with the model")
-    folder = found.origin.rsplit("/", 1)[0]
-    uri = f"{folder}/{evaluation.data}"
-    head = deps.store.head(uri)
-    if head is None:
-        raise ContractInvalid(f"evaluation.data {evaluation.data!r} is missing: log it beside contract.yaml "
-                              f"(looked for {folder.rsplit('/', 1)[-1]}/{evaluation.data})")
-    size, etag = head
-    if size > MAX_DATA_BYTES:
-        raise ContractInvalid(f"{evaluation.data} is {_size(size)}; the limit is {_size(MAX_DATA_BYTES)}; "
-                              "evaluate on a sample")
-    if evaluation.data.lower().endswith(".csv"):
-        _check_header(deps.store.read(uri, HEADER_BYTES) or b"", found, evaluation)
-    return DataFile(uri, size, etag)
-
-
 def _check_header(start: bytes, found: FoundContract, evaluation: Evaluation) -> None:
     """A csv whose header already shows it cannot be scored fails here, without starting a Job."""
     line, complete = start.split(b"\n", 1)[0], b"\n" in start
@@ -163,13 +176,6 @@ def _check_header(start: bytes, found: FoundContract, evaluation: Evaluation) ->
 
 def _size(count: int) -> str:
     return f"{count / (1 << 20):.1f} MiB" if count >= 1 << 20 else f"{count / 1024:.0f} KiB"
-
-
-def _live_version(deps: Deps, version: VersionInfo, previous: Live | None) -> VersionInfo | None:
-    """The version serving this model now, if another one does (the first version has nothing to beat)."""
-    if previous is None or previous.model != version.name or previous.version in (None, version.version):
-        return None
-    return deps.registry.get(version.name, int(previous.version or 0))
 
 
 def _parse(raw: str) -> dict[str, Any]:

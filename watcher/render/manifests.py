@@ -33,7 +33,7 @@ from watcher.decide.runtimes import pick_runtime
 from watcher.errors import ContractInvalid, Permanent
 from watcher.render.exemptions import scanner_exemptions
 
-_DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "k8s_templates"
+_DEFAULT_TEMPLATES = Path(__file__).resolve().parents[2] / "k8s_templates"
 TEMPLATES_DIR = Path(os.environ.get("SERVICE_BUILDER_TEMPLATES", _DEFAULT_TEMPLATES))
 TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "ingress.yaml.j2")
 # Kind → template of the objects only some models have (see `Renderer.kinds`), applied after the others.

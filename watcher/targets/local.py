@@ -24,10 +24,9 @@ from typing import Any
 
 from model_wrapper.contract.spec import Serving
 from watcher.config.settings import Settings
-from watcher.decide.plan import KINDS, Live
-from watcher.errors import Retryable, RolloutFailed
+from watcher.decide.types import KINDS, Live
+from watcher.errors import Busy, Retryable, RolloutFailed
 from watcher.render.manifests import EVALUATES_LABEL, INPUTS_DIGEST, RUNTIME, Rendered
-from watcher.targets.kubernetes.lease import Busy
 
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 

@@ -24,8 +24,8 @@ from kubernetes.client.exceptions import ApiException
 
 from model_wrapper.contract.spec import Serving
 from watcher.config.settings import Settings
-from watcher.decide.plan import Live
 from watcher.decide.rollout import pod_fault, progress_mark, rollout_status, waiting_reasons
+from watcher.decide.types import Live
 from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
 from watcher.render.manifests import (
     EVALUATES_LABEL,

@@ -24,17 +24,9 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from watcher.errors import Blocked, PassAborted, Retryable, ServiceBuilderError
+from watcher.errors import Blocked, Busy, LeaseLost, PassAborted, Retryable, ServiceBuilderError
 
 log = logging.getLogger(__name__)
-
-
-class Busy(ServiceBuilderError):
-    """Another watcher holds the lease: this pass leaves the work to it."""
-
-
-class LeaseLost(PassAborted):
-    """The lease could not be renewed: another watcher may act now, so this pass writes nothing more."""
 
 
 class Lease:

@@ -1,0 +1,184 @@
+"""The doing half of the pass: perform one planned action (deploy, record, supersede, undeploy, finish a
+roll-back) against the target and the registry, and record its outcome on the version.
+
+Called by `watcher.reconcile.engine.reconcile_once` for each action of the plan, and by the developer
+commands (`watcher.entry.commands`) that act on one model outside a pass. A failure in one model is
+recorded on that model; only PassAborted (registry or cluster unreachable) and Stopping leave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from watcher.clients.artifacts import fetch_contract
+from watcher.clients.smoke import environment_warnings, smoke_test, smoke_test_invocations
+from watcher.config.logs import about
+from watcher.decide.plan import Action, Clash, Deploy, RecordDeployed, RollBack, Supersede, Undeploy
+from watcher.decide.types import STATUS, Live, VersionInfo
+from watcher.errors import Blocked, PassAborted, Retryable, RolloutFailed, ServiceBuilderError, Stopping
+from watcher.reconcile.deps import Deps, PassReport
+from watcher.render.manifests import Release, Rendered
+
+log = logging.getLogger(__name__)
+
+
+def attempt_key(deps: Deps, version: VersionInfo) -> str:
+    """Identifies one attempt's inputs: a permanent failure is not retried until one of these changes."""
+    text = "|".join([version.name, str(version.version), version.source, version.run_id or "",
+                     deps.settings.fingerprint(), deps.renderer.templates_digest])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def release_of(version: VersionInfo, slug: str, serving: Any = None, needs: tuple[str, ...] = ()) -> Release:
+    kwargs = {"serving": serving} if serving is not None else {}
+    return Release(name=version.name, version=version.version, source=version.source, run_id=version.run_id,
+                   slug=slug, needs=needs, **kwargs)
+
+
+def perform(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
+    if isinstance(action, Undeploy):
+        model, version = action.live.model or action.live.slug, action.live.version
+    else:
+        model, version = action.version.name, action.version.version
+    with about(model, version):
+        _act(deps, action, snapshot, report)
+
+
+def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
+    subject = action.live.model if isinstance(action, Undeploy) else str(action.version)
+    try:
+        if isinstance(action, Deploy):
+            _deploy(deps, action, snapshot, report)
+        elif isinstance(action, RecordDeployed):
+            _record_running(deps, action)
+            report.unchanged += 1
+        elif isinstance(action, RollBack):
+            _finish_roll_back(deps, action)
+            report.unchanged += 1
+        elif isinstance(action, Supersede):
+            deps.recorder.superseded(action.version, action.winner)
+            report.superseded += 1
+        elif isinstance(action, Undeploy):
+            deps.target.remove(action.live.slug, snapshot)
+            if action.retag:
+                deps.recorder.undeployed(action.live)
+            report.undeployed += 1
+        elif isinstance(action, Clash):
+            raise Blocked(action.message)  # the plan re-checks the clash every pass
+    except PassAborted:
+        raise  # the registry or the cluster is gone: no model failed, the pass did
+    except Stopping:
+        if isinstance(action, Deploy) and action.reason in ("new", "update"):  # never left `deploying`
+            deps.recorder.failed(action.version, Retryable(
+                "stopped by a signal during the rollout; what ran before was put back, the next pass retries"),
+                attempt_key(deps, action.version), back_off=False)
+        raise
+    except Exception as error:  # one model's failure, whatever it is, never stops the pass for the others
+        e = error if isinstance(error, ServiceBuilderError) else _unexpected(subject, error)
+        report.failed += 1
+        report.failures.append(f"{subject}: {e}")
+        log.error("%s: %s", subject, e)
+        if not isinstance(action, Undeploy | RollBack):  # a roll-back that failed again leaves the tags as they are
+            # A clash is re-checked by the plan every pass at no cost: no pause, and no count to rewrite.
+            deps.recorder.failed(action.version, e, attempt_key(deps, action.version),
+                          back_off=not isinstance(action, Clash))
+
+
+def _unexpected(subject: str, error: Exception) -> Retryable:
+    """A bug, or input nobody foresaw: logged with its traceback, tagged without it, tried again next pass."""
+    log.error("%s: unexpected %s", subject, type(error).__name__, exc_info=error)
+    return Retryable(f"the watcher failed unexpectedly ({type(error).__name__}); its log has the details")
+
+
+def _record_running(deps: Deps, action: RecordDeployed) -> None:
+    """Tags that fell behind a running version are rewritten once it answers; not yet ready is not a verdict."""
+    rendered = deps.renderer.render(release_of(action.version, action.live.slug, action.live.serving,
+                                             action.live.needs))
+    try:
+        deps.target.wait_ready(rendered, min(30.0, deps.settings.rollout_timeout_seconds))
+    except (RolloutFailed, Retryable) as e:
+        raise Retryable(f"{e}; checking again next pass") from e
+    deps.recorder.deployed(action.version, action.live.slug, fresh=False)
+
+
+def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> None:
+    version, settings = action.version, deps.settings
+    log.info("%s: %s deploy as %s", version, action.reason, action.slug)
+    found = fetch_contract(deps.store, deps.registry, version)
+    rendered = deps.renderer.render(release_of(version, action.slug, found.contract.serving, found.needs))
+    warnings: list[str] | None = None
+    if action.evaluates:
+        deps.gate.before_rollout(version, found, rendered, action.previous)
+        deps.recorder.deploying(version)
+    with _rolled_back_on_failure(deps, rendered, snapshot, action.previous):
+        deps.target.apply(rendered, snapshot)
+        deps.target.wait_ready(rendered, settings.rollout_timeout_seconds)
+        base = deps.target.smoke_base(action.slug)
+        if base and found.contract.examples:
+            smoke_test(base, found.contract.examples, retry_for=settings.smoke_test_seconds)
+        elif base and found.serving_example is not None:
+            smoke_test_invocations(base, found.serving_example, retry_for=settings.smoke_test_seconds)
+        elif base:
+            log.info("%s: no examples to smoke-test %s with; the wrapper's readiness stands for it", version,
+                     action.slug)
+        if base:
+            warnings = environment_warnings(base)
+    deps.target.finish(rendered, snapshot)
+    deps.recorder.deployed(version, action.slug, fresh=action.reason in ("new", "update"), warnings=warnings)
+    _supersede_previous(deps, action, report)
+    if action.reason == "new":
+        report.deployed += 1
+    else:
+        report.updated += 1
+    log.info("%s: %s at %s", version, "deployed", deps.target.endpoint(action.slug))
+
+
+def _finish_roll_back(deps: Deps, action: RollBack) -> None:
+    """Put the version that serves back into the template after a roll-back was cut short; it stays deployed."""
+    serving = deps.registry.get(action.version.name, int(action.live.rollback_to or 0))
+    if serving is None:
+        raise Retryable(f"version {action.live.rollback_to} is gone from the registry: nothing to roll back to")
+    log.info("%s: finishing the roll-back to version %s", action.version, serving.version)
+    found = fetch_contract(deps.store, deps.registry, serving)
+    rendered = deps.renderer.render(release_of(serving, action.live.slug, found.contract.serving))
+    snapshot = deps.target.observe()
+    deps.target.apply(rendered, snapshot)
+    deps.target.wait_ready(rendered, deps.settings.rollout_timeout_seconds)
+    deps.target.finish(rendered, snapshot)
+    deps.recorder.deployed(serving, action.live.slug, fresh=False)
+
+
+def _supersede_previous(deps: Deps, action: Deploy, report: PassReport) -> None:
+    """Now that the new version is ready, tag the one it replaced (read first: only changed tags are written)."""
+    previous, winner = action.previous, action.version
+    if previous is None or previous.model != winner.name or previous.version in (None, winner.version):
+        return
+    old = deps.registry.get(winner.name, int(previous.version or 0))
+    if old is not None and old.tags.get(STATUS) != "superseded":
+        deps.recorder.superseded(old, winner.version)
+        report.superseded += 1
+
+
+@contextmanager
+def _rolled_back_on_failure(deps: Deps, rendered: Rendered, snapshot: Any, previous: Live | None) -> Iterator[None]:
+    """Put back what ran before; a rollout failure then also says what serves now (read by the researcher)."""
+    try:
+        yield
+    except BaseException as failure:
+        if _roll_back(deps, rendered, snapshot) and isinstance(failure, RolloutFailed):
+            now = f"version {previous.version} keeps serving" if previous else "nothing of it was left running"
+            raise RolloutFailed(f"{failure}; {now}") from failure
+        raise
+
+
+def _roll_back(deps: Deps, rendered: Rendered, snapshot: Any) -> bool:
+    try:
+        deps.target.roll_back(rendered, snapshot)
+        return True
+    except ServiceBuilderError as e:
+        log.error("%s: roll-back incomplete (%s); the next pass converges", rendered.release, e)
+        return False
