@@ -1,4 +1,5 @@
-"""The wrapper's HTTP errors: one base class that carries its status code, one JSON shape.
+"""The wrapper's errors: the HTTP ones (one base class that carries its status code, one JSON shape) and the
+load failure that keeps a model from serving.
 
 Raised by the predictor and the endpoints; rendered by the single handler in `model_wrapper.http.app`.
 Every error body is `{"error": {"status", "code", "message", "details"}}`, where each detail
@@ -138,3 +139,9 @@ class ErrorResponse(BaseModel):
     """The shape of every error the wrapper returns."""
 
     error: ErrorBody
+
+
+class LoadFailure(Exception):
+    """The model cannot be served; the message is the one-line reason shown to the researcher (the pod's
+    termination message, which the watcher copies into `deployment_message`). Not an HTTP error: while it
+    stands, the endpoints answer NotReady."""

@@ -24,11 +24,13 @@ from typing import Any
 
 import uvicorn
 
-from model_wrapper.config.logs import configure_logging, redact
+from model_wrapper.config.logs import configure_logging
 from model_wrapper.config.settings import SettingsError, WrapperSettings, load_settings
+from model_wrapper.contract.redaction import redact
+from model_wrapper.errors import LoadFailure
 from model_wrapper.http.app import create_app
 from model_wrapper.http.metrics import MULTIPROCESS_DIR
-from model_wrapper.predict.predictor import LoadFailure, Predictor
+from model_wrapper.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
 EXIT_BAD_SETTINGS = 2

@@ -11,12 +11,13 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 from model_wrapper.config.settings import WrapperSettings
+from model_wrapper.contract.redaction import redact
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(model)s v%(model_version)s] %(message)s"
 
 
 class ModelContext(logging.Filter):
-    """Stamps the model on every record and masks any secret value that reached a message."""
+    """Stamps the model on every record and masks any secret or credential-shaped value that reached a message."""
 
     def __init__(self, model: str, version: str, secrets: list[str]) -> None:
         super().__init__()
@@ -25,11 +26,10 @@ class ModelContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.model, record.model_version = self.model, self.version
         record.__dict__.pop("color_message", None)  # uvicorn's ANSI copy of the message
-        if self.secrets:
-            message = record.getMessage()
-            masked = redact(message, self.secrets)
-            if masked != message:
-                record.msg, record.args = masked, None
+        message = record.getMessage()
+        masked = redact(message, self.secrets)
+        if masked != message:
+            record.msg, record.args = masked, None
         return True
 
 
@@ -47,9 +47,3 @@ def configure_logging(settings: WrapperSettings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text

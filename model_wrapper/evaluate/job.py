@@ -19,11 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from model_wrapper.config.logs import configure_logging, redact
+from model_wrapper.config.logs import configure_logging
 from model_wrapper.config.settings import SettingsError, WrapperSettings, load_settings
 from model_wrapper.contract.evaluation import Evaluation
+from model_wrapper.contract.redaction import redact
+from model_wrapper.errors import LoadFailure
 from model_wrapper.evaluate.scoring import BATCH_ROWS, DataProblem, Tally, check_columns, read_batches, rows_of
-from model_wrapper.predict.predictor import LoadedModel, LoadFailure
+from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 MAX_DATA_BYTES = 1 << 30
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     with tempfile.TemporaryDirectory(prefix="model-evaluate-") as workdir:
         result = evaluate(settings, args, Path(workdir))
-    line = redact(json.dumps(result, allow_nan=False, default=str), settings.secrets())
+    line = json.dumps(_redacted(result, settings.secrets()), allow_nan=False, default=str)
     print(line, flush=True)
     _termination_message(settings.termination_log, line)
     return 0
@@ -124,6 +126,17 @@ def _tally(model: LoadedModel, evaluation: Evaluation) -> Tally:
 
 def _problem(kind: str, message: str) -> dict[str, Any]:
     return {"ok": False, "problem": kind, "message": " ".join(message.split())[:1500]}
+
+
+def _redacted(value: Any, secrets: list[str]) -> Any:
+    """The result with its text redacted before it becomes JSON (redacting the JSON itself could break it)."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {key: _redacted(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item, secrets) for item in value]
+    return value
 
 
 def _termination_message(path: Path, line: str) -> None:

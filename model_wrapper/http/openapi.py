@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from model_wrapper.contract.spec import TensorInput, describe_tensors
+from model_wrapper.contract.signature import TensorInput, describe_tensors
 from model_wrapper.errors import ErrorResponse
 from model_wrapper.predict.predictor import Predictor
 

@@ -26,27 +26,23 @@ from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.contract.spec import (
-    CONTRACT_FILE,
-    HOW_TO_ADD,
-    Contract,
-    ContractError,
-    FieldType,
+from model_wrapper.contract.signature import (
     TensorInput,
     contract_from_signature,
-    parse_contract,
     signature_mismatches,
     signature_tensors,
     tensors_without_fields,
     within_tensor_range,
 )
+from model_wrapper.contract.spec import CONTRACT_FILE, HOW_TO_ADD, Contract, ContractError, FieldType, parse_contract
+from model_wrapper.errors import LoadFailure
 from model_wrapper.loading.environment import EnvironmentCheck, check_environment
 from model_wrapper.predict.array_inputs import array_dtype as _array_dtype
 from model_wrapper.predict.array_inputs import array_safe as _array_safe
 from model_wrapper.predict.array_inputs import column_order as _column_order
 from model_wrapper.predict.array_inputs import quiet_feature_name_warning as _quiet_feature_name_warning
 from model_wrapper.predict.backends import PyfuncBackend, Scorer, SklearnArrayBackend, frame_builder, has_probabilities
-from model_wrapper.predict.predictor import LoadedModel, LoadFailure, ModelBackend
+from model_wrapper.predict.predictor import LoadedModel, ModelBackend
 
 log = logging.getLogger(__name__)
 MODEL_CONTRACT_PATHS = (CONTRACT_FILE, f"extra_files/{CONTRACT_FILE}")

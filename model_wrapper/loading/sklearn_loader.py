@@ -29,17 +29,13 @@ import numpy as np
 import yaml
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.contract.spec import (
-    CONTRACT_FILE,
-    ContractError,
-    contract_from_signature,
-    parse_contract,
-    signature_mismatches,
-)
+from model_wrapper.contract.signature import contract_from_signature, signature_mismatches
+from model_wrapper.contract.spec import CONTRACT_FILE, ContractError, parse_contract
+from model_wrapper.errors import LoadFailure
 from model_wrapper.loading.environment import check_environment
 from model_wrapper.predict.array_inputs import array_dtype, array_safe, column_order, quiet_feature_name_warning
 from model_wrapper.predict.backends import SklearnArrayBackend
-from model_wrapper.predict.predictor import LoadedModel, LoadFailure
+from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 FORMATS = ("pickle", "cloudpickle", "skops")

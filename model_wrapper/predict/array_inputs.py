@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from model_wrapper.contract.spec import Contract
-from model_wrapper.predict.predictor import LoadFailure
+from model_wrapper.errors import LoadFailure
 
 # Signature column types the array fast path reproduces exactly (float32 columns would not).
 FAST_SIGNATURE_TYPES = {"double", "long", "integer"}

@@ -15,8 +15,17 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from model_wrapper.contract.spec import HOW_TO_INVOKE, Contract, TensorInput, describe_tensors
-from model_wrapper.errors import InvalidInput, ModelFault, NotFound, NotReady, PredictionFailed, WrapperError
+from model_wrapper.contract.signature import HOW_TO_INVOKE, TensorInput, describe_tensors
+from model_wrapper.contract.spec import Contract
+from model_wrapper.errors import (
+    InvalidInput,
+    LoadFailure,
+    ModelFault,
+    NotFound,
+    NotReady,
+    PredictionFailed,
+    WrapperError,
+)
 from model_wrapper.predict.schema import RequestSchema, build_schema
 
 log = logging.getLogger(__name__)
@@ -62,10 +71,6 @@ class LoadedModel:
     """The tensors of a model whose inputs cannot be fields: it has no predict, only invocations."""
     serving_example: bytes | None = None
     """MLflow's saved `invocations` body for such a model: its start-up test and its docs' example."""
-
-
-class LoadFailure(Exception):
-    """The model cannot be served; the message is the one-line reason shown to the researcher."""
 
 
 @dataclass

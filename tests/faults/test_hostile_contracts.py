@@ -16,15 +16,13 @@ import yaml
 
 from devstack.models import IRIS_CONTRACT, log_iris
 from model_wrapper.contract.naming import model_slug
-from model_wrapper.contract.spec import (
-    MAX_CONTRACT_BYTES,
-    ContractError,
+from model_wrapper.contract.signature import (
     TensorInput,
     contract_from_signature,
-    parse_contract,
     signature_mismatches,
     within_tensor_range,
 )
+from model_wrapper.contract.spec import MAX_CONTRACT_BYTES, ContractError, parse_contract
 from tests.faults.support import tags
 from tests.peers import KubernetesPeer
 from watcher.reconcile.deps import Deps

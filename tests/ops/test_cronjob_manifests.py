@@ -467,11 +467,14 @@ def _imports(package: Path) -> set[str]:
     return names
 
 
-def test_image_holds_every_model_wrapper_module_the_watcher_imports() -> None:
-    copied = {Path(source).stem for copy_args in _instructions("COPY")
+def test_image_holds_the_shared_package_the_watcher_imports_as_a_package() -> None:
+    copied = {source.rstrip("/") for copy_args in _instructions("COPY")
               for source in shlex.split(copy_args)[:-1] if source.startswith("model_wrapper/")}
-    used = {name.split(".")[1] for name in _imports(ROOT / "watcher") if name.startswith("model_wrapper.")}
-    assert used and used <= copied, used - copied
+    used = {".".join(name.split(".")[:2]) for name in _imports(ROOT / "watcher") if name.startswith("model_wrapper.")}
+    assert used == {"model_wrapper.contract"}, used
+    assert copied == {"model_wrapper/__init__.py", "model_wrapper/contract"}, copied
+    inside = {name for name in _imports(ROOT / "model_wrapper" / "contract") if name.startswith("model_wrapper.")}
+    assert all(name.startswith("model_wrapper.contract.") for name in inside), inside
 
 
 def _installed_closure(pins: dict[str, str]) -> set[str]:

@@ -12,7 +12,7 @@ import pytest
 from mlflow.models import Model
 from sklearn.linear_model import LinearRegression
 
-from model_wrapper.contract.spec import contract_from_signature, shortest_float32
+from model_wrapper.contract.signature import contract_from_signature, shortest_float32
 from model_wrapper.loading.mlflow_loader import _input_example, signature_inputs
 
 

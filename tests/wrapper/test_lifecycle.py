@@ -19,8 +19,9 @@ from devstack.models import IRIS_CONTRACT
 from devstack.servers import LocalMlflow
 from model_wrapper.config.settings import load_settings
 from model_wrapper.contract.spec import HOW_TO_ADD
+from model_wrapper.errors import LoadFailure
 from model_wrapper.http.app import create_app
-from model_wrapper.predict.predictor import LoadFailure, Predictor
+from model_wrapper.predict.predictor import Predictor
 from tests.wrapper.conftest import Served, WrapperProcess, model_env, serve, unique
 from tests.wrapper.models import log_iris_model
 

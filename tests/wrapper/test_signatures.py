@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from model_wrapper.contract.spec import (
-    ContractError,
+from model_wrapper.contract.signature import (
     contract_from_signature,
     describe_tensors,
     signature_mismatches,
@@ -19,6 +18,7 @@ from model_wrapper.contract.spec import (
     tensors_without_fields,
     within_tensor_range,
 )
+from model_wrapper.contract.spec import ContractError
 from model_wrapper.errors import InvalidInput
 from model_wrapper.predict.schema import build_schema
 

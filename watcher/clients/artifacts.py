@@ -18,6 +18,7 @@ import yaml
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from model_wrapper.contract.signature import contract_from_signature, signature_mismatches
 from model_wrapper.contract.spec import (
     CONTRACT_FILE,
     HOW_TO_ADD,
@@ -25,9 +26,7 @@ from model_wrapper.contract.spec import (
     MAX_EXAMPLES,
     Contract,
     ContractError,
-    contract_from_signature,
     parse_contract,
-    signature_mismatches,
 )
 from watcher.clients.registry import Registry
 from watcher.config.logs import redact

@@ -1,8 +1,8 @@
 """Logging set-up (text or one JSON object per line) and the redaction every message passes through.
 
 Secrets registered here (S3 keys, API token, webhook secret) never reach a log line, a tag or an
-error message: `redact` replaces them, URLs lose their `user:password@` part, and the value of
-anything shaped like `password=…` or `token: …` is masked. Inside
+error message: `redact` replaces them with the shared redactor (`model_wrapper.contract.redaction`), which
+also masks URL user-info and anything shaped like `password=…` or `token: …`. Inside
 `about(model, version)` every line carries the model's name and version as fields.
 """
 
@@ -17,11 +17,9 @@ from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
 
+from model_wrapper.contract.redaction import redact as shared_redact
+
 _secrets: set[str] = set()
-_USERINFO = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
-# Text from elsewhere (a pod's log tail, a server's error) may carry a credential no one registered here.
-_CREDENTIAL = re.compile(r"(?i)((?:secret|password|passwd|token|api[_-]?keys?|access[_-]?key(?:[_-]id)?)[\w-]*"
-                         r"[\"']?\s*[=:]\s*[\"']?)[^\s\"';,]+")
 _subject: ContextVar[tuple[str, int | None] | None] = ContextVar("watcher_log_subject", default=None)
 # Registry content (names, messages) must not start a log line of its own, nor drive a terminal.
 _UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -33,9 +31,8 @@ def register_secrets(values: Iterable[str | None]) -> None:
 
 
 def redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return _CREDENTIAL.sub(r"\1***", _USERINFO.sub("***@", text))
+    """`text` safe to log or tag: the registered secrets and anything credential-shaped masked."""
+    return shared_redact(text, _secrets)
 
 
 @contextmanager
