@@ -21,7 +21,7 @@ import platform
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +39,26 @@ from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 FORMATS = ("pickle", "cloudpickle", "skops")
-# Settings MLflow's REST client or artifact store would act on and this path does not: MLflow handles those.
-_UNHANDLED_ENV = ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
-                  "MLFLOW_TRACKING_CLIENT_CERT_PATH", "MLFLOW_EXPERIMENTAL_S3_SIGNATURE_VERSION",
-                  "MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE", "MLFLOW_S3_UPLOAD_EXTRA_ARGS", "MLFLOW_S3_IGNORE_TLS",
-                  "MLFLOW_S3_EXPECTED_BUCKET_OWNER", "MLFLOW_ENABLE_WORKSPACES")
+# The MLflow settings under which this path fetches and loads exactly what MLflow would: those it handles
+# itself, and those that change nothing about reading one model's files (telemetry, the server's own
+# settings, request retries and timeouts). Any other MLFLOW_* variable that is set (TLS, auth plugins,
+# S3 options, workspaces, one a newer MLflow adds) leaves the model to MLflow: unknown means not handled.
+_HANDLED_ENV = frozenset({"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_TOKEN",
+                          "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION",
+                          "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_REQUIREMENTS_INFERENCE_TIMEOUT"})
+_INERT_PREFIXES = ("MLFLOW_SERVER_", "MLFLOW_WEBHOOK_", "MLFLOW_HTTP_REQUEST_")
+
+
+def mlflow_settings_handled(environ: Mapping[str, str]) -> bool:
+    """Whether every MLflow setting in `environ` is one this path honours (or one that cannot matter)."""
+    return all(name in _HANDLED_ENV or name.startswith(_INERT_PREFIXES)
+               for name, value in environ.items() if name.startswith("MLFLOW_") and value)
 
 
 def load_fast(settings: WrapperSettings, workdir: Path) -> tuple[LoadedModel, Callable[[], None]] | None:
     """The model, loaded without MLflow, and what to call once it is ready (readies `invocations`
     in the background); or None when only MLflow can load it exactly."""
-    if any(os.environ.get(name) for name in _UNHANDLED_ENV) or not _pickles_allowed():
+    if not mlflow_settings_handled(os.environ) or not _pickles_allowed():
         return None
     location = artifact_location(settings.model_source, settings.mlflow_tracking_uri)
     if location is None:

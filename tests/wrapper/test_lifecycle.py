@@ -192,11 +192,10 @@ def test_a_model_that_cannot_be_downloaded_is_a_load_failure_naming_the_source(m
 ])
 def test_a_bad_environment_stops_the_process_naming_the_variable(env: dict[str, str], variable: str) -> None:
     wrapper = WrapperProcess({"MODEL_SOURCE": "", **env}).start()
-    started = time.monotonic()
     assert wrapper.exit_code(30) == 2
 
     assert variable in wrapper.termination_log.read_text()
-    assert time.monotonic() - started < 30
+    assert variable in wrapper.log() and "Traceback" not in wrapper.log()  # one line that says what to fix
 
 
 @pytest.mark.parametrize("form", ["models:/m-<id>", "models:/<name>/<version>", "runs:/<run>/model", "s3://"])

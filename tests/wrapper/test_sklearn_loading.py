@@ -29,7 +29,7 @@ from devstack.models import IRIS_CONTRACT, iris_frame
 from devstack.servers import LocalMlflow
 from model_wrapper.config.settings import load_settings
 from model_wrapper.loading.mlflow_loader import load_model
-from model_wrapper.loading.sklearn_loader import artifact_location, load_fast
+from model_wrapper.loading.sklearn_loader import artifact_location, load_fast, mlflow_settings_handled
 from model_wrapper.predict.predictor import LoadedModel
 from tests.wrapper.conftest import model_env, unique
 from tests.wrapper.models import log_model
@@ -121,10 +121,12 @@ def test_a_model_loaded_without_mlflow_predicts_bit_for_bit_as_through_mlflow(na
 @pytest.mark.parametrize("name", list(TO_MLFLOW))
 def test_what_only_mlflow_loads_exactly_is_left_to_it(name: str, mlflow_server: LocalMlflow, tmp_path: Path) -> None:
     model, frame = TO_MLFLOW[name]()
-    direct, through_mlflow, _ = _both(name, model, frame, None, mlflow_server, tmp_path)
+    direct, through_mlflow, pyfunc = _both(name, model, frame, None, mlflow_server, tmp_path)
 
     assert direct is None
-    assert through_mlflow.backend is not None
+    head = frame[:10]
+    labels, _ = through_mlflow.backend.predict([tuple(row) for row in np.asarray(head, dtype=object).tolist()])
+    assert np.asarray(labels).tolist() == np.asarray(pyfunc.predict(head)).tolist()
 
 
 def test_invocations_are_mlflow_scoring_once_mlflow_is_loaded(mlflow_server: LocalMlflow, tmp_path: Path) -> None:
@@ -150,3 +152,31 @@ def test_sources_it_cannot_resolve_are_left_to_mlflow(source: str, tracking: str
 
 def test_an_s3_source_is_read_as_given() -> None:
     assert artifact_location("s3://bucket/some/model/", None) == "s3://bucket/some/model"
+
+
+@pytest.mark.parametrize(("environ", "handled"), [
+    ({"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_S3_ENDPOINT_URL": "http://minio:9000",
+      "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "PATH": "/usr/bin"}, True),
+    ({"MLFLOW_TRACKING_INSECURE_TLS": "true"}, False),
+    ({"MLFLOW_S3_IGNORE_TLS": "true"}, False),
+    ({"MLFLOW_ENABLE_WORKSPACES": "true"}, False),
+    ({"MLFLOW_A_SETTING_A_NEWER_MLFLOW_ADDS": "1"}, False),  # unknown means not handled: MLflow loads it
+    ({"MLFLOW_TRACKING_INSECURE_TLS": ""}, True),  # set but empty is unset, as MLflow reads it
+])
+def test_only_mlflow_settings_the_direct_path_honours_let_it_load(environ: dict[str, str], handled: bool) -> None:
+    assert mlflow_settings_handled(environ) is handled
+
+
+def test_a_new_mlflow_pin_means_checking_the_direct_loader_again() -> None:
+    """The direct loader reads MLflow's REST API, its artifact layout, the MLmodel file and the sklearn flavour's
+    serialization formats as MLflow 3.17.2 writes them. When the pin moves, read mlflow/sklearn/__init__.py
+    (`_load_model_from_local_file`, `SERIALIZATION_FORMATS`) and mlflow/environment_variables.py again, check
+    `FORMATS` and `_HANDLED_ENV` in model_wrapper/loading/sklearn_loader.py, then update the version here."""
+    import importlib.metadata
+
+    from mlflow.sklearn import SUPPORTED_SERIALIZATION_FORMATS
+
+    from model_wrapper.loading.sklearn_loader import FORMATS
+
+    assert importlib.metadata.version("mlflow") == "3.17.2"
+    assert set(SUPPORTED_SERIALIZATION_FORMATS) == set(FORMATS)
