@@ -7,6 +7,7 @@ ENV_MISMATCH=fail refusing it. Also the runtime choice in rendered Kubernetes ma
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import urllib.request
@@ -50,7 +51,9 @@ def post(url: str, body: dict[str, Any]) -> Any:
 def xgboost_python() -> Path:
     try:
         return xgboost_runtime()
-    except subprocess.CalledProcessError as e:  # no package registry: say so rather than fail the suite
+    except subprocess.CalledProcessError as e:
+        if os.environ.get("CI"):  # CI reaches the package registry: a runtime it cannot build is a failure
+            raise
         pytest.skip(f"could not build the XGBoost runtime (pip install xgboost): {e}")
 
 

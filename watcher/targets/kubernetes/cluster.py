@@ -43,6 +43,7 @@ from watcher.render.manifests import (
 )
 from watcher.targets.kubernetes.jobs import JobRunner
 from watcher.targets.kubernetes.lease import Lease
+from watcher.targets.kubernetes.patch import ours, owned_patch, pointer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,7 +111,7 @@ class KubernetesTarget:
         self._settings = settings
         self._ns = settings.k8s_name_space
         self._api = api or api_client(settings)
-        _with_default_timeout(self._api, (TIMEOUT[0], settings.k8s_request_timeout_seconds))
+        self._timeout = (TIMEOUT[0], settings.k8s_request_timeout_seconds)
         self._apis = {kind: spec.api(self._api) for kind, spec in KINDS.items()}
         self._core = client.CoreV1Api(self._api)
         self._sleep = sleep
@@ -208,14 +209,14 @@ class KubernetesTarget:
                 self._call("delete", kind, partial(self._delete, kind, name), attempts=6)
             else:
                 current = self._read(kind, name)
-                self._call("patch", kind, partial(self._patch, _ours(previous, manifest), current), attempts=6)
+                self._call("patch", kind, partial(self._patch, ours(previous, manifest), current), attempts=6)
         if (rendered.deployment["kind"], rendered.deployment["metadata"]["name"]) in snapshot.objects:
             self._forget_rollback(rendered.deployment["metadata"]["name"])
 
     def _forget_rollback(self, name: str) -> None:
         current = self._read("Deployment", name)
         if ROLLBACK_TO in (current["metadata"].get("annotations") or {}):
-            remove = [{"op": "remove", "path": "/metadata/annotations/" + _pointer(ROLLBACK_TO)}]
+            remove = [{"op": "remove", "path": "/metadata/annotations/" + pointer(ROLLBACK_TO)}]
             self._call("patch", "Deployment", partial(self._method("patch", "Deployment"), name, self._ns, remove),
                        attempts=6)
 
@@ -261,7 +262,8 @@ class KubernetesTarget:
     # --- plumbing ---------------------------------------------------------------------------
 
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
-        return getattr(self._apis[kind], f"{verb}_{KINDS[kind].method}")
+        """The client's call for `verb` on `kind`, with this target's (connect, read) timeout on every request."""
+        return partial(getattr(self._apis[kind], f"{verb}_{KINDS[kind].method}"), _request_timeout=self._timeout)
 
     def _read(self, kind: str, name: str) -> dict[str, Any]:
         obj = self._call("get", kind, partial(self._method("read", kind), name, self._ns))
@@ -282,7 +284,7 @@ class KubernetesTarget:
     def _patch(self, manifest: dict[str, Any], current: dict[str, Any], *, ours_only: bool = False) -> Any:
         ops = owned_patch(manifest, current)
         if ours_only:
-            ops.insert(0, {"op": "test", "path": "/metadata/labels/" + _pointer(MANAGED_BY_LABEL), "value": MANAGED_BY})
+            ops.insert(0, {"op": "test", "path": "/metadata/labels/" + pointer(MANAGED_BY_LABEL), "value": MANAGED_BY})
         if not ops:
             return current
         return self._method("patch", manifest["kind"])(manifest["metadata"]["name"], self._ns, ops)
@@ -298,7 +300,8 @@ class KubernetesTarget:
         """The pods of this Deployment's own selector that run the version being rolled out."""
         match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         selector = ",".join(f"{key}={value}" for key, value in sorted(match.items()))
-        pods = self._list("Pod", self._core.list_namespaced_pod, namespace=self._ns, label_selector=selector)
+        pods = self._list("Pod", partial(self._core.list_namespaced_pod, _request_timeout=self._timeout),
+                          namespace=self._ns, label_selector=selector)
         return [pod for pod in pods
                 if all((pod["metadata"].get("labels") or {}).get(k) == v for k, v in match.items())
                 and (version is None or (pod["metadata"].get("annotations") or {}).get(MODEL_VERSION) == version)]
@@ -379,43 +382,6 @@ def _managed(obj: dict[str, Any]) -> bool:
     return (obj.get("metadata", {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
 
 
-def owned_patch(manifest: dict[str, Any], current: dict[str, Any]) -> list[dict[str, Any]]:
-    """JSON-patch ops that set what `manifest` says and nothing else: our labels and annotations key by key,
-    each top-level `spec` field we render (a field we do not render, e.g. ingressClassName when
-    INGRESS_CLASS_NAME is unset, is left to admission), and in a pod template its spec plus our template
-    labels and annotations key by key (so `kubectl rollout restart`'s annotation stays)."""
-    ops: list[dict[str, Any]] = []
-    _merge_map(ops, "/metadata/labels", manifest["metadata"].get("labels") or {}, current["metadata"].get("labels"))
-    _merge_map(ops, "/metadata/annotations", manifest["metadata"].get("annotations") or {},
-               current["metadata"].get("annotations"))
-    live_spec = current.get("spec") or {}
-    for key, value in (manifest.get("spec") or {}).items():
-        path = "/spec/" + _pointer(key)
-        if key == "template" and isinstance(live_spec.get("template"), dict):
-            live = live_spec["template"]
-            meta, live_meta = value.get("metadata") or {}, live.get("metadata") or {}
-            if not isinstance(live.get("metadata"), dict):
-                ops.append({"op": "add", "path": path + "/metadata", "value": {}})
-            _merge_map(ops, path + "/metadata/labels", meta.get("labels") or {}, live_meta.get("labels"))
-            _merge_map(ops, path + "/metadata/annotations", meta.get("annotations") or {}, live_meta.get("annotations"))
-            if live.get("spec") != value.get("spec"):
-                ops.append({"op": "add", "path": path + "/spec", "value": value.get("spec") or {}})
-        elif live_spec.get(key) != value:
-            ops.append({"op": "add", "path": path, "value": value})
-    if ops and "spec" not in current and manifest.get("spec") is not None:
-        ops.insert(0, {"op": "add", "path": "/spec", "value": {}})
-    return ops
-
-
-def _merge_map(ops: list[dict[str, Any]], path: str, wanted: dict[str, Any], live: Any) -> None:
-    if not isinstance(live, dict):
-        if wanted:
-            ops.append({"op": "add", "path": path, "value": wanted})
-        return
-    ops += [{"op": "add", "path": f"{path}/{_pointer(key)}", "value": value}
-            for key, value in wanted.items() if live.get(key) != value]
-
-
 def _remembering(manifest: dict[str, Any], existing: dict[str, Any]) -> dict[str, Any]:
     """An update of a Deployment to another version notes the version it replaces, until it is done, so a
     roll-back cut short (API errors, a killed pass) is finished by a later pass."""
@@ -425,47 +391,6 @@ def _remembering(manifest: dict[str, Any], existing: dict[str, Any]) -> dict[str
         return manifest
     serving = before.get(ROLLBACK_TO) or before[MODEL_VERSION]  # a second update keeps the first note
     return {**manifest, "metadata": {**manifest["metadata"], "annotations": {**after, ROLLBACK_TO: serving}}}
-
-
-def _ours(previous: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-    """What we had set on `previous` (a live object from before this release): the same paths `manifest`
-    owns, with the values they had then."""
-    meta, spec = previous.get("metadata") or {}, previous.get("spec") or {}
-    mine = manifest["metadata"]
-
-    def picked(values: Any, keys: Any) -> dict[str, Any]:
-        return {k: v for k, v in (values or {}).items() if k in (keys or {})}
-
-    owned_spec = {k: spec[k] for k in manifest.get("spec") or {} if k in spec}
-    if isinstance(owned_spec.get("template"), dict):
-        template, wanted = owned_spec["template"], manifest["spec"]["template"].get("metadata") or {}
-        owned_spec["template"] = {"metadata": {
-            "labels": picked((template.get("metadata") or {}).get("labels"), wanted.get("labels")),
-            "annotations": picked((template.get("metadata") or {}).get("annotations"), wanted.get("annotations"))},
-            "spec": template.get("spec")}
-    return {"kind": manifest["kind"], "metadata": {
-        "name": mine["name"], "labels": picked(meta.get("labels"), mine.get("labels")),
-        "annotations": picked(meta.get("annotations"), mine.get("annotations"))}, "spec": owned_spec}
-
-
-def _pointer(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def _with_default_timeout(api: client.ApiClient, timeout: tuple[float, float]) -> None:
-    """Give every request of this client a (connect, read) timeout unless the call sets its own."""
-    rest: Any = api.rest_client
-    if getattr(rest, "_default_timeout", False):
-        return
-    request = rest.request
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("_request_timeout") is None:
-            kwargs["_request_timeout"] = timeout
-        return request(*args, **kwargs)
-
-    rest.request = timed
-    rest._default_timeout = True
 
 
 def _int(value: str | None) -> int | None:
