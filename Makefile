@@ -17,9 +17,10 @@ up: $(RUN_STAMP)  ## keep MLflow (UI) + S3 + the watcher (local target, webhooks
 test: $(STAMP) browser  ## run the test suite against real MLflow, moto S3, kmock, uvicorn and Chromium
 	$(PY) -m pytest -n 3 --dist loadfile
 
-lint: $(STAMP)  ## ruff + mypy
+lint: $(STAMP)  ## ruff + mypy + the layers (import-linter contracts in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 scan: $(STAMP)  ## checkov over the rendered model manifests and the cronjob/ kit (its own .venv-checkov)
 	$(PY) -m devstack.scan

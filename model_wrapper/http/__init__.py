@@ -1,1 +1,3 @@
-"""TODO"""
+"""The HTTP layer: the app factory and thin endpoints (`app`), ASGI guards (`guards`), the OpenAPI document
+(`openapi`), Swagger UI with local assets (`swagger`), Prometheus metrics (`metrics`). May import predict,
+config, errors and contract; never loading (the server hands it a Predictor)."""

@@ -1,1 +1,3 @@
-"""TODO"""
+"""Loading a model version: through MLflow (`mlflow_loader`), directly for scikit-learn models where that is
+exact (`sklearn_loader`), and the logged environment against this runtime's (`environment`). The only
+wrapper package that imports MLflow or boto3. May import predict, config, errors and contract."""

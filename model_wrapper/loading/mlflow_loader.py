@@ -1,4 +1,5 @@
-"""Model loading: the one module that imports MLflow.
+"""Model loading through MLflow; with `sklearn_loader` (which imports MLflow only for `invocations`, after
+`ready`), the only wrapper code that imports it (import-linter holds that).
 
 Called once at start-up by `model_wrapper.server` (in a background thread, so that liveness
 answers while it works). Downloads the artifacts, finds the contract, checks it against the

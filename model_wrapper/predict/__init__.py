@@ -1,1 +1,3 @@
-"""TODO"""
+"""Transport-free prediction: the predictor and its state (`predictor`), request validation (`schema`),
+the model backends (`backends`, `one_call`, `array_inputs`). No MLflow import: loading hands the backends
+their scorers. May import config, errors and contract."""

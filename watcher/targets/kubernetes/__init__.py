@@ -1,1 +1,3 @@
-"""TODO"""
+"""The Kubernetes target: `cluster` (observe, apply, wait, roll back, remove), `patch` (the JSON patch of an
+update), `jobs` (the evaluation Job), `lease` (one watcher per namespace). The only watcher package that
+calls the Kubernetes API."""

@@ -1,6 +1,7 @@
 """Step 5 of the pass on Kubernetes: observe, apply (create-or-patch), wait for rollout, roll back, remove.
 
-The only watcher module that imports `kubernetes`. One paged list per managed kind (`KINDS`: adding a
+With `jobs` and `lease` beside it, the only watcher code that calls the Kubernetes API (the renderer and the
+settings use only the client's pure quantity parser). One paged list per managed kind (`KINDS`: adding a
 kind is one line there) observes the whole namespace; objects without the managed-by label are
 reported, never touched. Updates are JSON patches of the paths Service Builder owns, so what admission,
 controllers and people add to our objects survives; every request has a connect and read timeout.
