@@ -34,7 +34,8 @@ def main() -> int:
         step(f"MLflow server at {registry.start().tracking_uri}, S3 (moto) at {s3.endpoint_url}")
         started = True
         os.environ.update({**registry.client_env(), "DEPLOY_TARGET": "local", "SMOKE_TEST": "on",
-                           "LOCAL_STATE_DIR": str(workdir / "state"), "SERVICE_BUILDER_HOST_NAME": "localhost"})
+                           "LOCAL_STATE_DIR": str(workdir / "state"), "SERVICE_BUILDER_HOST_NAME": "localhost",
+                           "LOCAL_FRONT_PORT": "0"})
         return run_demo()
     finally:
         from watcher.entry.cli import main as watcher
@@ -68,10 +69,19 @@ def run_demo() -> int:
         return 1
     endpoint = tags["model_endpoint"]
     examples = yaml.safe_load(IRIS_CONTRACT)["examples"]
-    step(f"model_endpoint = {endpoint}   (Swagger UI: open it in a browser while the demo runs)")
+    step(f"model_endpoint = {endpoint}")
     answer = post(f"{endpoint}predict", {"instances": examples})
     step(f"POST {endpoint}predict {json.dumps({'instances': examples})}\n  -> {json.dumps(answer)}")
+    hold_for_a_look(endpoint)
     return 0
+
+
+def hold_for_a_look(endpoint: str) -> None:
+    """The demo tears everything down next: with a person at a terminal, wait until they have looked."""
+    if sys.stdin.isatty():
+        input(f"==> the Swagger UI is at {endpoint} now; press Enter to stop the demo and clean up ")
+    else:
+        step("the demo cleans up now; to keep a Swagger UI like this one open, run: make up")
 
 
 def post(url: str, body: dict[str, object]) -> object:

@@ -68,8 +68,11 @@ class Recorder:
         self._write(version, tags)
 
     def superseded(self, version: VersionInfo, winner: int) -> None:
+        """The endpoint now serves the winner, so the loser's `model_endpoint` goes: it would name the wrong model."""
         self._write(version, {STATUS: "superseded", "deployed": "false",
                               "deployment_message": f"Replaced by version {winner} of this model."})
+        if "model_endpoint" in version.tags:
+            self.registry.delete_tag(version, "model_endpoint")
 
     def undeployed(self, live: Live,
                    why: str = "Undeployed: no version of this model is selected any more.") -> None:
