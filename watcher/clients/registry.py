@@ -49,6 +49,15 @@ class Registry:
             return [_info(v) for model in self._models() for v in model.latest_versions or []
                     if (v.current_stage or "").lower() == selector.key.lower() and v.status == "READY"]
 
+    def has_model(self, name: str) -> bool:
+        """Whether a registered model of this name exists."""
+        try:
+            with _translated(f"read the model {name}"):
+                self._client.get_registered_model(name)
+                return True
+        except VersionGone:
+            return False
+
     def get(self, name: str, version: int) -> VersionInfo | None:
         """One version, or None when it (or its model) does not exist."""
         try:

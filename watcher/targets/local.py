@@ -61,8 +61,7 @@ class LocalSnapshot:
 class LocalTarget:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._dir = settings.local_state_dir.resolve()
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir = settings.local_state_dir.resolve()  # created by the first write: reading creates nothing
         self._pending: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         self._front = Front(self._dir, settings.local_front_port)
 
@@ -79,6 +78,7 @@ class LocalTarget:
 
     def apply(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
         slug = rendered.deployment["metadata"]["name"]
+        self._dir.mkdir(parents=True, exist_ok=True)
         self._front.ensure()
         port = _free_port()
         env = {**os.environ, **_container_env(rendered), "PORT": str(port), "HOST": "127.0.0.1",
@@ -113,6 +113,7 @@ class LocalTarget:
         slug = job["metadata"]["labels"][EVALUATES_LABEL]
         container = job["spec"]["template"]["spec"]["containers"][0]
         result = self._dir / f"{slug}.evaluation"
+        self._dir.mkdir(parents=True, exist_ok=True)
         result.unlink(missing_ok=True)
         env = {**os.environ, **{item["name"]: item["value"] for item in container.get("env", []) if "value" in item},
                "LOG_FORMAT": "text", "TERMINATION_LOG": str(result), **self._secrets()}
@@ -172,6 +173,7 @@ class LocalTarget:
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
+        self._dir.mkdir(parents=True, exist_ok=True)
         with open(self._dir / ".lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,11 +1,11 @@
 """The local target's front: one port that routes `/<slug>/...` to the model's current wrapper, as an Ingress does.
 
-Started by `watcher.targets.local.LocalTarget` (`python -m watcher.targets.local_front STATE_DIR PORT`) when it
-first deploys a model, stopped by it when the last model goes; it also exits by itself once none of the processes it knows is
-alive any more, so a killed watcher (or killed wrappers) cannot leave it behind. The routes are a JSON file the
-target replaces atomically: `{slug: [{"url": ..., "pid": ..., "weight": ...}, ...]}`. A starting wrapper is
-listed at weight 0 (known, sent nothing) and gets the weight only once it is ready. A slug maps to a set of
-weighted backends so that a canary or shadow split can be a routes change, not a new front.
+Started by `watcher.targets.local.LocalTarget` (`python -m watcher.targets.local_front STATE_DIR PORT`) when
+it first deploys a model, stopped by it when the last model goes; it also exits by itself once none of the
+processes it knows is alive, so a killed watcher (or killed wrappers) cannot leave it behind. The routes are
+a JSON file the target replaces atomically: `{slug: [{"url": ..., "pid": ..., "weight": ...}, ...]}`. A
+starting wrapper is listed at weight 0 (known, sent nothing) and gets the weight only once it is ready. A
+slug maps to a set of weighted backends so that a canary or shadow split is a routes change, not a new front.
 """
 
 from __future__ import annotations

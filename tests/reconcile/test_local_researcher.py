@@ -1,0 +1,85 @@
+"""The researcher's local loop (`make up`, DEPLOY_TARGET=local) as issue 22 found it: a near-miss selector tag,
+CLI commands that tell the truth, fix hints that work when copied as written. Against the real MLflow server,
+moto's S3 and real wrapper processes; every process a test starts is gone when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from devstack.models import LoggedModel, register_versions
+from watcher.entry.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored(capsys: pytest.CaptureFixture[str], _restore_logging: None) -> None:
+    """main() points the root logger at the captured stderr; put pytest's back first (see test_cli)."""
+
+
+@pytest.fixture
+def local(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """The local target, as `make up` runs it; whatever it leaves running is killed at the end."""
+    monkeypatch.setenv("DEPLOY_TARGET", "local")
+    monkeypatch.setenv("ROLLOUT_TIMEOUT_SECONDS", "120")  # a wrapper process loads its model in seconds
+    state_dir = Path(env["LOCAL_STATE_DIR"])
+    yield state_dir
+    for path in [*state_dir.glob("*.json"), *state_dir.glob("front/process.json")]:
+        pid = json.loads(path.read_text()).get("pid")
+        if isinstance(pid, int) and Path(f"/proc/{pid}").exists():
+            os.killpg(pid, signal.SIGKILL)
+
+
+def tags(name: str, version: int | str = 1) -> dict[str, str]:
+    return dict(MlflowClient().get_model_version(name, str(version)).tags)
+
+
+# --- 7. CLI honesty ----------------------------------------------------------------------------------
+
+
+def test_retry_of_a_model_that_does_not_exist_is_an_error(local: Path, capsys: pytest.CaptureFixture[str],
+                                                          model_name: str) -> None:
+    assert main(["retry", model_name]) == 1
+
+    assert f"{model_name}: no registered model of this name" in capsys.readouterr().err
+
+
+def test_status_without_local_state_says_so_and_creates_nothing_in_the_checkout(
+    local: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    monkeypatch.delenv("LOCAL_STATE_DIR")
+
+    assert main(["status"]) == 0
+
+    assert list(checkout.iterdir()) == [], "status only reads"
+    assert f"no local state at {checkout / '.state' / 'local'} (LOCAL_STATE_DIR)" in capsys.readouterr().err
+
+
+def test_a_deploy_by_hand_of_an_unselected_version_warns_and_the_pass_that_undoes_it_says_why(
+    local: Path, capsys: pytest.CaptureFixture[str], model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    register_versions(model_name, iris)  # not tagged: the selector does not pick it
+
+    assert main(["deploy", model_name, "1", "--target", "local"]) == 0
+
+    out = capsys.readouterr().out
+    assert (f"warning: tag:deploy={production['deploy']} does not select {model_name} v1: a running watcher's next "
+            "pass will undo this deploy (the model is undeployed)") in out
+    assert f"set the tag deploy={production['deploy']} on v1" in out
+    assert tags(model_name)["deployment_status"] == "deployed"
+
+    assert main(["run-once"]) == 0
+
+    err = capsys.readouterr().err
+    assert f"undeployed {model_name} v1" in err
+    assert f"tag:deploy={production['deploy']} selects no version of it any more" in err
+    assert tags(model_name)["deployment_status"] == "undeployed"
