@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from shlex import quote
 
+from model_wrapper.contract.spec import NEEDS_NEW_VERSION
 from watcher.config.logs import redact
 from watcher.decide.retry import Retrying, utc_text
 from watcher.decide.types import ATTEMPT, STATUS, Live, VersionInfo
@@ -97,7 +98,8 @@ class Recorder:
         # A rollout fails for reasons outside the model files (its runtime, resources, the image): once
         # that is fixed, nothing about the version changed, so the researcher is told how to ask again.
         command = f"python -m watcher retry {quote(version.name)} {version.version}"
-        retry = f"; once fixed: {command}" if isinstance(error, RolloutFailed) else ""
+        retry = f"; once fixed: {command}" if isinstance(error, RolloutFailed) and \
+            NEEDS_NEW_VERSION not in str(error) else ""  # a fix only a new version carries: retrying cannot help
         attempt_tag = attempt if remember else ""
         if not remember and back_off:
             previous = Retrying.parse(version.tags.get(ATTEMPT, "")) or Retrying(attempt, 0)

@@ -30,7 +30,7 @@ from watcher.decide.types import KINDS, Live
 from watcher.errors import Busy, Retryable, RolloutFailed
 from watcher.render.manifests import EVALUATES_LABEL, INPUTS_DIGEST, RUNTIME, Rendered
 from watcher.targets.local_front import Backend
-from watcher.targets.local_ingress import Front
+from watcher.targets.local_ingress import Front, importable
 
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -82,11 +82,12 @@ class LocalTarget:
         self._front.ensure()
         port = _free_port()
         env = {**os.environ, **_container_env(rendered), "PORT": str(port), "HOST": "127.0.0.1",
-               "LOG_FORMAT": "text", "TERMINATION_LOG": str(self._dir / f"{slug}.termination")}
+               "LOG_FORMAT": "text", "TERMINATION_LOG": str(self._dir / f"{slug}.termination"), **importable()}
         env.update(self._secrets())
         (self._dir / f"{slug}.termination").unlink(missing_ok=True)
         log = open(self._dir / f"{slug}.log", "ab")  # noqa: SIM115 - handed to the child process
-        process = subprocess.Popen([_interpreter(rendered), "-m", "model_wrapper"], env=env, stdout=log,
+        # Its own working directory, as a pod has: nothing from where the watcher was started leaks into the model.
+        process = subprocess.Popen([_interpreter(rendered), "-m", "model_wrapper"], env=env, cwd=self._dir, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self._pending[slug] = (process, port)
@@ -116,12 +117,12 @@ class LocalTarget:
         self._dir.mkdir(parents=True, exist_ok=True)
         result.unlink(missing_ok=True)
         env = {**os.environ, **{item["name"]: item["value"] for item in container.get("env", []) if "value" in item},
-               "LOG_FORMAT": "text", "TERMINATION_LOG": str(result), **self._secrets()}
+               "LOG_FORMAT": "text", "TERMINATION_LOG": str(result), **self._secrets(), **importable()}
         # The interpreter RUNTIME_IMAGES chose for the model (the Job's image on this target), as for its wrapper.
         python = str(container["image"]) if job["metadata"]["annotations"].get(RUNTIME) else sys.executable
         command = [python, *container["command"][1:], *container.get("args", [])]
         with open(self._dir / f"{slug}.evaluation.log", "wb") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(command, env=env, cwd=self._dir, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 code = process.wait(timeout)

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import watcher
 from watcher.errors import RolloutFailed
 from watcher.targets.local_front import HEALTH_PATH, ROUTES_FILE, Backend, alive, read_routes, write_routes
 
@@ -53,9 +54,9 @@ class Front:
         write_routes(self._dir / ROUTES_FILE, live)
         port = self._wanted_port or self._last_port() or _free_port()  # the address it had, where it can
         with open(self._dir / "front.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "watcher.targets.local_front", str(self._dir), str(port)],
-                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+            command = [sys.executable, "-m", "watcher.targets.local_front", str(self._dir), str(port)]
+            process = subprocess.Popen(command, env={**os.environ, **importable()}, cwd=self._dir, stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline and process.poll() is None:
             if _health(port) == str(self._dir):
@@ -117,6 +118,13 @@ class Front:
     def _last_words(self) -> str:
         lines = (self._dir / "front.log").read_text(errors="replace").strip().splitlines()
         return (lines[-1] if lines else "no output")[:300]
+
+
+def importable() -> dict[str, str]:
+    """PYTHONPATH for a child `python -m watcher...|model_wrapper`: found from any working directory (a
+    researcher's script runs in theirs), whether this checkout is installed or not."""
+    root = str(Path(watcher.__file__).resolve().parent.parent)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
 def _is_front(pid: object) -> bool:
