@@ -40,6 +40,31 @@ def tags(name: str, version: int | str = 1) -> dict[str, str]:
     return dict(MlflowClient().get_model_version(name, str(version)).tags)
 
 
+# --- 2. a near-miss selector tag ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["Production", " production "])
+def test_a_tag_value_that_differs_from_the_selector_in_case_or_spaces_is_told_once_and_never_deployed(
+    local: Path, capsys: pytest.CaptureFixture[str], model_name: str, iris: LoggedModel, production: dict[str, str],
+    value: str,
+) -> None:
+    near = value.replace("production", production["deploy"]).replace("Production", production["deploy"].title())
+    register_versions(model_name, iris, tags={"deploy": near})
+
+    assert main(["run-once"]) == 0
+
+    message = tags(model_name)["deployment_message"]
+    assert message.startswith(f"Not deployed: the tag 'deploy' = {near!r} looks meant for the selector "
+                              f"tag:deploy={production['deploy']}, which needs the tag 'deploy' = "
+                              f"{production['deploy']!r} exactly (case and surrounding spaces count)")
+    assert "deployment_status" not in tags(model_name)
+    assert not list(local.glob("*.json")), "no wrapper was started"
+    assert f"{model_name} v1: not deployed: the tag 'deploy' = {near!r} only nearly matches" in capsys.readouterr().err
+
+    assert main(["run-once"]) == 0
+    assert "only nearly matches" not in capsys.readouterr().err, "told once, not every pass"
+
+
 # --- 7. CLI honesty ----------------------------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ from shlex import quote
 from model_wrapper.contract.spec import NEEDS_NEW_VERSION
 from watcher.config.logs import redact
 from watcher.decide.retry import Retrying, utc_text
-from watcher.decide.types import ATTEMPT, STATUS, Live, VersionInfo
+from watcher.decide.selection import what_it_expects
+from watcher.decide.types import ATTEMPT, STATUS, Live, Selector, VersionInfo
 from watcher.errors import Blocked, PassAborted, Permanent, RolloutFailed, ServiceBuilderError
 from watcher.reconcile.ports import TagStore
 
@@ -67,6 +68,15 @@ class Recorder:
             tags["deployed_at"] = self.clock().isoformat(timespec="seconds")
         tags[STATUS] = "deployed"  # last: whoever reacts to the status finds the endpoint already there
         self._write(version, tags)
+
+    def near_miss(self, version: VersionInfo, found: str, selector: Selector) -> bool:
+        """Tell a version the selector only nearly picks what it expects; True when that was news."""
+        message = (f"Not deployed: {found} looks meant for the selector {selector}, which needs "
+                   f"{what_it_expects(selector)} (case and surrounding spaces count); fix it to deploy this version.")
+        if version.tags.get("deployment_message") == message:
+            return False
+        self._write(version, {"deployment_message": message[:MAX_MESSAGE]})
+        return True
 
     def superseded(self, version: VersionInfo, winner: int) -> None:
         """The endpoint now serves the winner, so the loser's `model_endpoint` goes: it would name the wrong model."""
