@@ -7,12 +7,14 @@ unless a field allows them.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic_core import PydanticCustomError
 
 from model_wrapper.contract.spec import Contract, FieldSpec, FieldType
 from model_wrapper.errors import InvalidInput, MalformedRequest, PayloadTooLarge, field_path
@@ -111,7 +113,11 @@ def _params_model(params: list[dict[str, Any]]) -> type[BaseModel]:
 
 def _field(name: str, spec: FieldSpec) -> tuple[Any, Any]:
     kind: Any = Literal[tuple(spec.enum)] if spec.enum else _PYTHON_TYPES[spec.type]
-    constraints: dict[str, Any] = {"alias": name, "description": spec.description,
+    description = spec.description
+    if spec.type == FieldType.integer:
+        kind = Annotated[kind, BeforeValidator(_integral)]
+        description = f"{description} ({INTEGRAL})" if description else INTEGRAL.capitalize()
+    constraints: dict[str, Any] = {"alias": name, "description": description,
                                    "examples": [spec.example] if spec.example is not None else None}
     if spec.type in (FieldType.number, FieldType.integer) and not spec.enum:
         low, high = spec.minimum, spec.maximum
@@ -125,6 +131,20 @@ def _field(name: str, spec: FieldSpec) -> tuple[Any, Any]:
     if spec.required:
         return kind, Field(**constraints)
     return kind | None, Field(default=None, **constraints)
+
+
+INTEGRAL = "an integer; a number without a fractional part, such as 70.0, counts as one, 70.5 is refused"
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 70.0, from a float column or `json.dumps(70.0)`, is the integer 70. Anything else
+    goes on to the strict integer check, which refuses 70.5 naming the field."""
+    if type(value) is float and math.isfinite(value):
+        if not value.is_integer():
+            raise PydanticCustomError("int_fraction", "Input should be an integer; {value} has a fractional part",
+                                      {"value": value})
+        return int(value)
+    return value
 
 
 def _single(name: str) -> Callable[[Any], tuple[Any, ...]]:

@@ -177,9 +177,10 @@ signature:
 FIELDS_OVER_AN_IMAGE = "inputs:\n  x0: {type: number}\n"
 
 
-def _requests(endpoint: str, slug: str) -> dict[tuple[str, str], float]:
-    """The wrapper's request counts by (endpoint, status), read from its /metrics."""
-    with urllib.request.urlopen(endpoint.replace(f"/{slug}/api/", "/metrics"), timeout=10) as page:
+def _requests(state_dir: Path, slug: str) -> dict[tuple[str, str], float]:
+    """The wrapper's request counts by (endpoint, status), read from its /metrics (on its own port: the front
+    routes only /<slug>/, as the Ingress does)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{state(state_dir, slug)['port']}/metrics", timeout=10) as page:
         return {(sample.labels["endpoint"], sample.labels["status"]): sample.value
                 for family in text_string_to_metric_families(page.read().decode()) for sample in family.samples
                 if sample.name == "model_wrapper_requests_total"}
@@ -212,7 +213,7 @@ def test_models_trained_on_arrays_deploy_on_fields_x0_to_xn_or_through_invocatio
 
     assert (report.deployed, report.failed) == (2, 1), report.failures
     endpoint = MlflowClient().get_model_version(model_name, "1").tags["model_endpoint"]
-    assert _requests(endpoint, model_slug(model_name))[("predict", "200")] == 1.0, \
+    assert _requests(state_dir, model_slug(model_name))[("predict", "200")] == 1.0, \
         "the pass predicted the saved example rows through the endpoint"
     instance = dict(zip(["x0", "x1", "x2", "x3"], features[60].tolist(), strict=True))
     request = urllib.request.Request(f"{endpoint}predict", method="POST", headers={"Content-Type": "application/json"},
@@ -222,7 +223,7 @@ def test_models_trained_on_arrays_deploy_on_fields_x0_to_xn_or_through_invocatio
 
     image_tags = MlflowClient().get_model_version(image_name, image.version).tags
     assert image_tags["deployment_status"] == "deployed", image_tags
-    image_requests = _requests(image_tags["model_endpoint"], model_slug(image_name))
+    image_requests = _requests(state_dir, model_slug(image_name))
     assert image_requests[("invocations", "200")] == 1.0 and ("predict", "200") not in image_requests, \
         "the pass smoke-tested the image model through invocations, with MLflow's saved serving example"
     request = urllib.request.Request(f"{image_tags['model_endpoint']}invocations", method="POST",

@@ -43,7 +43,9 @@ def test_rows_come_out_in_the_models_column_order_with_absent_optionals_as_none(
 
 @pytest.mark.parametrize(("instance", "field"), [
     ({"age": 17}, "instances[0].age"),
-    ({"age": 30.0}, "instances[0].age"),
+    ({"age": 30.5}, "instances[0].age"),
+    ({"age": "30"}, "instances[0].age"),
+    ({"age": True}, "instances[0].age"),
     ({"age": INT64_MAX + 1}, "instances[0].age"),
     ({"income (EUR)": -1}, "instances[0].income (EUR)"),
     ({"region": "east"}, "instances[0].region"),
