@@ -79,7 +79,8 @@ def run_demo() -> int:
 def hold_for_a_look(endpoint: str) -> None:
     """The demo tears everything down next: with a person at a terminal, wait until they have looked."""
     if sys.stdin.isatty():
-        input(f"==> the Swagger UI is at {endpoint} now; press Enter to stop the demo and clean up ")
+        step(f"the Swagger UI is at {endpoint} now; open it in a browser")
+        input("==> press Enter to stop the demo and clean up ")
     else:
         step("the demo cleans up now; to keep a Swagger UI like this one open, run: make up")
 
