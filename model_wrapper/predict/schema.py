@@ -117,8 +117,9 @@ def _field(name: str, spec: FieldSpec) -> tuple[Any, Any]:
     if spec.type == FieldType.integer:
         kind = Annotated[kind, BeforeValidator(_integral)]
         description = f"{description} ({INTEGRAL})" if description else INTEGRAL.capitalize()
+    example = spec.example if spec.example is not None else _within_bounds(spec)
     constraints: dict[str, Any] = {"alias": name, "description": description,
-                                   "examples": [spec.example] if spec.example is not None else None}
+                                   "examples": [example] if example is not None else None}
     if spec.type in (FieldType.number, FieldType.integer) and not spec.enum:
         low, high = spec.minimum, spec.maximum
         if spec.type == FieldType.integer:
@@ -131,6 +132,16 @@ def _field(name: str, spec: FieldSpec) -> tuple[Any, Any]:
     if spec.required:
         return kind, Field(**constraints)
     return kind | None, Field(default=None, **constraints)
+
+
+def _within_bounds(spec: FieldSpec) -> float | int | None:
+    """A Swagger example for a field the contract gives bounds but no example: the middle of its range
+    (Swagger UI would show 0, which may be out of range). None without both bounds, or for a dtype's limits."""
+    low, high = spec.minimum, spec.maximum
+    if spec.enum or low is None or high is None or max(abs(low), abs(high)) > 1e9:
+        return None
+    middle = (low + high) / 2
+    return math.floor(middle) if spec.type == FieldType.integer else middle
 
 
 INTEGRAL = "an integer; a number without a fractional part, such as 70.0, counts as one, 70.5 is refused"

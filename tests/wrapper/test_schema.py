@@ -95,6 +95,7 @@ def test_the_published_schemas_carry_types_bounds_enums_descriptions_and_example
     assert instance["additionalProperties"] is False
     age = instance["properties"]["age"]
     assert (age["type"], age["minimum"], age["maximum"]) == ("integer", 18, 120)
+    assert age["example"] == 69, "no example in the contract: the middle of its range, never Swagger's 0"
     assert instance["properties"]["income (EUR)"]["description"] == "Yearly income"
     assert instance["properties"]["region"]["enum"] == ["north", "south"]
     assert instance["properties"]["member"] == {"type": "boolean", "nullable": True, "default": None,
