@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import urllib.request
@@ -30,6 +32,8 @@ def main() -> int:
     s3 = LocalS3().start()
     registry = LocalMlflow(s3, workdir=workdir / "mlflow")
     started = False
+    # SIGTERM (a closed terminal, a CI timeout) unwinds like Ctrl-C, through the clean-up below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         step(f"MLflow server at {registry.start().tracking_uri}, S3 (moto) at {s3.endpoint_url}")
         started = True
@@ -37,13 +41,18 @@ def main() -> int:
                            "LOCAL_STATE_DIR": str(workdir / "state"), "SERVICE_BUILDER_HOST_NAME": "localhost",
                            "LOCAL_FRONT_PORT": "0"})
         return run_demo()
+    except KeyboardInterrupt:
+        return 130
     finally:
+        from devstack.up import stop_wrappers
         from watcher.entry.cli import main as watcher
 
         if started:
             watcher(["undeploy", MODEL, "--untag"])  # stops the wrapper process the demo started
+        stop_wrappers(workdir / "state")  # and whatever an interrupted deploy left, the local front included
         registry.cleanup()
         s3.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         step("stopped the wrapper, MLflow and S3; nothing is left running")
         step("to keep MLflow (with its UI), S3 and the watcher running and try your own models: make up")
 

@@ -17,25 +17,30 @@ from tests.ops.test_make_up import answers, lines_of, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def demo_env() -> dict[str, str]:
-    """A newcomer's shell: none of the session's MLflow or S3 variables."""
-    return {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "AWS_"))}
+def demo_env(tmp: Path) -> dict[str, str]:
+    """A newcomer's shell: none of the session's MLflow or S3 variables; a temp directory of its own, so the test
+    can count what the demo and its wrapper leave there (nothing)."""
+    return {**{key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "AWS_"))},
+            "TMPDIR": str(tmp)}
 
 
-def test_the_demo_without_a_terminal_ends_with_a_prediction_and_points_at_make_up() -> None:
-    done = subprocess.run([sys.executable, "-m", "devstack.demo"], cwd=ROOT, env=demo_env(), text=True,
+def test_the_demo_without_a_terminal_ends_with_a_prediction_points_at_make_up_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "devstack.demo"], cwd=ROOT, env=demo_env(tmp_path), text=True,
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert '-> {"predictions": [' in done.stdout
     assert "open it in a browser while the demo runs" not in done.stdout
     assert "to keep a Swagger UI like this one open, run: make up" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "no demo or model-wrapper folder left behind"
 
 
-def test_the_demo_at_a_terminal_keeps_the_swagger_ui_up_until_enter_then_cleans_up() -> None:
+def test_the_demo_at_a_terminal_keeps_the_swagger_ui_up_until_enter_then_cleans_up(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
-    demo = subprocess.Popen([sys.executable, "-m", "devstack.demo"], cwd=ROOT, env=demo_env(), text=True,
-                            stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    demo = subprocess.Popen([sys.executable, "-m", "devstack.demo"], cwd=ROOT, env=demo_env(tmp_path),
+                            text=True, stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     os.close(follower)
     seen: list[str] = []
     try:
@@ -50,6 +55,7 @@ def test_the_demo_at_a_terminal_keeps_the_swagger_ui_up_until_enter_then_cleans_
         assert demo.wait(60) == 0, "".join(seen)
 
         assert not answers(page)
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
     finally:
         os.close(leader)
         stop_process(demo)
