@@ -36,7 +36,6 @@ def deploy(deps: Deps, name: str, version: int, out: Callable[[str], None] = pri
     """Deploy exactly this version now, with the pass's own steps (contract, render, apply, wait, record)."""
     info = _version(deps, name, version)
     slug = model_slug(name)
-    _warn_unless_selected(deps, info, out)
     with deps.target.exclusive():
         snapshot = deps.target.observe()
         previous = next((item for item in snapshot.live() if item.slug == slug), None)
@@ -49,6 +48,7 @@ def deploy(deps: Deps, name: str, version: int, out: Callable[[str], None] = pri
         out(f"{info}: failed: {report.failures[0].removeprefix(f'{info}: ')}")
         return 1
     out(f"{info}: deployed at {deps.target.endpoint(slug)}")
+    _warn_unless_selected(deps, info, out)
     return 0
 
 
