@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import urllib.request
@@ -30,19 +32,27 @@ def main() -> int:
     s3 = LocalS3().start()
     registry = LocalMlflow(s3, workdir=workdir / "mlflow")
     started = False
+    # SIGTERM (a closed terminal, a CI timeout) unwinds like Ctrl-C, through the clean-up below.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         step(f"MLflow server at {registry.start().tracking_uri}, S3 (moto) at {s3.endpoint_url}")
         started = True
         os.environ.update({**registry.client_env(), "DEPLOY_TARGET": "local", "SMOKE_TEST": "on",
-                           "LOCAL_STATE_DIR": str(workdir / "state"), "SERVICE_BUILDER_HOST_NAME": "localhost"})
+                           "LOCAL_STATE_DIR": str(workdir / "state"), "SERVICE_BUILDER_HOST_NAME": "localhost",
+                           "LOCAL_FRONT_PORT": "0"})
         return run_demo()
+    except KeyboardInterrupt:
+        return 130
     finally:
+        from devstack.up import stop_wrappers
         from watcher.entry.cli import main as watcher
 
         if started:
             watcher(["undeploy", MODEL, "--untag"])  # stops the wrapper process the demo started
+        stop_wrappers(workdir / "state")  # and whatever an interrupted deploy left, the local front included
         registry.cleanup()
         s3.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         step("stopped the wrapper, MLflow and S3; nothing is left running")
         step("to keep MLflow (with its UI), S3 and the watcher running and try your own models: make up")
 
@@ -68,10 +78,20 @@ def run_demo() -> int:
         return 1
     endpoint = tags["model_endpoint"]
     examples = yaml.safe_load(IRIS_CONTRACT)["examples"]
-    step(f"model_endpoint = {endpoint}   (Swagger UI: open it in a browser while the demo runs)")
+    step(f"model_endpoint = {endpoint}")
     answer = post(f"{endpoint}predict", {"instances": examples})
     step(f"POST {endpoint}predict {json.dumps({'instances': examples})}\n  -> {json.dumps(answer)}")
+    hold_for_a_look(endpoint)
     return 0
+
+
+def hold_for_a_look(endpoint: str) -> None:
+    """The demo tears everything down next: with a person at a terminal, wait until they have looked."""
+    if sys.stdin.isatty():
+        step(f"the Swagger UI is at {endpoint} now; open it in a browser")
+        input("==> press Enter to stop the demo and clean up ")
+    else:
+        step("the demo cleans up now; to keep a Swagger UI like this one open, run: make up")
 
 
 def post(url: str, body: dict[str, object]) -> object:

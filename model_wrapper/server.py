@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -65,10 +66,25 @@ def serve(settings: WrapperSettings) -> int:
         failures.append(reason)
         server.should_exit = True
 
-    with tempfile.TemporaryDirectory(prefix="model-wrapper-") as workdir:
-        start_loading(settings, predictor, Path(workdir), stop)
-        server.run()
+    _exit_on_stop_signals()
+    try:
+        with tempfile.TemporaryDirectory(prefix="model-wrapper-") as workdir:
+            start_loading(settings, predictor, Path(workdir), stop)
+            server.run()
+    except SystemExit as e:  # SIGTERM or SIGINT, after uvicorn's graceful shutdown and the folder's removal
+        return int(e.code or 0)
     return EXIT_LOAD_FAILED if failures else 0
+
+
+def _exit_on_stop_signals() -> None:
+    """uvicorn re-raises the SIGTERM or SIGINT it shut down for once it is done; by default that kills the
+    process on the spot, before the model's temporary folder is removed. Raised as SystemExit instead, it
+    unwinds through the cleanup, and the exit code is still the signal's (128 + number)."""
+    def leave(number: int, frame: object) -> None:
+        raise SystemExit(128 + number)
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, leave)
 
 
 def serve_workers(settings: WrapperSettings) -> int:

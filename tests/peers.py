@@ -266,6 +266,7 @@ def pass_settings(tracking_uri: str, s3_url: str, kube: KubernetesPeer, namespac
         "k8s_api": kube.url, "k8s_name_space": namespace, "service_builder_host_name": "models.example.org",
         "model_wrapper_image": "registry.example.org/model-wrapper:1.0", "rollout_timeout_seconds": 5,
         "local_state_dir": state_dir, "selector": f"tag:deploy={production['deploy']}",
+        "local_front_port": 0,  # tests run side by side: each local front on a free port
     }
     values.update(overrides)
     return load_settings(**values)

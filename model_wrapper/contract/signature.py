@@ -21,6 +21,7 @@ from model_wrapper.contract.spec import (
     MAX_FIELDS,
     Contract,
     ContractError,
+    FieldSpec,
     FieldType,
     contract_from_dict,
     printable,
@@ -173,11 +174,33 @@ def _tensor(column: dict[str, Any]) -> TensorInput:
 
 
 def contract_from_signature(
-    signature_inputs: list[dict[str, Any]], input_example: Sequence[Any] | None = None
+    signature_inputs: list[dict[str, Any]], input_example: Sequence[Any] | None = None,
+    signature_outputs: list[dict[str, Any]] | None = None,
 ) -> Contract:
     """Derive a contract from an MLflow signature and (optionally) its input example: records
     ({column: value}) for a column signature, rows of values for tensors. Tensors that cannot be
-    fields give a contract without inputs."""
+    fields give a contract without inputs. One output column or tensor gives the prediction's type."""
+    derived = _from_signature(signature_inputs, input_example)
+    if derived.outputs or (output := output_type(signature_outputs)) is None:
+        return derived
+    return derived.model_copy(update={"outputs": {"prediction": FieldSpec(type=output)}})
+
+
+def output_type(signature_outputs: list[dict[str, Any]] | None) -> FieldType | None:
+    """The type of each prediction when the signature has one output (a column, or a tensor of one value per
+    row), else None: then the API says nothing rather than a type the model may not return."""
+    if not signature_outputs or len(signature_outputs) != 1:
+        return None
+    output = signature_outputs[0]
+    if output.get("type") == "tensor":
+        spec = output.get("tensor-spec") or {}
+        shape = list(spec.get("shape") or [])
+        one_per_row = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+        return _TENSOR_TYPES.get(str(spec.get("dtype"))) if one_per_row else None
+    return _MLFLOW_TYPES.get(str(output.get("type")))
+
+
+def _from_signature(signature_inputs: list[dict[str, Any]], input_example: Sequence[Any] | None) -> Contract:
     if (without := tensors_without_fields(signature_inputs)) is not None:
         return contract_from_dict({"description": f"Derived from the MLflow model signature "
                                                   f"({describe_tensors(without)}). Its inputs cannot be given "

@@ -25,6 +25,8 @@ HOW_TO_ADD = (
     "log a contract.yaml with the model "
     "(mlflow.<flavor>.log_model(..., extra_files=['contract.yaml'])) or log the model with a signature"
 )
+NEEDS_NEW_VERSION = "this needs a new version: log the model again so, register it and select that version"
+"""Ends a fix that only a new model version can carry; the watcher then offers no `retry`, which cannot help."""
 
 # Column names as data frames carry them: printable, no control characters.
 FieldName = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,128}$")]

@@ -19,6 +19,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from model_wrapper.contract.spec import NEEDS_NEW_VERSION
+
 # The library each MLflow flavour loads with: a different version of it decides how the model loads.
 FLAVOUR_LIBRARIES = {
     "sklearn": "scikit-learn", "xgboost": "xgboost", "lightgbm": "lightgbm", "catboost": "catboost",
@@ -99,14 +101,20 @@ def fix(differences: Iterable[Difference]) -> str:
 def hint(error: str) -> str:
     """A well-known cause, named: code that was not logged with the model, or a class pickle cannot find."""
     if (match := re.search(r"No module named '([\w.]+)'", error)) is not None:
-        module = match.group(1)
-        return (f"{error}; if '{module}' is your own code, log it with the model "
-                f"(log_model(..., code_paths=[\"{module.split('.')[0]}\"])); if it is a library, add it to "
-                "the model's pip_requirements and to the runtime")
+        module, top = match.group(1), match.group(1).split(".")[0]
+        # code_paths takes files and folders, not module names: a module is its .py file, a package its folder.
+        paths = (f'code_paths=["{top}.py"] for a module file, code_paths=["{top}"] for a package folder'
+                 if top == module else f'code_paths=["{top}"] (its package folder)')
+        return (f"{error}; if '{top}' is your own code, log it with the model: log_model(..., {paths}; "
+                f"{NEEDS_NEW_VERSION}; if it is a library, add it to the runtime (RUNTIME_IMAGES) and to the "
+                "model's pip_requirements")
+    if (match := re.search(r"Untrusted types found in the file: (\[[^\]]*\])", error)) is not None:
+        return (f"{error}; skops refuses these types unless you trust them (you trained the model): "
+                f"mlflow.sklearn.log_model(..., skops_trusted_types={match.group(1)}), {NEEDS_NEW_VERSION}")
     if re.search(r"Can't get attribute|Can't pickle|has no attribute|UnpicklingError", error):
         return (f"{error}; the model refers to a class that cannot be found where it was defined (a notebook's "
                 "or script's __main__): define the class in a module and log it with code_paths, or log the "
-                "model as code (models-from-code)")
+                f"model as code (models-from-code), {NEEDS_NEW_VERSION}")
     return error
 
 

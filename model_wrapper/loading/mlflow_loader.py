@@ -126,7 +126,8 @@ def find_contract(local: Path, run_id: str | None, mlmodel: Model, signature: li
         raise LoadFailure(f"no {CONTRACT_FILE} and no model signature, so the API cannot be described; {HOW_TO_ADD}")
     try:
         order = [str(column.get("name")) for column in signature]
-        return contract_from_signature(signature, _input_example(mlmodel, local, order)), "model signature"
+        outputs = mlmodel.signature.outputs.to_dict() if mlmodel.signature and mlmodel.signature.outputs else None
+        return contract_from_signature(signature, _input_example(mlmodel, local, order), outputs), "model signature"
     except ContractError as e:
         raise LoadFailure(str(e)) from e
 

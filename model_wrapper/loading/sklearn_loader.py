@@ -178,7 +178,8 @@ def _plan(mlmodel: Any, files: list[str]) -> dict[str, Any] | None:
             isinstance(example, dict) and example.get("type") == "dataframe" and example.get("artifact_path") in files):
         return None
     return {"model_path": model_path, "format": serialization, "trusted": sklearn.get("skops_trusted_types"),
-            "contract": contract, "signature": inputs, "flavors": flavors, "example": example}
+            "contract": contract, "signature": inputs, "flavors": flavors, "example": example,
+            "outputs": _outputs(signature)}
 
 
 def _load(settings: WrapperSettings, local: Path, mlmodel: dict[str, Any],
@@ -190,7 +191,7 @@ def _load(settings: WrapperSettings, local: Path, mlmodel: dict[str, Any],
         if examples is False:
             return None
         try:
-            contract = contract_from_signature(signature, examples)  # type: ignore[arg-type]
+            contract = contract_from_signature(signature, examples, plan["outputs"])  # type: ignore[arg-type]
         except ContractError as e:
             raise LoadFailure(str(e)) from e
     else:
@@ -257,6 +258,15 @@ def _example_records(local: Path, example: dict[str, Any] | None,
             record[name] = cast(value)
         records.append(record)
     return records
+
+
+def _outputs(signature: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The signature's outputs as MLflow writes them in MLmodel (a JSON string), or None."""
+    try:
+        outputs = json.loads(signature.get("outputs") or "null")
+    except ValueError:
+        return None
+    return outputs if isinstance(outputs, list) and all(isinstance(o, dict) for o in outputs) else None
 
 
 def _deserialize(path: Path, serialization: str, trusted: list[str] | None) -> Any:

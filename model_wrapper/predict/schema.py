@@ -7,12 +7,14 @@ unless a field allows them.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic_core import PydanticCustomError
 
 from model_wrapper.contract.spec import Contract, FieldSpec, FieldType
 from model_wrapper.errors import InvalidInput, MalformedRequest, PayloadTooLarge, field_path
@@ -111,8 +113,13 @@ def _params_model(params: list[dict[str, Any]]) -> type[BaseModel]:
 
 def _field(name: str, spec: FieldSpec) -> tuple[Any, Any]:
     kind: Any = Literal[tuple(spec.enum)] if spec.enum else _PYTHON_TYPES[spec.type]
-    constraints: dict[str, Any] = {"alias": name, "description": spec.description,
-                                   "examples": [spec.example] if spec.example is not None else None}
+    description = spec.description
+    if spec.type == FieldType.integer:
+        kind = Annotated[kind, BeforeValidator(_integral)]
+        description = f"{description} ({INTEGRAL})" if description else INTEGRAL.capitalize()
+    example = spec.example if spec.example is not None else _within_bounds(spec)
+    constraints: dict[str, Any] = {"alias": name, "description": description,
+                                   "examples": [example] if example is not None else None}
     if spec.type in (FieldType.number, FieldType.integer) and not spec.enum:
         low, high = spec.minimum, spec.maximum
         if spec.type == FieldType.integer:
@@ -125,6 +132,30 @@ def _field(name: str, spec: FieldSpec) -> tuple[Any, Any]:
     if spec.required:
         return kind, Field(**constraints)
     return kind | None, Field(default=None, **constraints)
+
+
+def _within_bounds(spec: FieldSpec) -> float | int | None:
+    """A Swagger example for a field the contract gives bounds but no example: the middle of its range
+    (Swagger UI would show 0, which may be out of range). None without both bounds, or for a dtype's limits."""
+    low, high = spec.minimum, spec.maximum
+    if spec.enum or low is None or high is None or max(abs(low), abs(high)) > 1e9:
+        return None
+    middle = (low + high) / 2
+    return math.floor(middle) if spec.type == FieldType.integer else middle
+
+
+INTEGRAL = "an integer; a number without a fractional part, such as 70.0, counts as one, 70.5 is refused"
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 70.0, from a float column or `json.dumps(70.0)`, is the integer 70. Anything else
+    goes on to the strict integer check, which refuses 70.5 naming the field."""
+    if type(value) is float and math.isfinite(value):
+        if not value.is_integer():
+            raise PydanticCustomError("int_fraction", "Input should be an integer; {value} has a fractional part",
+                                      {"value": value})
+        return int(value)
+    return value
 
 
 def _single(name: str) -> Callable[[Any], tuple[Any, ...]]:

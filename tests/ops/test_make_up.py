@@ -71,7 +71,8 @@ def alive(pid: int) -> bool:
 def test_make_up_serves_a_model_the_researcher_logs_until_ctrl_c_then_leaves_nothing_running(
     monkeypatch: pytest.MonkeyPatch, model_name: str,
 ) -> None:
-    ports = {"MLFLOW_PORT": free_port(), "S3_PORT": free_port(), "WEBHOOK_PORT": free_port()}
+    ports = {"MLFLOW_PORT": free_port(), "S3_PORT": free_port(), "WEBHOOK_PORT": free_port(),
+             "LOCAL_FRONT_PORT": free_port()}
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "AWS_"))}
     up = subprocess.Popen([sys.executable, "-m", "devstack.up"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, start_new_session=True,
@@ -102,6 +103,10 @@ def test_make_up_serves_a_model_the_researcher_logs_until_ctrl_c_then_leaves_not
             assert json.loads(response.read())["predictions"] == logged.model.predict(pd.DataFrame(examples)).tolist()
         wrappers = [json.loads(path.read_text())["pid"] for path in Path(ui[2], "state").glob("*.json")]
         assert wrappers and all(alive(pid) for pid in wrappers)
+        assert tags["model_endpoint"].startswith(f"http://127.0.0.1:{ports['LOCAL_FRONT_PORT']}/"), \
+            "served on the one port make up printed, as an Ingress host"
+        front = json.loads(Path(ui[2], "state", "front", "process.json").read_text())["pid"]
+        wrappers.append(front)
 
         os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in the terminal: the foreground process group
         assert up.wait(60) == 0, "".join(seen)

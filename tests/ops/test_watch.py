@@ -112,11 +112,11 @@ class FailsOnce(Registry):
 
     failed = False
 
-    def selected(self, selector: Selector, name: str | None = None) -> list[Any]:
+    def find(self, selector: Selector, name: str | None = None) -> Any:
         if not self.failed:
             self.failed = True
             raise RuntimeError("a bug in the first pass")
-        return super().selected(selector, name)
+        return super().find(selector, name)
 
 
 def test_an_unexpected_error_in_one_pass_is_counted_and_the_next_pass_runs(

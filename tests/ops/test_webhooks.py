@@ -140,6 +140,10 @@ def _event(kind: str, **data: Any) -> dict[str, Any]:
     (_event("model_version_tag.set", version="3", key="deploy", value="staging"), TAG, ("iris", 3)),
     (_event("model_version_tag.deleted", version="3", key="deploy"), TAG, ("iris", 3)),
     (_event("model_version_tag.set", version="3", key="notes", value="x"), TAG, None),
+    (_event("model_version_tag.set", version="3", key="Deploy", value="production"), TAG, ("iris", 3)),
+    (_event("model_version_tag.set", version="3", key=" deploy ", value="production"), TAG, ("iris", 3)),
+    (_event("model_version_alias.created", version="4", alias="Champion"), ALIAS, ("iris", 4)),
+    (_event("model_version.created", version="5", tags={"DEPLOY": "production"}), TAG, ("iris", 5)),
     (_event("model_version_tag.set", version="3", key="deploy", value="production"), ALIAS, None),
     (_event("model_version_alias.created", version="4", alias="champion"), ALIAS, ("iris", 4)),
     (_event("model_version_alias.deleted", alias="champion"), ALIAS, ("iris", None)),
@@ -256,6 +260,32 @@ def test_a_tag_set_in_mlflow_is_delivered_to_the_receiver_and_deploys_the_model_
     assert samples[("service_builder_webhook_events_total", (("outcome", "accepted"),))] >= 1
     written = set(tags_of(model_name, version)) - {"deploy"}
     assert written <= OWN_TAGS, f"the watcher wrote tags its receiver would not ignore: {written - OWN_TAGS}"
+
+
+def test_a_near_miss_tag_set_in_mlflow_is_told_on_the_version_through_the_webhook_and_never_deployed(
+    make_settings: Callable[..., Settings], deps_factory: Callable[..., Any], controller: KubernetesPeer,
+    namespace: str, model_name: str, production: dict[str, str], iris_files: LoggedModel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`Deploy=production`: the key differs in case, which a registry search cannot see (MLflow compares tag keys
+    exactly), but the event names it."""
+    version = new_version(model_name, iris_files)
+    settings = make_settings(metrics_port=free_port())
+    base = f"http://127.0.0.1:{settings.webhook_port}"
+    with in_background(serve, settings, deps_factory):
+        wait_http(f"{base}/healthz", 30)
+        wait_until(lambda: passes(settings.metrics_port, "poll", "ok") == 1, 30, "the start-up pass")
+        assert register(settings, base, out=lambda line: None) == 0
+        time.sleep(1.5)  # the server caches webhook lists for MLFLOW_WEBHOOK_CACHE_TTL (1 s here)
+        MlflowClient().set_model_version_tag(model_name, version, "Deploy", production["deploy"])
+        wait_until(lambda: "Not deployed" in tags_of(model_name, version).get("deployment_message", ""), 30,
+                   "the near miss told on the version")
+    message = tags_of(model_name, version)["deployment_message"]
+    assert f"the tag 'Deploy' = '{production['deploy']}' looks meant for the selector tag:deploy=" in message
+    assert f"which needs the tag 'deploy' = '{production['deploy']}' exactly" in message
+    assert "deployment_status" not in tags_of(model_name, version)
+    assert controller.objects("deployments", namespace) == {}
+    assert any("only nearly matches" in r.getMessage() and model_name in r.getMessage() for r in caplog.records)
 
 
 def test_forged_stale_and_replayed_deliveries_change_nothing(

@@ -17,7 +17,7 @@ from tests.ops.support import new_version, passes, status_is, tags_of, wait_unti
 from tests.peers import KubernetesPeer
 from watcher.clients.registry import Registry
 from watcher.config.settings import Settings
-from watcher.decide.types import Selector, VersionInfo
+from watcher.decide.types import Selector
 from watcher.entry.loop import Stop, watching
 from watcher.targets.kubernetes.cluster import api_client
 
@@ -31,7 +31,7 @@ class Gate(Registry):
         self.running = self.most_at_once = 0
         self._lock = threading.Lock()
 
-    def selected(self, selector: Selector, name: str | None = None) -> list[VersionInfo]:
+    def find(self, selector: Selector, name: str | None = None) -> Any:
         with self._lock:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
@@ -40,7 +40,7 @@ class Gate(Registry):
                 self.hold = False
                 self.inside.set()
                 self.release.wait(30)
-            return super().selected(selector, name)
+            return super().find(selector, name)
         finally:
             with self._lock:
                 self.running -= 1

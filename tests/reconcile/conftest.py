@@ -76,6 +76,7 @@ def env(monkeypatch: pytest.MonkeyPatch, mlflow_server: LocalMlflow, kube: Kuber
         "MODEL_WRAPPER_IMAGE": "registry.example.org/model-wrapper:1.0",
         "SELECTOR": f"tag:deploy={production['deploy']}",
         "ROLLOUT_TIMEOUT_SECONDS": "5", "LOCAL_STATE_DIR": str(tmp_path / "state"), "LOG_FORMAT": "text",
+        "LOCAL_FRONT_PORT": "0",
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)

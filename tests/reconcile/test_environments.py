@@ -163,24 +163,44 @@ class Doubler(mlflow.pyfunc.PythonModel):
 '''
 
 
-def test_a_custom_model_whose_class_was_not_logged_with_it_fails_with_the_code_paths_hint(
+@pytest.mark.parametrize(("files", "module", "advice"), [
+    ({"mylib.py": CUSTOM_MODEL}, "mylib", 'code_paths=["mylib.py"]'),
+    ({"researcher_models/__init__.py": "", "researcher_models/doubling.py": CUSTOM_MODEL}, "researcher_models.doubling",
+     'code_paths=["researcher_models"]'),
+])
+def test_a_custom_model_whose_code_was_not_logged_fails_with_a_code_paths_hint_that_works_as_written(
     local: Callable[..., Deps], mlflow_server: LocalMlflow, model_name: str, production: dict[str, str],
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], module: str, advice: str,
 ) -> None:
-    package = tmp_path / "researcher_models"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "doubling.py").write_text(CUSTOM_MODEL)
+    """The researcher's PythonModel lives in their own module (a file, or a package folder) beside the script."""
+    from model_wrapper.contract.spec import NEEDS_NEW_VERSION
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)  # where the researcher runs the script, so the hint's relative path is theirs
     monkeypatch.syspath_prepend(str(tmp_path))  # importable where the researcher logs it, not in the wrapper
-    from researcher_models.doubling import Doubler  # type: ignore[import-not-found]
+    doubler = __import__(module, fromlist=["Doubler"]).Doubler
 
-    with mlflow.start_run():
-        mlflow.pyfunc.log_model(name="model", python_model=Doubler(), registered_model_name=model_name,
-                                input_example=pd.DataFrame({"x": [1.0, 2.0]}), pip_requirements=["mlflow"])
-    MlflowClient().set_model_version_tag(model_name, "1", "deploy", production["deploy"])
+    def log_version(**code: Any) -> str:
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(name="model", python_model=doubler(), registered_model_name=model_name,
+                                           input_example=pd.DataFrame({"x": [1.0, 2.0]}), pip_requirements=["mlflow"],
+                                           **code)
+        version = str(info.registered_model_version)
+        MlflowClient().set_model_version_tag(model_name, version, "deploy", production["deploy"])
+        return version
 
+    log_version()
     assert reconcile_once(local()).failed == 1
 
     message = tags(model_name)["deployment_message"]
-    assert "No module named 'researcher_models'" in message
-    assert "log_model(..., code_paths=[\"researcher_models\"])" in message
+    assert f"No module named '{module.split('.')[0]}'" in message
+    assert "log_model(..., code_paths=" in message and advice in message
+    assert NEEDS_NEW_VERSION in message and "retry" not in message, "v1's files will never hold the code"
+
+    # Do what it says, literally: the list in the hint, as Python, in a new version.
+    second = log_version(code_paths=json.loads(advice.removeprefix("code_paths=")))
+    assert reconcile_once(local()).deployed == 1, tags(model_name, second)
+    endpoint = tags(model_name, second)["model_endpoint"]
+    assert post(f"{endpoint}invocations", {"dataframe_records": [{"x": 4.0}]}) == {"predictions": [{"x": 8.0}]}

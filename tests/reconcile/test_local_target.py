@@ -1,8 +1,9 @@
 """The local target (`DEPLOY_TARGET=local`) has the Kubernetes lifecycle, with real wrapper processes.
 
 Each wrapper start loads a model (seconds), so the cases share one test and three starts: deploy,
-an update that never leaves the endpoint dark, supersede, a later run that finds the process again,
-a restart of a wrapper that died, undeploy.
+an update at the same endpoint that never goes dark (the local front moves its route once the new
+process is ready), supersede, a later run that finds the process again, a restart of a wrapper that
+died, undeploy, after which no process (wrapper or front) is left.
 Every process a test starts is stopped when it ends.
 """
 
@@ -40,7 +41,7 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     """The local target's state directory; every wrapper recorded there is stopped at the end."""
     directory = tmp_path / "state"
     yield directory
-    for path in directory.glob("*.json"):
+    for path in [*directory.glob("*.json"), *directory.glob("front/process.json")]:
         pid = json.loads(path.read_text()).get("pid")
         if isinstance(pid, int) and _running(pid):
             os.killpg(pid, signal.SIGKILL)
@@ -80,19 +81,21 @@ def answers(url: str) -> bool:
 
 
 class EndpointWatch(threading.Thread):
-    """Keeps asking the endpoint the state directory names, as a client of the model would."""
+    """Keeps asking one endpoint (the model_endpoint tag's), as a client of the model would, and notes which
+    version answered."""
 
-    def __init__(self, state_dir: Path, slug: str) -> None:
+    def __init__(self, endpoint: str) -> None:
         super().__init__(daemon=True)
-        self.state_dir, self.slug = state_dir, slug
+        self.endpoint = endpoint
         self.asked, self.dark = 0, 0
+        self.versions: list[str] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            endpoint = state(self.state_dir, self.slug)["endpoint"]
-            # A client that reads the state just before it moves on retries once at the new address.
-            if not answers(f"{endpoint}ready") and not answers(f"{state(self.state_dir, self.slug)['endpoint']}ready"):
+            try:
+                self.versions.append(str(get_json(f"{self.endpoint}metadata")["version"]))
+            except OSError:
                 self.dark += 1
             self.asked += 1
             self.stop.wait(0.05)
@@ -109,11 +112,13 @@ def test_local_lifecycle_deploy_update_without_going_dark_found_again_restarted_
 
     assert (first.deployed, first.failed) == (1, 0), first.failures
     v1 = state(state_dir, slug)
+    front = json.loads((state_dir / "front" / "process.json").read_text())
+    assert v1["endpoint"] == f"http://127.0.0.1:{front['port']}/{slug}/api/" != f"http://127.0.0.1:{v1['port']}/"
     assert client.get_model_version(model_name, "1").tags["model_endpoint"] == v1["endpoint"]
     assert get_json(f"{v1['endpoint']}metadata")["version"] in (1, "1")
 
     register_versions(model_name, iris, tags=production)
-    watch = EndpointWatch(state_dir, slug)
+    watch = EndpointWatch(v1["endpoint"])
     watch.start()
     try:
         update = reconcile_once(local_deps())
@@ -123,10 +128,14 @@ def test_local_lifecycle_deploy_update_without_going_dark_found_again_restarted_
 
     assert (update.updated, update.superseded, update.failed) == (1, 1, 0), update.failures
     assert watch.asked > 10 and watch.dark == 0
+    assert watch.versions[0] == "1" and watch.versions[-1] == "2"
+    assert watch.versions == sorted(watch.versions), "once v2 answered, v1 never did again"
     v2 = state(state_dir, slug)
     assert v2["pid"] != v1["pid"] and not _running(v1["pid"])
+    assert v2["endpoint"] == v1["endpoint"], "one stable endpoint per model, as the Ingress gives"
     assert get_json(f"{v2['endpoint']}metadata")["version"] in (2, "2")
-    assert client.get_model_version(model_name, "1").tags["deployment_status"] == "superseded"
+    v1_tags = client.get_model_version(model_name, "1").tags
+    assert v1_tags["deployment_status"] == "superseded" and "model_endpoint" not in v1_tags
     assert client.get_model_version(model_name, "2").tags["model_endpoint"] == v2["endpoint"]
 
     again = reconcile_once(local_deps())  # a new watcher process: it finds the wrapper from the state directory
@@ -156,6 +165,7 @@ def test_local_lifecycle_deploy_update_without_going_dark_found_again_restarted_
     assert (gone.undeployed, gone.failed) == (1, 0)
     assert not _running(v2_again["pid"]) and not (state_dir / f"{slug}.json").exists()
     assert client.get_model_version(model_name, "2").tags["deployment_status"] == "undeployed"
+    assert not _running(front["pid"]) and not answers(f"{v1['endpoint']}ready"), "the front went with the last model"
 
 
 IMAGE_MODEL = """\
@@ -167,9 +177,10 @@ signature:
 FIELDS_OVER_AN_IMAGE = "inputs:\n  x0: {type: number}\n"
 
 
-def _requests(endpoint: str, slug: str) -> dict[tuple[str, str], float]:
-    """The wrapper's request counts by (endpoint, status), read from its /metrics."""
-    with urllib.request.urlopen(endpoint.replace(f"/{slug}/api/", "/metrics"), timeout=10) as page:
+def _requests(state_dir: Path, slug: str) -> dict[tuple[str, str], float]:
+    """The wrapper's request counts by (endpoint, status), read from its /metrics (on its own port: the front
+    routes only /<slug>/, as the Ingress does)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{state(state_dir, slug)['port']}/metrics", timeout=10) as page:
         return {(sample.labels["endpoint"], sample.labels["status"]): sample.value
                 for family in text_string_to_metric_families(page.read().decode()) for sample in family.samples
                 if sample.name == "model_wrapper_requests_total"}
@@ -202,7 +213,7 @@ def test_models_trained_on_arrays_deploy_on_fields_x0_to_xn_or_through_invocatio
 
     assert (report.deployed, report.failed) == (2, 1), report.failures
     endpoint = MlflowClient().get_model_version(model_name, "1").tags["model_endpoint"]
-    assert _requests(endpoint, model_slug(model_name))[("predict", "200")] == 1.0, \
+    assert _requests(state_dir, model_slug(model_name))[("predict", "200")] == 1.0, \
         "the pass predicted the saved example rows through the endpoint"
     instance = dict(zip(["x0", "x1", "x2", "x3"], features[60].tolist(), strict=True))
     request = urllib.request.Request(f"{endpoint}predict", method="POST", headers={"Content-Type": "application/json"},
@@ -212,7 +223,7 @@ def test_models_trained_on_arrays_deploy_on_fields_x0_to_xn_or_through_invocatio
 
     image_tags = MlflowClient().get_model_version(image_name, image.version).tags
     assert image_tags["deployment_status"] == "deployed", image_tags
-    image_requests = _requests(image_tags["model_endpoint"], model_slug(image_name))
+    image_requests = _requests(state_dir, model_slug(image_name))
     assert image_requests[("invocations", "200")] == 1.0 and ("predict", "200") not in image_requests, \
         "the pass smoke-tested the image model through invocations, with MLflow's saved serving example"
     request = urllib.request.Request(f"{image_tags['model_endpoint']}invocations", method="POST",

@@ -136,8 +136,11 @@ def test_a_load_failure_names_the_suspect_difference_and_its_fix() -> None:
 
 
 @pytest.mark.parametrize(("error", "advice"), [
-    ("the model cannot be loaded: No module named 'models'", 'code_paths=["models"]'),
-    ("the model cannot be loaded: No module named 'models.forest'", 'code_paths=["models"]'),
+    ("the model cannot be loaded: No module named 'models'", 'code_paths=["models.py"] for a module file, '
+                                                             'code_paths=["models"] for a package folder'),
+    ("the model cannot be loaded: No module named 'models.forest'", 'code_paths=["models"] (its package folder)'),
+    ("the model cannot be loaded: Untrusted types found in the file: ['sklearn.tree._tree.Tree'].",
+     "mlflow.sklearn.log_model(..., skops_trusted_types=['sklearn.tree._tree.Tree'])"),
     ("the model cannot be loaded: Can't get attribute 'Scaler' on <module '__main__'>", "models-from-code"),
     ("the model cannot be loaded: disk full", None),
 ])

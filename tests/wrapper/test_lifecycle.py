@@ -4,7 +4,9 @@ with the reason in TERMINATION_LOG."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +20,7 @@ from starlette.testclient import TestClient
 from devstack.models import IRIS_CONTRACT
 from devstack.servers import LocalMlflow
 from model_wrapper.config.settings import load_settings
+from model_wrapper.contract.naming import model_slug
 from model_wrapper.contract.spec import HOW_TO_ADD
 from model_wrapper.errors import LoadFailure
 from model_wrapper.http.app import create_app
@@ -222,3 +225,21 @@ def test_every_form_of_model_source_loads_the_same_model(form: str, iris_model: 
     assert loaded.contract.title == "Iris species" and loaded.backend.fast
     features = [(5.1, 3.5, 1.4, 0.2), (6.7, 3.0, 5.2, 2.3)]
     assert loaded.backend.predict(features)[0].tolist() == iris_model.model.predict(features).tolist()
+
+
+@pytest.mark.parametrize("ending", ["SIGTERM", "SIGINT", "failed load"])
+def test_no_model_wrapper_folder_is_left_in_the_temp_directory_however_the_process_ends(
+        ending: str, iris_model: Any, mlflow_server: LocalMlflow, tmp_path: Path) -> None:
+    """What the local target and `make demo` do to a wrapper (SIGTERM), a person at a terminal (Ctrl-C), and a
+    model that cannot load: each start used to leave a `model-wrapper-*` folder with the model's files in it."""
+    source = iris_model.source if ending != "failed load" else "s3://models/does/not/exist"
+    wrapper = WrapperProcess(model_env(iris_model, mlflow_server, MODEL_SOURCE=source, TMPDIR=str(tmp_path))).start()
+    if ending == "failed load":
+        assert wrapper.exit_code() == 1
+    else:
+        wrapper.wait_until(wrapper.base(model_slug(iris_model.name)) + "ready")
+        assert wrapper.process is not None
+        os.killpg(wrapper.process.pid, getattr(signal, ending))
+        wrapper.process.wait(30)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], wrapper.log()

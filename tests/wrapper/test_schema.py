@@ -43,7 +43,9 @@ def test_rows_come_out_in_the_models_column_order_with_absent_optionals_as_none(
 
 @pytest.mark.parametrize(("instance", "field"), [
     ({"age": 17}, "instances[0].age"),
-    ({"age": 30.0}, "instances[0].age"),
+    ({"age": 30.5}, "instances[0].age"),
+    ({"age": "30"}, "instances[0].age"),
+    ({"age": True}, "instances[0].age"),
     ({"age": INT64_MAX + 1}, "instances[0].age"),
     ({"income (EUR)": -1}, "instances[0].income (EUR)"),
     ({"region": "east"}, "instances[0].region"),
@@ -93,6 +95,7 @@ def test_the_published_schemas_carry_types_bounds_enums_descriptions_and_example
     assert instance["additionalProperties"] is False
     age = instance["properties"]["age"]
     assert (age["type"], age["minimum"], age["maximum"]) == ("integer", 18, 120)
+    assert age["example"] == 69, "no example in the contract: the middle of its range, never Swagger's 0"
     assert instance["properties"]["income (EUR)"]["description"] == "Yearly income"
     assert instance["properties"]["region"]["enum"] == ["north", "south"]
     assert instance["properties"]["member"] == {"type": "boolean", "nullable": True, "default": None,

@@ -20,7 +20,8 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
 from watcher.config.logs import redact
-from watcher.decide.types import Selector, VersionInfo
+from watcher.decide.selection import names_loosely, near_miss
+from watcher.decide.types import NearMiss, Selector, VersionInfo
 from watcher.errors import PassAborted, Permanent, Retryable, ServiceBuilderError, VersionGone
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,33 @@ class Registry:
         self._page_size = page_size
 
     def selected(self, selector: Selector, name: str | None = None) -> list[VersionInfo]:
-        """Every READY version the selector picks (of model `name` only, when given), filtered and paged
-        on the server."""
+        """Every READY version the selector picks (of model `name` only, when given)."""
+        return self.find(selector, name)[0]
+
+    def find(self, selector: Selector, name: str | None = None) -> tuple[list[VersionInfo], list[NearMiss]]:
+        """The READY versions the selector picks, and those it nearly picks (watcher.decide.selection), from one
+        server-side, paged search: a tag's value ILIKE '%VALUE%' (case and spaces; the key's case is the server
+        collation's to decide), or, for one model (a webhook's), that model's versions, key case included."""
         with _translated("search the registry", abort=True):
             if selector.kind == "tag":
-                query = f"tags.`{selector.key}` = '{selector.value}'"
+                query = f"tags.`{selector.key}` ILIKE '%{selector.value.strip()}%'"
                 if name is not None and not set(name) & {"'", "\\", "`"}:
-                    query = f"name = '{name}' AND {query}"  # a webhook pass reads only its model's versions
+                    query = f"name = '{name}'"  # a webhook pass reads only its model's versions
                 found = [_info(v) for v in self._versions(query) if v.status == "READY"]
-                return [v for v in found if name is None or v.name == name]
+                return _classified(selector, [v for v in found if name is None or v.name == name])
             if selector.kind == "alias":
-                return list(self._aliased(selector.key))
+                return self._aliased(selector)
             return [_info(v) for model in self._models() for v in model.latest_versions or []
-                    if (v.current_stage or "").lower() == selector.key.lower() and v.status == "READY"]
+                    if (v.current_stage or "").lower() == selector.key.lower() and v.status == "READY"], []
+
+    def has_model(self, name: str) -> bool:
+        """Whether a registered model of this name exists."""
+        try:
+            with _translated(f"read the model {name}"):
+                self._client.get_registered_model(name)
+                return True
+        except VersionGone:
+            return False
 
     def get(self, name: str, version: int) -> VersionInfo | None:
         """One version, or None when it (or its model) does not exist."""
@@ -184,15 +199,29 @@ class Registry:
             if not token:
                 return
 
-    def _aliased(self, alias: str) -> Iterator[VersionInfo]:
+    def _aliased(self, selector: Selector) -> tuple[list[VersionInfo], list[NearMiss]]:
         # Aliases cannot be filtered on the server; registered models are paged (1000 a call)
         # and only the aliased versions are read, never every version.
+        picked: list[VersionInfo] = []
+        near: list[NearMiss] = []
         for model in self._models():
-            number = (model.aliases or {}).get(alias)
-            if number is not None:
-                version = self._client.get_model_version(model.name, str(number))
-                if version.status == "READY":
-                    yield _info(version)
+            aliases = model.aliases or {}
+            if (number := aliases.get(selector.key)) is not None:
+                picked.extend(self._ready(model.name, number))
+            elif (alias := next((a for a in sorted(aliases) if names_loosely(selector, a)), None)) is not None:
+                near.extend(NearMiss(v, f"the alias {alias!r}") for v in self._ready(model.name, aliases[alias]))
+        return picked, near
+
+    def _ready(self, name: str, number: Any) -> list[VersionInfo]:
+        version = self._client.get_model_version(name, str(number))
+        return [_info(version)] if version.status == "READY" else []
+
+
+def _classified(selector: Selector, found: list[VersionInfo]) -> tuple[list[VersionInfo], list[NearMiss]]:
+    """What a tag search found, split: the versions the selector picks exactly, and its near misses."""
+    picked = [v for v in found if v.tags.get(selector.key) == selector.value]
+    near = [NearMiss(v, miss) for v in found if (miss := near_miss(selector, v.tags)) is not None]
+    return picked, near
 
 
 def _info(version: ModelVersion) -> VersionInfo:

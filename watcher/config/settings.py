@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     """CPU limit where the contract sets none; unset by default, since a CPU limit throttles inference."""
     local_state_dir: Path = Path(".state/local")
     """Where the local target keeps track of the wrapper processes it started."""
+    local_front_port: int = Field(default=8090, ge=0, le=65_535)
+    """The local target's one port, as an Ingress is: `http://127.0.0.1:PORT/<slug>/api/` reaches the model's
+    current wrapper. Its front process starts with the first deployed model and stops with the last; a new port
+    takes effect when it next starts. 0: any free port (tests running side by side)."""
     search_page_size: int = Field(default=1000, ge=1, le=200_000)
     """Versions per MLflow search page."""
     log_format: Literal["text", "json"] = "text"

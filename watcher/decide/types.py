@@ -57,6 +57,15 @@ class Selector:
 
 
 @dataclass(frozen=True)
+class NearMiss:
+    """A version the selector does not pick although it looks meant to (`watcher.decide.selection`)."""
+
+    version: VersionInfo
+    found: str
+    """What looks meant for the selector, e.g. `the tag 'Deploy' = 'production'`."""
+
+
+@dataclass(frozen=True)
 class Live:
     """What a target runs under one slug."""
 

@@ -6,17 +6,20 @@ Each reads like the pass it reuses; output goes to stdout for people, logs go to
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from shlex import quote
 from typing import Any
 
 from model_wrapper.contract.naming import model_slug
 from watcher.decide.plan import Deploy, Undeploy
-from watcher.decide.types import ATTEMPT, KINDS, STATUS, Live, VersionInfo
+from watcher.decide.types import ATTEMPT, KINDS, STATUS, Live, Selector, VersionInfo
 from watcher.errors import Permanent
 from watcher.reconcile.actions import perform
 from watcher.reconcile.deps import Deps, PassReport
 from watcher.reconcile.engine import reconcile_once, render_version
+
+log = logging.getLogger(__name__)
 
 
 def reconcile(deps: Deps, *, dry_run: bool = False, only_model: str | None = None,
@@ -45,7 +48,27 @@ def deploy(deps: Deps, name: str, version: int, out: Callable[[str], None] = pri
         out(f"{info}: failed: {report.failures[0].removeprefix(f'{info}: ')}")
         return 1
     out(f"{info}: deployed at {deps.target.endpoint(slug)}")
+    _warn_unless_selected(deps, info, out)
     return 0
+
+
+def _warn_unless_selected(deps: Deps, info: VersionInfo, out: Callable[[str], None]) -> None:
+    """A version the selector does not pick is undone by the next pass of any running watcher: say so first."""
+    selector = deps.settings.parsed_selector
+    chosen = sorted(v.version for v in deps.registry.selected(selector, name=info.name) if v.name == info.name)
+    if info.version in chosen and info.version == max(chosen):
+        return
+    instead = f"v{max(chosen)}, which the selector picks, is served" if chosen else "the model is undeployed"
+    out(f"warning: {selector} does not select {info}: a running watcher's next pass will undo this deploy "
+        f"({instead}); to keep {info}, select it ({_how_to_select(selector, info)})")
+
+
+def _how_to_select(selector: Selector, info: VersionInfo) -> str:
+    if selector.kind == "tag":
+        return f"set the tag {selector.key}={selector.value} on v{info.version}"
+    if selector.kind == "alias":
+        return f"point the alias {selector.key} at v{info.version}"
+    return f"move v{info.version} to the stage {selector.key}"
 
 
 def undeploy(deps: Deps, name: str, *, untag: bool = False, out: Callable[[str], None] = print) -> int:
@@ -88,6 +111,8 @@ def retry(deps: Deps, name: str, version: int | None = None, out: Callable[[str]
     pass over the model: for failures whose cause was fixed outside the version (a runtime, a limit)."""
     versions = [_version(deps, name, version)] if version is not None else deps.registry.with_status(name, "failed")
     failed = [v for v in versions if v.tags.get(STATUS) == "failed"]
+    if not versions and not deps.registry.has_model(name):
+        raise Permanent(f"{name}: no registered model of this name in the registry")
     if not failed:
         state = versions[0].tags.get(STATUS, "not deployed yet") if versions else "no failed version"
         out(f"{name}{f' v{version}' if version is not None else ''}: nothing to retry ({state})")
@@ -109,6 +134,10 @@ def retry(deps: Deps, name: str, version: int | None = None, out: Callable[[str]
 
 def status(deps: Deps, *, as_json: bool = False, out: Callable[[str], None] = print) -> int:
     """Every version the watcher knows of (selected, or running), with its status and message."""
+    state_dir = deps.settings.local_state_dir
+    if deps.settings.deploy_target == "local" and not state_dir.is_dir():
+        log.warning("no local state at %s (LOCAL_STATE_DIR): no wrapper process is known to be running here; "
+                    "`make up` prints the LOCAL_STATE_DIR of its watcher", state_dir.resolve())
     rows = version_states(deps)
     if as_json:
         out(json.dumps(rows, indent=2))

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 
 from watcher.clients.registry import Registry
 from watcher.config.settings import Settings
+from watcher.decide.selection import names_loosely
 from watcher.decide.types import ATTEMPT, STATUS, Selector
 from watcher.entry.loop import BuildDeps, Stop, watching
 from watcher.entry.metrics import Metrics
@@ -93,7 +94,8 @@ class Deliveries:
 
 
 def wanted_model(event: Mapping[str, Any], selector: Selector) -> tuple[str, int | None] | None:
-    """(model, version) when the event can change which version of a model is selected, else None."""
+    """(model, version) when the event can change which version of a model is selected, or may be a near miss of
+    the selector (its key or alias but for case and spaces: the pass then tells the version), else None."""
     data = event.get("data")
     if not isinstance(data, Mapping) or not isinstance(data.get("name"), str) or not data["name"]:
         return None
@@ -102,12 +104,15 @@ def wanted_model(event: Mapping[str, Any], selector: Selector) -> tuple[str, int
     kind = f"{event.get('entity')}.{event.get('action')}"
     if kind in ("model_version_tag.set", "model_version_tag.deleted"):
         key = data.get("key")
-        relevant = key not in OWN_TAGS and selector.kind == "tag" and key == selector.key
+        relevant = key not in OWN_TAGS and selector.kind == "tag" and isinstance(key, str) and \
+            names_loosely(selector, key)
     elif kind in ("model_version_alias.created", "model_version_alias.deleted"):
-        relevant = selector.kind == "alias" and data.get("alias") == selector.key
+        alias = data.get("alias")
+        relevant = selector.kind == "alias" and isinstance(alias, str) and names_loosely(selector, alias)
     elif kind == "model_version.created":
         tags = data.get("tags")
-        relevant = selector.kind == "tag" and isinstance(tags, Mapping) and selector.key in tags
+        relevant = selector.kind == "tag" and isinstance(tags, Mapping) and \
+            any(names_loosely(selector, str(key)) for key in tags)
     else:
         relevant = False
     return (name, version) if relevant else None

@@ -64,6 +64,8 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
             report.superseded += 1
         elif isinstance(action, Undeploy):
             deps.target.remove(action.live.slug, snapshot)
+            log.info("undeployed %s v%s (%s): %s", action.live.model or "objects", action.live.version,
+                     action.live.slug, _why_undeployed(deps, action))
             if action.retag:
                 deps.recorder.undeployed(action.live)
             report.undeployed += 1
@@ -86,6 +88,13 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
             # A clash is re-checked by the plan every pass at no cost: no pause, and no count to rewrite.
             deps.recorder.failed(action.version, e, attempt_key(deps, action.version),
                           back_off=not isinstance(action, Clash))
+
+
+def _why_undeployed(deps: Deps, action: Undeploy) -> str:
+    if not action.retag:
+        return "the model is served under another name now"
+    return (f"{deps.settings.parsed_selector} selects no version of it any more (a deploy by hand of a version the "
+            "selector does not pick is undone this way)")
 
 
 def _unexpected(subject: str, error: Exception) -> Retryable:

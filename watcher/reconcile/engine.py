@@ -17,7 +17,7 @@ import yaml
 from model_wrapper.contract.naming import model_slug
 from watcher.clients.artifacts import fetch_contract
 from watcher.decide.plan import Action, Deploy, Plan, RecordDeployed, RollBack, Supersede, Undeploy, plan
-from watcher.decide.types import Live, VersionInfo
+from watcher.decide.types import Live, NearMiss, VersionInfo
 from watcher.errors import Busy, ServiceBuilderError
 from watcher.reconcile.actions import attempt_key, perform, release_of
 from watcher.reconcile.deps import Deps, PassReport
@@ -32,15 +32,19 @@ def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None 
     started = time.monotonic()
     report = PassReport()
     eager = frozenset(eager) | ({only_model} if only_model else set())
-    the_plan, snapshot = _decide(deps, only_model, eager)
+    the_plan, snapshot, near = _decide(deps, only_model, eager)
     report.found, report.unchanged = the_plan.found, len(the_plan.unchanged)
     if dry_run:
         _print_plan(deps, the_plan, out)
-    elif the_plan.actions:
+        for miss in near:
+            out(f"- near miss, not deployed: {miss.version}: {miss.found}")
+    else:
+        _tell(deps, near)
+    if not dry_run and the_plan.actions:
         try:
             with deps.target.exclusive():
                 # Re-read under the lease: another watcher may have acted since we looked.
-                the_plan, snapshot = _decide(deps, only_model, eager)
+                the_plan, snapshot, _ = _decide(deps, only_model, eager)
                 report.unchanged = len(the_plan.unchanged)
                 for action in the_plan.actions:
                     if deps.stop_requested():
@@ -55,8 +59,16 @@ def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None 
     return report
 
 
-def _decide(deps: Deps, only_model: str | None, eager: frozenset[str]) -> tuple[Plan, Any]:
-    selected = deps.registry.selected(deps.settings.parsed_selector, name=only_model)
+def _tell(deps: Deps, near: list[NearMiss]) -> None:
+    """A version whose tag or alias only nearly matches the selector is told so, once, and never deployed."""
+    for miss in near:
+        if deps.recorder.near_miss(miss.version, miss.found, deps.settings.parsed_selector):
+            log.warning("%s: not deployed: %s only nearly matches %s (case and surrounding spaces count)",
+                        miss.version, miss.found, deps.settings.parsed_selector)
+
+
+def _decide(deps: Deps, only_model: str | None, eager: frozenset[str]) -> tuple[Plan, Any, list[NearMiss]]:
+    selected, near = deps.registry.find(deps.settings.parsed_selector, name=only_model)
     snapshot = deps.target.observe()
     live = snapshot.live()
     if only_model is not None:
@@ -65,7 +77,7 @@ def _decide(deps: Deps, only_model: str | None, eager: frozenset[str]) -> tuple[
     return plan(selected, live, slug_of=model_slug, spec_hash_of=lambda v, item: _spec_hash(deps, v, item),
                 attempt_of=lambda v: attempt_key(deps, v),
                 kinds_of=lambda v, item: deps.renderer.kinds(release_of(v, item.slug, item.serving)),
-                now=deps.clock(), eager=eager), snapshot
+                now=deps.clock(), eager=eager), snapshot, near
 
 
 def _spec_hash(deps: Deps, version: VersionInfo, live: Live) -> str:

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from shlex import quote
 
+from model_wrapper.contract.spec import NEEDS_NEW_VERSION
 from watcher.config.logs import redact
 from watcher.decide.retry import Retrying, utc_text
-from watcher.decide.types import ATTEMPT, STATUS, Live, VersionInfo
+from watcher.decide.selection import what_it_expects
+from watcher.decide.types import ATTEMPT, STATUS, Live, Selector, VersionInfo
 from watcher.errors import Blocked, PassAborted, Permanent, RolloutFailed, ServiceBuilderError
 from watcher.reconcile.ports import TagStore
 
@@ -67,9 +69,21 @@ class Recorder:
         tags[STATUS] = "deployed"  # last: whoever reacts to the status finds the endpoint already there
         self._write(version, tags)
 
+    def near_miss(self, version: VersionInfo, found: str, selector: Selector) -> bool:
+        """Tell a version the selector only nearly picks what it expects; True when that was news."""
+        message = (f"Not deployed: {found} looks meant for the selector {selector}, which needs "
+                   f"{what_it_expects(selector)} (case and surrounding spaces count); fix it to deploy this version.")
+        if version.tags.get("deployment_message") == message:
+            return False
+        self._write(version, {"deployment_message": message[:MAX_MESSAGE]})
+        return True
+
     def superseded(self, version: VersionInfo, winner: int) -> None:
+        """The endpoint now serves the winner, so the loser's `model_endpoint` goes: it would name the wrong model."""
         self._write(version, {STATUS: "superseded", "deployed": "false",
                               "deployment_message": f"Replaced by version {winner} of this model."})
+        if "model_endpoint" in version.tags:
+            self.registry.delete_tag(version, "model_endpoint")
 
     def undeployed(self, live: Live,
                    why: str = "Undeployed: no version of this model is selected any more.") -> None:
@@ -94,7 +108,8 @@ class Recorder:
         # A rollout fails for reasons outside the model files (its runtime, resources, the image): once
         # that is fixed, nothing about the version changed, so the researcher is told how to ask again.
         command = f"python -m watcher retry {quote(version.name)} {version.version}"
-        retry = f"; once fixed: {command}" if isinstance(error, RolloutFailed) else ""
+        retry = f"; once fixed: {command}" if isinstance(error, RolloutFailed) and \
+            NEEDS_NEW_VERSION not in str(error) else ""  # a fix only a new version carries: retrying cannot help
         attempt_tag = attempt if remember else ""
         if not remember and back_off:
             previous = Retrying.parse(version.tags.get(ATTEMPT, "")) or Retrying(attempt, 0)

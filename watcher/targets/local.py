@@ -3,6 +3,8 @@
 Same lifecycle as Kubernetes (new, update, supersede, undeploy): the process is started from
 the rendered Deployment's environment, a new version replaces the old one only once it is
 ready, and the processes are tracked in a state directory so a later run finds them again.
+One front (`watcher.local_ingress`, on LOCAL_FRONT_PORT) plays the Ingress: the endpoint of a model
+stays the same across versions, and its route moves to a new process only once that one is ready.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from watcher.config.settings import Settings
 from watcher.decide.types import KINDS, Live
 from watcher.errors import Busy, Retryable, RolloutFailed
 from watcher.render.manifests import EVALUATES_LABEL, INPUTS_DIGEST, RUNTIME, Rendered
+from watcher.targets.local_front import Backend
+from watcher.targets.local_ingress import Front, importable
 
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -36,25 +40,35 @@ class LocalSnapshot:
     """The wrapper processes recorded in the state directory, by slug."""
 
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routed: frozenset[str] = frozenset()
+    """The slugs the running front sends to their recorded process."""
 
     def live(self) -> list[Live]:
         return [Live(slug=slug, model=state["model"], version=int(state["version"]), spec_hash=state["spec_hash"],
                      inputs_digest=state.get("inputs_digest", ""),
-                     serving=Serving.model_validate(state.get("serving") or {}),
-                     kinds=frozenset(state.get("kinds", KINDS)) if _alive(state.get("pid")) else frozenset(),
+                     serving=Serving.model_validate(state.get("serving") or {}), kinds=self._kinds(slug, state),
                      needs=tuple(state.get("needs") or ()))
                 for slug, state in sorted(self.states.items())]
+
+    def _kinds(self, slug: str, state: dict[str, Any]) -> frozenset[str]:
+        """What runs: nothing without the process; no Ingress where the front does not route to it (repaired)."""
+        if not _alive(state.get("pid")):
+            return frozenset()
+        kinds = frozenset(state.get("kinds", KINDS))
+        return kinds if slug in self.routed else kinds - {"Ingress"}
 
 
 class LocalTarget:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._dir = settings.local_state_dir.resolve()
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir = settings.local_state_dir.resolve()  # created by the first write: reading creates nothing
         self._pending: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        self._front = Front(self._dir, settings.local_front_port)
 
     def observe(self) -> LocalSnapshot:
-        snapshot = LocalSnapshot()
+        routes = self._front.routes()
+        snapshot = LocalSnapshot(routed=frozenset(slug for slug, backends in routes.items()
+                                                  if any(b.weight and _alive(b.pid) for b in backends)))
         for path in sorted(self._dir.glob("*.json")):
             try:
                 snapshot.states[path.stem] = json.loads(path.read_text())
@@ -64,16 +78,20 @@ class LocalTarget:
 
     def apply(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
         slug = rendered.deployment["metadata"]["name"]
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._front.ensure()
         port = _free_port()
         env = {**os.environ, **_container_env(rendered), "PORT": str(port), "HOST": "127.0.0.1",
-               "LOG_FORMAT": "text", "TERMINATION_LOG": str(self._dir / f"{slug}.termination")}
+               "LOG_FORMAT": "text", "TERMINATION_LOG": str(self._dir / f"{slug}.termination"), **importable()}
         env.update(self._secrets())
         (self._dir / f"{slug}.termination").unlink(missing_ok=True)
         log = open(self._dir / f"{slug}.log", "ab")  # noqa: SIM115 - handed to the child process
-        process = subprocess.Popen([_interpreter(rendered), "-m", "model_wrapper"], env=env, stdout=log,
+        # Its own working directory, as a pod has: nothing from where the watcher was started leaks into the model.
+        process = subprocess.Popen([_interpreter(rendered), "-m", "model_wrapper"], env=env, cwd=self._dir, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self._pending[slug] = (process, port)
+        self._front.add(slug, Backend(url=f"http://127.0.0.1:{port}", pid=process.pid, weight=0))
 
     def wait_ready(self, rendered: Rendered, timeout: float) -> None:
         slug = rendered.deployment["metadata"]["name"]
@@ -96,14 +114,15 @@ class LocalTarget:
         slug = job["metadata"]["labels"][EVALUATES_LABEL]
         container = job["spec"]["template"]["spec"]["containers"][0]
         result = self._dir / f"{slug}.evaluation"
+        self._dir.mkdir(parents=True, exist_ok=True)
         result.unlink(missing_ok=True)
         env = {**os.environ, **{item["name"]: item["value"] for item in container.get("env", []) if "value" in item},
-               "LOG_FORMAT": "text", "TERMINATION_LOG": str(result), **self._secrets()}
+               "LOG_FORMAT": "text", "TERMINATION_LOG": str(result), **self._secrets(), **importable()}
         # The interpreter RUNTIME_IMAGES chose for the model (the Job's image on this target), as for its wrapper.
         python = str(container["image"]) if job["metadata"]["annotations"].get(RUNTIME) else sys.executable
         command = [python, *container["command"][1:], *container.get("args", [])]
         with open(self._dir / f"{slug}.evaluation.log", "wb") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(command, env=env, cwd=self._dir, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 code = process.wait(timeout)
@@ -125,9 +144,9 @@ class LocalTarget:
                  "inputs_digest": rendered.deployment["metadata"]["annotations"][INPUTS_DIGEST],
                  "kinds": sorted(m["kind"] for m in rendered.manifests),  # what the plan expects to find
                  "serving": release.serving.model_dump(exclude_none=True), "needs": list(release.needs),
-                 "pid": process.pid, "port": port,
-                 "endpoint": f"http://127.0.0.1:{port}/{slug}/api/"}
+                 "pid": process.pid, "port": port, "endpoint": self._front.url(slug)}
         _write_atomically(self._dir / f"{slug}.json", json.dumps(state))
+        self._front.route(slug, [Backend(url=f"http://127.0.0.1:{port}", pid=process.pid)])
         old = snapshot.states.get(slug)
         if old and old.get("pid") != process.pid:
             _terminate(old.get("pid"))
@@ -135,16 +154,27 @@ class LocalTarget:
     def roll_back(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
         slug = rendered.deployment["metadata"]["name"]
         if slug in self._pending:
-            _terminate(self._pending.pop(slug)[0].pid)
+            process = self._pending.pop(slug)[0]
+            self._front.forget(slug, process.pid)  # stops the front too, had it been started for this model alone
+            _terminate(process.pid)
 
     def remove(self, slug: str, snapshot: LocalSnapshot) -> None:
+        self._front.drop(slug)  # first: no request reaches a process being stopped
         state = snapshot.states.get(slug)
         if state:
             _terminate(state.get("pid"))
         (self._dir / f"{slug}.json").unlink(missing_ok=True)
 
+    def shutdown(self) -> None:
+        """Stop every wrapper and the front (`make up` on Ctrl-C)."""
+        snapshot = self.observe()
+        for slug in list(snapshot.states):
+            self.remove(slug, snapshot)
+        self._front.stop()
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
+        self._dir.mkdir(parents=True, exist_ok=True)
         with open(self._dir / ".lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -153,13 +183,17 @@ class LocalTarget:
             yield
 
     def endpoint(self, slug: str) -> str:
-        if slug in self._pending:
-            return f"http://127.0.0.1:{self._pending[slug][1]}/{slug}/api/"
-        state = self.observe().states.get(slug) or {}
-        return str(state.get("endpoint", ""))
+        """The stable address, through the front (as the Ingress host is on Kubernetes)."""
+        return self._front.url(slug)
 
     def smoke_base(self, slug: str) -> str | None:
-        return None if self._settings.smoke_test == "off" else self.endpoint(slug)
+        """A new process is tried directly, before the front sends it any traffic."""
+        if self._settings.smoke_test == "off":
+            return None
+        return self._direct(slug) if slug in self._pending else self.endpoint(slug)
+
+    def _direct(self, slug: str) -> str:
+        return f"http://127.0.0.1:{self._pending[slug][1]}/{slug}/api/"
 
     def _secrets(self) -> dict[str, str]:
         return {key: value.get_secret_value() for key in _SECRET_ENV
