@@ -3,11 +3,12 @@
 Called by `model_wrapper.server` before `model_wrapper.loading.mlflow_loader.load_model`. MLflow's import is
 most of a scikit-learn model's cold start; this path needs none of it for the models it can serve
 exactly as MLflow would: a `models:/m-…` (logged model) or `s3://` source whose artifacts are on
-S3, the sklearn flavour loaded the way `mlflow.sklearn._load_model_from_local_file` loads it
-(pickle, cloudpickle, or skops with the MLmodel's `skops_trusted_types`), the model's own
-contract, a numeric column signature and no params, so that `SklearnArrayBackend` serves it. For
-anything else `load_fast` returns None and MLflow loads the model as before. `invocations`
-(MLflow's scoring protocol) still needs MLflow: `DeferredScorer` imports it after `ready`.
+S3, or a `file:///` model directory; the sklearn flavour loaded the way
+`mlflow.sklearn._load_model_from_local_file` loads it (pickle, cloudpickle, or skops with the
+MLmodel's `skops_trusted_types`), the model's own contract, a numeric column signature and no
+params, so that `SklearnArrayBackend` serves it. For anything else `load_fast` returns None and
+MLflow loads the model as before. `invocations` (MLflow's scoring protocol) still needs MLflow:
+`DeferredScorer` imports it after `ready`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def load_fast(settings: WrapperSettings, workdir: Path) -> tuple[LoadedModel, Ca
     in the background); or None when only MLflow can load it exactly."""
     if not mlflow_settings_handled(os.environ) or not _pickles_allowed():
         return None
+    if settings.model_source.startswith("file:///"):
+        return _load_local(settings, Path(urllib.parse.unquote(urllib.parse.urlparse(settings.model_source).path)))
     location = artifact_location(settings.model_source, settings.mlflow_tracking_uri)
     if location is None:
         return None
@@ -77,6 +80,18 @@ def load_fast(settings: WrapperSettings, workdir: Path) -> tuple[LoadedModel, Ca
             and _run_contract_absent(str(run_id), settings.mlflow_tracking_uri, s3) is not True:
         return None  # MLflow reads the run's contract.yaml (or says why it cannot look)
     _fetch(s3, location, files, [name for name in files if name != "MLmodel"], local)
+    return _load(settings, local, mlmodel, plan)
+
+
+def _load_local(settings: WrapperSettings, local: Path) -> tuple[LoadedModel, Callable[[], None]] | None:
+    """A `file:///` model directory, read in place. Without a contract of its own, MLflow looks for the run's."""
+    if not (local / "MLmodel").is_file():
+        return None  # MLflow explains a directory that is no model
+    files = [str(path.relative_to(local)) for path in local.rglob("*") if path.is_file()]
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    plan = _plan(mlmodel, files)
+    if plan is None or plan["contract"] is None:
+        return None
     return _load(settings, local, mlmodel, plan)
 
 
