@@ -34,6 +34,7 @@ from model_wrapper.contract.signature import contract_from_signature, signature_
 from model_wrapper.contract.spec import CONTRACT_FILE, ContractError, parse_contract
 from model_wrapper.errors import LoadFailure
 from model_wrapper.loading.environment import check_environment
+from model_wrapper.loading.skops_trust import prepare as prepare_skops_trust
 from model_wrapper.predict.array_inputs import array_dtype, array_safe, column_order, quiet_feature_name_warning
 from model_wrapper.predict.backends import SklearnArrayBackend
 from model_wrapper.predict.predictor import LoadedModel
@@ -277,6 +278,7 @@ def _example_records(local: Path, example: dict[str, Any] | None,
 def _deserialize(path: Path, serialization: str, trusted: list[str] | None) -> Any:
     """As mlflow.sklearn._load_model_from_local_file does."""
     if serialization == "skops":
+        prepare_skops_trust()  # skops' default trusted types without importing all of scikit-learn
         import skops.io
 
         return skops.io.load(path, trusted=trusted)

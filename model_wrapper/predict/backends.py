@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
-import pandas as pd
 
 from model_wrapper.predict.one_call import joint_predict
 from model_wrapper.predict.predictor import Layout, Rows
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Scorer = Callable[[bytes, str], tuple[int, bytes, str]]
 
@@ -92,6 +94,8 @@ class PyfuncBackend:
 
 def frame_builder(columns: list[str]) -> Callable[[list[tuple[Any, ...]]], pd.DataFrame]:
     """Rows as a DataFrame with the model's columns."""
+    import pandas as pd  # here, not at the top: the array backend's cold start does without pandas
+
     return functools.partial(pd.DataFrame.from_records, columns=columns)
 
 
@@ -109,6 +113,7 @@ def has_probabilities(estimator: Any) -> bool:
 
 
 def _plain(predictions: Any) -> Any:
+    import pandas as pd  # already imported by MLflow, which loaded this model
     if isinstance(predictions, pd.Series):
         return predictions.to_numpy()
     if isinstance(predictions, pd.DataFrame):
