@@ -23,6 +23,7 @@ import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 FORMATS = ("pickle", "cloudpickle", "skops")
+FETCHES = 8
+CHUNK_BYTES = 1 << 20
 # The MLflow settings under which this path fetches and loads exactly what MLflow would: those it handles
 # itself, and those that change nothing about reading one model's files (telemetry, the server's own
 # settings, request retries and timeouts). Any other MLFLOW_* variable that is set (TLS, auth plugins,
@@ -322,16 +325,32 @@ def _listing(s3: Any, location: str) -> list[str]:
 
 
 def _fetch(s3: Any, location: str, files: list[str], names: list[str], local: Path) -> None:
+    """The named files, a few at a time: each is one GET, mostly waiting on S3."""
     bucket, prefix = _split(location)
+    targets = []
     for name in names:
         target = local / name
         if not target.resolve().is_relative_to(local.resolve()):
             raise LoadFailure(f"the model's files at {location} name a path outside the model: {name}")
+        targets.append((f"{prefix}/{name}", target))
+    with ThreadPoolExecutor(max_workers=FETCHES, thread_name_prefix="model-fetch") as pool:
+        for failure in pool.map(lambda item: _get(s3, bucket, *item), targets):
+            if failure is not None:
+                raise LoadFailure(f"could not download the model from {location}: {_first_line(failure)}") from failure
+
+
+def _get(s3: Any, bucket: str, key: str, target: Path) -> Exception | None:
+    """One object to a file by a plain GET, streamed; `download_file`'s transfer manager (a HEAD,
+    then its own threads) costs more than the transfer for a model's few small files."""
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            s3.download_file(bucket, f"{prefix}/{name}", str(target))
-        except Exception as e:
-            raise LoadFailure(f"could not download the model from {location}: {_first_line(e)}") from e
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        with target.open("wb") as file:
+            for chunk in body.iter_chunks(CHUNK_BYTES):
+                file.write(chunk)
+    except Exception as e:
+        return e
+    return None
 
 
 def _split(location: str) -> tuple[str, str]:

@@ -102,6 +102,7 @@ class Predictor:
         """Take a loaded model; it serves once `warm_up` has predicted the contract's examples."""
         backend, contract = model.backend, model.contract
         title = contract.title or self.name
+        self.batch = None
         if not model.without_fields:
             self.schema = build_schema(contract, backend.columns, max_batch=self.max_batch, title=title,
                                        classes=len(backend.classes) if backend.classes else None, params=model.params)
