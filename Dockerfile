@@ -41,7 +41,11 @@ RUN if [ -n "${EXTRA_REQUIREMENTS}" ]; then pip install ${EXTRA_REQUIREMENTS} &&
 
 WORKDIR /app
 COPY model_wrapper/ /app/model_wrapper/
+# skops' default trusted types, computed once here rather than at every start (model_wrapper/loading/skops_trust.py;
+# an image that changes scikit-learn, skops, SciPy or NumPy later computes them at start, as before).
+ENV SKOPS_TRUST_CACHE=/app/skops-trusted-types.json
 RUN python -m compileall -q /app/model_wrapper \
+ && python -m model_wrapper.loading.skops_trust \
  && groupadd --gid 10001 wrapper \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin wrapper
 

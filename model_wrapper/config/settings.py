@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model_wrapper.contract.naming import model_slug
 from model_wrapper.contract.secret_files import aws_credential_values, read_secret_file
 
-SOURCE_SCHEMES = ("models:/", "runs:/", "s3://")
+SOURCE_SCHEMES = ("models:/", "runs:/", "s3://", "file:///")
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -38,7 +38,8 @@ class WrapperSettings(BaseSettings):
     model_version: str = Field(min_length=1, max_length=50)
     """Registered-model version being served."""
     model_source: str = Field(min_length=1, max_length=2000)
-    """Where the model's artifacts are: `models:/…`, `runs:/…` or `s3://…`."""
+    """Where the model's artifacts are: `models:/…`, `runs:/…`, `s3://…`, or `file:///…` (an MLflow model
+    directory already on this machine, e.g. baked into the image or on a volume: read in place)."""
     model_run_id: str | None = Field(default=None, max_length=100)
     """The run that logged the model; where a run-level contract.yaml is looked for."""
     model_slug: str = ""

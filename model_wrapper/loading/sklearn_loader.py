@@ -3,11 +3,12 @@
 Called by `model_wrapper.server` before `model_wrapper.loading.mlflow_loader.load_model`. MLflow's import is
 most of a scikit-learn model's cold start; this path needs none of it for the models it can serve
 exactly as MLflow would: a `models:/m-…` (logged model) or `s3://` source whose artifacts are on
-S3, the sklearn flavour loaded the way `mlflow.sklearn._load_model_from_local_file` loads it
-(pickle, cloudpickle, or skops with the MLmodel's `skops_trusted_types`), the model's own
-contract, a numeric column signature and no params, so that `SklearnArrayBackend` serves it. For
-anything else `load_fast` returns None and MLflow loads the model as before. `invocations`
-(MLflow's scoring protocol) still needs MLflow: `DeferredScorer` imports it after `ready`.
+S3, or a `file:///` model directory; the sklearn flavour loaded the way
+`mlflow.sklearn._load_model_from_local_file` loads it (pickle, cloudpickle, or skops with the
+MLmodel's `skops_trusted_types`), the model's own contract, a numeric column signature and no
+params, so that `SklearnArrayBackend` serves it. For anything else `load_fast` returns None and
+MLflow loads the model as before. `invocations` (MLflow's scoring protocol) still needs MLflow:
+`DeferredScorer` imports it after `ready`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,15 @@ from model_wrapper.contract.signature import contract_from_signature, signature_
 from model_wrapper.contract.spec import CONTRACT_FILE, ContractError, parse_contract
 from model_wrapper.errors import LoadFailure
 from model_wrapper.loading.environment import check_environment
+from model_wrapper.loading.skops_trust import prepare as prepare_skops_trust
 from model_wrapper.predict.array_inputs import array_dtype, array_safe, column_order, quiet_feature_name_warning
 from model_wrapper.predict.backends import SklearnArrayBackend
 from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 FORMATS = ("pickle", "cloudpickle", "skops")
+FETCHES = 8
+CHUNK_BYTES = 1 << 20
 # The MLflow settings under which this path fetches and loads exactly what MLflow would: those it handles
 # itself, and those that change nothing about reading one model's files (telemetry, the server's own
 # settings, request retries and timeouts). Any other MLFLOW_* variable that is set (TLS, auth plugins,
@@ -60,6 +65,8 @@ def load_fast(settings: WrapperSettings, workdir: Path) -> tuple[LoadedModel, Ca
     in the background); or None when only MLflow can load it exactly."""
     if not mlflow_settings_handled(os.environ) or not _pickles_allowed():
         return None
+    if settings.model_source.startswith("file:///"):
+        return _load_local(settings, Path(urllib.parse.unquote(urllib.parse.urlparse(settings.model_source).path)))
     location = artifact_location(settings.model_source, settings.mlflow_tracking_uri)
     if location is None:
         return None
@@ -77,6 +84,18 @@ def load_fast(settings: WrapperSettings, workdir: Path) -> tuple[LoadedModel, Ca
             and _run_contract_absent(str(run_id), settings.mlflow_tracking_uri, s3) is not True:
         return None  # MLflow reads the run's contract.yaml (or says why it cannot look)
     _fetch(s3, location, files, [name for name in files if name != "MLmodel"], local)
+    return _load(settings, local, mlmodel, plan)
+
+
+def _load_local(settings: WrapperSettings, local: Path) -> tuple[LoadedModel, Callable[[], None]] | None:
+    """A `file:///` model directory, read in place. Without a contract of its own, MLflow looks for the run's."""
+    if not (local / "MLmodel").is_file():
+        return None  # MLflow explains a directory that is no model
+    files = [str(path.relative_to(local)) for path in local.rglob("*") if path.is_file()]
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    plan = _plan(mlmodel, files)
+    if plan is None or plan["contract"] is None:
+        return None
     return _load(settings, local, mlmodel, plan)
 
 
@@ -272,6 +291,7 @@ def _outputs(signature: dict[str, Any]) -> list[dict[str, Any]] | None:
 def _deserialize(path: Path, serialization: str, trusted: list[str] | None) -> Any:
     """As mlflow.sklearn._load_model_from_local_file does."""
     if serialization == "skops":
+        prepare_skops_trust()  # skops' default trusted types without importing all of scikit-learn
         import skops.io
 
         return skops.io.load(path, trusted=trusted)
@@ -315,16 +335,32 @@ def _listing(s3: Any, location: str) -> list[str]:
 
 
 def _fetch(s3: Any, location: str, files: list[str], names: list[str], local: Path) -> None:
+    """The named files, a few at a time: each is one GET, mostly waiting on S3."""
     bucket, prefix = _split(location)
+    targets = []
     for name in names:
         target = local / name
         if not target.resolve().is_relative_to(local.resolve()):
             raise LoadFailure(f"the model's files at {location} name a path outside the model: {name}")
+        targets.append((f"{prefix}/{name}", target))
+    with ThreadPoolExecutor(max_workers=FETCHES, thread_name_prefix="model-fetch") as pool:
+        for failure in pool.map(lambda item: _get(s3, bucket, *item), targets):
+            if failure is not None:
+                raise LoadFailure(f"could not download the model from {location}: {_first_line(failure)}") from failure
+
+
+def _get(s3: Any, bucket: str, key: str, target: Path) -> Exception | None:
+    """One object to a file by a plain GET, streamed; `download_file`'s transfer manager (a HEAD,
+    then its own threads) costs more than the transfer for a model's few small files."""
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            s3.download_file(bucket, f"{prefix}/{name}", str(target))
-        except Exception as e:
-            raise LoadFailure(f"could not download the model from {location}: {_first_line(e)}") from e
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        with target.open("wb") as file:
+            for chunk in body.iter_chunks(CHUNK_BYTES):
+                file.write(chunk)
+    except Exception as e:
+        return e
+    return None
 
 
 def _split(location: str) -> tuple[str, str]:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
-import pandas as pd
 
 from model_wrapper.predict.one_call import joint_predict
+from model_wrapper.predict.predictor import Layout, Rows
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Scorer = Callable[[bytes, str], tuple[int, bytes, str]]
 
@@ -38,15 +41,18 @@ class SklearnArrayBackend:
         self._joint = joint_predict(estimator) if self._proba is not None else None
         self.classes: list[Any] | None = list(estimator.classes_) if self._proba is not None else None
         self._dtype = dtype
+        self.layout: Layout | None = (np.dtype(dtype), order)
+        """The array this backend builds: `predict` takes it ready-made too (predict/numeric_batch.py)."""
         # Column-major is how a DataFrame's values are laid out, row-major how MLflow parses a
         # tensor: BLAS sums in memory order, so only the same layout gives the same last bits.
         self._order = order
         self._score = score
         self.description = f"scikit-learn {type(estimator).__name__} (native predict on arrays)"
 
-    def predict(self, rows: list[tuple[Any, ...]], params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
-        # No params: a model with a params schema is served by PyfuncBackend.
-        features = np.array(rows, dtype=self._dtype, order=self._order)
+    def predict(self, rows: Rows, params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
+        # No params: a model with a params schema is served by PyfuncBackend. Rows that already are
+        # the array (`layout`) are taken as they are.
+        features = np.asarray(rows, dtype=self._dtype, order=self._order)
         if self._joint is not None:
             return self._joint(features)
         predictions = self._predict(features)
@@ -61,6 +67,7 @@ class PyfuncBackend:
     signature order (`frame_builder`), or a tensor (`model_wrapper.loading.mlflow_loader.tensor_builder`)."""
 
     fast = False
+    layout: Layout | None = None
 
     def __init__(self, pyfunc: Any, columns: list[str], estimator: Any | None, score: Scorer, *,
                  to_input: Callable[[list[tuple[Any, ...]]], Any]) -> None:
@@ -75,8 +82,9 @@ class PyfuncBackend:
         flavors = [name for name in pyfunc.metadata.flavors if name != "python_function"]
         self.description = f"MLflow pyfunc ({', '.join(flavors) or 'python_function'})"
 
-    def predict(self, rows: list[tuple[Any, ...]], params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
-        model_input = self._to_input(rows)
+    def predict(self, rows: Rows, params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
+        # No `layout`, so the predictor hands this backend tuples only.
+        model_input = self._to_input(cast(list[tuple[Any, ...]], rows))
         predictions = _plain(self._pyfunc.predict(model_input, params=params))
         return predictions, (self._proba(model_input) if self._proba is not None else None)
 
@@ -86,6 +94,8 @@ class PyfuncBackend:
 
 def frame_builder(columns: list[str]) -> Callable[[list[tuple[Any, ...]]], pd.DataFrame]:
     """Rows as a DataFrame with the model's columns."""
+    import pandas as pd  # here, not at the top: the array backend's cold start does without pandas
+
     return functools.partial(pd.DataFrame.from_records, columns=columns)
 
 
@@ -103,6 +113,7 @@ def has_probabilities(estimator: Any) -> bool:
 
 
 def _plain(predictions: Any) -> Any:
+    import pandas as pd  # already imported by MLflow, which loaded this model
     if isinstance(predictions, pd.Series):
         return predictions.to_numpy()
     if isinstance(predictions, pd.DataFrame):

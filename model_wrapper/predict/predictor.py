@@ -10,10 +10,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from model_wrapper.contract.signature import HOW_TO_INVOKE, TensorInput, describe_tensors
 from model_wrapper.contract.spec import Contract
@@ -26,12 +27,16 @@ from model_wrapper.errors import (
     PredictionFailed,
     WrapperError,
 )
+from model_wrapper.predict.numeric_batch import NumericBatch, numeric_batch
 from model_wrapper.predict.schema import RequestSchema, build_schema
 
 log = logging.getLogger(__name__)
 # A model whose single-instance prediction takes less than this runs on the event loop: handing
 # it to a thread would cost more than the prediction. Slower models go to a worker thread.
 INLINE_BUDGET_SECONDS = 0.002
+Rows = list[tuple[Any, ...]] | NDArray[Any]
+"""Validated instances: tuples in the model's column order, or the array a backend's `layout` names."""
+Layout = tuple[np.dtype[Any], Literal["C", "F"]]
 
 
 class ModelBackend(Protocol):
@@ -44,8 +49,10 @@ class ModelBackend(Protocol):
     fast: bool
     """True when predict runs natively on arrays (no per-request DataFrame)."""
     description: str
+    layout: Layout | None
+    """The dtype and memory order of the array `predict` builds, when it takes a ready one too; else None."""
 
-    def predict(self, rows: list[tuple[Any, ...]], params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
+    def predict(self, rows: Rows, params: dict[str, Any] | None = None) -> tuple[Any, Any | None]:
         """Predictions and (for classifiers) probabilities for rows in `columns` order, with the
         request's `params` (already checked against the model's params schema)."""
         ...
@@ -87,15 +94,21 @@ class Predictor:
     schema: RequestSchema | None = None
     example_answer: dict[str, Any] | None = None
     """The answer to the contract's examples, shown as the response example in the docs."""
+    batch: NumericBatch | None = None
+    """The cheaper validator for numeric instances, tried before `schema` (which decides when it cannot)."""
     _label_of: dict[Any, str] = field(default_factory=dict)
 
     def install(self, model: LoadedModel) -> None:
         """Take a loaded model; it serves once `warm_up` has predicted the contract's examples."""
         backend, contract = model.backend, model.contract
         title = contract.title or self.name
+        self.batch = None
         if not model.without_fields:
             self.schema = build_schema(contract, backend.columns, max_batch=self.max_batch, title=title,
                                        classes=len(backend.classes) if backend.classes else None, params=model.params)
+            if (layout := backend.layout) is not None and not model.params:
+                self.batch = numeric_batch(contract, backend.columns, max_batch=self.max_batch, dtype=layout[0],
+                                           order=layout[1])
         self._label_of = _label_map(contract.labels, backend.classes) if contract.labels else {}
         self.model = model
         self.reason = "predicting the contract's examples"
@@ -144,7 +157,8 @@ class Predictor:
                 raise NotFound(f"this model has no predict: it takes {takes}, which cannot be given as fields; "
                                f"{HOW_TO_INVOKE}")
             raise NotReady(self.reason)
-        rows, params = schema.parse(body)
+        features = self.batch.array(body) if self.batch is not None else None
+        rows, params = (features, None) if features is not None else schema.parse(body)
         try:
             predictions, probabilities = self.model.backend.predict(rows, params)
         except WrapperError:
@@ -156,7 +170,7 @@ class Predictor:
             answer["probabilities"] = probabilities
         if self._label_of:
             label_of = self._label_of
-            answer["labels"] = [label_of.get(p) for p in _as_list(predictions)]
+            answer["labels"] = list(map(label_of.get, _as_list(predictions)))
         try:
             return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY, default=_jsonable)
         except TypeError as e:

@@ -49,7 +49,7 @@ def test_the_image_is_slim_pinned_non_root_and_listens_on_8080() -> None:
 def test_the_images_environment_names_are_wrapper_settings() -> None:
     names = {match for env in _instruction("ENV") for match in re.findall(r"(\w+)=", env)}
     runtime = names - {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PYTHONPATH", "HOME", "PIP_NO_CACHE_DIR",
-                       "PIP_DISABLE_PIP_VERSION_CHECK"}
+                       "PIP_DISABLE_PIP_VERSION_CHECK", "SKOPS_TRUST_CACHE"}  # the last: loading/skops_trust.py
 
     assert {"PORT", "WORKERS"} <= runtime
     assert {name.lower() for name in runtime} <= set(WrapperSettings.model_fields)

@@ -147,7 +147,7 @@ def test_a_hostile_title_cannot_inject_markup_into_the_swagger_page() -> None:
 
 @pytest.mark.parametrize(("env", "words"), [
     ({"MODEL_VERSION": "1", "MODEL_SOURCE": "models:/m/1"}, "MODEL_NAME is required"),
-    ({"MODEL_NAME": "m", "MODEL_VERSION": "1", "MODEL_SOURCE": "file:///tmp/m"}, "MODEL_SOURCE must start with"),
+    ({"MODEL_NAME": "m", "MODEL_VERSION": "1", "MODEL_SOURCE": "http://example.org/m"}, "MODEL_SOURCE must start with"),
     ({"MODEL_NAME": "m", "MODEL_VERSION": "1", "MODEL_SOURCE": "models:/m/1", "WORKERS": "0"}, "WORKERS"),
     ({"MODEL_NAME": "m", "MODEL_VERSION": "1", "MODEL_SOURCE": "models:/m/1", "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
     ({"MODEL_NAME": "m", "MODEL_VERSION": "1", "MODEL_SOURCE": "models:/m/1", "MAX_BATCH": "-1"}, "MAX_BATCH"),

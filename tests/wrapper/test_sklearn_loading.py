@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -180,3 +181,25 @@ def test_a_new_mlflow_pin_means_checking_the_direct_loader_again() -> None:
 
     assert importlib.metadata.version("mlflow") == "3.17.2"
     assert set(SUPPORTED_SERIALIZATION_FORMATS) == set(FORMATS)
+
+
+def test_a_local_model_directory_is_read_in_place_and_answers_as_the_same_model_from_s3(
+        mlflow_server: LocalMlflow, tmp_path: Path) -> None:
+    model = LogisticRegression(max_iter=500).fit(_iris(), iris_frame()[1])
+    logged = log_model(unique("local-files"), model, _iris(), contract=IRIS_CONTRACT)
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.source, dst_path=str(tmp_path / "files")))
+    from_s3 = load_fast(load_settings(model_env(logged, mlflow_server)), tmp_path / "s3")
+    local = load_settings({**model_env(logged, mlflow_server), "MODEL_SOURCE": folder.as_uri()})
+
+    from_files = load_fast(local, tmp_path / "unused")
+    through_mlflow = load_model(local, tmp_path / "mlflow")
+
+    assert from_files is not None and from_s3 is not None
+    assert from_files[0].files == folder and not (tmp_path / "unused").exists()
+    assert from_files[0].contract == from_s3[0].contract == through_mlflow.contract
+    rows = _random_rows(_iris(), 50, seed=3)
+    for other in (from_s3[0], through_mlflow):
+        labels, probabilities = from_files[0].backend.predict(rows)
+        expected_labels, expected_probabilities = other.backend.predict(rows)
+        assert labels.tobytes() == expected_labels.tobytes()
+        assert probabilities.tobytes() == expected_probabilities.tobytes()
