@@ -3,7 +3,8 @@
 `create_app(settings, predictor)` is called by `model_wrapper.server` (and by tests). Each endpoint
 reads the request, calls the predictor, and returns bytes; errors are `WrapperError`s rendered by
 one handler in one JSON shape (MLflow's shape on MLflow's scoring routes). MLflow's scoring-server
-routes are also served at the pod root, so `ScoringServerClient(host, port)` works against a pod.
+routes are also served at the pod root, so `ScoringServerClient(host, port)` works against a pod, and
+`/ping` and `/version` under the prefix too, so it works through the Ingress at `<host>:<port>/<slug>/api`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ ERROR_TEXTS = {400: "Malformed JSON", 401: "Missing or wrong API key (when keys 
                500: "The model failed (not the request)", 503: "The model is not ready yet"}
 # MLflow's scoring-server routes (mlflow/pyfunc/scoring_server/__init__.py `init`), at the pod root.
 ROOT_ROUTES = ("/invocations", "/ping", "/health", "/version")
+# The same probes under the prefix (`health` there is the wrapper's own liveness, kept as it was).
+PREFIX_PROBES = ("ping", "version")
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in ERROR_TEXTS.items()}
 
@@ -47,15 +50,17 @@ def create_app(settings: WrapperSettings, predictor: Predictor) -> Any:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, title=settings.model_name,
                   version=settings.model_version)
     _routes(app, prefix, predictor, secured=bool(settings.key_list()))
-    _root_routes(app, predictor)
+    _scoring_probes(app, predictor, "/", ("ping", "health", "version"))
+    _scoring_probes(app, predictor, prefix, PREFIX_PROBES)
+    app.add_api_route("/invocations", Invocations(predictor), methods=["POST"], include_in_schema=False)
     app.mount(f"{prefix}assets", StaticFiles(directory=str(ASSETS)), name="assets")
     metrics = Metrics(settings.model_name, settings.model_version)
     app.add_api_route("/metrics", lambda: Response(metrics.render(), media_type="text/plain; version=0.0.4"),
                       methods=["GET"], include_in_schema=False)
-    mlflow_paths = {*ROOT_ROUTES, f"{prefix}invocations"}
+    mlflow_paths = {*ROOT_ROUTES, *(f"{prefix}{name}" for name in ("invocations", *PREFIX_PROBES))}
     _handlers(app, mlflow_paths=mlflow_paths)
     endpoints = {f"{prefix}{name}": name for name in
-                 ("predict", "invocations", "health", "ready", "metadata", "openapi.json")}
+                 ("predict", "invocations", "health", "ready", "metadata", "openapi.json", *PREFIX_PROBES)}
     endpoints |= {prefix: "docs", "/metrics": "metrics"}
     endpoints |= {path: f"root{path.replace('/', '_')}" for path in ROOT_ROUTES}
     app.add_middleware(Guards, keys=settings.key_list(),
@@ -112,10 +117,9 @@ def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool) -
                                          assets=f"{prefix}assets"))
 
 
-def _root_routes(app: FastAPI, predictor: Predictor) -> None:
-    """`/invocations`, `/ping`, `/health` and `/version` as `mlflow models serve` answers them."""
+def _scoring_probes(app: FastAPI, predictor: Predictor, base: str, names: tuple[str, ...]) -> None:
+    """`ping` (and `health`, its alias) and `version` under `base`, as `mlflow models serve` answers them."""
     mlflow_version = importlib.metadata.version("mlflow")
-    app.add_api_route("/invocations", Invocations(predictor), methods=["POST"], include_in_schema=False)
 
     async def ping() -> Response:
         # MLflow's server listens only once its model is loaded; this one answers 503 until ready.
@@ -123,10 +127,10 @@ def _root_routes(app: FastAPI, predictor: Predictor) -> None:
             raise NotReady(predictor.reason)
         return Response(b"\n", media_type=JSON)
 
-    app.add_api_route("/ping", ping, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/health", ping, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/version", lambda: Response(mlflow_version, media_type=JSON), methods=["GET"],
-                      include_in_schema=False)
+    handlers = {"ping": ping, "health": ping,
+                "version": lambda: Response(mlflow_version, media_type=JSON)}
+    for name in names:
+        app.add_api_route(f"{base}{name}", handlers[name], methods=["GET"], include_in_schema=False)
 
 
 class Invocations:
