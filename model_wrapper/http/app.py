@@ -23,11 +23,12 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_status, mlflow_body
+from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_status, mlflow_body, v2_body
 from model_wrapper.http.guards import Guards
 from model_wrapper.http.metrics import Metrics, MetricsMiddleware
 from model_wrapper.http.openapi import build_openapi
 from model_wrapper.http.swagger import ASSETS, swagger_page
+from model_wrapper.http.v2_routes import add_v2_routes, v2_bases
 from model_wrapper.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -53,19 +54,21 @@ def create_app(settings: WrapperSettings, predictor: Predictor) -> Any:
     _scoring_probes(app, predictor, "/", ("ping", "health", "version"))
     _scoring_probes(app, predictor, prefix, PREFIX_PROBES)
     app.add_api_route("/invocations", Invocations(predictor), methods=["POST"], include_in_schema=False)
+    add_v2_routes(app, predictor, prefix=prefix, slug=prefix.strip("/").removesuffix("/api"))
     app.mount(f"{prefix}assets", StaticFiles(directory=str(ASSETS)), name="assets")
     metrics = Metrics(settings.model_name, settings.model_version)
     app.add_api_route("/metrics", lambda: Response(metrics.render(), media_type="text/plain; version=0.0.4"),
                       methods=["GET"], include_in_schema=False)
     mlflow_paths = {*ROOT_ROUTES, *(f"{prefix}{name}" for name in ("invocations", *PREFIX_PROBES))}
-    _handlers(app, mlflow_paths=mlflow_paths)
+    v2_paths = v2_bases(prefix)
+    _handlers(app, mlflow_paths=mlflow_paths, v2_paths=v2_paths)
     endpoints = {f"{prefix}{name}": name for name in
                  ("predict", "invocations", "health", "ready", "metadata", "openapi.json", *PREFIX_PROBES)}
     endpoints |= {prefix: "docs", "/metrics": "metrics"}
     endpoints |= {path: f"root{path.replace('/', '_')}" for path in ROOT_ROUTES}
     app.add_middleware(Guards, keys=settings.key_list(),
                        protected={f"{prefix}{name}" for name in PROTECTED} | {"/invocations"},
-                       max_body_bytes=settings.max_body_bytes, mlflow_paths=mlflow_paths)
+                       max_body_bytes=settings.max_body_bytes, mlflow_paths=mlflow_paths, v2_paths=v2_paths)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints, prefix=prefix)
     return app
 
@@ -169,11 +172,13 @@ class PredictEndpoint:
         await send({"type": "http.response.body", "body": answer})
 
 
-def _handlers(app: FastAPI, *, mlflow_paths: set[str]) -> None:
+def _handlers(app: FastAPI, *, mlflow_paths: set[str], v2_paths: tuple[str, ...]) -> None:
     async def render(request: Request, error: Exception) -> Response:
         if not isinstance(error, WrapperError):
             error = _translate(error)
-        body = mlflow_body(error) if request.url.path in mlflow_paths else error.body()
+        path = request.url.path
+        body = mlflow_body(error) if path in mlflow_paths else v2_body(error) if path.startswith(v2_paths) \
+            else error.body()
         return Response(body, status_code=error.status_code, media_type=JSON, headers=error.headers)
 
     for kind in (WrapperError, HTTPException, RequestValidationError, Exception):

@@ -177,8 +177,10 @@ def _plan(mlmodel: Any, files: list[str]) -> dict[str, Any] | None:
     if contract is None and example is not None and not (
             isinstance(example, dict) and example.get("type") == "dataframe" and example.get("artifact_path") in files):
         return None
+    outputs = json.loads(signature["outputs"]) if isinstance(signature.get("outputs"), str) else []
     return {"model_path": model_path, "format": serialization, "trusted": sklearn.get("skops_trusted_types"),
-            "contract": contract, "signature": inputs, "flavors": flavors, "example": example}
+            "contract": contract, "signature": inputs, "flavors": flavors, "example": example,
+            "outputs": outputs if isinstance(outputs, list) else []}
 
 
 def _load(settings: WrapperSettings, local: Path, mlmodel: dict[str, Any],
@@ -223,7 +225,7 @@ def _load(settings: WrapperSettings, local: Path, mlmodel: dict[str, Any],
              settings.model_version, backend.description, origin)
     model = LoadedModel(contract=contract, contract_origin=origin, backend=backend,
                         run_id=settings.model_run_id or mlmodel.get("run_id"), environment=tuple(environment.warnings),
-                        files=local)
+                        files=local, signature=tuple(signature), outputs=tuple(plan["outputs"]))
     return model, score.prepare
 
 
