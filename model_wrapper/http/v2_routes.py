@@ -1,8 +1,9 @@
 """The Open Inference Protocol (V2 REST) routes, at the pod root and under the model's prefix.
 
-Added by `create_app` (`model_wrapper.http.app`). Thin: each reads the path and body and calls the predictor (`infer_v2`) or
-answers from what it already knows; errors raise to the app's one handler, which renders them as
-`{"error": ...}` on these paths. The model is named by its slug; the registered name is accepted too.
+Added by `create_app` (`model_wrapper.http.app`). Thin: each reads the path and body and calls the
+predictor (`infer_v2`) or answers from what it already knows; errors raise to the app's one
+handler, which renders them as `{"error": ...}` on these paths. The model is named by its slug; the
+registered name is accepted too.
 """
 
 from __future__ import annotations
