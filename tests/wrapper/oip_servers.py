@@ -79,7 +79,7 @@ class Peers:
 
 def start_peers(mlflow_server: LocalMlflow, workdir: Path) -> Peers:
     """Log the models, start a wrapper for each and one MLServer for all, wait until all are ready."""
-    from model_wrapper.naming import model_slug
+    from model_wrapper.contract.naming import model_slug
 
     python = peer_python("mlserver")
     logged = {kind: log(unique(f"oip-{kind}")) for kind, log in MODELS.items()}

@@ -7,7 +7,7 @@ the model metadata (inputs, outputs, content type).
 Where MLServer fails on bad input (a 500, a dropped connection, FastAPI's 422 for a body that is
 not JSON) the wrapper answers 400 `{"error": ...}` naming the input and the fault: those cases
 assert both answers. The clients users have (tritonclient, KServe's) are in
-tests/wrapper/test_open_inference_clients.py.
+tests/wrapper/test_open_inference_clients.py. The servers are the `peers` fixture (tests/wrapper/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 from devstack.models import IRIS_FEATURES, iris_frame
-from devstack.servers import LocalMlflow
-from tests.wrapper.oip_servers import Peers, start_peers
+from tests.wrapper.oip_servers import Peers
 
 PD = {"content_type": "pd"}
 IRIS = iris_frame()[0].iloc[[0, 60, 120]]
@@ -98,14 +97,7 @@ BAD: dict[tuple[str, str], tuple[dict[str, Any] | bytes, str]] = {
 }
 
 
-@pytest.fixture(scope="session")
-def peers(mlflow_server: LocalMlflow, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
-    started = start_peers(mlflow_server, tmp_path_factory.mktemp("oip"))
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=60) as session:
         yield session
