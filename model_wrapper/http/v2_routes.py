@@ -40,8 +40,8 @@ def add_v2_routes(app: FastAPI, predictor: Predictor, *, prefix: str, slug: str)
             app.add_api_route(model, routes.model_metadata, methods=["GET"], include_in_schema=False)
             app.add_api_route(f"{model}/ready", routes.model_ready, methods=["GET"], include_in_schema=False)
             # The hot path is a plain ASGI endpoint, as predict's is: FastAPI's request machinery costs more
-            # than decoding and predicting a small batch.
-            app.router.routes.append(Route(f"{model}/infer", InferEndpoint(routes), methods=["POST"]))
+            # than decoding and predicting a small batch. First in the router: no other route shares its prefix.
+            app.router.routes.insert(0, Route(f"{model}/infer", InferEndpoint(routes), methods=["POST"]))
 
 
 class V2Routes:
