@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-devstack.t
 # demo and up install only what they run (the runtime and moto); a full install covers them too.
 RUN_STAMP := $(VENV)/.installed-run-$(shell cat requirements.txt requirements-devstack.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo up test lint scan format bench browser examples clean
+.PHONY: demo up test lint scan format bench browser examples peers clean
 
 demo: $(RUN_STAMP)  ## run the whole product locally: MLflow + S3 + watcher + wrapper, then clean up
 	$(PY) -m devstack.demo
@@ -14,8 +14,11 @@ demo: $(RUN_STAMP)  ## run the whole product locally: MLflow + S3 + watcher + wr
 up: $(RUN_STAMP)  ## keep MLflow (UI) + S3 + the watcher (local target, webhooks) running until Ctrl-C
 	$(PY) -m devstack.up
 
-test: $(STAMP) browser  ## run the test suite against real MLflow, moto S3, kmock, uvicorn and Chromium
+test: $(STAMP) browser peers  ## run the test suite against real MLflow, moto S3, kmock, uvicorn and Chromium
 	$(PY) -m pytest -n 3 --dist loadfile
+
+peers: $(STAMP)  ## the V2 peers' virtualenvs (MLServer + mlserver-mlflow + tritonclient; KServe), once, cached
+	$(PY) -m tests.wrapper.oip_peers
 
 lint: $(STAMP)  ## ruff + mypy + the layers (import-linter contracts in pyproject.toml)
 	$(VENV)/bin/ruff check .
@@ -35,6 +38,7 @@ bench: $(STAMP)  ## benchmarks; results go to BENCHMARKS.md by hand
 	$(PY) -m bench.wrapper
 	$(PY) -m bench.reconcile
 	$(PY) -m bench.latency
+	$(PY) -m bench.v2
 
 $(STAMP): requirements.txt requirements-devstack.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

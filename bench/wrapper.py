@@ -284,6 +284,7 @@ def _wrk(url: str, script: Path, seconds: int) -> Load:
                             capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     try:
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+        # wrk pads some latencies with a trailing space ("1.18s ").
         return Load(rps=float(_find(r"^Requests/sec:\s+([\d.]+)\s*$", output)),
                     p50_ms=_ms(_find(r"^\s+50%\s+(\S+)\s*$", output)),
                     p99_ms=_ms(_find(r"^\s+99%\s+(\S+)\s*$", output)),

@@ -145,3 +145,8 @@ class LoadFailure(Exception):
     """The model cannot be served; the message is the one-line reason shown to the researcher (the pod's
     termination message, which the watcher copies into `deployment_message`). Not an HTTP error: while it
     stands, the endpoints answer NotReady."""
+
+
+def v2_body(error: WrapperError) -> bytes:
+    """`error` in the Open Inference Protocol's shape: `{"error": "..."}`."""
+    return json.dumps({"error": error.message}).encode()

@@ -3,7 +3,8 @@
 `create_app(settings, predictor)` is called by `model_wrapper.server` (and by tests). Each endpoint
 reads the request, calls the predictor, and returns bytes; errors are `WrapperError`s rendered by
 one handler in one JSON shape (MLflow's shape on MLflow's scoring routes). MLflow's scoring-server
-routes are also served at the pod root, so `ScoringServerClient(host, port)` works against a pod.
+routes are also served at the pod root, so `ScoringServerClient(host, port)` works against a pod, and
+`/ping` and `/version` under the prefix too, so it works through the Ingress at `<host>:<port>/<slug>/api`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_status, mlflow_body
+from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_status, mlflow_body, v2_body
 from model_wrapper.http.guards import Guards
 from model_wrapper.http.metrics import Metrics, MetricsMiddleware
 from model_wrapper.http.openapi import build_openapi
 from model_wrapper.http.swagger import ASSETS, swagger_page
+from model_wrapper.http.v2_routes import add_v2_routes, v2_bases
 from model_wrapper.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ ERROR_TEXTS = {400: "Malformed JSON", 401: "Missing or wrong API key (when keys 
                500: "The model failed (not the request)", 503: "The model is not ready yet"}
 # MLflow's scoring-server routes (mlflow/pyfunc/scoring_server/__init__.py `init`), at the pod root.
 ROOT_ROUTES = ("/invocations", "/ping", "/health", "/version")
+# The same probes under the prefix (`health` there is the wrapper's own liveness, kept as it was).
+PREFIX_PROBES = ("ping", "version")
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in ERROR_TEXTS.items()}
 
@@ -47,20 +51,24 @@ def create_app(settings: WrapperSettings, predictor: Predictor) -> Any:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, title=settings.model_name,
                   version=settings.model_version)
     _routes(app, prefix, predictor, secured=bool(settings.key_list()))
-    _root_routes(app, predictor)
+    _scoring_probes(app, predictor, "/", ("ping", "health", "version"))
+    _scoring_probes(app, predictor, prefix, PREFIX_PROBES)
+    app.add_api_route("/invocations", Invocations(predictor), methods=["POST"], include_in_schema=False)
+    add_v2_routes(app, predictor, prefix=prefix, slug=prefix.strip("/").removesuffix("/api"))
     app.mount(f"{prefix}assets", StaticFiles(directory=str(ASSETS)), name="assets")
     metrics = Metrics(settings.model_name, settings.model_version)
     app.add_api_route("/metrics", lambda: Response(metrics.render(), media_type="text/plain; version=0.0.4"),
                       methods=["GET"], include_in_schema=False)
-    mlflow_paths = {*ROOT_ROUTES, f"{prefix}invocations"}
-    _handlers(app, mlflow_paths=mlflow_paths)
+    mlflow_paths = {*ROOT_ROUTES, *(f"{prefix}{name}" for name in ("invocations", *PREFIX_PROBES))}
+    v2_paths = v2_bases(prefix)
+    _handlers(app, mlflow_paths=mlflow_paths, v2_paths=v2_paths)
     endpoints = {f"{prefix}{name}": name for name in
-                 ("predict", "invocations", "health", "ready", "metadata", "openapi.json")}
+                 ("predict", "invocations", "health", "ready", "metadata", "openapi.json", *PREFIX_PROBES)}
     endpoints |= {prefix: "docs", "/metrics": "metrics"}
     endpoints |= {path: f"root{path.replace('/', '_')}" for path in ROOT_ROUTES}
     app.add_middleware(Guards, keys=settings.key_list(),
                        protected={f"{prefix}{name}" for name in PROTECTED} | {"/invocations"},
-                       max_body_bytes=settings.max_body_bytes, mlflow_paths=mlflow_paths)
+                       max_body_bytes=settings.max_body_bytes, mlflow_paths=mlflow_paths, v2_paths=v2_paths)
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints, prefix=prefix)
     return app
 
@@ -112,10 +120,9 @@ def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool) -
                                          assets=f"{prefix}assets"))
 
 
-def _root_routes(app: FastAPI, predictor: Predictor) -> None:
-    """`/invocations`, `/ping`, `/health` and `/version` as `mlflow models serve` answers them."""
+def _scoring_probes(app: FastAPI, predictor: Predictor, base: str, names: tuple[str, ...]) -> None:
+    """`ping` (and `health`, its alias) and `version` under `base`, as `mlflow models serve` answers them."""
     mlflow_version = importlib.metadata.version("mlflow")
-    app.add_api_route("/invocations", Invocations(predictor), methods=["POST"], include_in_schema=False)
 
     async def ping() -> Response:
         # MLflow's server listens only once its model is loaded; this one answers 503 until ready.
@@ -123,10 +130,10 @@ def _root_routes(app: FastAPI, predictor: Predictor) -> None:
             raise NotReady(predictor.reason)
         return Response(b"\n", media_type=JSON)
 
-    app.add_api_route("/ping", ping, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/health", ping, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/version", lambda: Response(mlflow_version, media_type=JSON), methods=["GET"],
-                      include_in_schema=False)
+    handlers = {"ping": ping, "health": ping,
+                "version": lambda: Response(mlflow_version, media_type=JSON)}
+    for name in names:
+        app.add_api_route(f"{base}{name}", handlers[name], methods=["GET"], include_in_schema=False)
 
 
 class Invocations:
@@ -165,11 +172,13 @@ class PredictEndpoint:
         await send({"type": "http.response.body", "body": answer})
 
 
-def _handlers(app: FastAPI, *, mlflow_paths: set[str]) -> None:
+def _handlers(app: FastAPI, *, mlflow_paths: set[str], v2_paths: tuple[str, ...]) -> None:
     async def render(request: Request, error: Exception) -> Response:
         if not isinstance(error, WrapperError):
             error = _translate(error)
-        body = mlflow_body(error) if request.url.path in mlflow_paths else error.body()
+        path = request.url.path
+        body = mlflow_body(error) if path in mlflow_paths else v2_body(error) if path.startswith(v2_paths) \
+            else error.body()
         return Response(body, status_code=error.status_code, media_type=JSON, headers=error.headers)
 
     for kind in (WrapperError, HTTPException, RequestValidationError, Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from model_wrapper.errors import PayloadTooLarge, Unauthorized, WrapperError, mlflow_body
+from model_wrapper.errors import PayloadTooLarge, Unauthorized, WrapperError, mlflow_body, v2_body
 
 Scope = dict[str, Any]
 
@@ -18,24 +18,27 @@ class Guards:
     """Refuse requests without a valid key (on protected paths) or with too large a body."""
 
     def __init__(self, app: Any, *, keys: list[bytes], protected: set[str], max_body_bytes: int,
-                 mlflow_paths: frozenset[str] | set[str] = frozenset()) -> None:
+                 mlflow_paths: frozenset[str] | set[str] = frozenset(), v2_paths: tuple[str, ...] = ()) -> None:
         self.app, self.keys, self.protected, self.max_body = app, keys, protected, max_body_bytes
-        self.mlflow_paths = mlflow_paths
+        self.mlflow_paths, self.v2_paths = mlflow_paths, v2_paths
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.keys and scope["path"] in self.protected and not self._authorised(scope["headers"]):
+        path = scope["path"]
+        shape = "mlflow" if path in self.mlflow_paths else "v2" if self.v2_paths and path.startswith(self.v2_paths) \
+            else "wrapper"
+        protected = path in self.protected or (path.startswith(self.v2_paths) and path.endswith("/infer"))
+        if self.keys and protected and not self._authorised(scope["headers"]):
             await send_error(send, Unauthorized("an API key is required: send it as 'X-API-Key: <key>' "
                                                 "or 'Authorization: Bearer <key>'",
                                                 headers={"www-authenticate": 'Bearer realm="model"'}),
-                             mlflow=scope["path"] in self.mlflow_paths)
+                             shape=shape)
             return
         length = _content_length(scope["headers"])
         if length is not None and length > self.max_body:
-            await send_error(send, PayloadTooLarge(f"the body is {length} bytes; {self._limit()}"),
-                             mlflow=scope["path"] in self.mlflow_paths)
+            await send_error(send, PayloadTooLarge(f"the body is {length} bytes; {self._limit()}"), shape=shape)
             return
         await self.app(scope, self._limited(receive) if length is None else receive, send)
 
@@ -70,8 +73,8 @@ class Guards:
                 "MAX_BODY_BYTES; send smaller batches or raise it")
 
 
-async def send_error(send: Any, error: WrapperError, *, mlflow: bool = False) -> None:
-    body = mlflow_body(error) if mlflow else error.body()
+async def send_error(send: Any, error: WrapperError, *, shape: str = "wrapper") -> None:
+    body = mlflow_body(error) if shape == "mlflow" else v2_body(error) if shape == "v2" else error.body()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})

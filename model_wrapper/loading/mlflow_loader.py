@@ -90,7 +90,8 @@ def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
              backend.description, origin)
     return LoadedModel(contract=contract, contract_origin=origin, backend=backend, run_id=run_id, params=params,
                        environment=tuple(environment.warnings), files=local,
-                       without_fields=tuple(without_fields or ()),
+                       without_fields=tuple(without_fields or ()), signature=tuple(signature or ()),
+                       outputs=signature_outputs(mlmodel),
                        serving_example=serving_example(mlmodel, local) if without_fields else None)
 
 
@@ -138,6 +139,13 @@ def signature_inputs(mlmodel: Model) -> list[dict[str, Any]] | None:
         return None
     inputs: list[dict[str, Any]] = mlmodel.signature.inputs.to_dict()
     return inputs
+
+
+def signature_outputs(mlmodel: Model) -> tuple[dict[str, Any], ...]:
+    """The signature's outputs as the MLmodel file lists them (empty without them)."""
+    if mlmodel.signature is None or mlmodel.signature.outputs is None:
+        return ()
+    return tuple(mlmodel.signature.outputs.to_dict())
 
 
 def params_schema(mlmodel: Model) -> list[dict[str, Any]]:

@@ -243,7 +243,7 @@ def _load(settings: WrapperSettings, local: Path, mlmodel: dict[str, Any],
              settings.model_version, backend.description, origin)
     model = LoadedModel(contract=contract, contract_origin=origin, backend=backend,
                         run_id=settings.model_run_id or mlmodel.get("run_id"), environment=tuple(environment.warnings),
-                        files=local)
+                        files=local, signature=tuple(signature), outputs=tuple(plan["outputs"] or ()))
     return model, score.prepare
 
 

@@ -27,6 +27,7 @@ from model_wrapper.errors import (
     PredictionFailed,
     WrapperError,
 )
+from model_wrapper.predict import v2
 from model_wrapper.predict.numeric_batch import NumericBatch, numeric_batch
 from model_wrapper.predict.schema import RequestSchema, build_schema
 
@@ -78,6 +79,10 @@ class LoadedModel:
     """The tensors of a model whose inputs cannot be fields: it has no predict, only invocations."""
     serving_example: bytes | None = None
     """MLflow's saved `invocations` body for such a model: its start-up test and its docs' example."""
+    signature: tuple[dict[str, Any], ...] = ()
+    """The MLflow signature's inputs as the MLmodel file lists them (empty without one)."""
+    outputs: tuple[dict[str, Any], ...] = ()
+    """The signature's outputs, likewise."""
 
 
 @dataclass
@@ -96,6 +101,8 @@ class Predictor:
     """The answer to the contract's examples, shown as the response example in the docs."""
     batch: NumericBatch | None = None
     """The cheaper validator for numeric instances, tried before `schema` (which decides when it cannot)."""
+    v2_inputs: list[v2.Port] = field(default_factory=list)
+    """The model's inputs as the Open Inference Protocol describes them, in the backend's row order."""
     _label_of: dict[Any, str] = field(default_factory=dict)
 
     def install(self, model: LoadedModel) -> None:
@@ -110,6 +117,7 @@ class Predictor:
                 self.batch = numeric_batch(contract, backend.columns, max_batch=self.max_batch, dtype=layout[0],
                                            order=layout[1])
         self._label_of = _label_map(contract.labels, backend.classes) if contract.labels else {}
+        self.v2_inputs = _v2_inputs(model)
         self.model = model
         self.reason = "predicting the contract's examples"
 
@@ -159,12 +167,7 @@ class Predictor:
             raise NotReady(self.reason)
         features = self.batch.array(body) if self.batch is not None else None
         rows, params = (features, None) if features is not None else schema.parse(body)
-        try:
-            predictions, probabilities = self.model.backend.predict(rows, params)
-        except WrapperError:
-            raise
-        except Exception as e:
-            raise self._model_error(e) from e
+        predictions, probabilities = self._predict(self.model, rows, params)
         answer: dict[str, Any] = {"predictions": predictions}
         if probabilities is not None:
             answer["probabilities"] = probabilities
@@ -176,6 +179,29 @@ class Predictor:
         except TypeError as e:
             log.error("model %s version %s: the prediction cannot be answered as JSON: %s", self.name, self.version, e)
             raise ModelFault(f"the model's prediction cannot be answered as JSON: {e}") from e
+
+    def infer_v2(self, body: bytes, model_name: str) -> bytes:
+        """Answer an Open Inference Protocol request body (see `model_wrapper.predict.v2`) as JSON bytes."""
+        if not self.ready or self.model is None:
+            raise NotReady(self.reason)
+        if self.model.without_fields:
+            takes = describe_tensors(list(self.model.without_fields))
+            raise NotFound(f"this model takes {takes}, which V2 infer does not serve; {HOW_TO_INVOKE}")
+        rows, request = v2.decode(body, self.v2_inputs)
+        params = v2.params_of(request) if self.model.params else None
+        predictions, probabilities = self._predict(self.model, rows, params)
+        # Probabilities only when asked for by name: MLServer's MLflow runtime gives no such output.
+        extra = {"probabilities": probabilities} if probabilities is not None else {}
+        return v2.encode(model_name, self.version, request, {"output-1": predictions}, extra)
+
+    def _predict(self, model: LoadedModel, rows: list[tuple[Any, ...]] | NDArray[Any],
+                 params: dict[str, Any] | None) -> tuple[Any, Any | None]:
+        try:
+            return model.backend.predict(rows, params)
+        except WrapperError:
+            raise
+        except Exception as e:
+            raise self._model_error(e) from e
 
     def _model_error(self, error: Exception) -> WrapperError:
         """What the model raised, with its whole message: an MLflow error keeps its status class
@@ -228,6 +254,15 @@ class Predictor:
                               "labels[i] must name class i")
         if len(answer["predictions"]) != count:
             raise LoadFailure(f"the model returned {len(answer['predictions'])} predictions for {count} examples")
+
+
+def _v2_inputs(model: LoadedModel) -> list[v2.Port]:
+    columns = model.backend.columns
+    types = {name: spec.type.value for name, spec in model.contract.inputs.items()}
+    found = v2.ports(model.signature, columns, types)
+    if all(port.column for port in found) and {port.name for port in found} == set(columns):
+        found.sort(key=lambda port: columns.index(port.name))  # rows are in the model's column order
+    return found
 
 
 def _label_map(labels: list[str], classes: list[Any] | None) -> dict[Any, str]:

@@ -164,3 +164,14 @@ def pyfunc_iris(iris_model: LoggedModel, mlflow_server: LocalMlflow) -> Any:
     import mlflow.pyfunc
 
     return mlflow.pyfunc.load_model(iris_model.source)
+
+
+@pytest.fixture(scope="session")
+def peers(mlflow_server: LocalMlflow, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The Open Inference Protocol suite's models, each served by a wrapper and all by one MLServer
+    (tests/wrapper/oip_servers.py), shared by its modules."""
+    from tests.wrapper.oip_servers import start_peers
+
+    started = start_peers(mlflow_server, tmp_path_factory.mktemp("oip"))
+    yield started
+    started.stop()

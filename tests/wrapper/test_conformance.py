@@ -369,10 +369,33 @@ def test_mlflows_scoring_server_client_drives_a_wrapper_through_its_root_routes(
     assert ours.invoke(frame).get_predictions().equals(theirs.invoke(frame).get_predictions())
 
 
-@pytest.mark.parametrize("path", ["/ping", "/health", "/version"])
-def test_the_root_probes_answer_as_mlflow_models_serve(pairs: dict[str, Pair], client: httpx.Client, path: str) -> None:
+def test_mlflows_scoring_server_client_drives_a_wrapper_through_its_prefix_as_behind_an_ingress(
+        pairs: dict[str, Pair]) -> None:
+    from mlflow.pyfunc.scoring_server.client import ScoringServerClient
+
+    pair = pairs["lightgbm"]
+    # The client builds `http://{host}:{port}` + "/ping": the prefix rides on the port, as an Ingress URL would.
+    ours = ScoringServerClient("127.0.0.1", f"{pair.wrapper.port}/{pair.slug}/api")
+    theirs = ScoringServerClient("127.0.0.1", pair.mlflow_port)
+    ours.wait_server_ready(timeout=30)
+    ours.ping()
+
+    assert ours.url_prefix.endswith(f"/{pair.slug}/api")
+    assert ours.get_version() == theirs.get_version()
+    frame = IRIS[IRIS_FEATURES]
+    assert ours.invoke(frame).get_predictions().equals(theirs.invoke(frame).get_predictions())
+
+
+PROBES = [("/ping", "/ping"), ("/health", "/health"), ("/version", "/version"),
+          ("/ping", "/{slug}/api/ping"), ("/version", "/{slug}/api/version")]
+
+
+@pytest.mark.parametrize(("theirs_path", "our_path"), PROBES, ids=[ours for _, ours in PROBES])
+def test_the_probes_answer_as_mlflow_models_serve_at_the_root_and_under_the_prefix(
+        pairs: dict[str, Pair], client: httpx.Client, theirs_path: str, our_path: str) -> None:
     pair = pairs["frames32"]
-    theirs, ours = client.get(pair.mlflow_root + path), client.get(pair.wrapper_root + path)
+    theirs = client.get(pair.mlflow_root + theirs_path)
+    ours = client.get(pair.wrapper_root + our_path.format(slug=pair.slug))
 
     assert (ours.status_code, ours.headers["content-type"], ours.content) == \
         (theirs.status_code, theirs.headers["content-type"], theirs.content)

@@ -92,6 +92,24 @@ class Registry:
                 return []  # not expressible in a filter; such a name cannot be registered in MLflow either
             return [_info(v) for v in self._versions(f"name = '{name}' AND tags.deployment_status = '{status}'")]
 
+    def select(self, version: VersionInfo, selector: Selector) -> None:
+        """Make `selector` pick the version: set its tag, point the alias at it, or move it to the stage."""
+        with _translated(f"set {selector} on {version}"):
+            if selector.kind == "tag":
+                self._client.set_model_version_tag(version.name, str(version.version), selector.key, selector.value)
+            elif selector.kind == "alias":
+                self._client.set_registered_model_alias(version.name, selector.key, str(version.version))
+            else:
+                self._client.transition_model_version_stage(version.name, str(version.version), selector.key)
+
+    def by_alias(self, name: str, alias: str) -> VersionInfo | None:
+        """The version the model's alias points at, or None."""
+        try:
+            with _translated(f"read the alias {alias!r} of {name}"):
+                return _info(self._client.get_model_version_by_alias(name, alias))
+        except VersionGone:
+            return None
+
     def unselect(self, version: VersionInfo, selector: Selector) -> None:
         """Remove what makes `selector` pick the version: its tag, its alias, or its stage (back to None)."""
         with _translated(f"remove {selector} from {version}"):

@@ -69,14 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         overrides = {"deploy_target": args.target} if getattr(args, "target", None) else {}
-        settings = load_settings(**overrides)
+        settings = prepared_settings(**overrides)
     except SettingsInvalid as e:
         configure_logging()
         log.error("%s", e)
         return 2
-    register_secrets([*(s.get_secret_value() for s in (settings.aws_secret_access_key, settings.aws_access_key_id,
-                                                        settings.k8s_api_key, settings.webhook_secret) if s),
-                      *aws_credential_values()])
     configure_logging(settings.log_format)
     try:
         return _dispatch(args, settings)
@@ -86,6 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServiceBuilderError as e:
         log.error("%s", e)
         return 1
+
+
+def prepared_settings(**overrides: object) -> Settings:
+    """The environment's settings (with `overrides`), their secrets registered so no log line shows them."""
+    settings = load_settings(**overrides)
+    register_secrets([*(s.get_secret_value() for s in (settings.aws_secret_access_key, settings.aws_access_key_id,
+                                                        settings.k8s_api_key, settings.webhook_secret) if s),
+                      *aws_credential_values()])
+    return settings
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
