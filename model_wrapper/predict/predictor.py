@@ -74,6 +74,16 @@ class LoadedModel:
 
 
 @dataclass
+class Seen:
+    """What one predict gave the model and what it answered, as the inference log records it."""
+
+    rows: list[tuple[Any, ...]] | None = None
+    """The validated instances, in the model's column order (None when the body did not parse)."""
+    answer: dict[str, Any] | None = None
+    """predictions, and probabilities and labels where there are (None when the model failed)."""
+
+
+@dataclass
 class Predictor:
     """The serving state of one model: loading, then ready (or failed), then predicting."""
 
@@ -135,8 +145,9 @@ class Predictor:
                               f"{status} {answer[:300].decode(errors='replace')}")
         self.example_answer = orjson.loads(answer)
 
-    def predict_body(self, body: bytes) -> bytes:
-        """Answer a `{"instances": [...]}` body with `{"predictions": [...], ...}` as JSON bytes."""
+    def predict_body(self, body: bytes, seen: Seen | None = None) -> bytes:
+        """Answer a `{"instances": [...]}` body with `{"predictions": [...], ...}` as JSON bytes; with
+        `seen`, also keep there the rows and outputs as the model saw them (for the inference log)."""
         schema = self.schema
         if schema is None or self.model is None:
             if self.model is not None and self.model.without_fields:
@@ -145,6 +156,8 @@ class Predictor:
                                f"{HOW_TO_INVOKE}")
             raise NotReady(self.reason)
         rows, params = schema.parse(body)
+        if seen is not None:
+            seen.rows = rows
         try:
             predictions, probabilities = self.model.backend.predict(rows, params)
         except WrapperError:
@@ -157,6 +170,8 @@ class Predictor:
         if self._label_of:
             label_of = self._label_of
             answer["labels"] = [label_of.get(p) for p in _as_list(predictions)]
+        if seen is not None:
+            seen.answer = answer
         try:
             return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY, default=_jsonable)
         except TypeError as e:
