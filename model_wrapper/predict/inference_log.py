@@ -57,7 +57,8 @@ class InferenceLog:
     def __init__(self, settings: WrapperSettings, *, sink: Callable[[], Sink],
                  bucket: Callable[[], str | None]) -> None:
         """`sink` and `bucket` are called in the writer thread, once, when the first file is due."""
-        self.sample = settings.inference_log_sample
+        self.sample = 0.0
+        """Set by `attach`: nothing is sampled before the model (and its contract) is loaded."""
         self.counters: Counters = _NoCounters()
         self._settings = settings
         self._queue: queue.Queue[Entry] = queue.Queue(maxsize=settings.inference_log_queue)
@@ -76,15 +77,14 @@ class InferenceLog:
     def attach(self, model: LoadedModel) -> None:
         """Start logging for the loaded model: its contract's sample and `log: false` fields."""
         contract = model.contract
-        if contract.logging is not None:
-            self.sample = contract.logging.sample
-        if not contract.inputs or self.sample <= 0:
-            self.sample = 0.0
+        sample = contract.logging.sample if contract.logging is not None else self._settings.inference_log_sample
+        if not contract.inputs or sample <= 0:
             return
         self._layout = Layout.of(self._settings.model_name, self._settings.model_version, contract,
                                  model.backend.columns)
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
+        self.sample = sample
         log.info("model %s version %s: inference log on, sample %s, under %s", self._settings.model_name,
                  self._settings.model_version, self.sample, self._files.folder)
 

@@ -48,12 +48,15 @@ class Layout:
     indices: tuple[int, ...]
     names: tuple[str, ...]
     types: tuple[FieldType, ...]
+    numbers: bool = False
+    """Every column the model takes is a number: rows convert to one float array at C speed."""
 
     @classmethod
     def of(cls, model: str, version: str, contract: Contract, columns: Sequence[str]) -> Layout:
         kept = [(i, name) for i, name in enumerate(columns) if contract.inputs[name].log]
         return cls(model, version, tuple(i for i, _ in kept), tuple(f"{INPUT}{name}" for _, name in kept),
-                   tuple(contract.inputs[name].type for _, name in kept))
+                   tuple(contract.inputs[name].type for _, name in kept),
+                   all(contract.inputs[name].type == FieldType.number for name in columns))
 
 
 def day_of(entry: Entry) -> str:
@@ -62,55 +65,88 @@ def day_of(entry: Entry) -> str:
 
 def to_table(entries: Sequence[Entry], layout: Layout) -> pa.Table:
     """The entries as one Arrow table: one row per instance (one row, without inputs, for a request
-    whose body did not parse)."""
+    whose body did not parse). Built column by column with C loops (zip, numpy, Arrow's take): the
+    writer thread shares the interpreter with the event loop, so its Python work is kept per request,
+    not per value."""
     import pyarrow as pa
 
-    arrow_types = {FieldType.number: pa.float64(), FieldType.integer: pa.int64(), FieldType.string: pa.string(),
-                   FieldType.boolean: pa.bool_()}
-    meta: dict[str, list[Any]] = {key: [] for key in ("request_id", "timestamp", "route", "status", "latency_ms",
-                                                     "instance", "error")}
-    rows: list[tuple[Any, ...]] = []
-    outputs: dict[str, list[Any]] = {"prediction": [], "probabilities": [], "label": []}
-    for entry in entries:
-        count = len(entry.rows) if entry.rows is not None else 1
-        _extend_meta(meta, entry, count)
-        rows.extend(entry.rows if entry.rows is not None else [()])
-        _extend_outputs(outputs, entry.answer, count)
+    counts = np.array([len(e.rows) if e.rows is not None else 1 for e in entries], dtype=np.int64)
+    owner = pa.array(np.repeat(np.arange(len(entries)), counts))
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    parsed = np.repeat([e.rows is not None for e in entries], counts)
     columns: dict[str, pa.Array] = {
-        "request_id": pa.array(meta["request_id"], pa.string()),
-        "timestamp": pa.array(meta["timestamp"], pa.timestamp("ms", tz="UTC")),
-        "model": pa.array([layout.model] * len(rows), pa.string()),
-        "version": pa.array([layout.version] * len(rows), pa.string()),
-        "route": pa.array(meta["route"], pa.string()), "status": pa.array(meta["status"], pa.int16()),
-        "latency_ms": pa.array(meta["latency_ms"], pa.float64()), "instance": pa.array(meta["instance"], pa.int32()),
-        "error": pa.array(meta["error"], pa.string()),
+        "request_id": pa.array([e.request_id for e in entries], pa.string()).take(owner),
+        "timestamp": pa.array([int(e.at * 1000) for e in entries], pa.timestamp("ms", tz="UTC")).take(owner),
+        "model": pa.repeat(pa.scalar(layout.model), len(owner)),
+        "version": pa.repeat(pa.scalar(layout.version), len(owner)),
+        "route": pa.array([e.route for e in entries], pa.string()).take(owner),
+        "status": pa.array([e.status for e in entries], pa.int16()).take(owner),
+        "latency_ms": pa.array([e.latency_ms for e in entries], pa.float64()).take(owner),
+        "instance": pa.array(np.arange(len(owner)) - starts, pa.int32(), mask=~parsed),
+        "error": pa.array([e.error for e in entries], pa.string()).take(owner),
     }
-    for index, name, kind in zip(layout.indices, layout.names, layout.types, strict=True):
-        columns[name] = pa.array([row[index] if row else None for row in rows], arrow_types[kind])
-    columns[f"{OUTPUT}prediction"] = _values(outputs["prediction"])
-    if any(value is not None for value in outputs["probabilities"]):
-        columns[f"{OUTPUT}probabilities"] = pa.array(outputs["probabilities"], pa.list_(pa.float64()))
-    if any(value is not None for value in outputs["label"]):
-        columns[f"{OUTPUT}label"] = pa.array(outputs["label"], pa.string())
+    columns.update(_inputs(entries, layout))
+    columns.update(_outputs(entries, counts))
     return pa.table(columns)
 
 
-def _extend_meta(meta: dict[str, list[Any]], entry: Entry, count: int) -> None:
-    stamp = int(entry.at * 1000)
-    meta["request_id"] += [entry.request_id] * count
-    meta["timestamp"] += [stamp] * count
-    meta["route"] += [entry.route] * count
-    meta["status"] += [entry.status] * count
-    meta["latency_ms"] += [entry.latency_ms] * count
-    meta["instance"] += list(range(count)) if entry.rows is not None else [None]
-    meta["error"] += [entry.error] * count
+def _inputs(entries: Sequence[Entry], layout: Layout) -> dict[str, pa.Array]:
+    import pyarrow as pa
+
+    if layout.numbers and all(entry.rows is not None for entry in entries):
+        try:
+            matrix = np.concatenate([np.asarray(entry.rows, dtype=np.float64) for entry in entries])
+            return {name: pa.array(matrix[:, index]) for name, index in zip(layout.names, layout.indices, strict=True)}
+        except (TypeError, ValueError):  # an optional field left out (None): the general way below
+            pass
+
+    arrow_types = {FieldType.number: pa.float64(), FieldType.integer: pa.int64(), FieldType.string: pa.string(),
+                   FieldType.boolean: pa.bool_()}
+    values: list[list[Any]] = [[] for _ in layout.indices]
+    for entry in entries:
+        if entry.rows is None:
+            for column in values:
+                column.append(None)
+            continue
+        transposed = list(zip(*entry.rows, strict=True))
+        for column, index in zip(values, layout.indices, strict=True):
+            column.extend(transposed[index])
+    return {name: pa.array(column, arrow_types[kind])
+            for name, kind, column in zip(layout.names, layout.types, values, strict=True)}
 
 
-def _extend_outputs(outputs: dict[str, list[Any]], answer: dict[str, Any] | None, count: int) -> None:
-    answer = answer or {}
-    for key, target in (("predictions", "prediction"), ("probabilities", "probabilities"), ("labels", "label")):
-        values = answer.get(key)
-        outputs[target] += _listed(values) if values is not None and len(values) == count else [None] * count
+def _outputs(entries: Sequence[Entry], counts: np.ndarray) -> dict[str, pa.Array]:
+    """predictions always; probabilities and labels when some answer has them. A failed request's
+    outputs are nulls."""
+    columns = {}
+    for key, name in (("predictions", "prediction"), ("probabilities", "probabilities"), ("labels", "label")):
+        parts = [_part(e, key, n) for e, n in zip(entries, counts, strict=True)]
+        if key == "predictions" or any(part is not None for part in parts):
+            columns[f"{OUTPUT}{name}"] = _column(parts, counts)
+    return columns
+
+
+def _part(entry: Entry, key: str, count: int) -> Any:
+    values = (entry.answer or {}).get(key)
+    return values if values is not None and len(values) == count else None
+
+
+def _column(parts: list[Any], counts: np.ndarray) -> pa.Array:
+    """One output column from each request's part: numpy arrays joined as they are (a 2-D one, e.g.
+    probabilities, as lists of its rows); anything else as Arrow infers it, or as JSON text."""
+    import pyarrow as pa
+
+    if all(isinstance(part, np.ndarray) and part.ndim in (1, 2) for part in parts) and \
+            len({(part.dtype, part.shape[1:]) for part in parts}) == 1:
+        joined = np.concatenate(parts)
+        if joined.ndim == 1:
+            return pa.array(joined)
+        flat = pa.FixedSizeListArray.from_arrays(pa.array(joined.reshape(-1)), joined.shape[1])
+        return flat.cast(pa.list_(flat.type.value_type))
+    values: list[Any] = []
+    for part, count in zip(parts, counts, strict=True):
+        values.extend(_listed(part) if part is not None else [None] * int(count))
+    return _values(values)
 
 
 def _listed(values: Any) -> list[Any]:
