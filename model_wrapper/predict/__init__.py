@@ -1,3 +1,4 @@
 """Transport-free prediction: the predictor and its state (`predictor`), request validation (`schema`),
-the model backends (`backends`, `one_call`, `array_inputs`). No MLflow import: loading hands the backends
+the model backends (`backends`, `one_call`, `array_inputs`), the inference log's queue and writer
+(`inference_log`) and its Parquet records (`inference_records`). No MLflow import: loading hands the backends
 their scorers. May import config, errors and contract."""
