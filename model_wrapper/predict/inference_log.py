@@ -14,11 +14,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import queue
 import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -61,7 +61,10 @@ class InferenceLog:
         """Set by `attach`: nothing is sampled before the model (and its contract) is loaded."""
         self.counters: Counters = _NoCounters()
         self._settings = settings
-        self._queue: queue.Queue[Entry] = queue.Queue(maxsize=settings.inference_log_queue)
+        # A deque, not a queue.Queue: appending takes no lock and wakes no thread, so the writer never
+        # takes the interpreter from the event loop per request; it looks every poll or when a batch is full.
+        self._entries: deque[Entry] = deque()
+        self._wake = threading.Event()
         self._sink_factory = sink
         self._bucket_of = bucket
         self._layout: Layout | None = None
@@ -94,10 +97,13 @@ class InferenceLog:
         return sample > 0 and (sample >= 1 or random.random() < sample)  # noqa: S311 - a sample, not a secret
 
     def add(self, entry: Entry) -> None:
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
+        entries = self._entries
+        if len(entries) >= self._settings.inference_log_queue:
             self.counters.log_dropped(1)
+            return
+        entries.append(entry)
+        if len(entries) == self._settings.inference_log_batch_records:
+            self._wake.set()
 
     def close(self, timeout: float) -> None:
         """Write what is queued, trying for at most `timeout` seconds (the SIGTERM drain)."""
@@ -105,6 +111,7 @@ class InferenceLog:
             return
         self._deadline = time.monotonic() + timeout
         self._closing.set()
+        self._wake.set()
         self._thread.join(timeout + 1)
 
     def _run(self) -> None:
@@ -112,33 +119,24 @@ class InferenceLog:
             closing = self._closing.is_set()
             if closing and time.monotonic() > self._deadline:
                 return self._give_up()
-            if batch := self._collect():
+            if batch := self._collect(closing):
                 self._pending.append(batch)
             if self._pending and time.monotonic() >= self._retry_at:
                 self._try_write()
-            if closing and not self._pending and self._queue.empty():
+            if closing and not self._pending and not self._entries:
                 return None
-            if closing and self._pending:
-                time.sleep(min(_POLL_SECONDS, max(0.0, self._retry_at - time.monotonic())))
+            if not batch:
+                self._wake.wait(_POLL_SECONDS)
+                self._wake.clear()
 
-    def _collect(self) -> list[Entry]:
-        """Entries for one file: up to the batch size, or what came within the batch time of the first,
-        or what is left once closing; empty when nothing came within a poll (the loop then retries)."""
-        batch: list[Entry] = []
-        first = 0.0
-        while len(batch) < self._settings.inference_log_batch_records:
-            closing = self._closing.is_set()
-            if batch and not closing and time.monotonic() - first >= self._settings.inference_log_batch_seconds:
-                break
-            try:
-                entry = self._queue.get_nowait() if closing else self._queue.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                if closing or not batch:
-                    break
-                continue
-            first = first or time.monotonic()
-            batch.append(entry)
-        return batch
+    def _collect(self, closing: bool) -> list[Entry]:
+        """Entries for one file, once due: a batch's worth, or the oldest INFERENCE_LOG_BATCH_SECONDS old,
+        or whatever is left once closing."""
+        entries, limit = self._entries, self._settings.inference_log_batch_records
+        if not entries or not (closing or len(entries) >= limit
+                               or time.time() - entries[0].at >= self._settings.inference_log_batch_seconds):
+            return []
+        return [entries.popleft() for _ in range(min(limit, len(entries)))]
 
     def _try_write(self) -> None:
         try:
@@ -177,7 +175,7 @@ class InferenceLog:
         return self._bucket
 
     def _give_up(self) -> None:
-        lost = sum(len(batch) for batch in self._pending) + self._queue.qsize()
+        lost = sum(len(batch) for batch in self._pending) + len(self._entries)
         if lost:
             self.counters.log_dropped(lost)
             log.error("model %s version %s: %d inference-log records not written before the drain ended",
