@@ -7,7 +7,10 @@ and serves it with three wrapper processes (one worker each) that differ only in
 the log goes to moto's S3 as it would to a bucket (default batching: 1,000 requests or 60 s). Under wrk
 (1 thread, 8 connections), for 1 and for 100 instances per request, the three take turns in each of
 ROUNDS rounds and the median round counts, so that other work on the machine weighs on all alike.
-The figure is the ratio to sample 0 (the log off). Not a test: nothing here asserts a time.
+The figure is the ratio to sample 0 (the log off). Then, in this process, what the writer thread
+spends per logged request turning records into an Arrow table and a zstd Parquet file (the table is
+the part that holds the interpreter). `--conversion` runs only that part. Not a test: nothing here
+asserts a time.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ SAMPLES = ("0", "0.1", "1.0")
 ROUNDS = 3
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    if "--conversion" in (sys.argv[1:] if argv is None else argv):
+        print(_conversion())
+        return 0
     load_before = os.getloadavg()
     with _stack() as (mlflow_server, source, name, version, workdir):
         env = {**os.environ, **mlflow_server.client_env()}
@@ -32,7 +38,38 @@ def main() -> int:
         with _all_running(servers, env):
             loads = _loads(servers)
     print(_report(loads, load_before))
+    print(_conversion())
     return 0
+
+
+def _conversion(entries: int = 1000, tries: int = 3) -> str:
+    """Microseconds per logged request: records to an Arrow table, then the table to Parquet (best of `tries`)."""
+    import io
+    import time
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from devstack.models import IRIS_CONTRACT, IRIS_FEATURES
+    from model_wrapper.contract.spec import parse_contract
+    from model_wrapper.predict.inference_records import Entry, Layout, to_table
+
+    layout = Layout.of("iris", "1", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES)
+    lines = ["", "| instances | to Arrow, us per request | to Parquet (zstd), us per request |", "|---:|---:|---:|"]
+    for size in (1, 100):
+        answer = {"predictions": np.zeros(size, dtype=np.int64), "probabilities": np.full((size, 3), 1 / 3),
+                  "labels": ["setosa"] * size}
+        batch = [Entry(f"r{i}", time.time(), "predict", 200, 1.0, [tuple(INSTANCE.values())] * size, answer)
+                 for i in range(entries)]
+        table_s = parquet_s = float("inf")
+        for _ in range(tries):
+            started = time.perf_counter()
+            table = to_table(batch, layout)
+            middle = time.perf_counter()
+            pq.write_table(table, io.BytesIO(), compression="zstd")
+            table_s, parquet_s = min(table_s, middle - started), min(parquet_s, time.perf_counter() - middle)
+        lines.append(f"| {size} | {table_s / entries * 1e6:.0f} | {parquet_s / entries * 1e6:.0f} |")
+    return "\n".join(lines)
 
 
 def _wrapper(sample: str, source: str, name: str, version: str, workdir: Path) -> Server:
