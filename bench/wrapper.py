@@ -256,7 +256,9 @@ def _wrk(url: str, script: Path, seconds: int) -> Load:
     try:
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
         return Load(rps=float(_find(r"^Requests/sec:\s+([\d.]+)$", output)),
-                    p50_ms=_ms(_find(r"^\s+50%\s+(\S+)$", output)), p99_ms=_ms(_find(r"^\s+99%\s+(\S+)$", output)),
+                    # wrk pads a latency of a second or more ("1.09s ") with a space
+                    p50_ms=_ms(_find(r"^\s+50%\s+(\S+)\s*$", output)),
+                    p99_ms=_ms(_find(r"^\s+99%\s+(\S+)\s*$", output)),
                     errors=int(errors.group(1)) if errors else 0)
     except ValueError as e:
         raise RuntimeError(f"unexpected wrk output ({e}):\n{output}") from None
