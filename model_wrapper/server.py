@@ -9,6 +9,7 @@ stderr, and the process exits non-zero.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import gc
@@ -16,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -31,6 +33,8 @@ from model_wrapper.contract.redaction import redact
 from model_wrapper.errors import LoadFailure
 from model_wrapper.http.app import create_app
 from model_wrapper.http.metrics import MULTIPROCESS_DIR
+from model_wrapper.loading.log_sink import S3Sink, log_bucket
+from model_wrapper.predict.inference_log import InferenceLog
 from model_wrapper.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,9 @@ def main() -> int:
 def serve(settings: WrapperSettings) -> int:
     """One process: uvicorn in the main thread, the model loading in another."""
     predictor = Predictor(settings.model_name, settings.model_version, settings.max_batch)
-    server = uvicorn.Server(_config(create_app(settings, predictor), settings))
+    inference_log = _inference_log(settings)
+    server = _Server(_config(create_app(settings, predictor, inference_log), settings),
+                     after_shutdown=lambda: inference_log.close(settings.inference_log_flush_seconds))
     failures: list[str] = []
 
     def stop(reason: str) -> None:
@@ -69,7 +75,7 @@ def serve(settings: WrapperSettings) -> int:
     _exit_on_stop_signals()
     try:
         with tempfile.TemporaryDirectory(prefix="model-wrapper-") as workdir:
-            start_loading(settings, predictor, Path(workdir), stop)
+            start_loading(settings, predictor, Path(workdir), stop, inference_log)
             server.run()
     except SystemExit as e:  # SIGTERM or SIGINT, after uvicorn's graceful shutdown and the folder's removal
         return int(e.code or 0)
@@ -85,6 +91,23 @@ def _exit_on_stop_signals() -> None:
 
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, leave)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, running `after_shutdown` once every accepted request has been answered: after a
+    SIGTERM uvicorn re-raises the signal as `run` ends, so code after `run` would never run."""
+
+    def __init__(self, config: uvicorn.Config, after_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._after_shutdown = after_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        await asyncio.to_thread(self._after_shutdown)
+
+
+def _inference_log(settings: WrapperSettings) -> InferenceLog:
+    return InferenceLog(settings, sink=lambda: S3Sink(settings), bucket=lambda: log_bucket(settings))
 
 
 def serve_workers(settings: WrapperSettings) -> int:
@@ -111,6 +134,9 @@ def worker_app() -> Any:
     settings = load_settings()
     configure_logging(settings)
     predictor = Predictor(settings.model_name, settings.model_version, settings.max_batch)
+    inference_log = _inference_log(settings)
+    # A worker's server returns on the SIGTERM its supervisor sends, and the process then exits normally.
+    atexit.register(inference_log.close, settings.inference_log_flush_seconds)
 
     def stop(reason: str) -> None:
         Path(os.environ[_FATAL_FILE]).write_text(reason)
@@ -121,19 +147,20 @@ def worker_app() -> Any:
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     # Workers share one listening socket: a worker that accepted connections while still loading
     # would answer them 503 while a sibling is ready. So each loads first and only then serves.
-    load_into(settings, predictor, Path(workdir), stop)
-    return create_app(settings, predictor)
+    app = create_app(settings, predictor, inference_log)
+    load_into(settings, predictor, Path(workdir), stop, inference_log)
+    return app
 
 
 def start_loading(settings: WrapperSettings, predictor: Predictor, workdir: Path,
-                  on_fatal: Callable[[str], None]) -> None:
-    thread = threading.Thread(target=load_into, args=(settings, predictor, workdir, on_fatal), name="model-loader",
-                              daemon=True)
+                  on_fatal: Callable[[str], None], inference_log: InferenceLog | None = None) -> None:
+    thread = threading.Thread(target=load_into, args=(settings, predictor, workdir, on_fatal, inference_log),
+                              name="model-loader", daemon=True)
     thread.start()
 
 
 def load_into(settings: WrapperSettings, predictor: Predictor, workdir: Path,
-              on_fatal: Callable[[str], None]) -> None:
+              on_fatal: Callable[[str], None], inference_log: InferenceLog | None = None) -> None:
     """Load, install and warm up the model; on failure report why and call `on_fatal`."""
     try:
         _import_scipy_special()
@@ -148,6 +175,8 @@ def load_into(settings: WrapperSettings, predictor: Predictor, workdir: Path,
         else:
             predictor.install(fast[0])
         predictor.warm_up()
+        if inference_log is not None:
+            inference_log.attach(predictor.installed())
         log.info("model %s version %s: ready on %s", settings.model_name, settings.model_version, settings.prefix)
         # Later collections skip everything loaded so far: steadier request latency. No collection
         # first: start-up leaves a few thousand garbage objects, not worth a quarter second.

@@ -78,6 +78,20 @@ class WrapperSettings(BaseSettings):
     """S3 access key (read by boto3; never logged)."""
     aws_secret_access_key: SecretStr | None = None
     """S3 secret key (read by boto3; never logged)."""
+    inference_log_sample: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    """Share of predict requests written to the inference log (0: off); a contract's `logging.sample` wins."""
+    inference_log_prefix: str = Field(default="inference-log", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+    """Key prefix of the inference log: s3://<bucket>/<prefix>/<slug>/<version>/date=YYYY-MM-DD/."""
+    inference_log_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    """Bucket of the inference log; default: the bucket the model's artifacts are in."""
+    inference_log_batch_records: int = Field(default=1000, ge=1, le=1_000_000)
+    """Requests per Parquet file at most; a file is written when this many are queued..."""
+    inference_log_batch_seconds: float = Field(default=60.0, gt=0.0, le=3600.0)
+    """...or when the oldest queued request is this old, whichever comes first."""
+    inference_log_queue: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Requests held for writing at most; beyond, records are dropped (and counted), never the request."""
+    inference_log_flush_seconds: float = Field(default=10.0, ge=0.0, le=600.0)
+    """On SIGTERM, how long the queued records may take to be written (keep it within the drain period)."""
 
     @field_validator("model_source")
     @classmethod

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from model_wrapper.contract.evaluation import Evaluation
+from model_wrapper.contract.monitoring import Drift, Logging
 
 MAX_CONTRACT_BYTES = 1 << 20
 MAX_FIELDS = 1000
@@ -61,6 +62,8 @@ class FieldSpec(_Strict):
     example: str | int | float | bool | None = None
     allow_nan: bool = False
     """Accept NaN and infinity for this number field (rejected by default)."""
+    log: bool = True
+    """False keeps the field out of the inference log, error records included (personal data)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> FieldSpec:
@@ -151,6 +154,10 @@ class Contract(_Strict):
     serving: Serving = Serving()
     evaluation: Evaluation | None = None
     """The optional evaluation gate: test data logged beside the contract, and what it must score."""
+    logging: Logging | None = None
+    """The inference log's sample for this model (the wrapper's INFERENCE_LOG_SAMPLE otherwise)."""
+    drift: Drift | None = None
+    """Thresholds of `python -m watcher drift` (its defaults otherwise)."""
 
     @model_validator(mode="after")
     def _examples_fit_inputs(self) -> Contract:

@@ -27,8 +27,10 @@ from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_stat
 from model_wrapper.http.guards import Guards
 from model_wrapper.http.metrics import Metrics, MetricsMiddleware
 from model_wrapper.http.openapi import build_openapi
+from model_wrapper.http.predict_endpoint import PredictEndpoint
 from model_wrapper.http.swagger import ASSETS, swagger_page
 from model_wrapper.http.v2_routes import add_v2_routes, v2_bases
+from model_wrapper.predict.inference_log import InferenceLog
 from model_wrapper.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -45,18 +47,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in ERROR_TEXTS.items()}
 
 
-def create_app(settings: WrapperSettings, predictor: Predictor) -> Any:
-    """The ASGI application serving `predictor` under `settings.prefix`."""
+def create_app(settings: WrapperSettings, predictor: Predictor, inference_log: InferenceLog | None = None) -> Any:
+    """The ASGI application serving `predictor` under `settings.prefix`; predict requests are sampled
+    into `inference_log` when there is one."""
     prefix = settings.prefix
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, title=settings.model_name,
                   version=settings.model_version)
-    _routes(app, prefix, predictor, secured=bool(settings.key_list()))
+    _routes(app, prefix, predictor, secured=bool(settings.key_list()), inference_log=inference_log)
     _scoring_probes(app, predictor, "/", ("ping", "health", "version"))
     _scoring_probes(app, predictor, prefix, PREFIX_PROBES)
     app.add_api_route("/invocations", Invocations(predictor), methods=["POST"], include_in_schema=False)
     add_v2_routes(app, predictor, prefix=prefix, slug=prefix.strip("/").removesuffix("/api"))
     app.mount(f"{prefix}assets", StaticFiles(directory=str(ASSETS)), name="assets")
     metrics = Metrics(settings.model_name, settings.model_version)
+    if inference_log is not None:
+        inference_log.counters = metrics
     app.add_api_route("/metrics", lambda: Response(metrics.render(), media_type="text/plain; version=0.0.4"),
                       methods=["GET"], include_in_schema=False)
     mlflow_paths = {*ROOT_ROUTES, *(f"{prefix}{name}" for name in ("invocations", *PREFIX_PROBES))}
@@ -73,12 +78,13 @@ def create_app(settings: WrapperSettings, predictor: Predictor) -> Any:
     return app
 
 
-def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool) -> None:
+def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool,
+            inference_log: InferenceLog | None) -> None:
     document: dict[str, Any] = {}
 
-    # The hot path is a plain ASGI endpoint: FastAPI's request and dependency machinery would cost
-    # more than validating the body and predicting. openapi.py documents it from the contract.
-    app.router.routes.append(Route(f"{prefix}predict", PredictEndpoint(predictor), methods=["POST"], name="predict"))
+    # The hot path is a plain ASGI endpoint (predict_endpoint.py); openapi.py documents it from the contract.
+    app.router.routes.append(Route(f"{prefix}predict", PredictEndpoint(predictor, inference_log), methods=["POST"],
+                                   name="predict"))
 
     app.add_api_route(f"{prefix}invocations", Invocations(predictor), methods=["POST"], operation_id="invocations",
                       summary="MLflow scoring protocol", description=Invocations.__doc__,
@@ -149,27 +155,6 @@ class Invocations:
         content_type = request.headers.get("content-type", "")
         status, answer, media = await run_in_threadpool(self.predictor.invoke, body, content_type)
         return Response(answer, status_code=status, media_type=media)
-
-
-class PredictEndpoint:
-    """`POST predict`: body bytes in, the predictor's JSON bytes out; errors raise to the one handler."""
-
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        predictor = self.predictor
-        answer = predictor.predict_body(body) if predictor.inline else await run_in_threadpool(
-            predictor.predict_body, body)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
-        await send({"type": "http.response.body", "body": answer})
 
 
 def _handlers(app: FastAPI, *, mlflow_paths: set[str], v2_paths: tuple[str, ...]) -> None:

@@ -36,6 +36,24 @@ class Metrics:
         self.errors = Counter("model_wrapper_errors_total", "Requests answered with a 4xx or 5xx status",
                               [*labels, "status"], registry=self.registry)
         self._children: dict[tuple[str, int], tuple[Any, Any, Any | None]] = {}
+        log_records = Counter("model_wrapper_inference_log_records_total",
+                              "Inference-log records (one per logged request) by outcome: written to S3, or "
+                              "dropped (queue full, or still unwritten when the SIGTERM drain ended)",
+                              ["model", "version", "outcome"], registry=self.registry)
+        self._log_written = log_records.labels(model, version, "written")
+        self._log_dropped = log_records.labels(model, version, "dropped")
+        self._log_errors = Counter("model_wrapper_inference_log_write_errors_total",
+                                   "Failed inference-log uploads (each retried)", ["model", "version"],
+                                   registry=self.registry).labels(model, version)
+
+    def log_written(self, records: int) -> None:
+        self._log_written.inc(records)
+
+    def log_dropped(self, records: int) -> None:
+        self._log_dropped.inc(records)
+
+    def log_write_error(self) -> None:
+        self._log_errors.inc()
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         children = self._children.get((endpoint, status))

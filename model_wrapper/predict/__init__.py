@@ -1,3 +1,5 @@
-"""Transport-free prediction: the predictor and its state (`predictor`), request validation (`schema`),
-the model backends (`backends`, `one_call`, `array_inputs`), the Open Inference Protocol codec (`v2`).
-No MLflow import: loading hands the backends their scorers. May import config, errors and contract."""
+"""Transport-free prediction: the predictor and its state (`predictor`), request validation (`schema`, and the
+cheaper `numeric_batch` for plain numeric batches), the model backends (`backends`, `one_call`,
+`array_inputs`), the Open Inference Protocol codec (`v2`), the inference log's queue and writer
+(`inference_log`) and its Parquet records (`inference_records`). No MLflow import: loading hands the backends
+their scorers. May import config, errors and contract."""

@@ -86,6 +86,16 @@ class LoadedModel:
 
 
 @dataclass
+class Seen:
+    """What one predict gave the model and what it answered, as the inference log records it."""
+
+    rows: list[tuple[Any, ...]] | NDArray[Any] | None = None
+    """The validated instances, in the model's column order (None when the body did not parse)."""
+    answer: dict[str, Any] | None = None
+    """predictions, and probabilities and labels where there are (None when the model failed)."""
+
+
+@dataclass
 class Predictor:
     """The serving state of one model: loading, then ready (or failed), then predicting."""
 
@@ -156,8 +166,9 @@ class Predictor:
                               f"{status} {answer[:300].decode(errors='replace')}")
         self.example_answer = orjson.loads(answer)
 
-    def predict_body(self, body: bytes) -> bytes:
-        """Answer a `{"instances": [...]}` body with `{"predictions": [...], ...}` as JSON bytes."""
+    def predict_body(self, body: bytes, seen: Seen | None = None) -> bytes:
+        """Answer a `{"instances": [...]}` body with `{"predictions": [...], ...}` as JSON bytes; with
+        `seen`, also keep there the rows and outputs as the model saw them (for the inference log)."""
         schema = self.schema
         if schema is None or self.model is None:
             if self.model is not None and self.model.without_fields:
@@ -167,6 +178,8 @@ class Predictor:
             raise NotReady(self.reason)
         features = self.batch.array(body) if self.batch is not None else None
         rows, params = (features, None) if features is not None else schema.parse(body)
+        if seen is not None:
+            seen.rows = rows
         predictions, probabilities = self._predict(self.model, rows, params)
         answer: dict[str, Any] = {"predictions": predictions}
         if probabilities is not None:
@@ -174,6 +187,8 @@ class Predictor:
         if self._label_of:
             label_of = self._label_of
             answer["labels"] = list(map(label_of.get, _as_list(predictions)))
+        if seen is not None:
+            seen.answer = answer
         try:
             return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY, default=_jsonable)
         except TypeError as e:

@@ -117,18 +117,21 @@ class FaultProxy:
                     response = upstream.getresponse()
                     payload = response.read()
                     kept = {k: v for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP}
+                    if self.command == "HEAD":  # no body, but the length of the one GET would give (S3's HeadObject)
+                        self._answer(response.status, b"", kept, length=response.getheader("Content-Length") or "0")
+                        return
                     self._answer(response.status, payload, kept)
                 finally:
                     upstream.close()
 
-            def _answer(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+            def _answer(self, status: int, payload: bytes, headers: dict[str, str], length: str | None = None) -> None:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Content-Length", length or str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _relay
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = _relay
 
         return Handler

@@ -53,6 +53,7 @@ def test_every_release_input_moves_the_digest(changed: Release) -> None:
     {"mlflow_s3_endpoint_url": "http://minio.example.org:9000"},
     {"network_policy": False}, {"metrics_namespace": "monitoring"}, {"ingress_namespace": "traefik"},
     {"network_policy_extra_sources": "cidr:10.0.0.0/8"}, {"egress_policy": True}, {"default_cpu_limit": "2"},
+    {"inference_log_sample": 0.1}, {"inference_log_prefix": "logs"}, {"inference_log_bucket": "inference-logs"},
 ], ids=lambda setting: next(iter(setting)))
 def test_a_setting_that_shapes_the_manifests_moves_the_digest(setting: dict[str, Any]) -> None:
     assert renderer(**setting).inputs_digest(RELEASE) != renderer().inputs_digest(RELEASE)

@@ -68,6 +68,20 @@ class S3Store:
             raise Retryable(f"S3 unreachable reading s3://{bucket}/{key}: {type(e).__name__}") from e
 
 
+    def keys(self, uri: str) -> list[str]:
+        """The `s3://` URIs of every object under the folder `uri` (paged)."""
+        bucket, prefix = _bucket_key(uri.rstrip("/") + "/")
+        try:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            return [f"s3://{bucket}/{item['Key']}" for page in pages for item in page.get("Contents", [])]
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in _DENIED:
+                raise Blocked(f"S3 refused listing s3://{bucket}/{prefix} ({code}); check the S3 credentials") from e
+            raise Retryable(f"S3 error {code} listing s3://{bucket}/{prefix}") from e
+        except BotoCoreError as e:
+            raise Retryable(f"S3 unreachable listing s3://{bucket}/{prefix}: {type(e).__name__}") from e
+
     def head(self, uri: str) -> tuple[int, str] | None:
         """The object's size and ETag (what its content is, without reading it), or None when absent."""
         bucket, key = _bucket_key(uri)
@@ -132,6 +146,13 @@ def fetch_contract(store: S3Store, registry: Registry, version: VersionInfo) -> 
         return _found(store, model_uri, mlmodel, contract_from_signature(signature, example), "signature", wanted)
     except ContractError as e:
         raise ContractInvalid(str(e)) from e
+
+
+def input_example(store: S3Store, registry: Registry, version: VersionInfo) -> list[Any] | None:
+    """The version's logged input example (records for a column model), or None without one."""
+    model_uri = registry.artifact_uri(version).rstrip("/")
+    mlmodel = store.read(f"{model_uri}/MLmodel")
+    return _signature(store, model_uri, mlmodel)[1] if mlmodel is not None else None
 
 
 def _found(store: S3Store, model_uri: str, mlmodel: bytes, contract: Contract, origin: str,

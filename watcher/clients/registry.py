@@ -164,15 +164,32 @@ class Registry:
         """The gate's figures as metrics of the version's logged model (on its source run), or of its run
         for versions registered MLflow-2 style, where the MLflow UI shows them."""
         with _translated(f"log the evaluation of {version}"):
-            run_id = version.run_id
-            if run_id is None and version.model_id:
-                run_id = self._client.get_logged_model(version.model_id).source_run_id
+            run_id = self._run_of(version)
             if run_id is None:
                 log.info("%s: no run or logged model to log the evaluation on; only tags record it", version)
                 return
             self._client.log_batch(run_id, metrics=[
                 Metric(f"evaluation_{name}", value, timestamp_ms, 0, model_id=version.model_id)
                 for name, value in sorted(metrics.items())])
+
+    def log_drift(self, version: VersionInfo, metrics: Mapping[str, float], timestamp_ms: int, report: str) -> None:
+        """Drift figures as metrics beside the evaluation's, and the HTML report as an artifact of the same run
+        (`drift/version-<n>/drift_report.html`, replaced by each measurement)."""
+        with _translated(f"log the drift of {version}"):
+            run_id = self._run_of(version)
+            if run_id is None:
+                log.info("%s: no run or logged model to log the drift on; only tags record it", version)
+                return
+            self._client.log_batch(run_id, metrics=[
+                Metric(name, value, timestamp_ms, 0, model_id=version.model_id)
+                for name, value in sorted(metrics.items())])
+            self._client.log_text(run_id, report, f"drift/version-{version.version}/drift_report.html")
+
+    def _run_of(self, version: VersionInfo) -> str | None:
+        """The version's run, or its logged model's source run (MLflow 3)."""
+        if version.run_id is None and version.model_id:
+            return self._client.get_logged_model(version.model_id).source_run_id
+        return version.run_id
 
     def run_artifact_uri(self, run_id: str) -> str:
         with _translated(f"locate the artifacts of run {run_id}"):

@@ -140,6 +140,16 @@ class Settings(BaseSettings):
     """The coordination Lease that keeps two watchers from acting at once."""
     evaluation_timeout_seconds: float = Field(default=900, ge=10, le=86_400)
     """Longest an evaluation (the contract's evaluation section) may run: the Job's activeDeadlineSeconds."""
+    inference_log_sample: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    """Every wrapper's INFERENCE_LOG_SAMPLE: the share of predict requests logged (a contract's `logging` wins)."""
+    inference_log_prefix: str = Field(default="inference-log", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+    """Where the wrappers write their inference log (the wrappers' own INFERENCE_LOG_PREFIX)."""
+    inference_log_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    """The wrappers' INFERENCE_LOG_BUCKET; default, as theirs: the bucket of each model's artifacts."""
+    drift_interval_seconds: int | None = Field(default=None, ge=60, le=30 * 86_400)
+    """During `watch`, measure the drift of every deployed version this often (off when unset)."""
+    drift_window_seconds: float = Field(default=86_400, ge=60, le=90 * 86_400)
+    """The window those scheduled measurements read (the command's --since)."""
 
     @field_validator("selector")
     @classmethod

@@ -1,4 +1,5 @@
 """Pure decisions and the plain data they take: what to do (`plan`), whether a rollout is done (`rollout`,
 after kubectl), when to retry (`retry`), who may reach a model (`network`), which runtime serves it
-(`runtimes`), the data types (`types`). No I/O library may be imported here (import-linter); only
-`watcher.errors` and the shared `model_wrapper.contract`."""
+(`runtimes`), whether live inputs drifted (`drift`: PSI and the verdict), the data types (`types`).
+No I/O library may be imported here (import-linter); only `watcher.errors` and the shared
+`model_wrapper.contract`."""

@@ -59,6 +59,12 @@ def parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="every selected or running version, its status and message")
     status.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     status.add_argument("--target", choices=["kubernetes", "local"])
+    drift = commands.add_parser("drift", help="measure live inputs against the version's reference data")
+    drift.add_argument("name")
+    drift.add_argument("version", type=int, nargs="?", help="default: the deployed version")
+    drift.add_argument("--since", default="24h", help="the window's length, e.g. 90m, 24h, 7d (default 24h)")
+    drift.add_argument("--until", help="the window's end, ISO 8601 (default: now); the same window gives the "
+                                       "same figures")
     commands.add_parser("serve-webhooks", help="receive MLflow registry webhooks and reconcile at once")
     register = commands.add_parser("register-webhook", help="create or update the MLflow webhook")
     register.add_argument("url")
@@ -113,6 +119,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return commands.retry(build_deps(settings), args.name, args.version)
     if args.command == "status":
         return commands.status(build_deps(settings), as_json=args.json)
+    if args.command == "drift":
+        return commands.drift(build_deps(settings), args.name, args.version, since=args.since, until=args.until)
     if args.command == "serve-webhooks":
         from watcher.entry.webhooks import serve
 

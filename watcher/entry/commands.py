@@ -172,6 +172,29 @@ def version_states(deps: Deps) -> list[dict[str, Any]]:
     return rows
 
 
+def drift(deps: Deps, name: str, version: int | None = None, *, since: str = "24h", until: str | None = None,
+          out: Callable[[str], None] = print) -> int:
+    """Measure the drift of `version` (default: the deployed one) over the window; tag, log and print it."""
+    from watcher.reconcile.drift import as_utc, measure, parse_since
+
+    try:
+        window, end = parse_since(since), as_utc(until) if until else None
+    except ValueError as e:
+        raise Permanent(str(e)) from None
+    if version is not None:
+        info = _version(deps, name, version)
+    else:
+        deployed = deps.registry.with_status(name, "deployed")
+        if not deployed:
+            raise Permanent(f"{name} has no deployed version; name the version to measure")
+        info = max(deployed, key=lambda v: v.version)
+    measured = measure(deps, info, since=window, until=end)
+    out(f"{info}: {measured.outcome.status or 'not judged'}: {measured.outcome.summary}")
+    for feature in measured.outcome.drifted:
+        out(f"  drifted: {feature.name} (PSI {feature.psi:.2f})")
+    return 0
+
+
 def _short(text: str, width: int = 100) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[:width - 1] + "…"

@@ -26,6 +26,7 @@ from watcher.entry.health import Health
 from watcher.entry.metrics import CountingTarget, Metrics
 from watcher.errors import PassAborted, ServiceBuilderError, Stopping
 from watcher.reconcile.deps import Deps, PassReport
+from watcher.reconcile.drift import measure_deployed
 from watcher.reconcile.engine import reconcile_once
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ class Watch:
     def run_forever(self) -> int:
         scheduler = schedule.Scheduler()
         job = scheduler.every(self.settings.poll_interval_seconds).seconds.do(self._poll)
+        if self.settings.drift_interval_seconds:
+            scheduler.every(self.settings.drift_interval_seconds).seconds.do(self.measure_drift)
         log.info("watching: a pass every %ss, %s", self.settings.poll_interval_seconds, self.settings.selector)
         try:
             self._poll()
@@ -140,6 +143,13 @@ class Watch:
             log.warning("stopped during a wait: the step in progress was rolled back; the next pass redoes it")
         log.info("watch stopped")
         return 0
+
+    def measure_drift(self) -> None:
+        """Measure every deployed version's drift over DRIFT_WINDOW_SECONDS; one failure stops no other."""
+        window = timedelta(seconds=self.settings.drift_window_seconds)
+        for measured in measure_deployed(self.deps, window):
+            version = measured.version
+            self.metrics.drift_max_psi.labels(version.name, str(version.version)).set(measured.max_psi)
 
     def _seconds_to_next(self, scheduler: schedule.Scheduler) -> float:
         due = [scheduler.idle_seconds if scheduler.idle_seconds is not None else 60.0]

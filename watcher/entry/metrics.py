@@ -34,6 +34,9 @@ class Metrics:
         self.deployed_models = Gauge("service_builder_deployed_models",
                                      "Models the target runs (managed by Service Builder) after the last pass",
                                      registry=self.registry)
+        self.drift_max_psi = Gauge("model_drift_max_psi", "Largest feature PSI of a deployed version's last drift "
+                                   "measurement (DRIFT_INTERVAL_SECONDS); the contract's drift.max_psi is the line",
+                                   ["model", "version"], registry=self.registry)
         self.last_success = Gauge("service_builder_last_success_timestamp_seconds",
                                   "Unix time of the last pass that ran to its end", registry=self.registry)
         self.webhook_events = Counter("service_builder_webhook_events", "Webhook deliveries by outcome (accepted, "

@@ -211,6 +211,17 @@ class Renderer:
             env["API_KEYS_FILE"] = f"{SECRETS_DIR}/api-keys/API_KEYS"
         if self._settings.mlflow_s3_endpoint_url:
             env["MLFLOW_S3_ENDPOINT_URL"] = _without_userinfo(self._settings.mlflow_s3_endpoint_url)
+        return env | self._inference_log_env()
+
+    def _inference_log_env(self) -> dict[str, str]:
+        """Where the wrappers log is where `drift` reads; only what differs from the wrapper's defaults, so
+        that manifests rendered before the inference log existed keep their digest."""
+        s = self._settings
+        env = {"INFERENCE_LOG_SAMPLE": f"{s.inference_log_sample:g}"} if s.inference_log_sample else {}
+        if s.inference_log_prefix != "inference-log":
+            env["INFERENCE_LOG_PREFIX"] = s.inference_log_prefix
+        if s.inference_log_bucket:
+            env["INFERENCE_LOG_BUCKET"] = s.inference_log_bucket
         return env
 
     def _secret_env(self) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,113 @@
+"""Benchmark: what the inference log costs the wrapper, at sample 0, 0.1 and 1.0, in the same run.
+
+    python -m bench.inference_log
+
+Starts moto S3 and an MLflow server on loopback, logs the iris LogisticRegression with its contract,
+and serves it with three wrapper processes (one worker each) that differ only in INFERENCE_LOG_SAMPLE;
+the log goes to moto's S3 as it would to a bucket (default batching: 1,000 requests or 60 s). Under wrk
+(1 thread, 8 connections), for 1 and for 100 instances per request, the three take turns in each of
+ROUNDS rounds and the median round counts, so that other work on the machine weighs on all alike.
+The figure is the ratio to sample 0 (the log off). Then, in this process, what the writer thread
+spends per logged request turning records into an Arrow table and a zstd Parquet file (the table is
+the part that holds the interpreter). `--conversion` runs only that part. Not a test: nothing here
+asserts a time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.wrapper import CONNECTIONS, INSTANCE, Load, Server, _all_running, _stack, _under_load
+from devstack.servers import free_port
+
+SAMPLES = ("0", "0.1", "1.0")
+ROUNDS = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    if "--conversion" in (sys.argv[1:] if argv is None else argv):
+        print(_conversion())
+        return 0
+    load_before = os.getloadavg()
+    with _stack() as (mlflow_server, source, name, version, workdir):
+        env = {**os.environ, **mlflow_server.client_env()}
+        servers = [_wrapper(sample, source, name, version, workdir) for sample in SAMPLES]
+        with _all_running(servers, env):
+            loads = _loads(servers)
+    print(_report(loads, load_before))
+    print(_conversion())
+    return 0
+
+
+def _conversion(entries: int = 1000, tries: int = 3) -> str:
+    """Microseconds per logged request: records to an Arrow table, then the table to Parquet (best of `tries`)."""
+    import io
+    import time
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from devstack.models import IRIS_CONTRACT, IRIS_FEATURES
+    from model_wrapper.contract.spec import parse_contract
+    from model_wrapper.predict.inference_records import Entry, Layout, to_table
+
+    layout = Layout.of("iris", "1", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES)
+    lines = ["", "| instances | to Arrow, us per request | to Parquet (zstd), us per request |", "|---:|---:|---:|"]
+    for size in (1, 100):
+        answer = {"predictions": np.zeros(size, dtype=np.int64), "probabilities": np.full((size, 3), 1 / 3),
+                  "labels": ["setosa"] * size}
+        batch = [Entry(f"r{i}", time.time(), "predict", 200, 1.0, [tuple(INSTANCE.values())] * size, answer)
+                 for i in range(entries)]
+        table_s = parquet_s = float("inf")
+        for _ in range(tries):
+            started = time.perf_counter()
+            table = to_table(batch, layout)
+            middle = time.perf_counter()
+            pq.write_table(table, io.BytesIO(), compression="zstd")
+            table_s, parquet_s = min(table_s, middle - started), min(parquet_s, time.perf_counter() - middle)
+        lines.append(f"| {size} | {table_s / entries * 1e6:.0f} | {parquet_s / entries * 1e6:.0f} |")
+    return "\n".join(lines)
+
+
+def _wrapper(sample: str, source: str, name: str, version: str, workdir: Path) -> Server:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/{name}/api"
+    return Server(sample, [sys.executable, "-m", "model_wrapper"], f"{base}/ready",
+                  {"predict": (f"{base}/predict", lambda n: {"instances": [INSTANCE] * n})},
+                  env={"MODEL_NAME": name, "MODEL_VERSION": version, "MODEL_SOURCE": source, "PORT": str(port),
+                       "HOST": "127.0.0.1", "TERMINATION_LOG": str(workdir / f"termination-log-{sample}"),
+                       "INFERENCE_LOG_SAMPLE": sample, "INFERENCE_LOG_PREFIX": f"bench-log-{sample}"})
+
+
+def _loads(servers: list[Server]) -> dict[tuple[str, int], Load]:
+    rounds: dict[tuple[str, int], list[Load]] = {}
+    for size in (1, 100):
+        for _ in range(ROUNDS):
+            for server in servers:
+                url, body = server.endpoints["predict"]
+                rounds.setdefault((server.name, size), []).append(_under_load(url, body(size)))
+    return {key: sorted(runs, key=lambda load: load.rps)[len(runs) // 2] for key, runs in rounds.items()}
+
+
+def _report(loads: dict[tuple[str, int], Load], load_before: tuple[float, float, float]) -> str:
+    from bench.wrapper import DURATION, WARM_UP
+
+    lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average (1 min) "
+             f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after. wrk -t1 -c{CONNECTIONS} "
+             f"-d{DURATION}s after a {WARM_UP}s warm-up; one worker each; median of {ROUNDS} rounds.", "",
+             "| sample | instances | req/s | p99 ms | req/s vs sample 0 | p99 vs sample 0 | non-2xx |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for size in (1, 100):
+        off = loads[(SAMPLES[0], size)]
+        for sample in SAMPLES:
+            load = loads[(sample, size)]
+            lines.append(f"| {sample} | {size} | {load.rps:,.0f} | {load.p99_ms:.2f} | {load.rps / off.rps:.3f} | "
+                         f"{load.p99_ms / off.p99_ms:.2f} | {load.errors} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""The inference log: a sample of predict requests written as Parquet to S3, off the request path.
+
+Created by `model_wrapper.server` (with the S3 sink of `model_wrapper.loading.log_sink`), attached
+to the model once it is loaded, fed by the predict endpoint (`model_wrapper.http.predict_endpoint`).
+The endpoint only puts an `Entry` in a bounded queue: a full queue drops the record (counted), never
+the request. One writer thread batches entries, every
+INFERENCE_LOG_BATCH_RECORDS requests or INFERENCE_LOG_BATCH_SECONDS, into
+`s3://<bucket>/<prefix>/<slug>/<version>/date=YYYY-MM-DD/<pod>-<seq>.parquet`; a failed upload is
+kept and retried with a growing pause (counted). `close` writes what is queued within a deadline.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from model_wrapper.config.settings import WrapperSettings
+from model_wrapper.predict.inference_records import Entry, Layout, day_of, to_table
+from model_wrapper.predict.predictor import LoadedModel
+
+log = logging.getLogger(__name__)
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 15.0
+_POLL_SECONDS = 0.1
+
+
+class Counters(Protocol):
+    """Where the log counts what it does (the wrapper's Prometheus metrics)."""
+
+    def log_written(self, records: int) -> None: ...
+    def log_dropped(self, records: int) -> None: ...
+    def log_write_error(self) -> None: ...
+
+
+class _NoCounters:
+    def log_written(self, records: int) -> None: ...
+    def log_dropped(self, records: int) -> None: ...
+    def log_write_error(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Where the files go (`model_wrapper.loading.log_sink.S3Sink`)."""
+
+    def put(self, bucket: str, key: str, body: bytes) -> None: ...
+
+
+class InferenceLog:
+    """Samples, queues and writes the records of one served model version."""
+
+    def __init__(self, settings: WrapperSettings, *, sink: Callable[[], Sink],
+                 bucket: Callable[[], str | None]) -> None:
+        """`sink` and `bucket` are called in the writer thread, once, when the first file is due."""
+        self.sample = 0.0
+        """Set by `attach`: nothing is sampled before the model (and its contract) is loaded."""
+        self.counters: Counters = _NoCounters()
+        self._settings = settings
+        # A deque, not a queue.Queue: appending takes no lock and wakes no thread, so the writer never
+        # takes the interpreter from the event loop per request; it looks every poll or when a batch is full.
+        self._entries: deque[Entry] = deque()
+        self._wake = threading.Event()
+        self._sink_factory = sink
+        self._bucket_of = bucket
+        self._layout: Layout | None = None
+        self._pending: list[list[Entry]] = []
+        self._sink: Sink | None = None
+        self._bucket: str | None = None
+        self._failures, self._retry_at = 0, 0.0
+        self._closing = threading.Event()
+        self._deadline = float("inf")
+        self._thread: threading.Thread | None = None
+        self._files = _FileNames(settings, _pod_name())
+
+    def attach(self, model: LoadedModel) -> None:
+        """Start logging for the loaded model: its contract's sample and `log: false` fields."""
+        contract = model.contract
+        sample = contract.logging.sample if contract.logging is not None else self._settings.inference_log_sample
+        if not contract.inputs or sample <= 0:
+            return
+        self._layout = Layout.of(self._settings.model_name, self._settings.model_version, contract,
+                                 model.backend.columns)
+        self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
+        self._thread.start()
+        self.sample = sample
+        log.info("model %s version %s: inference log on, sample %s, under %s", self._settings.model_name,
+                 self._settings.model_version, self.sample, self._files.folder)
+
+    def sampled(self) -> bool:
+        """Whether this request is logged (decided before predicting, so an unlogged one costs nothing)."""
+        sample = self.sample
+        return sample > 0 and (sample >= 1 or random.random() < sample)  # noqa: S311 - a sample, not a secret
+
+    def add(self, entry: Entry) -> None:
+        entries = self._entries
+        if len(entries) >= self._settings.inference_log_queue:
+            self.counters.log_dropped(1)
+            return
+        entries.append(entry)
+        if len(entries) == self._settings.inference_log_batch_records:
+            self._wake.set()
+
+    def close(self, timeout: float) -> None:
+        """Write what is queued, trying for at most `timeout` seconds (the SIGTERM drain)."""
+        if self._thread is None or self._closing.is_set():
+            return
+        self._deadline = time.monotonic() + timeout
+        self._closing.set()
+        self._wake.set()
+        self._thread.join(timeout + 1)
+
+    def _run(self) -> None:
+        while True:
+            closing = self._closing.is_set()
+            if closing and time.monotonic() > self._deadline:
+                return self._give_up()
+            if batch := self._collect(closing):
+                self._pending.append(batch)
+            if self._pending and time.monotonic() >= self._retry_at:
+                self._try_write()
+            if closing and not self._pending and not self._entries:
+                return None
+            if not batch:
+                self._wake.wait(_POLL_SECONDS)
+                self._wake.clear()
+
+    def _collect(self, closing: bool) -> list[Entry]:
+        """Entries for one file, once due: a batch's worth, or the oldest INFERENCE_LOG_BATCH_SECONDS old,
+        or whatever is left once closing."""
+        entries, limit = self._entries, self._settings.inference_log_batch_records
+        if not entries or not (closing or len(entries) >= limit
+                               or time.time() - entries[0].at >= self._settings.inference_log_batch_seconds):
+            return []
+        return [entries.popleft() for _ in range(min(limit, len(entries)))]
+
+    def _try_write(self) -> None:
+        try:
+            self._sink = self._sink or self._sink_factory()
+            self._write_pending(self._sink, self._bucket or self._resolve_bucket())
+            self._failures, self._retry_at = 0, 0.0
+        except Exception as e:  # any S3 trouble (or none resolved yet): keep the batch, try again later
+            self.counters.log_write_error()
+            self._failures += 1
+            pause = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + pause
+            log.warning("model %s version %s: inference log not written (%s); retrying in %.1fs",
+                        self._settings.model_name, self._settings.model_version, _first_line(e), pause)
+
+    def _write_pending(self, sink: Sink, bucket: str) -> None:
+        """One file per batch and day, oldest first; a batch leaves the list only once written."""
+        import pyarrow.parquet as pq
+
+        layout = self._layout
+        assert layout is not None
+        while self._pending:
+            batch = self._pending[0]
+            day = day_of(batch[0])
+            entries = [entry for entry in batch if day_of(entry) == day]
+            buffer = io.BytesIO()
+            pq.write_table(to_table(entries, layout), buffer, compression="zstd")
+            sink.put(bucket, self._files.next_key(day), buffer.getvalue())
+            rest = [entry for entry in batch if day_of(entry) != day]
+            self._pending[0:1] = [rest] if rest else []
+            self.counters.log_written(len(entries))
+
+    def _resolve_bucket(self) -> str:
+        self._bucket = self._bucket_of()
+        if not self._bucket:
+            raise RuntimeError("no bucket: the model's artifacts are not in S3; set INFERENCE_LOG_BUCKET")
+        return self._bucket
+
+    def _give_up(self) -> None:
+        lost = sum(len(batch) for batch in self._pending) + len(self._entries)
+        if lost:
+            self.counters.log_dropped(lost)
+            log.error("model %s version %s: %d inference-log records not written before the drain ended",
+                      self._settings.model_name, self._settings.model_version, lost)
+
+
+class _FileNames:
+    """`<prefix>/<slug>/<version>/date=YYYY-MM-DD/<pod>-<seq>.parquet`; seq is this process's start
+    (ms) and a counter, so a restarted container or a second worker never overwrites a file."""
+
+    def __init__(self, settings: WrapperSettings, pod: str) -> None:
+        self.folder = f"{settings.inference_log_prefix.strip('/')}/{settings.model_slug}/{settings.model_version}"
+        self._stem = f"{pod}-{int(time.time() * 1000)}{os.getpid() % 100000:05d}"
+        self._count = 0
+
+    def next_key(self, day: str) -> str:
+        self._count += 1
+        return f"{self.folder}/date={day}/{self._stem}-{self._count:06d}.parquet"
+
+
+def _pod_name() -> str:
+    # Kubernetes sets HOSTNAME to the pod's name.
+    name = os.environ.get("HOSTNAME") or socket.gethostname() or "wrapper"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:100]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__

@@ -1,0 +1,95 @@
+"""The inference log's writer in-process, behind its own seam (the Sink): a full queue drops and counts
+records without blocking the caller, and a close whose uploads keep failing gives up at its deadline,
+counting what it could not write. The real S3 cases are in test_inference_log.py."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from devstack.models import IRIS_CONTRACT, IRIS_FEATURES
+from model_wrapper.config.settings import load_settings
+from model_wrapper.contract.spec import parse_contract
+from model_wrapper.predict.inference_log import InferenceLog
+from model_wrapper.predict.inference_records import Entry
+from model_wrapper.predict.predictor import LoadedModel
+
+ROW = (5.1, 3.5, 1.4, 0.2)
+
+
+@dataclass
+class Counts:
+    written: int = 0
+    dropped: int = 0
+    errors: int = 0
+
+    def log_written(self, records: int) -> None:
+        self.written += records
+
+    def log_dropped(self, records: int) -> None:
+        self.dropped += records
+
+    def log_write_error(self) -> None:
+        self.errors += 1
+
+
+@dataclass
+class Sink:
+    opened: threading.Event = field(default_factory=threading.Event)
+    failing: bool = False
+    files: list[bytes] = field(default_factory=list)
+
+    def put(self, bucket: str, key: str, body: bytes) -> None:
+        if self.failing:
+            raise ConnectionError("S3 is down")
+        self.opened.wait(30)
+        self.files.append(body)
+
+
+@dataclass
+class Backend:
+    columns: list[str] = field(default_factory=lambda: list(IRIS_FEATURES))
+
+
+def _log(sink: Sink, **settings: str) -> tuple[InferenceLog, Counts]:
+    values = {"MODEL_NAME": "iris", "MODEL_VERSION": "1", "MODEL_SOURCE": "s3://models/iris",
+              "INFERENCE_LOG_SAMPLE": "1", **settings}
+    log = InferenceLog(load_settings(values), sink=lambda: sink, bucket=lambda: "models")
+    counts = Counts()
+    log.counters = counts
+    model: Any = LoadedModel(parse_contract(IRIS_CONTRACT.encode()), "test", Backend(), None)  # type: ignore[arg-type]
+    log.attach(model)
+    return log, counts
+
+
+def _entry(number: int) -> Entry:
+    return Entry(f"r{number}", time.time(), "predict", 200, 1.0, [ROW], {"predictions": [0]})
+
+
+def test_a_full_queue_drops_and_counts_records_without_blocking_the_caller() -> None:
+    sink = Sink()
+    log, counts = _log(sink, INFERENCE_LOG_QUEUE="2", INFERENCE_LOG_BATCH_RECORDS="1")
+
+    for number in range(10):  # the sink is blocked all along: an add that waited would never return
+        log.add(_entry(number))
+        time.sleep(0.01)
+
+    assert 7 <= counts.dropped <= 8  # the queue holds 2, the blocked writer at most 1 more
+    sink.opened.set()
+    log.close(10)
+    assert counts.written == 10 - counts.dropped == sum(pq.read_table(io.BytesIO(f)).num_rows for f in sink.files)
+
+
+def test_a_close_whose_uploads_keep_failing_gives_up_at_its_deadline_and_counts_the_loss() -> None:
+    log, counts = _log(Sink(failing=True), INFERENCE_LOG_BATCH_SECONDS="600")
+    for number in range(5):
+        log.add(_entry(number))
+
+    log.close(1.0)
+
+    assert (counts.written, counts.dropped) == (0, 5) and counts.errors >= 1  # given up, not still trying
