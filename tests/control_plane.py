@@ -5,6 +5,8 @@ kmock 0.8 stores objects, answers 404/409 and applies patches as plain dict merg
 controller, no defaulting, no label selectors and no paging. `ControlPlane` adds them, following
 (kubernetes/kubernetes unless said otherwise):
 
+- Authorization: every request of the watcher's identity is checked against `cronjob/role.yaml` as the
+  RBAC authorizer does, before any handler, and refused with its 403 Status (tests/rbac.py).
 - API server writes: `staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go` and
   `pkg/registry/apps/deployment/strategy.go` (`PrepareForCreate`: generation 1, status cleared;
   `PrepareForUpdate`: status kept, generation +1 only when `spec` changed); every write moves
@@ -67,6 +69,7 @@ import jsonpatch
 import kmock
 
 from tests.job_controller import JOBS, JobController
+from tests.rbac import Authorizer
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 REPLICASETS = kmock.resource("apps", "v1", "replicasets")
@@ -129,6 +132,7 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
         self._by_namespace: dict[str | None, set[Any]] = {}
         self._dirty: set[str | None] = set()
         """Namespaces written to since the controller last found nothing to do in them."""
+        self.rbac = Authorizer()
 
     # --- the clock ------------------------------------------------------------------------
 
@@ -167,6 +171,7 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
     # --- the API server ---------------------------------------------------------------------
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        self.rbac.authorize(request)  # the authorization filter runs before any handler (tests/rbac.py)
         action = request.action
         if request.resource is None or action not in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
             return await kmock.KubernetesScaffold._handle(self, request)

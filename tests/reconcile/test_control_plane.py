@@ -13,12 +13,15 @@ import pytest
 from kubernetes import client
 
 from tests.peers import DEFAULT_INGRESS_CLASS, KubernetesPeer, Pods, all_ready, crash
+from tests.rbac import ADMIN_TOKEN
 
 
 @pytest.fixture
 def k8s(kube: KubernetesPeer) -> client.ApiClient:
     configuration = client.Configuration()
     configuration.host = kube.url
+    configuration.api_key = {"authorization": ADMIN_TOKEN}  # another client than the watcher: no Role applies
+    configuration.api_key_prefix = {"authorization": "Bearer"}
     return client.ApiClient(configuration)
 
 
