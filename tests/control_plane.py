@@ -17,8 +17,10 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   cannot be applied, a failed `test` op included, is 422.
 - Defaults: `pkg/apis/apps/v1/defaults.go` (`SetDefaults_Deployment`: replicas 1, RollingUpdate
   25%/25%, revisionHistoryLimit 10, progressDeadlineSeconds 600) and `pkg/apis/core/v1/defaults.go`
-  (Service type ClusterIP, port protocol TCP, targetPort = port); the Service REST storage keeps
-  the allocated clusterIP when an update leaves it out (`patchAllocatedValues`).
+  (Service type ClusterIP, port protocol TCP, targetPort = port; every pod template's
+  `SetDefaults_PodSpec`, `SetDefaults_Container`, `SetDefaults_Probe`, on create and update:
+  tests/pod_defaults.py); the Service REST storage keeps the allocated clusterIP when an update
+  leaves it out (`patchAllocatedValues`).
 - `plugin/pkg/admission/network/defaultingressclass/admission.go`: on create only, an Ingress
   without `ingressClassName` (and without the legacy class annotation) gets the default class.
 - The Deployment controller, `pkg/controller/deployment/`: `sync.go` (`getNewReplicaSet`: a new
@@ -69,6 +71,7 @@ import jsonpatch
 import kmock
 
 from tests.job_controller import JOBS, JobController
+from tests.pod_defaults import default_pod_spec
 from tests.rbac import Authorizer
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
@@ -284,6 +287,9 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
         spec = obj.get("spec")
         if not isinstance(spec, dict):
             return
+        pod_spec = spec if plural == "pods" else (spec.get("template") or {}).get("spec")
+        if plural in ("deployments", "replicasets", "jobs", "pods") and isinstance(pod_spec, dict):
+            default_pod_spec(pod_spec)  # tests/pod_defaults.py: pkg/apis/core/v1/defaults.go
         if plural == "deployments":
             spec.setdefault("replicas", 1)
             spec.setdefault("revisionHistoryLimit", 10)

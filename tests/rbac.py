@@ -72,7 +72,7 @@ def attributes(request: kmock.Request) -> Attributes | None:
     """requestinfo.go: the verb RBAC checks, or None for a request that is not for a resource."""
     if request.resource is None:
         return None
-    method, name = request.method.value, request.name
+    method, name = str(request.method.value), request.name
     if method == "GET":
         verb = "watch" if str(request.params.get("watch", "")).lower() in ("true", "1") else \
             ("get" if name else "list")
@@ -80,7 +80,7 @@ def attributes(request: kmock.Request) -> Attributes | None:
         verb = "delete" if name else "deletecollection"
     else:
         verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
-    resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+    resource = str(request.resource.plural) + (f"/{request.subresource}" if request.subresource else "")
     return Attributes(verb, request.resource.group or "", resource, request.namespace, name)
 
 

@@ -18,15 +18,16 @@ from kubernetes.client.exceptions import ApiException
 from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT
-from model_wrapper.naming import model_slug
+from model_wrapper.contract.naming import model_slug
 from tests.evaluation.conftest import GATE, csv_bytes, iris_table
 from tests.faults.kube_faults import KubeFaults
 from tests.faults.support import tags
 from tests.peers import READY, KubernetesPeer, crash
 from tests.rbac import Grant, shipped_grants
-from watcher.cluster import api_client
-from watcher.reconcile import Deps, reconcile_once
-from watcher.settings import Settings
+from watcher.config.settings import Settings
+from watcher.reconcile.deps import Deps
+from watcher.reconcile.engine import reconcile_once
+from watcher.targets.kubernetes.cluster import api_client
 
 MLMODEL = "flavors:\n  python_function: {loader_module: mlflow.sklearn, python_version: 3.11.7}\n"
 AUTOSCALED = IRIS_CONTRACT + ("serving:\n"

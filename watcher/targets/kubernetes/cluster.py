@@ -3,8 +3,9 @@
 With `jobs` and `lease` beside it, the only watcher code that calls the Kubernetes API (the renderer and the
 settings use only the client's pure quantity parser). One paged list per managed kind (`KINDS`: adding a
 kind is one line there) observes the whole namespace; objects without the managed-by label are
-reported, never touched. Updates are JSON patches of the paths Service Builder owns, so what admission,
-controllers and people add to our objects survives; every request has a connect and read timeout.
+reported, never touched. Updates are kubectl-apply three-way merges (`patch.py`) sent as JSON patches,
+so what admission, controllers and people add to our objects survives and what we stop
+rendering goes; every request has a connect and read timeout.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from watcher.render.manifests import (
 )
 from watcher.targets.kubernetes.jobs import JobRunner
 from watcher.targets.kubernetes.lease import Lease
-from watcher.targets.kubernetes.patch import ours, owned_patch, pointer
+from watcher.targets.kubernetes.patch import last_applied, ours, pointer, three_way_patch, with_last_applied
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -161,11 +162,11 @@ class KubernetesTarget:
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             existing = snapshot.objects.get((kind, name))
             if existing is None:
-                self._call("create", kind, partial(self._create, manifest))
+                self._call("create", kind, partial(self._create, manifest, owned))
             elif not _managed(existing):
                 raise Blocked(f"{kind} {name!r} exists and is not managed by Service Builder")
             elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
-                self._call("patch", kind, partial(self._patch, _remembering(owned, existing), existing))
+                self._update(_remembering(owned, existing), existing)
 
     def wait_ready(self, rendered: Rendered, timeout: float) -> None:
         """Block until the Deployment's template is rolled out as `kubectl rollout status` says, or raise.
@@ -208,9 +209,9 @@ class KubernetesTarget:
             previous = snapshot.objects.get((kind, name))
             if previous is None:
                 self._call("delete", kind, partial(self._delete, kind, name), attempts=6)
-            else:
-                current = self._read(kind, name)
-                self._call("patch", kind, partial(self._patch, ours(previous, manifest), current), attempts=6)
+            else:  # what was applied to it then, re-applied over what it is now
+                before = last_applied(previous) or ours(previous, manifest)
+                self._update({**before, "kind": kind}, None, attempts=6)
         if (rendered.deployment["kind"], rendered.deployment["metadata"]["name"]) in snapshot.objects:
             self._forget_rollback(rendered.deployment["metadata"]["name"])
 
@@ -270,21 +271,35 @@ class KubernetesTarget:
         obj = self._call("get", kind, partial(self._method("read", kind), name, self._ns))
         return self._api.sanitize_for_serialization(obj)
 
-    def _create(self, manifest: dict[str, Any]) -> Any:
+    def _create(self, manifest: dict[str, Any], owned: dict[str, Any] | None = None) -> Any:
+        """Create `manifest`, noting `owned` (the paths we keep setting, by default all) as what we applied."""
         kind = manifest["kind"]
+        noted = with_last_applied(owned or manifest)["metadata"]["annotations"]
+        body = {**manifest, "metadata": {**manifest["metadata"], "annotations": noted}}
         try:
-            return self._method("create", kind)(self._ns, manifest)
+            return self._method("create", kind)(self._ns, body)
         except ApiException as e:
             if e.status != 409:
                 raise
         # It exists after all: an earlier try whose answer was lost (a 5xx or timeout after the write)
         # created it. Adopt it, but only if it carries our label: never take over someone else's object.
         current = self._read(kind, manifest["metadata"]["name"])
-        return self._patch(manifest, current, ours_only=True)
+        return self._patch(owned or manifest, current, ours_only=True)
+
+    def _update(self, manifest: dict[str, Any], seen: dict[str, Any] | None, attempts: int = 3) -> Any:
+        """Apply `manifest` over the live object: first over `seen` (as observed), then, after a conflict
+        (someone wrote it since), over a fresh read."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        observed = [seen] if seen is not None else []
+
+        def patch() -> Any:
+            return self._patch(manifest, observed.pop() if observed else self._read(kind, name))
+
+        return self._call("patch", kind, patch, attempts=attempts)
 
     def _patch(self, manifest: dict[str, Any], current: dict[str, Any], *, ours_only: bool = False) -> Any:
-        ops = owned_patch(manifest, current)
-        if ours_only:
+        ops = three_way_patch(last_applied(current), with_last_applied(manifest), current)
+        if ops and ours_only:
             ops.insert(0, {"op": "test", "path": "/metadata/labels/" + pointer(MANAGED_BY_LABEL), "value": MANAGED_BY})
         if not ops:
             return current
@@ -370,8 +385,8 @@ def _in_apply_order(manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
 
 def _owned_manifests(rendered: Rendered) -> list[dict[str, Any]]:
     """The manifests as the watcher patches them: an autoscaled Deployment without spec.replicas, which is
-    the HPA's (a create still starts at min_replicas). owned_patch leaves a field we do not send alone,
-    so no patch undoes a scale, and a scale alone changes no spec hash, so it causes no write at all."""
+    the HPA's (a create still starts at min_replicas). The three-way merge never removes it (patch.py), so no
+    patch undoes a scale, and a scale alone changes no spec hash, so it causes no write at all."""
     manifests = list(rendered.manifests)
     if not any(m["kind"] == "HorizontalPodAutoscaler" for m in manifests):
         return manifests
