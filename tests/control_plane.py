@@ -42,6 +42,9 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   pull and `ImagePullBackOff` after; a crashing one `CrashLoopBackOff` with a growing
   `restartCount` and `lastState.terminated` carrying its termination message.
 
+The HorizontalPodAutoscaler's rescale rule (`pkg/controller/podautoscaler/horizontal.go`) is
+`tests/hpa_controller.py`.
+
 Jobs (the evaluation gate's) are `tests/job_controller.py`: the Job controller and a kubelet that
 runs the Job's container for real.
 
@@ -70,6 +73,7 @@ import aiohttp.web
 import jsonpatch
 import kmock
 
+from tests.hpa_controller import HPAS, HpaController
 from tests.job_controller import JOBS, JobController
 from tests.pod_defaults import default_pod_spec
 from tests.rbac import Authorizer
@@ -120,7 +124,7 @@ class Rejected(kmock.KubernetesError):
     """A write the API server refuses with a Status (409, 415, 422)."""
 
 
-class ControlPlane(JobController, kmock.KubernetesEmulator):
+class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
     """kmock's emulator with the API server's write rules and a controller that runs on its own loop."""
 
     pod_policy: PodPolicy = staticmethod(all_ready)
@@ -353,6 +357,8 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
                     self._sync_deployment(namespace or "", key[2])
                 elif key[0] == JOBS and key in self._objects and not self._objects[key].deleted:
                     self.sync_job(namespace or "", key[2])
+                elif key[0] == HPAS and key in self._objects and not self._objects[key].deleted:
+                    self.sync_hpa(namespace or "", key[2])
 
     def _live(self, resource: Any, namespace: str) -> list[dict[str, Any]]:
         found = []

@@ -80,6 +80,10 @@ KINDS: dict[str, Kind] = {
 }
 """The managed kinds, in the order they are applied (removed in reverse)."""
 _OTHER_RESOURCES = {"Pod": "pods", "Lease": "leases", "Job": "jobs"}
+DROPPED_FIRST = ("HorizontalPodAutoscaler",)
+"""Kinds a release that drops them deletes before its Deployment patch, not after the rollout: while an HPA
+exists, its controller rescales the Deployment into [minReplicas, maxReplicas] (horizontal.go), undoing the
+fixed count the release sets."""
 
 
 @dataclass
@@ -156,6 +160,8 @@ class KubernetesTarget:
     # --- apply ----------------------------------------------------------------------------
 
     def apply(self, rendered: Rendered, snapshot: Snapshot) -> None:
+        for kind, obj in _dropped(rendered, snapshot, DROPPED_FIRST):
+            self._call("delete", kind, partial(self._delete, kind, obj["metadata"]["name"]))
         # The NetworkPolicy first (KINDS order): a model's pods never run unguarded.
         for manifest, owned in zip(_in_apply_order(rendered.manifests), _in_apply_order(_owned_manifests(rendered)),
                                    strict=True):
@@ -212,6 +218,9 @@ class KubernetesTarget:
             else:  # what was applied to it then, re-applied over what it is now
                 before = last_applied(previous) or ours(previous, manifest)
                 self._update({**before, "kind": kind}, None, attempts=6)
+        for kind, obj in _dropped(rendered, snapshot, DROPPED_FIRST):  # the autoscaler apply deleted comes back
+            before = last_applied(obj) or {"apiVersion": "autoscaling/v2", **ours(obj, {**obj, "kind": kind})}
+            self._call("create", kind, partial(self._create, before), attempts=6)
         if (rendered.deployment["kind"], rendered.deployment["metadata"]["name"]) in snapshot.objects:
             self._forget_rollback(rendered.deployment["metadata"]["name"])
 
@@ -231,11 +240,9 @@ class KubernetesTarget:
         (after the rollout, so a failed one is rolled back to what it had), and so does the note of what to roll
         back to."""
         name = rendered.deployment["metadata"]["name"]
-        kept = {manifest["kind"] for manifest in rendered.manifests}
-        for kind in OPTIONAL_TEMPLATES:
-            obj = snapshot.objects.get((kind, name))
-            if kind not in kept and obj is not None and _managed(obj):
-                self._call("delete", kind, partial(self._delete, kind, name))
+        later = tuple(kind for kind in OPTIONAL_TEMPLATES if kind not in DROPPED_FIRST)
+        for kind, _ in _dropped(rendered, snapshot, later):
+            self._call("delete", kind, partial(self._delete, kind, name))
         self._forget_rollback(name)
 
     def remove(self, slug: str, snapshot: Snapshot) -> None:
@@ -392,6 +399,14 @@ def _owned_manifests(rendered: Rendered) -> list[dict[str, Any]]:
         return manifests
     return [m if m["kind"] != "Deployment" else {**m, "spec": {k: v for k, v in m["spec"].items() if k != "replicas"}}
             for m in manifests]
+
+
+def _dropped(rendered: Rendered, snapshot: Snapshot, kinds: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The managed objects of `kinds` the model has now and this release no longer renders."""
+    name = rendered.deployment["metadata"]["name"]
+    kept = {manifest["kind"] for manifest in rendered.manifests}
+    found = [(kind, snapshot.objects.get((kind, name))) for kind in kinds if kind not in kept]
+    return [(kind, obj) for kind, obj in found if obj is not None and _managed(obj)]
 
 
 def _managed(obj: dict[str, Any]) -> bool:
