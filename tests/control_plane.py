@@ -25,7 +25,9 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   without `ingressClassName` (and without the legacy class annotation) gets the default class.
 - The Deployment controller, `pkg/controller/deployment/`: `sync.go` (`getNewReplicaSet`: a new
   ReplicaSet per template, the `deployment.kubernetes.io/revision` annotation, the
-  `NewReplicaSetCreated`/`FoundNewReplicaSet` condition; `calculateStatus`), `rolling.go`
+  `NewReplicaSetCreated` condition, and `FoundNewReplicaSet` only where no Progressing condition was
+  recorded, so a `ProgressDeadlineExceeded` outlives a roll-back to an existing ReplicaSet until the
+  controller sees progress; `calculateStatus`), `rolling.go`
   (`reconcileNewReplicaSet`: scale up within maxSurge; `reconcileOldReplicaSets`: scale down old
   pods only while minAvailable holds, unhealthy ones first), `progress.go` (`syncRolloutStatus`:
   `ReplicaSetUpdated` on progress, `NewReplicaSetAvailable` when complete,
@@ -402,6 +404,9 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
                     mine = highest + 1
                     rs["metadata"]["annotations"][REVISION] = str(mine)
                     self._save(REPLICASETS, rs)
+                if _find((d.get("status") or {}).get("conditions"), "Progressing") is None:
+                    # sync.go sets FoundNewReplicaSet only when no Progressing condition was recorded: after a
+                    # roll-back a ProgressDeadlineExceeded stays until syncRolloutStatus sees progress.
                     self._condition(d, "Progressing", "True", "FoundNewReplicaSet",
                                     f'Found new replica set "{rs["metadata"]["name"]}"')
                 self._set_revision(d, mine)

@@ -64,6 +64,16 @@ def progress_mark(deployment: dict[str, Any]) -> tuple[int, ...]:
                                                     "availableReplicas", "replicas"))
 
 
+def stale_deadline(deployment: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """A ProgressDeadlineExceeded left from a failed rollout while the template's own pods all serve: after a
+    roll-back to an existing ReplicaSet, sync.go keeps the condition until it sees progress (the failed pods
+    going), so it says nothing about this template."""
+    wanted = int(((deployment.get("spec") or {}).get("replicas")) or 0)
+    ready = sum(1 for pod in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                         for c in (pod.get("status") or {}).get("conditions") or []))
+    return wanted > 0 and ready >= wanted
+
+
 @dataclass(frozen=True)
 class PodFault:
     reason: str

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 
 from model_wrapper.contract.spec import Serving
 from watcher.config.settings import Settings
-from watcher.decide.rollout import pod_fault, progress_mark, rollout_status, waiting_reasons
+from watcher.decide.rollout import pod_fault, progress_mark, rollout_status, stale_deadline, waiting_reasons
 from watcher.decide.types import Live
 from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
 from watcher.render.manifests import (
@@ -195,6 +195,8 @@ class KubernetesTarget:
             stalled = self._clock() - since >= timeout
             if verdict.timed_out or stalled or polls % 3 == 0:
                 pods = self._new_pods(deployment, version)
+                if verdict.timed_out and stale_deadline(deployment, pods):
+                    verdict = replace(verdict, timed_out=False)
                 fault = pod_fault(pods)
                 if fault is not None and fault.version_fault:
                     raise RolloutFailed(f"the new pods cannot run: {fault}")
