@@ -2,7 +2,8 @@
 
 A contract's `serving.autoscaling` becomes an `autoscaling/v2` HorizontalPodAutoscaler that the
 watcher creates, updates and removes with the model; 2 or more replicas add a PodDisruptionBudget
-(`minAvailable: 1`). The watcher leaves `spec.replicas` of an autoscaled Deployment to the HPA:
+(`minAvailable: 1`, or `maxUnavailable: 1` where an HPA scales; unready pods always evictable). The
+watcher leaves `spec.replicas` of an autoscaled Deployment to the HPA:
 a scale alone causes no write, and a new template keeps the scaled count. The HPA controller's
 write is played as a JSON patch of spec.replicas (kubernetes/kubernetes
 pkg/controller/podautoscaler/horizontal.go updates the scale subresource, which writes exactly
@@ -90,7 +91,9 @@ def test_autoscaling_renders_a_valid_hpa_and_a_budget_owned_like_the_other_objec
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
     assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
         "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
-    assert pdb["spec"]["minAvailable"] == 1
+    # One pod at a time, however many the HPA runs; unready pods never block a drain.
+    assert (pdb["spec"]["maxUnavailable"], pdb["spec"]["unhealthyPodEvictionPolicy"]) == (1, "AlwaysAllow")
+    assert "minAvailable" not in pdb["spec"]
     deployment = kube.objects("deployments", namespace)[slug]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -133,6 +136,9 @@ def test_a_version_without_autoscaling_removes_the_hpa_and_one_replica_removes_t
     assert (update.updated, update.failed) == (1, 0), update.failures
     assert set(kube.objects("horizontalpodautoscalers", namespace)) == set()
     assert set(kube.objects("poddisruptionbudgets", namespace)) == {slug}
+    budget = kube.objects("poddisruptionbudgets", namespace)[slug]["spec"]
+    assert (budget.get("minAvailable"), budget.get("maxUnavailable")) == (1, None), "what we stopped rendering goes"
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert kube.objects("deployments", namespace)[slug]["spec"]["replicas"] == 3, "the watcher owns the count again"
 
     version_with(IRIS_CONTRACT)  # one replica (the default): a budget would block every node drain
