@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from devstack.models import LoggedModel
 from devstack.servers import LocalMlflow
+from model_wrapper.config.settings import WrapperSettings
 from tests.wrapper.conftest import Served, serve
 
 DRAIN_SECONDS = 2.0
@@ -97,3 +100,11 @@ def test_no_request_sent_before_readiness_turned_503_fails_and_the_drain_keeps_s
     assert before_503 and all(before_503), "a request sent before readiness turned 503 failed"
     assert during_drain and all(during_drain), "the wrapper stopped answering during the drain"
     assert DRAIN_SECONDS <= exited - sigterm < DRAIN_SECONDS + 10
+
+
+def test_the_rendered_pod_outlives_the_drain_and_a_busy_pod_is_not_restarted() -> None:
+    rendered = Path(__file__).resolve().parents[2] / "docs" / "examples" / "iris-manifests.yaml"  # `make examples`
+    (deployment,) = [d for d in yaml.safe_load_all(rendered.read_text()) if d and d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > WrapperSettings.model_fields["drain_seconds"].default
+    assert pod["containers"][0]["livenessProbe"]["timeoutSeconds"] >= 3
