@@ -11,7 +11,8 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   `pkg/registry/apps/deployment/strategy.go` (`PrepareForCreate`: generation 1, status cleared;
   `PrepareForUpdate`: status kept, generation +1 only when `spec` changed); every write moves
   `resourceVersion`; a write that carries a stale `resourceVersion` is 409 Conflict, one without it
-  never is (`GuaranteedUpdate` retries internally). `staging/src/k8s.io/apiserver/pkg/endpoints/
+  never is (`GuaranteedUpdate` retries internally); a delete whose DeleteOptions `preconditions`
+  (resourceVersion, uid) do not match is 409 too. `staging/src/k8s.io/apiserver/pkg/endpoints/
   handlers/patch.go`: the body is read as its Content-Type says (JSON patch, merge patch; strategic
   merge is served as a merge patch, which is the same for the maps used here); a JSON patch that
   cannot be applied, a failed `test` op included, is 422.
@@ -190,6 +191,7 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
             elif action == kmock.action.UPDATE and request.name:
                 self._update(request)
             elif action == kmock.action.DELETE and request.name:
+                self._check_preconditions(request)
                 self._delete(request.resource, request.namespace, request.name)
             return await kmock.KubernetesScaffold._handle(self, request)
 
@@ -260,6 +262,20 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
             return _merge(old, body)
         raise Rejected(status=415, reason="UnsupportedMediaType",
                        message=f"the body of a PATCH cannot be {content_type or 'untyped'}")
+
+    def _check_preconditions(self, request: Any) -> None:
+        """store.go's Delete: DeleteOptions.preconditions (uid, resourceVersion) checked against the stored object;
+        a mismatch is a 409 Conflict (`storeerr.InterpretDeleteError`)."""
+        wanted = (request.data or {}).get("preconditions") if isinstance(request.data, dict) else None
+        key = (request.resource, request.namespace, request.name)
+        if not wanted or key not in self._objects or self._objects[key].deleted:
+            return
+        meta = self._objects[key].raw["metadata"]
+        for field, label in (("resourceVersion", "ResourceVersion"), ("uid", "UID")):
+            if wanted.get(field) and wanted[field] != meta.get(field):
+                raise Rejected(status=409, reason="Conflict", message=(
+                    f'Operation cannot be fulfilled on {request.resource.plural} "{request.name}": Precondition '
+                    f"failed: {label} in precondition: {wanted[field]}, {label} in object meta: {meta.get(field)}"))
 
     def _delete(self, resource: Any, namespace: str | None, name: str) -> None:
         key = (resource, namespace, name)

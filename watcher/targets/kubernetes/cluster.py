@@ -123,7 +123,7 @@ class KubernetesTarget:
         self._sleep = sleep
         self._clock = clock
         self._lease = Lease(client.CoordinationV1Api(self._api), self._ns, settings.lease_name,
-                            duration=LEASE_SECONDS)
+                            duration=LEASE_SECONDS, monotonic=clock, sleep=sleep)
         self._jobs = JobRunner(client.BatchV1Api(self._api), self._core, self._ns, call=self._call,
                                sleep=self._sleep, evaluates_label=EVALUATES_LABEL)
 
