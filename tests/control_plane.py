@@ -9,7 +9,8 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   RBAC authorizer does, before any handler, and refused with its 403 Status (tests/rbac.py).
 - API server writes: `staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go` and
   `pkg/registry/apps/deployment/strategy.go` (`PrepareForCreate`: generation 1, status cleared;
-  `PrepareForUpdate`: status kept, generation +1 only when `spec` changed); every write moves
+  `PrepareForUpdate`: status kept, generation +1 when `spec` changed, and for a Deployment also when its
+  annotations changed; a label change never moves it); every write moves
   `resourceVersion`; a write that carries a stale `resourceVersion` is 409 Conflict, one without it
   never is (`GuaranteedUpdate` retries internally); a delete whose DeleteOptions `preconditions`
   (resourceVersion, uid) do not match is 409 too. `staging/src/k8s.io/apiserver/pkg/endpoints/
@@ -241,7 +242,10 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
             self._default(request.resource.plural, new, old)
             if request.resource.plural in HAS_GENERATION:
                 generation = int(old["metadata"].get("generation") or 1)
-                new["metadata"]["generation"] = generation + (new.get("spec") != old.get("spec"))
+                # strategy.go: a Deployment's annotations bump it too (they are copied to its ReplicaSets).
+                notes = request.resource == DEPLOYMENTS and (new["metadata"].get("annotations") or {}) != (
+                    old["metadata"].get("annotations") or {})
+                new["metadata"]["generation"] = generation + (new.get("spec") != old.get("spec") or notes)
         if new != old:
             self._store(request.resource, request.namespace, request.name, new)
 

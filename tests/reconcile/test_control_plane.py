@@ -70,13 +70,18 @@ def test_generation_moves_only_with_the_spec_and_the_controller_observes_it_late
         stepped()
     apps.patch_namespaced_deployment("m", namespace, [{"op": "add", "path": "/metadata/labels/team", "value": "a"}])
     assert status(k8s, namespace, "m")["metadata"]["generation"] == 1
+    # strategy.go: a Deployment's annotations are copied to its ReplicaSets, so changing them is a new generation.
+    apps.patch_namespaced_deployment("m", namespace, [{"op": "add", "path": "/metadata/annotations",
+                                                       "value": {"team": "a"}}])
+    assert status(k8s, namespace, "m")["metadata"]["generation"] == 2
+    stepped()
 
     apps.patch_namespaced_deployment("m", namespace, new_image("wrapper:2"))
 
     written = status(k8s, namespace, "m")
-    assert (written["metadata"]["generation"], written["status"]["observedGeneration"]) == (2, 1)
+    assert (written["metadata"]["generation"], written["status"]["observedGeneration"]) == (3, 2)
     stepped()
-    assert status(k8s, namespace, "m")["status"]["observedGeneration"] == 2
+    assert status(k8s, namespace, "m")["status"]["observedGeneration"] == 3
 
 
 def test_a_surge_update_keeps_the_old_pod_ready_and_reports_zero_counts_as_absent(
