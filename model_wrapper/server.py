@@ -23,6 +23,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -64,8 +65,9 @@ def serve(settings: WrapperSettings) -> int:
     """One process: uvicorn in the main thread, the model loading in another."""
     predictor = Predictor(settings.model_name, settings.model_version, settings.max_batch)
     inference_log = _inference_log(settings)
-    server = _Server(_config(create_app(settings, predictor, inference_log), settings),
-                     after_shutdown=lambda: inference_log.close(settings.inference_log_flush_seconds))
+    server = DrainingServer(_config(create_app(settings, predictor, inference_log), settings),
+                            after_shutdown=lambda: inference_log.close(settings.inference_log_flush_seconds),
+                            drain_seconds=settings.drain_seconds, on_sigterm=[predictor_draining(predictor)])
     failures: list[str] = []
 
     def stop(reason: str) -> None:
@@ -219,6 +221,40 @@ def report_fatal(reason: str, termination_log: Path, secrets: list[str]) -> None
             termination_log.write_text(line[:TERMINATION_LOG_LIMIT] + "\n")
         except OSError as e:
             print(f"model-wrapper: could not write {termination_log}: {e}", file=sys.stderr, flush=True)
+
+
+class DrainingServer(_Server):
+    """uvicorn that, on SIGTERM, first runs `on_sigterm` (readiness turns 503), keeps serving for
+    `drain_seconds` while the endpoint's removal spreads to kube-proxy and the Ingress controller
+    (uvicorn alone closes its listener ~0.1 s after SIGTERM: requests routed meanwhile would be
+    refused), then shuts down as uvicorn does. A second signal, SIGINT or a zero drain stop at once."""
+
+    def __init__(self, config: uvicorn.Config, after_shutdown: Callable[[], None], drain_seconds: float,
+                 on_sigterm: list[Callable[[], None]]) -> None:
+        super().__init__(config, after_shutdown)
+        self.drain_seconds, self.on_sigterm = drain_seconds, on_sigterm
+        self._drain: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self._drain is not None or self.drain_seconds <= 0:
+            super().handle_exit(sig, frame)
+            return
+        log.info("SIGTERM: readiness fails now; serving %.0f s more before shutting down", self.drain_seconds)
+        for hook in self.on_sigterm:  # a hook that fails must not cut the drain short
+            try:
+                hook()
+            except Exception:
+                log.exception("a SIGTERM hook failed; draining anyway")
+        self._drain = threading.Timer(self.drain_seconds, super().handle_exit, args=(sig, frame))
+        self._drain.daemon = True
+        self._drain.start()
+
+
+def predictor_draining(predictor: Predictor) -> Callable[[], None]:
+    """The drain hook that fails readiness (predict goes on answering)."""
+    def drain() -> None:
+        predictor.draining = True
+    return drain
 
 
 def _config(app: Any, settings: WrapperSettings) -> uvicorn.Config:

@@ -5,23 +5,31 @@ kmock 0.8 stores objects, answers 404/409 and applies patches as plain dict merg
 controller, no defaulting, no label selectors and no paging. `ControlPlane` adds them, following
 (kubernetes/kubernetes unless said otherwise):
 
+- Authorization: every request of the watcher's identity is checked against `cronjob/role.yaml` as the
+  RBAC authorizer does, before any handler, and refused with its 403 Status (tests/rbac.py).
 - API server writes: `staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go` and
   `pkg/registry/apps/deployment/strategy.go` (`PrepareForCreate`: generation 1, status cleared;
-  `PrepareForUpdate`: status kept, generation +1 only when `spec` changed); every write moves
+  `PrepareForUpdate`: status kept, generation +1 when `spec` changed, and for a Deployment also when its
+  annotations changed; a label change never moves it); every write moves
   `resourceVersion`; a write that carries a stale `resourceVersion` is 409 Conflict, one without it
-  never is (`GuaranteedUpdate` retries internally). `staging/src/k8s.io/apiserver/pkg/endpoints/
+  never is (`GuaranteedUpdate` retries internally); a delete whose DeleteOptions `preconditions`
+  (resourceVersion, uid) do not match is 409 too. `staging/src/k8s.io/apiserver/pkg/endpoints/
   handlers/patch.go`: the body is read as its Content-Type says (JSON patch, merge patch; strategic
   merge is served as a merge patch, which is the same for the maps used here); a JSON patch that
   cannot be applied, a failed `test` op included, is 422.
 - Defaults: `pkg/apis/apps/v1/defaults.go` (`SetDefaults_Deployment`: replicas 1, RollingUpdate
   25%/25%, revisionHistoryLimit 10, progressDeadlineSeconds 600) and `pkg/apis/core/v1/defaults.go`
-  (Service type ClusterIP, port protocol TCP, targetPort = port); the Service REST storage keeps
-  the allocated clusterIP when an update leaves it out (`patchAllocatedValues`).
+  (Service type ClusterIP, port protocol TCP, targetPort = port; every pod template's
+  `SetDefaults_PodSpec`, `SetDefaults_Container`, `SetDefaults_Probe`, on create and update:
+  tests/pod_defaults.py); the Service REST storage keeps the allocated clusterIP when an update
+  leaves it out (`patchAllocatedValues`).
 - `plugin/pkg/admission/network/defaultingressclass/admission.go`: on create only, an Ingress
   without `ingressClassName` (and without the legacy class annotation) gets the default class.
 - The Deployment controller, `pkg/controller/deployment/`: `sync.go` (`getNewReplicaSet`: a new
   ReplicaSet per template, the `deployment.kubernetes.io/revision` annotation, the
-  `NewReplicaSetCreated`/`FoundNewReplicaSet` condition; `calculateStatus`), `rolling.go`
+  `NewReplicaSetCreated` condition, and `FoundNewReplicaSet` only where no Progressing condition was
+  recorded, so a `ProgressDeadlineExceeded` outlives a roll-back to an existing ReplicaSet until the
+  controller sees progress; `calculateStatus`), `rolling.go`
   (`reconcileNewReplicaSet`: scale up within maxSurge; `reconcileOldReplicaSets`: scale down old
   pods only while minAvailable holds, unhealthy ones first), `progress.go` (`syncRolloutStatus`:
   `ReplicaSetUpdated` on progress, `NewReplicaSetAvailable` when complete,
@@ -37,6 +45,9 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   in `ContainerCreating`, then runs (Ready), or fails: a bad image shows `ErrImagePull` on the first
   pull and `ImagePullBackOff` after; a crashing one `CrashLoopBackOff` with a growing
   `restartCount` and `lastState.terminated` carrying its termination message.
+
+The HorizontalPodAutoscaler's rescale rule (`pkg/controller/podautoscaler/horizontal.go`) is
+`tests/hpa_controller.py`.
 
 Jobs (the evaluation gate's) are `tests/job_controller.py`: the Job controller and a kubelet that
 runs the Job's container for real.
@@ -66,7 +77,10 @@ import aiohttp.web
 import jsonpatch
 import kmock
 
+from tests.hpa_controller import HPAS, HpaController
 from tests.job_controller import JOBS, JobController
+from tests.pod_defaults import default_pod_spec
+from tests.rbac import Authorizer
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 REPLICASETS = kmock.resource("apps", "v1", "replicasets")
@@ -114,7 +128,7 @@ class Rejected(kmock.KubernetesError):
     """A write the API server refuses with a Status (409, 415, 422)."""
 
 
-class ControlPlane(JobController, kmock.KubernetesEmulator):
+class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
     """kmock's emulator with the API server's write rules and a controller that runs on its own loop."""
 
     pod_policy: PodPolicy = staticmethod(all_ready)
@@ -129,6 +143,7 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
         self._by_namespace: dict[str | None, set[Any]] = {}
         self._dirty: set[str | None] = set()
         """Namespaces written to since the controller last found nothing to do in them."""
+        self.rbac = Authorizer()
 
     # --- the clock ------------------------------------------------------------------------
 
@@ -167,6 +182,7 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
     # --- the API server ---------------------------------------------------------------------
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        self.rbac.authorize(request)  # the authorization filter runs before any handler (tests/rbac.py)
         action = request.action
         if request.resource is None or action not in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
             return await kmock.KubernetesScaffold._handle(self, request)
@@ -176,6 +192,7 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
             elif action == kmock.action.UPDATE and request.name:
                 self._update(request)
             elif action == kmock.action.DELETE and request.name:
+                self._check_preconditions(request)
                 self._delete(request.resource, request.namespace, request.name)
             return await kmock.KubernetesScaffold._handle(self, request)
 
@@ -225,7 +242,10 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
             self._default(request.resource.plural, new, old)
             if request.resource.plural in HAS_GENERATION:
                 generation = int(old["metadata"].get("generation") or 1)
-                new["metadata"]["generation"] = generation + (new.get("spec") != old.get("spec"))
+                # strategy.go: a Deployment's annotations bump it too (they are copied to its ReplicaSets).
+                notes = request.resource == DEPLOYMENTS and (new["metadata"].get("annotations") or {}) != (
+                    old["metadata"].get("annotations") or {})
+                new["metadata"]["generation"] = generation + (new.get("spec") != old.get("spec") or notes)
         if new != old:
             self._store(request.resource, request.namespace, request.name, new)
 
@@ -246,6 +266,20 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
             return _merge(old, body)
         raise Rejected(status=415, reason="UnsupportedMediaType",
                        message=f"the body of a PATCH cannot be {content_type or 'untyped'}")
+
+    def _check_preconditions(self, request: Any) -> None:
+        """store.go's Delete: DeleteOptions.preconditions (uid, resourceVersion) checked against the stored object;
+        a mismatch is a 409 Conflict (`storeerr.InterpretDeleteError`)."""
+        wanted = (request.data or {}).get("preconditions") if isinstance(request.data, dict) else None
+        key = (request.resource, request.namespace, request.name)
+        if not wanted or key not in self._objects or self._objects[key].deleted:
+            return
+        meta = self._objects[key].raw["metadata"]
+        for field, label in (("resourceVersion", "ResourceVersion"), ("uid", "UID")):
+            if wanted.get(field) and wanted[field] != meta.get(field):
+                raise Rejected(status=409, reason="Conflict", message=(
+                    f'Operation cannot be fulfilled on {request.resource.plural} "{request.name}": Precondition '
+                    f"failed: {label} in precondition: {wanted[field]}, {label} in object meta: {meta.get(field)}"))
 
     def _delete(self, resource: Any, namespace: str | None, name: str) -> None:
         key = (resource, namespace, name)
@@ -279,6 +313,9 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
         spec = obj.get("spec")
         if not isinstance(spec, dict):
             return
+        pod_spec = spec if plural == "pods" else (spec.get("template") or {}).get("spec")
+        if plural in ("deployments", "replicasets", "jobs", "pods") and isinstance(pod_spec, dict):
+            default_pod_spec(pod_spec)  # tests/pod_defaults.py: pkg/apis/core/v1/defaults.go
         if plural == "deployments":
             spec.setdefault("replicas", 1)
             spec.setdefault("revisionHistoryLimit", 10)
@@ -342,6 +379,8 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
                     self._sync_deployment(namespace or "", key[2])
                 elif key[0] == JOBS and key in self._objects and not self._objects[key].deleted:
                     self.sync_job(namespace or "", key[2])
+                elif key[0] == HPAS and key in self._objects and not self._objects[key].deleted:
+                    self.sync_hpa(namespace or "", key[2])
 
     def _live(self, resource: Any, namespace: str) -> list[dict[str, Any]]:
         found = []
@@ -385,6 +424,9 @@ class ControlPlane(JobController, kmock.KubernetesEmulator):
                     mine = highest + 1
                     rs["metadata"]["annotations"][REVISION] = str(mine)
                     self._save(REPLICASETS, rs)
+                if _find((d.get("status") or {}).get("conditions"), "Progressing") is None:
+                    # sync.go sets FoundNewReplicaSet only when no Progressing condition was recorded: after a
+                    # roll-back a ProgressDeadlineExceeded stays until syncRolloutStatus sees progress.
                     self._condition(d, "Progressing", "True", "FoundNewReplicaSet",
                                     f'Found new replica set "{rs["metadata"]["name"]}"')
                 self._set_revision(d, mine)

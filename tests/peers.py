@@ -21,6 +21,7 @@ from typing import Any
 import kmock
 
 from tests.control_plane import BAD_IMAGE, PENDING, READY, ControlPlane, PodPolicy, Pods, all_ready, crash
+from tests.rbac import ADMIN_HEADERS
 
 __all__ = ["BAD_IMAGE", "PENDING", "READY", "KubernetesPeer", "Pods", "RolloutPolicy", "all_ready", "crash"]
 
@@ -192,7 +193,8 @@ class KubernetesPeer:
         plurals = {info.kind: key.rsplit("/", 1)[1] for key, info in RESOURCES.items()}
         plural = plurals[obj["kind"]]
         request = urllib.request.Request(f"{self.url}/{api_path}/namespaces/{namespace}/{plural}", method="POST",
-                                         data=json.dumps(obj).encode(), headers={"Content-Type": "application/json"})
+                                         data=json.dumps(obj).encode(),
+                                         headers={"Content-Type": "application/json", **ADMIN_HEADERS})
         with urllib.request.urlopen(request, timeout=10) as response:
             if response.status not in (200, 201):
                 raise RuntimeError(f"kmock answered {response.status} creating {obj['kind']}")
@@ -201,14 +203,14 @@ class KubernetesPeer:
         """JSON-patch one object as any client would (another controller, or a person with kubectl)."""
         request = urllib.request.Request(f"{self.url}/{api_path}/namespaces/{namespace}/{plural}/{name}",
                                          method="PATCH", data=json.dumps(ops).encode(),
-                                         headers={"Content-Type": "application/json-patch+json"})
+                                         headers={"Content-Type": "application/json-patch+json", **ADMIN_HEADERS})
         with urllib.request.urlopen(request, timeout=10):
             pass
 
     def delete(self, api_path: str, namespace: str, plural: str, name: str) -> None:
         """DELETE one object as any client would (a person running kubectl delete)."""
         url = f"{self.url}/{api_path}/namespaces/{namespace}/{plural}/{name}"
-        with urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=10):
+        with urllib.request.urlopen(urllib.request.Request(url, method="DELETE", headers=ADMIN_HEADERS), timeout=10):
             pass
 
 

@@ -48,6 +48,10 @@ class WrapperSettings(BaseSettings):
     """TCP port to listen on."""
     host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
     """Address to bind."""
+    drain_seconds: float = Field(default=10, ge=0, le=600)
+    """After SIGTERM: seconds the wrapper keeps serving with readiness failing (503) before it stops, while
+    the pod's removal from the Service endpoints reaches kube-proxy and the Ingress controller. Keep it below
+    the pod's terminationGracePeriodSeconds (30 as rendered), or the kubelet kills it mid-drain. 0: stop at once."""
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes; each loads its own copy of the model. Prefer replicas to workers."""
     max_body_bytes: int = Field(default=64 << 20, ge=1024, le=1 << 30)

@@ -100,6 +100,8 @@ def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool,
         """200 once the model is loaded and the contract's examples were predicted; 503 with the reason before."""
         if not predictor.ready:
             raise NotReady(predictor.reason)
+        if predictor.draining:
+            raise NotReady("the wrapper is shutting down; requests still in flight are answered")
         differences = predictor.model.environment if predictor.model else ()
         # The watcher copies `warnings` into the version's deployment_warnings tag (ready needs no API key).
         return Response(orjson.dumps({"status": "ready", "warnings": list(differences)}) if differences

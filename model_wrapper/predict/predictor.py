@@ -104,6 +104,8 @@ class Predictor:
     max_batch: int
     reason: str = "the model is still loading"
     ready: bool = False
+    draining: bool = False
+    """SIGTERM came: readiness fails so traffic moves away, while predict still answers (server.py's drain)."""
     inline: bool = False
     model: LoadedModel | None = None
     schema: RequestSchema | None = None

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from devstack.servers import LOCAL_AWS_ENV, LocalMlflow, LocalS3
 from tests.faults.kube_faults import KubeFaults
 from tests.peers import KubernetesPeer
-from tests.reconcile.conftest import _controller_resets, make_deps, make_settings  # noqa: F401
+from tests.reconcile.conftest import _controller_resets, make_deps, make_settings, upload  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -60,7 +60,10 @@ def test_watcher_killed_mid_pass_is_converged_by_the_next_pass_with_no_duplicate
     report = reconcile_once(make_deps())
     assert report.skipped and "holds the lease" in report.skipped, "the dead holder's lease is honoured"
 
-    kube.patch_object("leases", namespace, "service-builder", {"spec": {"renewTime": LONG_AGO}})  # it expires
+    # It expires: its timestamps say so, and (a 2 s duration instead of 60, so the test need not wait a minute)
+    # its resourceVersion then stands still for a whole duration while the next pass watches.
+    kube.patch_object("leases", namespace, "service-builder", {"spec": {"renewTime": LONG_AGO,
+                                                                         "leaseDurationSeconds": 2}})
     report = reconcile_once(make_deps())
     assert report.failed == 0 and not report.skipped, report.failures
     assert {tags(name)["deployment_status"] for name in names} == {"deployed"}

@@ -41,21 +41,6 @@ SETTINGS = {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"
             "K8S_NAME_SPACE", "SERVICE_BUILDER_HOST_NAME", "MODEL_WRAPPER_IMAGE", "SELECTOR",
             "POLL_INTERVAL_SECONDS", "DEPLOY_TARGET", "LOG_FORMAT"}
 KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "resources", "images", "labels", "patches"}
-# (apiGroup, resource, verb, resourceName): exactly what the watcher calls, nothing more.
-WATCHER_PERMISSIONS = {
-    *{("apps", "deployments", verb, None) for verb in ("get", "list", "create", "patch", "delete")},
-    *{("", "services", verb, None) for verb in ("list", "create", "patch", "delete")},
-    *{("networking.k8s.io", "ingresses", verb, None) for verb in ("list", "create", "patch", "delete")},
-    *{("autoscaling", "horizontalpodautoscalers", verb, None) for verb in ("list", "create", "patch", "delete")},
-    *{("policy", "poddisruptionbudgets", verb, None) for verb in ("list", "create", "patch", "delete")},
-    *{("networking.k8s.io", "networkpolicies", verb, None) for verb in ("list", "create", "patch", "delete")},
-    ("", "pods", "list", None),
-    *{("batch", "jobs", verb, None) for verb in ("create", "get", "list", "delete")},
-    ("coordination.k8s.io", "leases", "create", None),
-    *{("coordination.k8s.io", "leases", verb, "service-builder") for verb in ("get", "patch", "delete")},
-}
-
-
 def _documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
@@ -389,14 +374,6 @@ def test_role_has_no_wildcards_and_no_access_to_secrets() -> None:
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert "*" not in rule.get(field, []), (field, rule)
         assert not [r for r in rule["resources"] if r.split("/")[0] == "secrets"], rule
-
-
-def test_role_grants_exactly_the_calls_the_watcher_makes() -> None:
-    granted = {(group, resource, verb, name)
-               for rule in _rules() for group in rule["apiGroups"] for resource in rule["resources"]
-               for verb in rule["verbs"] for name in rule.get("resourceNames") or [None]}
-    assert granted - WATCHER_PERMISSIONS == set(), "granted but never used"
-    assert WATCHER_PERMISSIONS - granted == set(), "used but not granted"
 
 
 def test_no_rule_pairs_create_with_resource_names() -> None:

@@ -2,11 +2,14 @@
 
 A contract's `serving.autoscaling` becomes an `autoscaling/v2` HorizontalPodAutoscaler that the
 watcher creates, updates and removes with the model; 2 or more replicas add a PodDisruptionBudget
-(`minAvailable: 1`). The watcher leaves `spec.replicas` of an autoscaled Deployment to the HPA:
+(`minAvailable: 1`, or `maxUnavailable: 1` where an HPA scales; unready pods always evictable). The
+watcher leaves `spec.replicas` of an autoscaled Deployment to the HPA:
 a scale alone causes no write, and a new template keeps the scaled count. The HPA controller's
 write is played as a JSON patch of spec.replicas (kubernetes/kubernetes
 pkg/controller/podautoscaler/horizontal.go updates the scale subresource, which writes exactly
-that field); tests/control_plane.py's Deployment controller then rolls the pods out. Bad
+that field); tests/control_plane.py's Deployment controller then rolls the pods out. The control
+plane also runs the HPA's rescale rule (tests/hpa_controller.py): a count outside [min, max] is
+rescaled to the bound, so a move to a fixed count holds only if the HPA is gone first. Bad
 autoscaling sections end `failed` with a message.
 """
 
@@ -20,7 +23,7 @@ from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT
 from model_wrapper.contract.naming import model_slug
-from tests.peers import KubernetesPeer
+from tests.peers import READY, KubernetesPeer, crash
 from watcher.config.settings import Settings
 from watcher.reconcile.deps import Deps, PassReport
 from watcher.reconcile.engine import reconcile_once
@@ -88,7 +91,9 @@ def test_autoscaling_renders_a_valid_hpa_and_a_budget_owned_like_the_other_objec
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
     assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {
         "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}]
-    assert pdb["spec"]["minAvailable"] == 1
+    # One pod at a time, however many the HPA runs; unready pods never block a drain.
+    assert (pdb["spec"]["maxUnavailable"], pdb["spec"]["unhealthyPodEvictionPolicy"]) == (1, "AlwaysAllow")
+    assert "minAvailable" not in pdb["spec"]
     deployment = kube.objects("deployments", namespace)[slug]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -131,6 +136,9 @@ def test_a_version_without_autoscaling_removes_the_hpa_and_one_replica_removes_t
     assert (update.updated, update.failed) == (1, 0), update.failures
     assert set(kube.objects("horizontalpodautoscalers", namespace)) == set()
     assert set(kube.objects("poddisruptionbudgets", namespace)) == {slug}
+    budget = kube.objects("poddisruptionbudgets", namespace)[slug]["spec"]
+    assert (budget.get("minAvailable"), budget.get("maxUnavailable")) == (1, None), "what we stopped rendering goes"
+    assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert kube.objects("deployments", namespace)[slug]["spec"]["replicas"] == 3, "the watcher owns the count again"
 
     version_with(IRIS_CONTRACT)  # one replica (the default): a budget would block every node drain
@@ -190,3 +198,40 @@ def test_a_bad_autoscaling_section_fails_the_version_with_a_message_and_creates_
     assert message in version.tags["deployment_message"]
     assert kube.objects("deployments", namespace) == {} and scaling_objects(kube, namespace) == {
         plural: {} for plural in SCALING}
+
+
+def test_a_fixed_count_above_the_hpas_maximum_holds_once_the_hpa_is_gone(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, version_with: Callable[[str], None],
+) -> None:
+    slug = model_slug(model_name)
+    version_with(AUTOSCALED)  # at most 10: the HPA would rescale 12 down to 10 while it exists
+    reconcile_once(deps)
+    version_with(IRIS_CONTRACT + "serving:\n  replicas: 12\n")
+
+    update = reconcile_once(deps)
+    kube.wait_settled(namespace)
+
+    assert (update.updated, update.failed) == (1, 0), update.failures
+    assert kube.objects("horizontalpodautoscalers", namespace) == {}
+    assert kube.objects("deployments", namespace)[slug]["spec"]["replicas"] == 12
+    assert reconcile_once(deps).unchanged == 1
+    assert kube.objects("deployments", namespace)[slug]["spec"]["replicas"] == 12
+
+
+def test_a_failed_move_to_a_fixed_count_gets_its_hpa_back(
+    deps: Deps, kube: KubernetesPeer, namespace: str, model_name: str, version_with: Callable[[str], None],
+) -> None:
+    slug = model_slug(model_name)
+    version_with(AUTOSCALED)
+    reconcile_once(deps)
+    hpa = kube.objects("horizontalpodautoscalers", namespace)[slug]
+    kube.set_rollout_policy(lambda template: crash("boom") if (template["metadata"].get("annotations") or {}).get(
+        "service-builder.io/model-version") == "2" else READY)
+    version_with(IRIS_CONTRACT + "serving:\n  replicas: 3\n")
+
+    assert reconcile_once(deps).failed == 1
+
+    back = kube.objects("horizontalpodautoscalers", namespace)[slug]
+    assert back["spec"] == hpa["spec"] and back["metadata"]["labels"] == hpa["metadata"]["labels"]
+    kube.wait_settled(namespace)
+    assert 2 <= kube.objects("deployments", namespace)[slug]["spec"]["replicas"] <= 10

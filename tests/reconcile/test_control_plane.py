@@ -6,19 +6,26 @@ matters the controller is paused and stepped by hand, so no test depends on timi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from tests.peers import DEFAULT_INGRESS_CLASS, KubernetesPeer, Pods, all_ready, crash
+from tests.peers import DEFAULT_INGRESS_CLASS, PENDING, KubernetesPeer, Pods, all_ready, crash
+from tests.rbac import ADMIN_TOKEN
+from watcher.config.settings import Settings
+from watcher.render.manifests import Rendered
+from watcher.targets.kubernetes.cluster import KubernetesTarget
 
 
 @pytest.fixture
 def k8s(kube: KubernetesPeer) -> client.ApiClient:
     configuration = client.Configuration()
     configuration.host = kube.url
+    configuration.api_key = {"authorization": ADMIN_TOKEN}  # another client than the watcher: no Role applies
+    configuration.api_key_prefix = {"authorization": "Bearer"}
     return client.ApiClient(configuration)
 
 
@@ -63,13 +70,18 @@ def test_generation_moves_only_with_the_spec_and_the_controller_observes_it_late
         stepped()
     apps.patch_namespaced_deployment("m", namespace, [{"op": "add", "path": "/metadata/labels/team", "value": "a"}])
     assert status(k8s, namespace, "m")["metadata"]["generation"] == 1
+    # strategy.go: a Deployment's annotations are copied to its ReplicaSets, so changing them is a new generation.
+    apps.patch_namespaced_deployment("m", namespace, [{"op": "add", "path": "/metadata/annotations",
+                                                       "value": {"team": "a"}}])
+    assert status(k8s, namespace, "m")["metadata"]["generation"] == 2
+    stepped()
 
     apps.patch_namespaced_deployment("m", namespace, new_image("wrapper:2"))
 
     written = status(k8s, namespace, "m")
-    assert (written["metadata"]["generation"], written["status"]["observedGeneration"]) == (2, 1)
+    assert (written["metadata"]["generation"], written["status"]["observedGeneration"]) == (3, 2)
     stepped()
-    assert status(k8s, namespace, "m")["status"]["observedGeneration"] == 2
+    assert status(k8s, namespace, "m")["status"]["observedGeneration"] == 3
 
 
 def test_a_surge_update_keeps_the_old_pod_ready_and_reports_zero_counts_as_absent(
@@ -177,3 +189,63 @@ def test_lists_are_paged_and_filtered_by_label_selectors(k8s: client.ApiClient, 
     assert [d.metadata.name for d in first.items + rest.items] == [*(f"m{n}" for n in range(5)), "other"]
     assert rest.metadata._continue is None
     assert [d.metadata.name for d in selected.items] == ["m3"]
+
+
+# --- a roll-back to an existing ReplicaSet after a timed-out rollout (sync.go's getNewReplicaSet) ------
+
+
+def progressing(k8s: client.ApiClient, namespace: str) -> tuple[str, str]:
+    deployment = status(k8s, namespace, "m")
+    (condition,) = [c for c in deployment["status"]["conditions"] if c["type"] == "Progressing"]
+    return condition["reason"], f"{deployment['metadata']['generation']}/{deployment['status']['observedGeneration']}"
+
+
+def timed_out_then_rolled_back(kube: KubernetesPeer, k8s: client.ApiClient, namespace: str, stepped: Any) -> None:
+    """v1 serves; v2's pods never start and its rollout passes the deadline; the template goes back to v1."""
+    kube.set_pod_policy(lambda t: PENDING if t["spec"]["containers"][0]["image"] == "wrapper:2" else all_ready(t))
+    apps = client.AppsV1Api(k8s)
+    apps.create_namespaced_deployment(namespace, manifest("m"))
+    for _ in range(4):
+        stepped()
+    apps.patch_namespaced_deployment("m", namespace, new_image("wrapper:2"))
+    for _ in range(3):
+        stepped()
+    kube.advance(601)
+    stepped()
+    assert progressing(k8s, namespace) == ("ProgressDeadlineExceeded", "2/2")
+    apps.patch_namespaced_deployment("m", namespace, new_image("wrapper:1"))
+    stepped()
+
+
+def test_a_deadline_exceeded_outlives_a_roll_back_to_an_existing_replica_set_until_progress(
+    kube: KubernetesPeer, k8s: client.ApiClient, namespace: str, stepped: Any,
+) -> None:
+    timed_out_then_rolled_back(kube, k8s, namespace, stepped)
+
+    assert progressing(k8s, namespace) == ("ProgressDeadlineExceeded", "3/3")
+    for _ in range(3):
+        stepped()
+    assert progressing(k8s, namespace)[0] == "NewReplicaSetAvailable"
+
+
+def test_the_watcher_waits_out_a_stale_deadline_after_a_roll_back(
+    kube: KubernetesPeer, k8s: client.ApiClient, namespace: str, stepped: Any,
+    make_settings: Callable[..., Settings],
+) -> None:
+    timed_out_then_rolled_back(kube, k8s, namespace, stepped)
+    target = KubernetesTarget(make_settings(), sleep=lambda _: kube.call(kube.emulator.step) if kube.emulator else None)
+    rendered = Rendered(release=None, manifests=(manifest("m", "wrapper:1"),), spec_hash="")  # type: ignore[arg-type]
+    outcome: list[Exception | None] = []
+
+    def wait() -> None:
+        try:
+            target.wait_ready(rendered, timeout=30)
+            outcome.append(None)
+        except Exception as e:  # what the watcher would make of it
+            outcome.append(e)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    waiter.join(60)
+
+    assert outcome == [None], "a healthy roll-back is not a timed-out rollout"

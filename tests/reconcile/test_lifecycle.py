@@ -318,10 +318,10 @@ def test_failed_version_is_not_retried_until_its_inputs_change(
     make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
     model_name: str, iris: LoggedModel, production: dict[str, str],
 ) -> None:
-    def bad_image_never_starts(template: dict[str, Any]) -> Pods:
-        return BAD_IMAGE if template["spec"]["containers"][0]["image"].endswith(":broken") else READY
+    def broken_image_crashes(template: dict[str, Any]) -> Pods:
+        return crash("cannot load") if template["spec"]["containers"][0]["image"].endswith(":broken") else READY
 
-    kube.set_rollout_policy(bad_image_never_starts)
+    kube.set_rollout_policy(broken_image_crashes)
     register_versions(model_name, iris, tags=production)
     broken = make_deps(make_settings(model_wrapper_image="registry.example.org/model-wrapper:broken"))
     assert passes(broken).failed == 1
@@ -331,6 +331,26 @@ def test_failed_version_is_not_retried_until_its_inputs_change(
 
     assert (again.failed, again.unchanged) == (0, 1)
     assert tags(model_name, "1") == failed_tags and len(kube.writes(namespace)) == writes
+
+    fixed = passes(make_deps(make_settings(model_wrapper_image="registry.example.org/model-wrapper:1.1")))
+
+    assert (fixed.deployed, fixed.failed) == (1, 0)
+    assert tags(model_name, "1")["deployment_status"] == "deployed"
+
+
+def test_an_image_that_cannot_be_pulled_blocks_the_version_naming_the_image_and_is_retried_every_pass(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], kube: KubernetesPeer, namespace: str,
+    model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    broken_image = "registry.example.org/model-wrapper:broken"
+    kube.set_rollout_policy(lambda t: BAD_IMAGE if t["spec"]["containers"][0]["image"] == broken_image else READY)
+    register_versions(model_name, iris, tags=production)
+    broken = make_deps(make_settings(model_wrapper_image=broken_image))
+
+    assert passes(broken).failed == 1
+    message = tags(model_name, "1")["deployment_message"]
+    assert f"image {broken_image} cannot be pulled" in message and message.endswith("will retry on the next pass")
+    assert passes(broken).failed == 1, "tried again: a registry outage clears by itself"
 
     fixed = passes(make_deps(make_settings(model_wrapper_image="registry.example.org/model-wrapper:1.1")))
 

@@ -235,3 +235,18 @@ def test_a_failed_rollout_after_switching_the_policy_off_keeps_the_policy(
 
     assert report.failed == 1 and "CrashLoopBackOff" in tags_of(model_name, "2")["deployment_message"]
     assert policies(kube, namespace)[slug]["spec"] == before
+
+
+def test_a_host_network_ingress_controller_is_admitted_by_its_nodes_cidr_and_prometheus_scrapes_the_pods() -> None:
+    """A host-network ingress-nginx reaches pods as node traffic, which no namespace selector matches: ops
+    admit the nodes' CIDR (docs/reliability.md, "Network"). Prometheus' kubernetes-pods job finds the pods by
+    their scrape annotations, and METRICS_NAMESPACE lets it through."""
+    manifests = render(network_policy_extra_sources="cidr:192.168.0.0/24")
+    sources = manifests["NetworkPolicy"]["spec"]["ingress"][0]["from"]
+    assert {"ipBlock": {"cidr": "192.168.0.0/24"}} in sources
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in sources
+    pod = manifests["Deployment"]["spec"]["template"]
+    notes = pod["metadata"]["annotations"]
+    port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert (notes["prometheus.io/scrape"], notes["prometheus.io/path"], notes["prometheus.io/port"]) == (
+        "true", "/metrics", str(port))

@@ -99,10 +99,10 @@ def pod(reason: str, restarts: int = 0, message: str = "", last: str = "") -> di
 @pytest.mark.parametrize(("pods", "expected"), [
     ([pod("ContainerCreating")], None),
     ([pod("ErrImagePull", message="rpc error: not found")], None),  # the kubelet retries a first failed pull
-    ([pod("ImagePullBackOff", message="Back-off pulling image")], ("ImagePullBackOff", True)),
+    ([pod("ImagePullBackOff", message="Back-off pulling image")], ("ImagePullBackOff", False)),
     ([pod("CrashLoopBackOff", 3, last="predict failed: shape mismatch")], ("CrashLoopBackOff", True)),
     ([pod("CreateContainerConfigError", message='secret "s3" not found')], ("CreateContainerConfigError", False)),
-], ids=["starting", "first pull error", "pull back-off", "crash loop", "missing secret"])
+], ids=["starting", "first pull error", "pull back-off is ops' to fix", "crash loop", "missing secret"])
 def test_only_a_lasting_fault_of_the_pods_counts(pods: list[dict[str, Any]], expected: tuple[str, bool] | None) -> None:
     fault = pod_fault(pods)
 
@@ -113,3 +113,13 @@ def test_a_crash_loop_fault_carries_the_termination_message_and_the_restart_coun
     fault = pod_fault([pod("CrashLoopBackOff", 3, last="contract example 1: predict failed")])
 
     assert str(fault) == "CrashLoopBackOff: contract example 1: predict failed (restarted 3 times)"
+
+
+def test_a_pull_failure_names_the_image_it_could_not_pull() -> None:
+    stuck = pod("ImagePullBackOff", message='Back-off pulling image "reg.example/wrapper:2"')
+    stuck["status"]["containerStatuses"][0]["image"] = "reg.example/wrapper:2"
+
+    fault = pod_fault([stuck])
+
+    assert fault is not None and not fault.version_fault
+    assert str(fault).startswith("ImagePullBackOff: image reg.example/wrapper:2 cannot be pulled: Back-off")

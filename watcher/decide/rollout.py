@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 TIMED_OUT = "ProgressDeadlineExceeded"
-VERSION_FAULTS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-"""Waiting reasons that say the version itself cannot run. A first `ErrImagePull` is not one: the kubelet
-retries the pull, and shows ImagePullBackOff once it keeps failing."""
+VERSION_FAULTS = frozenset({"CrashLoopBackOff"})
+"""Waiting reasons that say the version itself cannot run: its container exits (the wrapper writes why)."""
+IMAGE_FAULTS = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+"""The image cannot be pulled. It comes from the settings (MODEL_WRAPPER_IMAGE, RUNTIME_IMAGES), never from the
+version, and a registry outage clears by itself: ops' to fix, retried every pass. A first `ErrImagePull` is not
+even that yet: the kubelet retries the pull, and shows ImagePullBackOff once it keeps failing."""
 CONFIG_FAULTS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 """A Secret or ConfigMap the pod needs is missing: for ops to fix, not the version."""
 
@@ -61,6 +64,16 @@ def progress_mark(deployment: dict[str, Any]) -> tuple[int, ...]:
                                                     "availableReplicas", "replicas"))
 
 
+def stale_deadline(deployment: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """A ProgressDeadlineExceeded left from a failed rollout while the template's own pods all serve: after a
+    roll-back to an existing ReplicaSet, sync.go keeps the condition until it sees progress (the failed pods
+    going), so it says nothing about this template."""
+    wanted = int(((deployment.get("spec") or {}).get("replicas")) or 0)
+    ready = sum(1 for pod in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                         for c in (pod.get("status") or {}).get("conditions") or []))
+    return wanted > 0 and ready >= wanted
+
+
 @dataclass(frozen=True)
 class PodFault:
     reason: str
@@ -79,10 +92,12 @@ def pod_fault(pods: list[dict[str, Any]]) -> PodFault | None:
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             waiting = (container.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason", "")
-            if reason not in VERSION_FAULTS and reason not in CONFIG_FAULTS:
+            if reason not in VERSION_FAULTS | CONFIG_FAULTS | IMAGE_FAULTS:
                 continue
             terminated = (container.get("lastState") or {}).get("terminated") or {}
             detail = terminated.get("message") or waiting.get("message") or ""
+            if reason in IMAGE_FAULTS:
+                detail = f"image {container.get('image') or '?'} cannot be pulled: {detail}"
             restarts = int(container.get("restartCount") or 0)
             if reason == "CrashLoopBackOff" and restarts:
                 detail = f"{detail} (restarted {restarts} times)".strip()

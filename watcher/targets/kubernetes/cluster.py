@@ -3,8 +3,9 @@
 With `jobs` and `lease` beside it, the only watcher code that calls the Kubernetes API (the renderer and the
 settings use only the client's pure quantity parser). One paged list per managed kind (`KINDS`: adding a
 kind is one line there) observes the whole namespace; objects without the managed-by label are
-reported, never touched. Updates are JSON patches of the paths Service Builder owns, so what admission,
-controllers and people add to our objects survives; every request has a connect and read timeout.
+reported, never touched. Updates are kubectl-apply three-way merges (`patch.py`) sent as JSON patches,
+so what admission, controllers and people add to our objects survives and what we stop
+rendering goes; every request has a connect and read timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 
 from model_wrapper.contract.spec import Serving
 from watcher.config.settings import Settings
-from watcher.decide.rollout import pod_fault, progress_mark, rollout_status, waiting_reasons
+from watcher.decide.rollout import pod_fault, progress_mark, rollout_status, stale_deadline, waiting_reasons
 from watcher.decide.types import Live
 from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
 from watcher.render.manifests import (
@@ -44,7 +45,7 @@ from watcher.render.manifests import (
 )
 from watcher.targets.kubernetes.jobs import JobRunner
 from watcher.targets.kubernetes.lease import Lease
-from watcher.targets.kubernetes.patch import ours, owned_patch, pointer
+from watcher.targets.kubernetes.patch import last_applied, ours, pointer, three_way_patch, with_last_applied
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,6 +80,10 @@ KINDS: dict[str, Kind] = {
 }
 """The managed kinds, in the order they are applied (removed in reverse)."""
 _OTHER_RESOURCES = {"Pod": "pods", "Lease": "leases", "Job": "jobs"}
+DROPPED_FIRST = ("HorizontalPodAutoscaler",)
+"""Kinds a release that drops them deletes before its Deployment patch, not after the rollout: while an HPA
+exists, its controller rescales the Deployment into [minReplicas, maxReplicas] (horizontal.go), undoing the
+fixed count the release sets."""
 
 
 @dataclass
@@ -118,7 +123,7 @@ class KubernetesTarget:
         self._sleep = sleep
         self._clock = clock
         self._lease = Lease(client.CoordinationV1Api(self._api), self._ns, settings.lease_name,
-                            duration=LEASE_SECONDS)
+                            duration=LEASE_SECONDS, monotonic=clock, sleep=sleep)
         self._jobs = JobRunner(client.BatchV1Api(self._api), self._core, self._ns, call=self._call,
                                sleep=self._sleep, evaluates_label=EVALUATES_LABEL)
 
@@ -155,17 +160,19 @@ class KubernetesTarget:
     # --- apply ----------------------------------------------------------------------------
 
     def apply(self, rendered: Rendered, snapshot: Snapshot) -> None:
+        for kind, obj in _dropped(rendered, snapshot, DROPPED_FIRST):
+            self._call("delete", kind, partial(self._delete, kind, obj["metadata"]["name"]))
         # The NetworkPolicy first (KINDS order): a model's pods never run unguarded.
         for manifest, owned in zip(_in_apply_order(rendered.manifests), _in_apply_order(_owned_manifests(rendered)),
                                    strict=True):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             existing = snapshot.objects.get((kind, name))
             if existing is None:
-                self._call("create", kind, partial(self._create, manifest))
+                self._call("create", kind, partial(self._create, manifest, owned))
             elif not _managed(existing):
                 raise Blocked(f"{kind} {name!r} exists and is not managed by Service Builder")
             elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
-                self._call("patch", kind, partial(self._patch, _remembering(owned, existing), existing))
+                self._update(_remembering(owned, existing), existing)
 
     def wait_ready(self, rendered: Rendered, timeout: float) -> None:
         """Block until the Deployment's template is rolled out as `kubectl rollout status` says, or raise.
@@ -188,6 +195,8 @@ class KubernetesTarget:
             stalled = self._clock() - since >= timeout
             if verdict.timed_out or stalled or polls % 3 == 0:
                 pods = self._new_pods(deployment, version)
+                if verdict.timed_out and stale_deadline(deployment, pods):
+                    verdict = replace(verdict, timed_out=False)
                 fault = pod_fault(pods)
                 if fault is not None and fault.version_fault:
                     raise RolloutFailed(f"the new pods cannot run: {fault}")
@@ -208,9 +217,12 @@ class KubernetesTarget:
             previous = snapshot.objects.get((kind, name))
             if previous is None:
                 self._call("delete", kind, partial(self._delete, kind, name), attempts=6)
-            else:
-                current = self._read(kind, name)
-                self._call("patch", kind, partial(self._patch, ours(previous, manifest), current), attempts=6)
+            else:  # what was applied to it then, re-applied over what it is now
+                before = last_applied(previous) or ours(previous, manifest)
+                self._update({**before, "kind": kind}, None, attempts=6)
+        for kind, obj in _dropped(rendered, snapshot, DROPPED_FIRST):  # the autoscaler apply deleted comes back
+            before = last_applied(obj) or {"apiVersion": "autoscaling/v2", **ours(obj, {**obj, "kind": kind})}
+            self._call("create", kind, partial(self._create, before), attempts=6)
         if (rendered.deployment["kind"], rendered.deployment["metadata"]["name"]) in snapshot.objects:
             self._forget_rollback(rendered.deployment["metadata"]["name"])
 
@@ -230,11 +242,9 @@ class KubernetesTarget:
         (after the rollout, so a failed one is rolled back to what it had), and so does the note of what to roll
         back to."""
         name = rendered.deployment["metadata"]["name"]
-        kept = {manifest["kind"] for manifest in rendered.manifests}
-        for kind in OPTIONAL_TEMPLATES:
-            obj = snapshot.objects.get((kind, name))
-            if kind not in kept and obj is not None and _managed(obj):
-                self._call("delete", kind, partial(self._delete, kind, name))
+        later = tuple(kind for kind in OPTIONAL_TEMPLATES if kind not in DROPPED_FIRST)
+        for kind, _ in _dropped(rendered, snapshot, later):
+            self._call("delete", kind, partial(self._delete, kind, name))
         self._forget_rollback(name)
 
     def remove(self, slug: str, snapshot: Snapshot) -> None:
@@ -270,21 +280,35 @@ class KubernetesTarget:
         obj = self._call("get", kind, partial(self._method("read", kind), name, self._ns))
         return self._api.sanitize_for_serialization(obj)
 
-    def _create(self, manifest: dict[str, Any]) -> Any:
+    def _create(self, manifest: dict[str, Any], owned: dict[str, Any] | None = None) -> Any:
+        """Create `manifest`, noting `owned` (the paths we keep setting, by default all) as what we applied."""
         kind = manifest["kind"]
+        noted = with_last_applied(owned or manifest)["metadata"]["annotations"]
+        body = {**manifest, "metadata": {**manifest["metadata"], "annotations": noted}}
         try:
-            return self._method("create", kind)(self._ns, manifest)
+            return self._method("create", kind)(self._ns, body)
         except ApiException as e:
             if e.status != 409:
                 raise
         # It exists after all: an earlier try whose answer was lost (a 5xx or timeout after the write)
         # created it. Adopt it, but only if it carries our label: never take over someone else's object.
         current = self._read(kind, manifest["metadata"]["name"])
-        return self._patch(manifest, current, ours_only=True)
+        return self._patch(owned or manifest, current, ours_only=True)
+
+    def _update(self, manifest: dict[str, Any], seen: dict[str, Any] | None, attempts: int = 3) -> Any:
+        """Apply `manifest` over the live object: first over `seen` (as observed), then, after a conflict
+        (someone wrote it since), over a fresh read."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        observed = [seen] if seen is not None else []
+
+        def patch() -> Any:
+            return self._patch(manifest, observed.pop() if observed else self._read(kind, name))
+
+        return self._call("patch", kind, patch, attempts=attempts)
 
     def _patch(self, manifest: dict[str, Any], current: dict[str, Any], *, ours_only: bool = False) -> Any:
-        ops = owned_patch(manifest, current)
-        if ours_only:
+        ops = three_way_patch(last_applied(current), with_last_applied(manifest), current)
+        if ops and ours_only:
             ops.insert(0, {"op": "test", "path": "/metadata/labels/" + pointer(MANAGED_BY_LABEL), "value": MANAGED_BY})
         if not ops:
             return current
@@ -370,13 +394,21 @@ def _in_apply_order(manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
 
 def _owned_manifests(rendered: Rendered) -> list[dict[str, Any]]:
     """The manifests as the watcher patches them: an autoscaled Deployment without spec.replicas, which is
-    the HPA's (a create still starts at min_replicas). owned_patch leaves a field we do not send alone,
-    so no patch undoes a scale, and a scale alone changes no spec hash, so it causes no write at all."""
+    the HPA's (a create still starts at min_replicas). The three-way merge never removes it (patch.py), so no
+    patch undoes a scale, and a scale alone changes no spec hash, so it causes no write at all."""
     manifests = list(rendered.manifests)
     if not any(m["kind"] == "HorizontalPodAutoscaler" for m in manifests):
         return manifests
     return [m if m["kind"] != "Deployment" else {**m, "spec": {k: v for k, v in m["spec"].items() if k != "replicas"}}
             for m in manifests]
+
+
+def _dropped(rendered: Rendered, snapshot: Snapshot, kinds: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The managed objects of `kinds` the model has now and this release no longer renders."""
+    name = rendered.deployment["metadata"]["name"]
+    kept = {manifest["kind"] for manifest in rendered.manifests}
+    found = [(kind, snapshot.objects.get((kind, name))) for kind in kinds if kind not in kept]
+    return [(kind, obj) for kind, obj in found if obj is not None and _managed(obj)]
 
 
 def _managed(obj: dict[str, Any]) -> bool:

@@ -3,8 +3,10 @@
 Taken only when a pass has something to write, so a steady-state pass writes nothing. While held,
 a thread renews it every quarter of its duration, so a pass may last longer than the lease (slow
 rollouts); a holder that died (SIGKILL, node loss) stops renewing and blocks others one duration.
-As client-go's leaderelection does, a takeover is a compare-and-swap on the `resourceVersion` the
-expiry was judged from, and counts `leaseTransitions`; a renewal that fails means the lease may be
+As client-go's leaderelection does, a lease is expired only when its `resourceVersion` stood still for
+its duration as this process observed it (not by the holder's timestamps: clocks differ), a takeover is
+a compare-and-swap on the `resourceVersion` the expiry was judged from and counts `leaseTransitions`,
+and a release deletes only the version read; a renewal that fails means the lease may be
 someone else's, so `check()` then refuses every further write of the pass.
 """
 
@@ -14,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,9 +34,10 @@ log = logging.getLogger(__name__)
 
 class Lease:
     def __init__(self, api: client.CoordinationV1Api, namespace: str, name: str, duration: int,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self._api, self._ns, self._name, self._duration = api, namespace, name, duration
-        self._clock = clock
+        self._clock, self._monotonic, self._sleep = clock, monotonic, sleep
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._held = False
         self._lost: str | None = None
@@ -92,6 +96,8 @@ class Lease:
         holder = current.get("holderIdentity")
         if holder and not _expired(current, now):
             raise Busy(f"another watcher ({holder}) holds the lease {self._name!r}; leaving this pass to it")
+        if holder:  # expired by the holder's clock: believed only once this process has seen it stand still
+            current, version = self._unchanged_for_its_duration(current, version)
         # Expired or released: take it over only if it is still what the decision was based on. A patch that
         # carries the resourceVersion we read is refused (409) when anyone wrote the lease since.
         spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + (holder != self.identity)
@@ -107,11 +113,27 @@ class Lease:
             raise PassAborted(f"Kubernetes API unreachable (lease: {type(e).__name__})") from e
         log.info("took over the expired lease %s from %s", self._name, holder or "nobody")
 
+    def _unchanged_for_its_duration(self, spec: dict[str, Any], version: str) -> tuple[dict[str, Any], str]:
+        """client-go's leaderelection: a lease is expired when its resourceVersion has not moved for
+        leaseDurationSeconds as this process observed it (local monotonic time), whatever its timestamps say;
+        so a clock skew between watchers never lets two write at once. A move means its holder lives."""
+        wait = float(spec.get("leaseDurationSeconds") or self._duration)
+        since = self._monotonic()
+        while self._monotonic() - since < wait:
+            self._sleep(min(2.0, wait / 8))
+            spec_now, version_now = self._read()
+            if version_now != version:
+                holder = spec_now.get("holderIdentity") or "a watcher"
+                raise Busy(f"{holder} renewed the lease {self._name!r} while it looked expired; leaving this pass")
+        return spec, version
+
     def _release(self) -> None:
         try:
-            current, _ = self._read()
+            current, version = self._read()
             if current.get("holderIdentity") == self.identity:
-                self._api.delete_namespaced_lease(self._name, self._ns, _request_timeout=(5, 10))
+                # Only the lease as read: if anyone wrote it since (a takeover), the API server answers 409.
+                keep_if_changed = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version=version))
+                self._api.delete_namespaced_lease(self._name, self._ns, body=keep_if_changed, _request_timeout=(5, 10))
         except (ApiException, ServiceBuilderError, OSError, urllib3.exceptions.HTTPError) as e:
             log.warning("could not release the lease %s (%s); it expires by itself", self._name, e)
 
