@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -24,28 +24,23 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from model_wrapper.contract.spec import Serving
 from watcher.config.settings import Settings
 from watcher.decide.rollout import pod_fault, progress_mark, rollout_status, stale_deadline, waiting_reasons
-from watcher.decide.types import Live
 from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
 from watcher.render.manifests import (
     EVALUATES_LABEL,
-    INPUTS_DIGEST,
     MANAGED_BY,
     MANAGED_BY_LABEL,
-    MODEL_NAME,
     MODEL_VERSION,
-    NEEDS,
     OPTIONAL_TEMPLATES,
     ROLLBACK_TO,
-    SERVING,
     SPEC_HASH,
     Rendered,
 )
 from watcher.targets.kubernetes.jobs import JobRunner
 from watcher.targets.kubernetes.lease import Lease
 from watcher.targets.kubernetes.patch import last_applied, ours, pointer, three_way_patch, with_last_applied
+from watcher.targets.kubernetes.snapshot import Snapshot, managed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,29 +79,6 @@ DROPPED_FIRST = ("HorizontalPodAutoscaler",)
 """Kinds a release that drops them deletes before its Deployment patch, not after the rollout: while an HPA
 exists, its controller rescales the Deployment into [minReplicas, maxReplicas] (horizontal.go), undoing the
 fixed count the release sets."""
-
-
-@dataclass
-class Snapshot:
-    """What the namespace holds, from one list per kind: raw objects by (kind, name), and per-slug views."""
-
-    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-
-    def live(self) -> list[Live]:
-        by_slug: dict[str, dict[str, dict[str, Any]]] = {}
-        for (kind, name), obj in self.objects.items():  # one walk: a pass stays linear in the models
-            by_slug.setdefault(name, {})[kind] = obj
-        return [self._live(slug, by_slug[slug]) for slug in sorted(by_slug)]
-
-    def _live(self, slug: str, present: dict[str, dict[str, Any]]) -> Live:
-        managed = all(_managed(obj) for obj in present.values())
-        first = present.get("Deployment") or next(iter(present.values()))
-        notes = first.get("metadata", {}).get("annotations") or {}
-        return Live(slug=slug, model=notes.get(MODEL_NAME, "") if managed else "",
-                    version=_int(notes.get(MODEL_VERSION)), spec_hash=notes.get(SPEC_HASH, ""),
-                    inputs_digest=notes.get(INPUTS_DIGEST, ""), serving=_serving(notes.get(SERVING)),
-                    rollback_to=_int(notes.get(ROLLBACK_TO)),
-                    kinds=frozenset(present), managed=managed, needs=_needs(notes.get(NEEDS)))
 
 
 class KubernetesTarget:
@@ -169,7 +141,7 @@ class KubernetesTarget:
             existing = snapshot.objects.get((kind, name))
             if existing is None:
                 self._call("create", kind, partial(self._create, manifest, owned))
-            elif not _managed(existing):
+            elif not managed(existing):
                 raise Blocked(f"{kind} {name!r} exists and is not managed by Service Builder")
             elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
                 self._update(_remembering(owned, existing), existing)
@@ -250,7 +222,7 @@ class KubernetesTarget:
     def remove(self, slug: str, snapshot: Snapshot) -> None:
         for kind in reversed(KINDS):
             obj = snapshot.objects.get((kind, slug))
-            if obj is not None and _managed(obj):
+            if obj is not None and managed(obj):
                 self._call("delete", kind, partial(self._delete, kind, slug))
 
     @contextmanager
@@ -408,11 +380,7 @@ def _dropped(rendered: Rendered, snapshot: Snapshot, kinds: Sequence[str]) -> li
     name = rendered.deployment["metadata"]["name"]
     kept = {manifest["kind"] for manifest in rendered.manifests}
     found = [(kind, snapshot.objects.get((kind, name))) for kind in kinds if kind not in kept]
-    return [(kind, obj) for kind, obj in found if obj is not None and _managed(obj)]
-
-
-def _managed(obj: dict[str, Any]) -> bool:
-    return (obj.get("metadata", {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+    return [(kind, obj) for kind, obj in found if obj is not None and managed(obj)]
 
 
 def _remembering(manifest: dict[str, Any], existing: dict[str, Any]) -> dict[str, Any]:
@@ -426,20 +394,3 @@ def _remembering(manifest: dict[str, Any], existing: dict[str, Any]) -> dict[str
     return {**manifest, "metadata": {**manifest["metadata"], "annotations": {**after, ROLLBACK_TO: serving}}}
 
 
-def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
-
-
-def _needs(value: str | None) -> tuple[str, ...]:
-    try:
-        found = json.loads(value) if value else []
-    except ValueError:
-        return ()
-    return tuple(str(item) for item in found) if isinstance(found, list) else ()
-
-
-def _serving(value: str | None) -> Serving:
-    try:
-        return Serving.model_validate_json(value) if value else Serving()
-    except ValueError:
-        return Serving()

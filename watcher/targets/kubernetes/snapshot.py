@@ -1,0 +1,70 @@
+"""What the namespace holds, read from one list per managed kind, and the per-model view the plan takes.
+
+Built by `watcher.targets.kubernetes.cluster.KubernetesTarget.observe`; pure over the API's plain dicts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_wrapper.contract.spec import Serving
+from watcher.decide.types import Live
+from watcher.render.manifests import (
+    INPUTS_DIGEST,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MODEL_NAME,
+    MODEL_VERSION,
+    NEEDS,
+    ROLLBACK_TO,
+    SERVING,
+    SPEC_HASH,
+)
+
+
+@dataclass
+class Snapshot:
+    """What the namespace holds, from one list per kind: raw objects by (kind, name), and per-slug views."""
+
+    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def live(self) -> list[Live]:
+        by_slug: dict[str, dict[str, dict[str, Any]]] = {}
+        for (kind, name), obj in self.objects.items():  # one walk: a pass stays linear in the models
+            by_slug.setdefault(name, {})[kind] = obj
+        return [self._live(slug, by_slug[slug]) for slug in sorted(by_slug)]
+
+    def _live(self, slug: str, present: dict[str, dict[str, Any]]) -> Live:
+        managed = all(managed(obj) for obj in present.values())
+        first = present.get("Deployment") or next(iter(present.values()))
+        notes = first.get("metadata", {}).get("annotations") or {}
+        return Live(slug=slug, model=notes.get(MODEL_NAME, "") if managed else "",
+                    version=_int(notes.get(MODEL_VERSION)), spec_hash=notes.get(SPEC_HASH, ""),
+                    inputs_digest=notes.get(INPUTS_DIGEST, ""), serving=_serving(notes.get(SERVING)),
+                    rollback_to=_int(notes.get(ROLLBACK_TO)),
+                    kinds=frozenset(present), managed=managed, needs=_needs(notes.get(NEEDS)))
+
+
+def managed(obj: dict[str, Any]) -> bool:
+    return (obj.get("metadata", {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _needs(value: str | None) -> tuple[str, ...]:
+    try:
+        found = json.loads(value) if value else []
+    except ValueError:
+        return ()
+    return tuple(str(item) for item in found) if isinstance(found, list) else ()
+
+
+def _serving(value: str | None) -> Serving:
+    try:
+        return Serving.model_validate_json(value) if value else Serving()
+    except ValueError:
+        return Serving()
