@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT, iris_frame, log_sklearn_model, train_iris
+from model_wrapper.contract.naming import model_slug
 from tests.wrapper.models import REQUIREMENTS
 from watcher.config.settings import Settings
 from watcher.entry import commands
@@ -23,6 +24,7 @@ from watcher.entry.loop import Stop, Watch
 from watcher.entry.metrics import Metrics
 from watcher.reconcile.deps import Deps
 from watcher.reconcile.engine import reconcile_once
+from watcher.targets.local_front import ROUTES_FILE, read_routes
 
 CONTRACT = IRIS_CONTRACT + "logging: {sample: 1.0}\ndrift: {min_requests: 50}\n"
 
@@ -41,7 +43,10 @@ def test_a_model_deployed_on_the_local_target_logs_where_drift_reads_it(
 
     for start in range(0, 150, 10):
         _post(f"{endpoint}predict", {"instances": features[start:start + 10].to_dict("records")})
-    _wait_written(endpoint.split("/", 3)[:3], 15)
+    # The endpoint is the local front's; the wrapper's own /metrics is at the address the front routes to.
+    (backend,) = [b for b in read_routes(settings.local_state_dir / "front" / ROUTES_FILE)[model_slug(model_name)]
+                  if b.weight > 0]
+    _wait_written(backend.url.rstrip("/").split("/", 3)[:3], 15)
     lines: list[str] = []
 
     deps = replace(make_deps(settings), clock=lambda: datetime.now(UTC))  # the fixtures' clock is fixed

@@ -56,7 +56,7 @@ def test_a_traceback_with_a_secret_in_it_is_logged_as_json_with_the_secret_maske
     configure_logging("json")
 
     class LeaksOnce(FailsOnce):
-        def selected(self, selector: Any, name: str | None = None) -> list[Any]:
+        def find(self, selector: Any, name: str | None = None) -> Any:  # the pass's one search
             self.failed = True
             raise RuntimeError(f"could not connect with key {secret}")
 

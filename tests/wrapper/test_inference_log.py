@@ -110,7 +110,8 @@ def test_the_readme_s_three_lines_read_the_log_with_pandas(logged: Served, s3: L
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     ids = {logged.post("predict", {"instances": [INSTANCE] * 3}).headers["x-request-id"] for _ in range(4)}
     _wait_for(s3, prefix, ids)
-    block = re.search(r"```python\n(.*?pyarrow\.fs.*?)```", README.read_text(), re.S)
+    # The one python block that reads the log (the README has others): no fence inside the match.
+    block = re.search(r"```python\n((?:(?!```).)*?pyarrow\.fs(?:(?!```).)*)```", README.read_text(), re.S)
     assert block is not None
     for key, value in {**LOCAL_AWS_ENV, "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url}.items():
         monkeypatch.setenv(key, value)

@@ -81,7 +81,9 @@ class LocalTarget:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._front.ensure()
         port = _free_port()
-        env = {**os.environ, **_container_env(rendered), "PORT": str(port), "HOST": "127.0.0.1",
+        # No drain on SIGTERM: the local front moves the route before it stops a process, and _terminate's grace
+        # would otherwise run out mid-drain and kill the wrapper before it removes its temporary folder.
+        env = {**os.environ, **_container_env(rendered), "PORT": str(port), "HOST": "127.0.0.1", "DRAIN_SECONDS": "0",
                "LOG_FORMAT": "text", "TERMINATION_LOG": str(self._dir / f"{slug}.termination"), **importable()}
         env.update(self._secrets())
         (self._dir / f"{slug}.termination").unlink(missing_ok=True)

@@ -37,14 +37,14 @@ class Snapshot:
         return [self._live(slug, by_slug[slug]) for slug in sorted(by_slug)]
 
     def _live(self, slug: str, present: dict[str, dict[str, Any]]) -> Live:
-        managed = all(managed(obj) for obj in present.values())
+        ours = all(managed(obj) for obj in present.values())
         first = present.get("Deployment") or next(iter(present.values()))
         notes = first.get("metadata", {}).get("annotations") or {}
-        return Live(slug=slug, model=notes.get(MODEL_NAME, "") if managed else "",
+        return Live(slug=slug, model=notes.get(MODEL_NAME, "") if ours else "",
                     version=_int(notes.get(MODEL_VERSION)), spec_hash=notes.get(SPEC_HASH, ""),
                     inputs_digest=notes.get(INPUTS_DIGEST, ""), serving=_serving(notes.get(SERVING)),
                     rollback_to=_int(notes.get(ROLLBACK_TO)),
-                    kinds=frozenset(present), managed=managed, needs=_needs(notes.get(NEEDS)))
+                    kinds=frozenset(present), managed=ours, needs=_needs(notes.get(NEEDS)))
 
 
 def managed(obj: dict[str, Any]) -> bool:
