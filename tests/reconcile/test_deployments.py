@@ -2,7 +2,7 @@
 of the project, driven by MLflow's own CLI (a subprocess) and by `get_deploy_client` (in this process),
 against the session's MLflow server and moto S3, on the local target (real wrapper processes) and the
 emulated cluster: create, get, list, predict (with MLflow's `--input-path` file), update, delete, a
-failing version, a bad config key, and what is not supported.
+failing version, a bad config key, what is not supported, and run-local in the foreground.
 
 The project is installed (`pip install --no-deps -e .`) into a virtualenv of its own that sees the
 shared one's packages (tests/reconcile/installed.py), never into the shared one.
@@ -16,16 +16,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from devstack.models import LoggedModel, register_versions
+from devstack.servers import free_port
 from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer
 from tests.reconcile.installed import installed_python
@@ -172,3 +175,39 @@ def test_what_the_target_does_not_do_is_a_clear_error(deploy_client: Any, model_
                                                        call: Callable[[Any, str], Any], words: str) -> None:
     with pytest.raises(MlflowException, match=words.replace("(", r"\(")):
         call(deploy_client, model_name)
+
+
+@pytest.mark.timeout(300)
+def test_run_local_serves_the_version_with_the_wrapper_in_the_foreground_and_selects_nothing(
+        python: Path, local_env: dict[str, str], model_name: str, iris: LoggedModel) -> None:
+    register_versions(model_name, iris, 1)
+    port = free_port()
+    command = [str(python), "-m", "mlflow", "deployments", "run-local", "-t", "service-builder", "--name", model_name,
+               "-m", f"models:/{model_name}/1", "-C", f"port={port}"]
+    process = subprocess.Popen(command, env=local_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    base = f"http://127.0.0.1:{port}/{model_slug(model_name)}/api/"
+    columns = ROWS["dataframe_split"]["columns"]
+    instances = [dict(zip(columns, row, strict=True)) for row in ROWS["dataframe_split"]["data"]]
+    try:
+        deadline = time.monotonic() + 180
+        while not _answers(base + "ready"):
+            assert process.poll() is None, process.stdout.read().decode()[-3000:] if process.stdout else ""
+            assert time.monotonic() < deadline, "run-local never became ready"
+            time.sleep(0.5)
+        answer = httpx.post(base + "predict", json={"instances": instances}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == iris.model.predict(
+            pd.DataFrame(ROWS["dataframe_split"]["data"], columns=columns)).tolist()
+        assert "deploy" not in _tags(model_name, "1") and "deployment_status" not in _tags(model_name, "1")
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -52,10 +52,10 @@ def target_help() -> str:
             "its variable's name in lower case (e.g. -C selector=alias:production).")
 
 
-def run_local(target: str, name: str, model_uri: str, flavor: str | None = None,
-              config: dict[str, Any] | None = None) -> None:
-    """Serve the version with the model wrapper on this machine, in the foreground, until interrupted."""
-    client = ServiceBuilderDeploymentClient(target)
+def run_local(name: str, model_uri: str, flavor: str | None = None, config: dict[str, Any] | None = None) -> None:
+    """Serve the version with the model wrapper on this machine, in the foreground, until interrupted (MLflow
+    calls this module-level function without a target: `mlflow.deployments.cli.run_local`)."""
+    client = ServiceBuilderDeploymentClient("service-builder")
     call = client._call(config, allow_port=True)
     version = _resolve(call.deps, name, model_uri)
     env = {**os.environ, "MODEL_NAME": version.name, "MODEL_VERSION": str(version.version),
