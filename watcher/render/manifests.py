@@ -36,10 +36,10 @@ from watcher.render.exemptions import scanner_exemptions
 _DEFAULT_TEMPLATES = Path(__file__).resolve().parents[2] / "k8s_templates"
 TEMPLATES_DIR = Path(os.environ.get("SERVICE_BUILDER_TEMPLATES", _DEFAULT_TEMPLATES))
 TEMPLATES = ("deployment.yaml.j2", "service.yaml.j2", "ingress.yaml.j2")
-# Kind → template of the objects only some models have (see `Renderer.kinds`), applied after the others.
 SCRAPE = {"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"}
 """The pod annotations Prometheus' stock `kubernetes-pods` scrape job keeps (relabel on these three): every
 model pod is scraped out of the box once METRICS_NAMESPACE admits the scraper through the NetworkPolicy."""
+# Kind → template of the objects only some models have (see `Renderer.kinds`), applied after the others.
 OPTIONAL_TEMPLATES = {"NetworkPolicy": "networkpolicy.yaml.j2",
                       "HorizontalPodAutoscaler": "horizontalpodautoscaler.yaml.j2",
                       "PodDisruptionBudget": "poddisruptionbudget.yaml.j2"}
@@ -182,7 +182,7 @@ class Renderer:
             "labels": {**selector, "app.kubernetes.io/name": "model-wrapper",
                        "app.kubernetes.io/version": str(release.version)},
             "selector_labels": selector, "annotations": annotations,
-            "pod_annotations": {MODEL_NAME: release.name, MODEL_VERSION: str(release.version), },
+            "pod_annotations": {MODEL_NAME: release.name, MODEL_VERSION: str(release.version), **SCRAPE},
             "replicas": self._replicas(release), "autoscaling": release.serving.autoscaling,
             "progress_deadline_seconds": max(60, int(s.rollout_timeout_seconds)),
             "env": self._env(release), "secret_env": self._secret_env(), "secret_volumes": self._secret_volumes(),
