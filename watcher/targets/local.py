@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from watcher.decide.types import KINDS, Live
 from watcher.errors import Busy, Retryable, RolloutFailed
 from watcher.render.manifests import EVALUATES_LABEL, INPUTS_DIGEST, RUNTIME, Rendered
 from watcher.targets.local_front import Backend
-from watcher.targets.local_ingress import Front, importable
+from watcher.targets.local_ingress import Front, importable, stop_group
 
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -231,17 +230,8 @@ def _alive(pid: Any) -> bool:
 
 
 def _terminate(pid: Any, grace: float = 10) -> None:
-    if not _alive(pid):
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    if _alive(pid):
+        stop_group(pid, _alive, grace)
 
 
 def _answers(url: str) -> bool:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import watcher
@@ -137,12 +138,17 @@ def _is_front(pid: object) -> bool:
 
 
 def _stop(pid: int, grace: float = 5) -> None:
+    stop_group(pid, alive, grace)
+
+
+def stop_group(pid: int, running: Callable[[int], bool], grace: float) -> None:
+    """SIGTERM the process group of `pid`, and SIGKILL it if `running` still says so after `grace` seconds."""
     try:
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while alive(pid) and time.monotonic() < deadline:
+        while running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if alive(pid):
+        if running(pid):
             os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
