@@ -33,12 +33,7 @@ class PredictEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         request_id = _request_id(scope)
         predictor, inference_log = self.predictor, self.inference_log
         seen = Seen() if inference_log is not None and inference_log.sampled() else None
@@ -57,6 +52,16 @@ class PredictEndpoint:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer)),
                                 (b"x-request-id", request_id)]})
         await send({"type": "http.response.body", "body": answer})
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole request body from the ASGI `receive` channel (the guards have already bounded its size)."""
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 def _request_id(scope: dict[str, Any]) -> bytes:

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
 from model_wrapper.errors import NotFound, NotReady
+from model_wrapper.http.predict_endpoint import read_body
 from model_wrapper.predict import v2
 from model_wrapper.predict.predictor import Predictor
 
@@ -96,12 +97,7 @@ class InferEndpoint:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         params = scope["path_params"]
         self.routes.check(params["name"], params.get("version"))
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         predictor, slug = self.routes.predictor, self.routes.slug
         answer = predictor.infer_v2(body, slug) if predictor.inline else await run_in_threadpool(
             predictor.infer_v2, body, slug)
