@@ -6,10 +6,10 @@ Starts moto S3 and an MLflow server on loopback, logs the iris LogisticRegressio
 and serves it with three wrapper processes (one worker each) that differ only in INFERENCE_LOG_SAMPLE;
 the log goes to moto's S3 as it would to a bucket (default batching: 1,000 requests or 60 s). Under wrk
 (1 thread, 8 connections), for 1 and for 100 instances per request, the three take turns in each of
-ROUNDS rounds and the median round counts, so that other work on the machine weighs on all alike.
-The figure is the ratio to sample 0 (the log off). Then, in this process, what the writer thread
-spends per logged request turning records into an Arrow table and a zstd Parquet file (the table is
-the part that holds the interpreter). `--conversion` runs only that part. Not a test: nothing here
+ROUNDS rounds, so that other work on the machine weighs on all alike. The figure is the ratio to
+sample 0 (the log off), round by round, as a median and its spread. Then, in this process, what
+the writer thread spends per logged request turning records into an Arrow table and a zstd Parquet
+file (the table is the part that holds the interpreter). `--conversion` runs only that part. Not a test: nothing here
 asserts a time.
 """
 
@@ -24,7 +24,7 @@ from bench.wrapper import CONNECTIONS, INSTANCE, Load, Server, _all_running, _st
 from devstack.servers import free_port
 
 SAMPLES = ("0", "0.1", "1.0")
-ROUNDS = 3
+ROUNDS = 5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,24 +43,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _conversion(entries: int = 1000, tries: int = 3) -> str:
-    """Microseconds per logged request: records to an Arrow table, then the table to Parquet (best of `tries`)."""
+    """Microseconds per logged request: records to an Arrow table, then the table to Parquet (best of
+    `tries`). The records hold what the predictor hands the log: the instances as the schema (small
+    bodies) or the numeric batch (large ones) parsed them, and the iris answer's numpy arrays and labels."""
     import io
     import time
 
     import numpy as np
+    import orjson
     import pyarrow.parquet as pq
 
     from devstack.models import IRIS_CONTRACT, IRIS_FEATURES
     from model_wrapper.contract.spec import parse_contract
     from model_wrapper.predict.inference_records import Entry, Layout, to_table
+    from model_wrapper.predict.numeric_batch import numeric_batch
+    from model_wrapper.predict.schema import build_schema
 
-    layout = Layout.of("iris", "1", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES)
-    lines = ["", "| instances | to Arrow, us per request | to Parquet (zstd), us per request |", "|---:|---:|---:|"]
+    contract = parse_contract(IRIS_CONTRACT.encode())
+    layout = Layout.of("iris", "1", contract, IRIS_FEATURES)
+    schema = build_schema(contract, IRIS_FEATURES, max_batch=1000, title="iris", classes=3)
+    batch_parser = numeric_batch(contract, IRIS_FEATURES, max_batch=1000, dtype=np.dtype(np.float64), order="C")
+    assert batch_parser is not None, "the iris contract's fields are all numbers"
+    lines = ["", "| instances | rows as | to Arrow, us per request | to Parquet (zstd), us per request |",
+             "|---:|---|---:|---:|"]
     for size in (1, 100):
+        body = orjson.dumps({"instances": [INSTANCE] * size})
+        array = batch_parser.array(body)
+        rows = array if array is not None else schema.rows(body)
         answer = {"predictions": np.zeros(size, dtype=np.int64), "probabilities": np.full((size, 3), 1 / 3),
                   "labels": ["setosa"] * size}
-        batch = [Entry(f"r{i}", time.time(), "predict", 200, 1.0, [tuple(INSTANCE.values())] * size, answer)
-                 for i in range(entries)]
+        batch = [Entry(f"r{i}", time.time(), "predict", 200, 1.0, rows, answer) for i in range(entries)]
         table_s = parquet_s = float("inf")
         for _ in range(tries):
             started = time.perf_counter()
@@ -68,7 +80,8 @@ def _conversion(entries: int = 1000, tries: int = 3) -> str:
             middle = time.perf_counter()
             pq.write_table(table, io.BytesIO(), compression="zstd")
             table_s, parquet_s = min(table_s, middle - started), min(parquet_s, time.perf_counter() - middle)
-        lines.append(f"| {size} | {table_s / entries * 1e6:.0f} | {parquet_s / entries * 1e6:.0f} |")
+        kind = "array" if array is not None else "tuples"
+        lines.append(f"| {size} | {kind} | {table_s / entries * 1e6:.0f} | {parquet_s / entries * 1e6:.0f} |")
     return "\n".join(lines)
 
 
@@ -82,30 +95,37 @@ def _wrapper(sample: str, source: str, name: str, version: str, workdir: Path) -
                        "INFERENCE_LOG_SAMPLE": sample, "INFERENCE_LOG_PREFIX": f"bench-log-{sample}"})
 
 
-def _loads(servers: list[Server]) -> dict[tuple[str, int], Load]:
+def _loads(servers: list[Server]) -> dict[tuple[str, int], list[Load]]:
+    """Every round's figures per (sample, instances); in each round the servers take turns, so a round's
+    ratios compare trials a few seconds apart."""
     rounds: dict[tuple[str, int], list[Load]] = {}
     for size in (1, 100):
         for _ in range(ROUNDS):
             for server in servers:
                 url, body = server.endpoints["predict"]
                 rounds.setdefault((server.name, size), []).append(_under_load(url, body(size)))
-    return {key: sorted(runs, key=lambda load: load.rps)[len(runs) // 2] for key, runs in rounds.items()}
+    return rounds
 
 
-def _report(loads: dict[tuple[str, int], Load], load_before: tuple[float, float, float]) -> str:
-    from bench.wrapper import DURATION, WARM_UP
+def _report(loads: dict[tuple[str, int], list[Load]], load_before: tuple[float, float, float]) -> str:
+    from bench.wrapper import DURATION, WARM_UP, _median, _spread
 
     lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average (1 min) "
              f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after. wrk -t1 -c{CONNECTIONS} "
-             f"-d{DURATION}s after a {WARM_UP}s warm-up; one worker each; median of {ROUNDS} rounds.", "",
-             "| sample | instances | req/s | p99 ms | req/s vs sample 0 | p99 vs sample 0 | non-2xx |",
+             f"-d{DURATION}s after a {WARM_UP}s warm-up; one worker each; {ROUNDS} rounds. Ratios to sample 0 "
+             "round by round: median (lowest to highest).", "",
+             "| sample | instances | req/s (median) | p99 ms (median) | req/s vs sample 0 | p99 vs sample 0 "
+             "| non-2xx |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for size in (1, 100):
         off = loads[(SAMPLES[0], size)]
         for sample in SAMPLES:
-            load = loads[(sample, size)]
-            lines.append(f"| {sample} | {size} | {load.rps:,.0f} | {load.p99_ms:.2f} | {load.rps / off.rps:.3f} | "
-                         f"{load.p99_ms / off.p99_ms:.2f} | {load.errors} |")
+            runs = loads[(sample, size)]
+            rps = [a.rps / b.rps for a, b in zip(runs, off, strict=True)]
+            p99 = [a.p99_ms / b.p99_ms for a, b in zip(runs, off, strict=True)]
+            lines.append(f"| {sample} | {size} | {_median(r.rps for r in runs):,.0f} | "
+                         f"{_median(r.p99_ms for r in runs):.2f} | {_spread(rps, '')} | {_spread(p99, '')} | "
+                         f"{sum(r.errors for r in runs)} |")
     return "\n".join(lines)
 
 

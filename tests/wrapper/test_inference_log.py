@@ -1,5 +1,5 @@
 """The inference log of a real wrapper process, read back from moto's S3 server: what a record holds,
-the request id echoed, a `log: false` field never written, S3 failing for a while failing no request,
+the request id echoed, a `log: false` field never written, S3 failing for a minute failing no request,
 and SIGTERM under load losing no accepted record. The contract's `logging` section is parsed strictly."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 from devstack.models import IRIS_CONTRACT, LoggedModel
 from devstack.servers import LOCAL_AWS_ENV, LocalMlflow, LocalS3
 from model_wrapper.contract.spec import ContractError, parse_contract
+from model_wrapper.predict.inference_log import RETRY_FIRST_SECONDS
 from tests.faults.proxy import FaultProxy
 from tests.wrapper.conftest import Served, serve, unique
 from tests.wrapper.models import log_iris_model
@@ -32,6 +33,7 @@ SECRET = "sepal_width"
 CONTRACT = IRIS_CONTRACT.replace("example: 3.5}", "example: 3.5, log: false}")
 INSTANCE = {"sepal_length": 5.9, "sepal_width": 3.0, "petal_length": 5.1, "petal_width": 1.8}
 WAIT_SECONDS = 60
+OUTAGE_SECONDS = 60
 README = Path(__file__).resolve().parents[2] / "README.md"
 serving = contextlib.contextmanager(serve)
 
@@ -142,22 +144,30 @@ def test_a_field_marked_log_false_never_appears_in_any_file_not_even_an_error_re
     assert (error.status, error.error) == (422, "invalid_input")
 
 
-def test_s3_answering_503_for_a_while_fails_no_request_and_the_records_arrive_after(
+def test_s3_answering_503_for_a_minute_fails_no_request_and_the_records_arrive_after(
         private_model: LoggedModel, mlflow_server: LocalMlflow, s3: LocalS3, prefix: str) -> None:
+    # A minute, as the issue asks: long enough for the writer's pause to reach its ceiling
+    # (RETRY_MAX_SECONDS) and for batches to pile up behind the first failed one.
     proxy = FaultProxy(s3.endpoint_url).start()
     outage = proxy.fail(rf"^PUT /{s3.bucket}/{prefix}/", 503)
     try:
         with serving(private_model, mlflow_server, MLFLOW_S3_ENDPOINT_URL=proxy.url, **_log_env(prefix)) as served:
-            answers = [served.post("predict", {"instances": [INSTANCE]}) for _ in range(30)]
-            errors = "model_wrapper_inference_log_write_errors_total"
-            _wait_until(lambda: _metric(served, errors) >= 2)  # the log tried, failed, and tried again
-            more = [served.post("predict", {"instances": [INSTANCE]}) for _ in range(10)]
+            answers = []
+            ends = time.monotonic() + OUTAGE_SECONDS
+            while time.monotonic() < ends:
+                answers.append(served.post("predict", {"instances": [INSTANCE]}))
+                time.sleep(0.25)
+            tries = _metric(served, "model_wrapper_inference_log_write_errors_total")
             proxy.clear()
 
-            _wait_for(s3, prefix, {answer.headers["x-request-id"] for answer in answers + more})
+            _wait_for(s3, prefix, {answer.headers["x-request-id"] for answer in answers})
 
-            assert {answer.status_code for answer in answers + more} == {200}
-            assert len(outage.hits) >= 2
+            assert {answer.status_code for answer in answers} == {200}
+            assert len(answers) > 100
+            # It kept trying through the minute, and paused between tries instead of hammering S3.
+            assert 5 <= tries < OUTAGE_SECONDS / RETRY_FIRST_SECONDS
+            assert len(outage.hits) >= tries  # each try reached S3 (boto3 retries within one)
+            assert _metric(served, "model_wrapper_inference_log_records_total", 'outcome="dropped"') == 0
     finally:
         proxy.stop()
 
@@ -213,6 +223,7 @@ def _wait_until(condition: object, timeout: float = WAIT_SECONDS) -> None:
         time.sleep(0.05)
 
 
-def _metric(served: Served, name: str) -> float:
+def _metric(served: Served, name: str, having: str = "") -> float:
     text = served.client.get(served.base.replace(f"/{served.slug}/api/", "/metrics")).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and having in line)
