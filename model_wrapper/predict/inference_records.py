@@ -67,86 +67,103 @@ def day_of(entry: Entry) -> str:
 def to_table(entries: Sequence[Entry], layout: Layout) -> pa.Table:
     """The entries as one Arrow table: one row per instance (one row, without inputs, for a request
     whose body did not parse). Built column by column with C loops (zip, numpy, Arrow's take): the
-    writer thread shares the interpreter with the event loop, so its Python work is kept per request,
-    not per value."""
+    writer thread shares the interpreter with the event loop, so its Python work is kept to one pass
+    per request, none per value."""
     import pyarrow as pa
 
-    counts = np.array([len(e.rows) if e.rows is not None else 1 for e in entries], dtype=np.int64)
-    owner = pa.array(np.repeat(np.arange(len(entries)), counts))
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
-    parsed = np.repeat([e.rows is not None for e in entries], counts)
+    ids, ats, routes, statuses, latencies, errors, rows, answers = zip(*[
+        (e.request_id, e.at, e.route, e.status, e.latency_ms, e.error, e.rows, e.answer) for e in entries],
+        strict=True)
+    sizes = [len(r) if r is not None else 1 for r in rows]
+    counts = np.array(sizes, dtype=np.int64)
+    total = int(counts.sum())
+    # A request's values repeat once per instance; with one instance each (the common small request)
+    # there is nothing to repeat.
+    owner = None if total == len(entries) else pa.array(np.repeat(np.arange(len(entries)), counts))
+
+    def per_request(values: Sequence[Any] | NDArray[Any], kind: pa.DataType) -> pa.Array:
+        array = pa.array(values, kind)
+        return array if owner is None else array.take(owner)
+
+    parsed = np.repeat(np.array([r is not None for r in rows]), counts)
     columns: dict[str, pa.Array] = {
-        "request_id": pa.array([e.request_id for e in entries], pa.string()).take(owner),
-        "timestamp": pa.array([int(e.at * 1000) for e in entries], pa.timestamp("ms", tz="UTC")).take(owner),
-        "model": pa.repeat(pa.scalar(layout.model), len(owner)),
-        "version": pa.repeat(pa.scalar(layout.version), len(owner)),
-        "route": pa.array([e.route for e in entries], pa.string()).take(owner),
-        "status": pa.array([e.status for e in entries], pa.int16()).take(owner),
-        "latency_ms": pa.array([e.latency_ms for e in entries], pa.float64()).take(owner),
-        "instance": pa.array(np.arange(len(owner)) - starts, pa.int32(), mask=~parsed),
-        "error": pa.array([e.error for e in entries], pa.string()).take(owner),
+        "request_id": per_request(ids, pa.string()),
+        "timestamp": per_request((np.array(ats) * 1000).astype(np.int64), pa.timestamp("ms", tz="UTC")),
+        "model": pa.repeat(pa.scalar(layout.model), total),
+        "version": pa.repeat(pa.scalar(layout.version), total),
+        "route": per_request(routes, pa.string()),
+        "status": per_request(statuses, pa.int16()),
+        "latency_ms": per_request(latencies, pa.float64()),
+        "instance": pa.array(np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts), pa.int32(),
+                             mask=~parsed),
+        "error": per_request(errors, pa.string()),
     }
-    columns.update(_inputs(entries, layout))
-    columns.update(_outputs(entries, counts))
+    columns.update(_inputs(rows, layout))
+    columns.update(_outputs(answers, sizes))
     return pa.table(columns)
 
 
-def _inputs(entries: Sequence[Entry], layout: Layout) -> dict[str, pa.Array]:
+def _inputs(rows: Sequence[Any], layout: Layout) -> dict[str, pa.Array]:
     import pyarrow as pa
 
-    if layout.numbers and all(entry.rows is not None for entry in entries):
-        try:
-            matrix = np.concatenate([np.asarray(entry.rows, dtype=np.float64) for entry in entries])
-            return {name: pa.array(matrix[:, index]) for name, index in zip(layout.names, layout.indices, strict=True)}
-        except (TypeError, ValueError):  # an optional field left out (None): the general way below
-            pass
+    if layout.numbers and all(r is not None for r in rows):
+        # numpy turns an optional field left out (None) into NaN, which no JSON body can hold: so each
+        # NaN is written back as the null it was (`from_pandas`).
+        matrix = _number_matrix(rows)
+        return {name: pa.array(matrix[:, index], from_pandas=True)
+                for name, index in zip(layout.names, layout.indices, strict=True)}
 
     arrow_types = {FieldType.number: pa.float64(), FieldType.integer: pa.int64(), FieldType.string: pa.string(),
                    FieldType.boolean: pa.bool_()}
     values: list[list[Any]] = [[] for _ in layout.indices]
-    for entry in entries:
-        if entry.rows is None:
+    for instances in rows:
+        if instances is None:
             for column in values:
                 column.append(None)
             continue
-        transposed = list(zip(*entry.rows, strict=True))
+        transposed = list(zip(*instances, strict=True))
         for column, index in zip(values, layout.indices, strict=True):
             column.extend(transposed[index])
     return {name: pa.array(column, arrow_types[kind])
             for name, kind, column in zip(layout.names, layout.types, values, strict=True)}
 
 
-def _outputs(entries: Sequence[Entry], counts: np.ndarray) -> dict[str, pa.Array]:
+def _number_matrix(rows: Sequence[Any]) -> NDArray[np.float64]:
+    """All instances as one float matrix: the tuples of every request in one numpy call (not one per
+    request), joined with the arrays the numeric batch gave."""
+    if not any(isinstance(r, np.ndarray) for r in rows):
+        return np.array([instance for instances in rows for instance in instances], dtype=np.float64)
+    return np.concatenate([np.asarray(r, dtype=np.float64) for r in rows])
+
+
+def _outputs(answers: Sequence[dict[str, Any] | None], sizes: list[int]) -> dict[str, pa.Array]:
     """predictions always; probabilities and labels when some answer has them. A failed request's
-    outputs are nulls."""
+    outputs are nulls, as are outputs whose length is not the request's instance count."""
     columns = {}
     for key, name in (("predictions", "prediction"), ("probabilities", "probabilities"), ("labels", "label")):
-        parts = [_part(e, key, n) for e, n in zip(entries, counts, strict=True)]
+        parts = [value if answer is not None and (value := answer.get(key)) is not None and len(value) == size
+                 else None for answer, size in zip(answers, sizes, strict=True)]
         if key == "predictions" or any(part is not None for part in parts):
-            columns[f"{OUTPUT}{name}"] = _column(parts, counts)
+            columns[f"{OUTPUT}{name}"] = _column(parts, sizes)
     return columns
 
 
-def _part(entry: Entry, key: str, count: int) -> Any:
-    values = (entry.answer or {}).get(key)
-    return values if values is not None and len(values) == count else None
-
-
-def _column(parts: list[Any], counts: np.ndarray) -> pa.Array:
+def _column(parts: list[Any], sizes: list[int]) -> pa.Array:
     """One output column from each request's part: numpy arrays joined as they are (a 2-D one, e.g.
     probabilities, as lists of its rows); anything else as Arrow infers it, or as JSON text."""
     import pyarrow as pa
 
-    if all(isinstance(part, np.ndarray) and part.ndim in (1, 2) for part in parts) and \
-            len({(part.dtype, part.shape[1:]) for part in parts}) == 1:
+    kinds = {(part.dtype, part.shape[1:]) if isinstance(part, np.ndarray) and part.ndim in (1, 2) else None
+             for part in parts}
+    if len(kinds) == 1 and None not in kinds:
         joined = np.concatenate(parts)
         if joined.ndim == 1:
             return pa.array(joined)
         flat = pa.FixedSizeListArray.from_arrays(pa.array(joined.reshape(-1)), joined.shape[1])
         return flat.cast(pa.list_(flat.type.value_type))
     values: list[Any] = []
-    for part, count in zip(parts, counts, strict=True):
-        values.extend(_listed(part) if part is not None else [None] * int(count))
+    for part, size in zip(parts, sizes, strict=True):
+        values.extend(_listed(part) if part is not None else [None] * size)
     return _values(values)
 
 

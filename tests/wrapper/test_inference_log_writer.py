@@ -1,6 +1,7 @@
 """The inference log's writer in-process, behind its own seam (the Sink): a full queue drops and counts
 records without blocking the caller, and a close whose uploads keep failing gives up at its deadline,
-counting what it could not write. The real S3 cases are in test_inference_log.py."""
+counting what it could not write; the Arrow table holds what a row-by-row build of the same records
+would. The real S3 cases are in test_inference_log.py."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from devstack.models import IRIS_CONTRACT, IRIS_FEATURES
 from model_wrapper.config.settings import load_settings
 from model_wrapper.contract.spec import parse_contract
 from model_wrapper.predict.inference_log import InferenceLog
-from model_wrapper.predict.inference_records import Entry
+from model_wrapper.predict.inference_records import Entry, Layout, to_table
 from model_wrapper.predict.predictor import LoadedModel
 
 ROW = (5.1, 3.5, 1.4, 0.2)
@@ -93,3 +96,42 @@ def test_a_close_whose_uploads_keep_failing_gives_up_at_its_deadline_and_counts_
     log.close(1.0)
 
     assert (counts.written, counts.dropped) == (0, 5) and counts.errors >= 1  # given up, not still trying
+
+
+def test_the_table_holds_each_instance_as_a_row_by_row_build_of_the_same_records_would() -> None:
+    # Requests of every shape in one batch: tuples (the schema's), arrays (the numeric batch's), a
+    # body that did not parse, an optional field left out, answers with and without probabilities.
+    layout = Layout.of("iris", "7", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES)
+    answer = {"predictions": np.array([2, 0]), "probabilities": np.array([[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]]),
+              "labels": ["virginica", "setosa"]}
+    entries = [Entry("a", 1_700_000_000.1239, "predict", 200, 1.5, [ROW, (6.0, None, 4.0, 1.0)], answer),
+               Entry("b", 1_700_000_001.0, "predict", 422, 0.2, None, None, "invalid_input"),
+               Entry("c", 1_700_000_002.5, "predict", 200, 0.7, np.array([ROW]), {"predictions": np.array([1])}),
+               Entry("d", 1_700_000_003.0, "predict", 500, 3.0, [ROW], None, "model_fault")]
+
+    table = to_table(entries, layout)
+
+    expected = []
+    for entry in entries:
+        answer_of = entry.answer or {}
+        for instance, row in enumerate(entry.rows if entry.rows is not None else [None]):
+            values = list(row) if row is not None else [None] * len(IRIS_FEATURES)
+            expected.append({
+                "request_id": entry.request_id, "timestamp": int(entry.at * 1000), "model": "iris", "version": "7",
+                "route": entry.route, "status": entry.status, "latency_ms": entry.latency_ms,
+                "instance": instance if row is not None else None, "error": entry.error,
+                **{f"input.{name}": value for name, value in zip(IRIS_FEATURES, values, strict=True)},
+                **{f"output.{name}": _item(answer_of, key, instance)
+                   for key, name in (("predictions", "prediction"), ("probabilities", "probabilities"),
+                                     ("labels", "label"))}})
+    assert table.to_pylist() == pa.Table.from_pylist(expected, schema=table.schema).to_pylist()
+    assert table.column("input.sepal_width").null_count == 2  # left out, and not parsed: null, never NaN
+    assert to_table(entries[:1], layout).column("input.sepal_width").null_count == 1  # all parsed: numpy's way
+
+
+def _item(answer: dict[str, Any], key: str, instance: int) -> Any:
+    values = answer.get(key)
+    if values is None:
+        return None
+    value = values[instance]
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
