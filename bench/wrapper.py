@@ -50,7 +50,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ PEER_PACKAGES = {
 }
 Body = Callable[[int], dict[str, Any]]
 LOCAL = "wrapper, local files"
+PIDS: dict[str, int] = {}
+"""The process of each running server, by name (for its CPU time)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float | None = None
+    """CPU time (all threads) the server process spent per request during the run, when measured."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,7 @@ def _running(server: Server, env: dict[str, str]) -> Iterator[float]:
     started = time.perf_counter()
     process = subprocess.Popen(server.command, env={**env, **server.env}, cwd=server.cwd, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
+    PIDS[server.name] = process.pid
     try:
         deadline = started + 180
         while time.perf_counter() < deadline:
@@ -270,13 +275,24 @@ def _cold_starts(servers: list[Server], env: dict[str, str]) -> dict[str, list[f
     return times
 
 
-def _under_load(url: str, body: dict[str, Any]) -> Load:
+def _under_load(url: str, body: dict[str, Any], pid: int | None = None) -> Load:
+    """wrk's figures after a warm-up; with `pid`, also that process's CPU time per request."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                           f"wrk.body = {json.dumps(json.dumps(body))}\n")
         _wrk(url, script, WARM_UP)
-        return _wrk(url, script, DURATION)
+        cpu_before = _cpu_seconds(pid) if pid else 0.0
+        load = _wrk(url, script, DURATION)
+        if not pid:
+            return load
+        return replace(load, cpu_us=(_cpu_seconds(pid) - cpu_before) / (load.rps * DURATION) * 1e6)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system time of a process, all its threads (proc(5): fields 14 and 15 of its stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wrk(url: str, script: Path, seconds: int) -> Load:
