@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.predict.inference_records import Entry, Layout, day_of, to_table
+from model_wrapper.predict.inference_records import PARQUET_OPTIONS, Entry, Layout, day_of, to_table
 from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class InferenceLog:
             day = day_of(batch[0])
             entries = [entry for entry in batch if day_of(entry) == day]
             buffer = io.BytesIO()
-            pq.write_table(to_table(entries, layout), buffer, compression="zstd")
+            pq.write_table(to_table(entries, layout), buffer, **PARQUET_OPTIONS)
             sink.put(bucket, self._files.next_key(day), buffer.getvalue())
             rest = [entry for entry in batch if day_of(entry) != day]
             self._pending[0:1] = [rest] if rest else []
