@@ -10,7 +10,7 @@ ROUNDS rounds, so that other work on the machine weighs on all alike. The figure
 sample 0 (the log off), round by round, as a median and its spread; beside wrk's figures, the CPU
 time the wrapper process (all its threads) spent per request, which other work on the machine moves
 less than it moves req/s. Then, in this process, what the writer thread spends per logged request
-turning records into an Arrow table and a zstd Parquet file (the table is the part that holds the
+turning records into an Arrow table and a Parquet file (the table is the part that holds the
 interpreter). `--conversion` runs only that part. Not a test: nothing here asserts a time.
 """
 
