@@ -48,8 +48,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(settings: WrapperSettings, predictor: Predictor, inference_log: InferenceLog | None = None) -> Any:
-    """The ASGI application serving `predictor` under `settings.prefix`; predict requests are sampled
-    into `inference_log` when there is one."""
+    """The ASGI application serving `predictor` under `settings.prefix`; predict and V2 infer requests
+    are sampled into `inference_log` when there is one."""
     prefix = settings.prefix
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, title=settings.model_name,
                   version=settings.model_version)
@@ -57,7 +57,8 @@ def create_app(settings: WrapperSettings, predictor: Predictor, inference_log: I
     _scoring_probes(app, predictor, "/", ("ping", "health", "version"))
     _scoring_probes(app, predictor, prefix, PREFIX_PROBES)
     app.add_api_route("/invocations", Invocations(predictor), methods=["POST"], include_in_schema=False)
-    add_v2_routes(app, predictor, prefix=prefix, slug=prefix.strip("/").removesuffix("/api"))
+    add_v2_routes(app, predictor, prefix=prefix, slug=prefix.strip("/").removesuffix("/api"),
+                  inference_log=inference_log)
     app.mount(f"{prefix}assets", StaticFiles(directory=str(ASSETS)), name="assets")
     metrics = Metrics(settings.model_name, settings.model_version)
     if inference_log is not None:

@@ -1,4 +1,5 @@
-"""`POST /<slug>/api/predict`, the hot path: a plain ASGI endpoint over the predictor, and the inference log's tap.
+"""`POST /<slug>/api/predict`, the hot path: a plain ASGI endpoint over the predictor, and the inference log's tap
+(`answer_logged`), which V2 infer (`model_wrapper.http.v2_routes`) shares.
 
 Mounted by `model_wrapper.http.app`. FastAPI's request and dependency machinery would cost more than
 validating the body and predicting, so this reads the body, predicts, and sends the bytes. Every answer
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -34,24 +36,37 @@ class PredictEndpoint:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         body = await read_body(receive)
-        request_id = _request_id(scope)
-        predictor, inference_log = self.predictor, self.inference_log
-        seen = Seen() if inference_log is not None and inference_log.sampled() else None
-        try:
-            answer = predictor.predict_body(body, seen) if predictor.inline else await run_in_threadpool(
-                predictor.predict_body, body, seen)
-        except Exception as error:
-            if isinstance(error, WrapperError):
-                error.headers = {**error.headers, "X-Request-ID": request_id.decode()}
-            if seen is not None and inference_log is not None:
-                inference_log.add(_entry(request_id, started, seen, error))
-            raise
+        predictor = self.predictor
+        answer, request_id = await answer_logged(scope, started, self.inference_log, "predict", predictor.inline,
+                                                 lambda seen: predictor.predict_body(body, seen))
+        await send_json(send, answer, request_id)
+
+
+async def answer_logged(scope: dict[str, Any], started: float, inference_log: InferenceLog | None, route: str,
+                        inline: bool, call: Callable[[Seen | None], bytes]) -> tuple[bytes, bytes]:
+    """The answer of `call` (on the event loop when `inline`, else in the thread pool) and the request
+    id; a request the inference log samples is queued there, answered or failed, never waiting on it.
+    An error raised carries the request id too."""
+    request_id = _request_id(scope)
+    seen = Seen() if inference_log is not None and inference_log.sampled() else None
+    try:
+        answer = call(seen) if inline else await run_in_threadpool(call, seen)
+    except Exception as error:
+        if isinstance(error, WrapperError):
+            error.headers = {**error.headers, "X-Request-ID": request_id.decode()}
         if seen is not None and inference_log is not None:
-            inference_log.add(_entry(request_id, started, seen, None))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer)),
-                                (b"x-request-id", request_id)]})
-        await send({"type": "http.response.body", "body": answer})
+            inference_log.add(_entry(route, request_id, started, seen, error))
+        raise
+    if seen is not None and inference_log is not None:
+        inference_log.add(_entry(route, request_id, started, seen, None))
+    return answer, request_id
+
+
+async def send_json(send: Any, answer: bytes, request_id: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer)),
+                            (b"x-request-id", request_id)]})
+    await send({"type": "http.response.body", "body": answer})
 
 
 async def read_body(receive: Any) -> bytes:
@@ -71,10 +86,10 @@ def _request_id(scope: dict[str, Any]) -> bytes:
     return uuid.uuid4().hex.encode()
 
 
-def _entry(request_id: bytes, started: float, seen: Seen, error: Exception | None) -> Entry:
+def _entry(route: str, request_id: bytes, started: float, seen: Seen, error: Exception | None) -> Entry:
     latency = time.perf_counter() - started
     status = 200 if error is None else error.status_code if isinstance(error, WrapperError) else 500
-    return Entry(request_id.decode(), time.time() - latency, "predict", status, latency * 1000, seen.rows,
+    return Entry(request_id.decode(), time.time() - latency, route, status, latency * 1000, seen.rows,
                  seen.answer if error is None else None, None if error is None else _error_text(error))
 
 

@@ -9,17 +9,18 @@ registered name is accepted too.
 from __future__ import annotations
 
 import importlib.metadata
+import time
 from typing import Any
 
 import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
 from model_wrapper.errors import NotFound, NotReady
-from model_wrapper.http.predict_endpoint import read_body
+from model_wrapper.http.predict_endpoint import answer_logged, read_body, send_json
 from model_wrapper.predict import v2
+from model_wrapper.predict.inference_log import InferenceLog
 from model_wrapper.predict.predictor import Predictor
 
 JSON = "application/json"
@@ -31,8 +32,9 @@ def v2_bases(prefix: str) -> tuple[str, str]:
     return "/v2", f"{prefix}v2"
 
 
-def add_v2_routes(app: FastAPI, predictor: Predictor, *, prefix: str, slug: str) -> None:
-    routes = V2Routes(predictor, slug)
+def add_v2_routes(app: FastAPI, predictor: Predictor, *, prefix: str, slug: str,
+                  inference_log: InferenceLog | None = None) -> None:
+    routes = V2Routes(predictor, slug, inference_log)
     for base in v2_bases(prefix):
         app.add_api_route(base, routes.server_metadata, methods=["GET"], include_in_schema=False)
         app.add_api_route(f"{base}/health/live", routes.live, methods=["GET"], include_in_schema=False)
@@ -48,8 +50,8 @@ def add_v2_routes(app: FastAPI, predictor: Predictor, *, prefix: str, slug: str)
 class V2Routes:
     """The endpoints, over one predictor."""
 
-    def __init__(self, predictor: Predictor, slug: str) -> None:
-        self.predictor, self.slug = predictor, slug
+    def __init__(self, predictor: Predictor, slug: str, inference_log: InferenceLog | None = None) -> None:
+        self.predictor, self.slug, self.inference_log = predictor, slug, inference_log
         self.version = importlib.metadata.version("mlflow")
 
     async def live(self) -> Response:
@@ -89,21 +91,21 @@ class V2Routes:
 
 
 class InferEndpoint:
-    """`POST .../infer`: body bytes in, the predictor's V2 answer out; errors raise to the app's one handler."""
+    """`POST .../infer`: body bytes in, the predictor's V2 answer out, through the inference log's tap
+    as predict's; errors raise to the app's one handler."""
 
     def __init__(self, routes: V2Routes) -> None:
         self.routes = routes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
         params = scope["path_params"]
         self.routes.check(params["name"], params.get("version"))
         body = await read_body(receive)
         predictor, slug = self.routes.predictor, self.routes.slug
-        answer = predictor.infer_v2(body, slug) if predictor.inline else await run_in_threadpool(
-            predictor.infer_v2, body, slug)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer))]})
-        await send({"type": "http.response.body", "body": answer})
+        answer, request_id = await answer_logged(scope, started, self.routes.inference_log, "v2 infer",
+                                                 predictor.inline, lambda seen: predictor.infer_v2(body, slug, seen))
+        await send_json(send, answer, request_id)
 
 
 def _json(value: dict[str, Any]) -> Response:

@@ -183,12 +183,7 @@ class Predictor:
         if seen is not None:
             seen.rows = rows
         predictions, probabilities = self._predict(self.model, rows, params)
-        answer: dict[str, Any] = {"predictions": predictions}
-        if probabilities is not None:
-            answer["probabilities"] = probabilities
-        if self._label_of:
-            label_of = self._label_of
-            answer["labels"] = list(map(label_of.get, _as_list(predictions)))
+        answer = self._answer(predictions, probabilities)
         if seen is not None:
             seen.answer = answer
         try:
@@ -197,8 +192,10 @@ class Predictor:
             log.error("model %s version %s: the prediction cannot be answered as JSON: %s", self.name, self.version, e)
             raise ModelFault(f"the model's prediction cannot be answered as JSON: {e}") from e
 
-    def infer_v2(self, body: bytes, model_name: str) -> bytes:
-        """Answer an Open Inference Protocol request body (see `model_wrapper.predict.v2`) as JSON bytes."""
+    def infer_v2(self, body: bytes, model_name: str, seen: Seen | None = None) -> bytes:
+        """Answer an Open Inference Protocol request body (see `model_wrapper.predict.v2`) as JSON bytes;
+        with `seen`, as `predict_body` does, when the model's inputs are columns (its rows are then the
+        model's rows; a tensor's flattened values are not logged)."""
         if not self.ready or self.model is None:
             raise NotReady(self.reason)
         if self.model.without_fields:
@@ -206,10 +203,26 @@ class Predictor:
             raise NotFound(f"this model takes {takes}, which V2 infer does not serve; {HOW_TO_INVOKE}")
         rows, request = v2.decode(body, self.v2_inputs)
         params = v2.params_of(request) if self.model.params else None
+        logged = seen if seen is not None and _in_column_order(self.v2_inputs, self.model.backend.columns) else None
+        if logged is not None:
+            logged.rows = rows
         predictions, probabilities = self._predict(self.model, rows, params)
+        if logged is not None:
+            logged.answer = self._answer(predictions, probabilities)
         # Probabilities only when asked for by name: MLServer's MLflow runtime gives no such output.
         extra = {"probabilities": probabilities} if probabilities is not None else {}
         return v2.encode(model_name, self.version, request, {"output-1": predictions}, extra)
+
+    def _answer(self, predictions: Any, probabilities: Any | None) -> dict[str, Any]:
+        """predictions, and probabilities and labels where there are: predict's answer, and what the
+        inference log keeps of any route's."""
+        answer: dict[str, Any] = {"predictions": predictions}
+        if probabilities is not None:
+            answer["probabilities"] = probabilities
+        if self._label_of:
+            label_of = self._label_of
+            answer["labels"] = list(map(label_of.get, _as_list(predictions)))
+        return answer
 
     def _predict(self, model: LoadedModel, rows: list[tuple[Any, ...]] | NDArray[Any],
                  params: dict[str, Any] | None) -> tuple[Any, Any | None]:
@@ -280,6 +293,11 @@ def _v2_inputs(model: LoadedModel) -> list[v2.Port]:
     if all(port.column for port in found) and {port.name for port in found} == set(columns):
         found.sort(key=lambda port: columns.index(port.name))  # rows are in the model's column order
     return found
+
+
+def _in_column_order(ports: list[v2.Port], columns: list[str]) -> bool:
+    """Whether V2's decoded rows are the model's rows: one column per input, in the model's order."""
+    return all(port.column for port in ports) and [port.name for port in ports] == list(columns)
 
 
 def _label_map(labels: list[str], classes: list[Any] | None) -> dict[Any, str]:

@@ -108,6 +108,27 @@ def test_a_logged_request_lands_as_parquet_with_what_the_model_saw_and_answered(
 
 
 
+def test_a_v2_infer_request_is_logged_as_predict_s_would_be_with_its_route(
+        logged: Served, s3: LocalS3, prefix: str) -> None:
+    second = {**INSTANCE, "petal_length": 1.4, "petal_width": 0.2}
+    inputs = [{"name": name, "datatype": "FP64", "shape": [2], "data": [INSTANCE[name], second[name]]}
+              for name in INSTANCE]
+    inferred = logged.post(f"v2/models/{logged.slug}/infer", {"inputs": inputs}, headers={"X-Request-ID": "v2-caller"})
+    predicted = logged.post("predict", {"instances": [INSTANCE, second]})
+    assert inferred.status_code == 200, inferred.text
+
+    records = _wait_for(s3, prefix, {"v2-caller", predicted.headers["x-request-id"]})
+
+    assert inferred.headers["x-request-id"] == "v2-caller"
+    v2 = records[records.request_id == "v2-caller"].sort_values("instance")
+    same = records[records.request_id == predicted.headers["x-request-id"]].sort_values("instance")
+    assert set(v2.route) == {"v2 infer"} and set(same.route) == {"predict"}
+    assert list(v2["output.prediction"]) == inferred.json()["outputs"][0]["data"] == predicted.json()["predictions"]
+    columns = [column for column in records.columns if column.startswith(("input.", "output."))]
+    assert v2[columns].reset_index(drop=True).equals(same[columns].reset_index(drop=True))
+    assert f"input.{SECRET}" not in records.columns
+
+
 def test_the_readme_s_three_lines_read_the_log_with_pandas(logged: Served, s3: LocalS3, prefix: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     ids = {logged.post("predict", {"instances": [INSTANCE] * 3}).headers["x-request-id"] for _ in range(4)}
