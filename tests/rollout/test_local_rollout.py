@@ -17,6 +17,7 @@ from devstack.models import LoggedModel, register_versions
 from model_wrapper.contract.naming import model_slug
 from tests.reconcile.test_local_target import _running, get_json
 from tests.rollout.conftest import Callers, rollout_contract, run_until, tags
+from watcher.entry import commands
 from watcher.errors import Stopping
 from watcher.reconcile.deps import Deps
 from watcher.reconcile.engine import reconcile_once
@@ -177,3 +178,35 @@ def test_a_newer_version_replaces_the_candidate_and_a_deselected_one_is_stopped(
     assert candidate_state(state_dir, slug) is None and not _running(now["pid"])  # type: ignore[arg-type]
     assert tags(model_name, third)["deployment_status"] == "undeployed"
     assert live_version(state_dir, slug) == "1" and tags(model_name, 1)["deployment_status"] == "deployed"
+
+
+def test_a_person_aborts_one_candidate_and_promotes_the_next_while_status_shows_the_rollout(
+    rollout_deps: Callable[[], Deps], state_dir: Path, model_name: str, iris: LoggedModel,
+    production: dict[str, str], variant: Callable[..., str],
+) -> None:
+    slug = model_slug(model_name)
+    endpoint = deploy_live(rollout_deps, model_name, iris, production)
+    files = {"contract.yaml": rollout_contract(HOLDING).encode()}
+    lines: list[str] = []
+    with Callers(endpoint) as callers:
+        second = variant(model_name, iris, files, production)
+        reconcile_once(rollout_deps())
+        assert commands.status(rollout_deps(), out=lines.append) == 0
+        row = next(line for line in lines if line.split()[1:3] == [second, "deploying"])
+        assert "(canary 30%)" in row and row.endswith("starting: no figures yet")
+
+        assert commands.decide_rollout(rollout_deps(), model_name, "abort", out=lines.append) == 0
+        assert lines[-1] == f"{model_name} v{second}: rolled back; version 1 serves"
+        aborted = tags(model_name, second)
+        assert (aborted["deployment_status"], aborted["rollout_status"]) == ("failed", "rolled back")
+        assert aborted["deployment_message"].startswith("rolled back: aborted by a person")
+
+        third = variant(model_name, iris, files, production)
+        reconcile_once(rollout_deps())
+        assert commands.decide_rollout(rollout_deps(), model_name, "promote", out=lines.append) == 0
+        assert lines[-1] == f"{model_name} v{third}: promoted; version {third} serves"
+
+    assert set(callers.statuses) == {200}
+    assert live_version(state_dir, slug) == third and tags(model_name, third)["deployment_status"] == "deployed"
+    assert tags(model_name, 1)["deployment_status"] == "superseded"
+    assert commands.decide_rollout(rollout_deps(), model_name, "promote", out=lines.append) == 1
