@@ -139,8 +139,10 @@ def test_a_watcher_stopped_mid_analysis_leaves_the_step_and_the_next_resumes_it(
         assert tags(model_name, good) == started, "a stopped look writes nothing"
         assert candidate_state(state_dir, slug) == candidate
         reconcile_once(rollout_deps())
-        assert tags(model_name, good)["rollout_step"].split()[:2] == started["rollout_step"].split()[:2] or \
-            tags(model_name, good)["rollout_status"] == "canary 50%"
+        resumed = tags(model_name, good)
+        assert resumed["rollout_step"].split()[:2] == started["rollout_step"].split()[:2] or \
+            resumed["rollout_status"] == "canary 50%", "the same step, held or finished; never begun again"
+        assert candidate_state(state_dir, slug) == candidate, "the same candidate process"
         run_until(rollout_deps, lambda: tags(model_name, good).get("rollout_status") == "promoted")
 
     assert set(callers.statuses) == {200}

@@ -1,5 +1,6 @@
 """Progressive delivery's pure parts, table-tested: the strict `rollout` section of the contract, and the
-verdicts on a candidate's figures (hold, next step, promote, roll back) with the summary they leave."""
+verdicts on a candidate's figures (hold, next step, promote, roll back) with the summary they leave, and how
+the local front compares two answers to the same request."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from watcher.decide.progressive import (
     mlflow_metrics,
     summary,
 )
+from watcher.targets.local_shadow import compare
 
 REGRESSION = "task: regression\ninputs:\n  x: {type: number}\n"
 T0 = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
@@ -117,3 +119,18 @@ def test_the_summary_and_the_mlflow_metrics_carry_both_versions_figures() -> Non
     metrics = mlflow_metrics(seen)
     assert metrics["error_rate"] == pytest.approx(0.01) and metrics["agreement"] == pytest.approx(0.98)
     assert "mean_abs_diff" not in metrics
+
+
+@pytest.mark.parametrize(("live", "candidate", "expected"), [
+    (b'{"predictions": [0, 2]}', b'{"predictions": [0, 2]}', (True, 2.0 * 0, 2)),
+    (b'{"predictions": [0, 2]}', b'{"predictions": [0, 1]}', (False, 1.0, 2)),
+    (b'{"predictions": [1.5], "probabilities": [[0.2]]}', b'{"predictions": [2.0]}', (False, 0.5, 1)),
+    (b'{"predictions": [{"a": 1, "b": 2}]}', b'{"predictions": [{"b": 2, "a": 1}]}', (True, 0.0, 2)),
+    (b'{"outputs": [{"name": "output-1", "data": [3, 4]}]}', b'{"outputs": [{"data": [3, 5]}]}', (False, 1.0, 2)),
+    (b'{"predictions": ["setosa"]}', b'{"predictions": ["setosa"]}', (True, 0.0, 0)),
+    (b'{"error": "x"}', b'{"predictions": [1]}', None),
+    (b"not json", b'{"predictions": [1]}', None),
+])
+def test_two_answers_are_compared_by_their_predictions(live: bytes, candidate: bytes,
+                                                       expected: tuple[bool, float, int] | None) -> None:
+    assert compare(live, candidate) == expected

@@ -88,7 +88,8 @@ class Shadow:
                 self._spawn(counters, live.url, request, headers, body, answer, candidate_answered=True)
             return _response(answer, slug)
         answer = await self._send(picked.url, request, headers, body)
-        if sampled and answer is not None and answer.status < 300:
+        # Shadow only: in a canary the live version's own answers are not asked of the candidate as well.
+        if sampled and candidate.weight == 0 and answer is not None and answer.status < 300:
             self._spawn(counters, candidate.url, request, headers, body, answer, candidate_answered=False)
         return _response(answer, slug)
 
