@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT, LoggedModel, _latest_version, iris_frame, log_iris
 from devstack.servers import LocalMlflow
-from tests.evaluation.conftest import variant  # noqa: F401
+from tests.evaluation.conftest import bad_iris, variant  # noqa: F401
 from tests.reconcile.conftest import _controller_resets, iris, make_deps, make_settings, upload  # noqa: F401
 from tests.reconcile.test_local_target import _running, state_dir  # noqa: F401
 from watcher.config.settings import Settings

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from devstack.models import LoggedModel, register_versions
 from model_wrapper.contract.naming import model_slug
 from tests.reconcile.test_local_target import _running, get_json
-from tests.rollout.conftest import Callers, rollout_contract, run_until, tags
+from tests.rollout.conftest import SHADOW, Callers, rollout_contract, run_until, tags
 from watcher.entry import commands
 from watcher.errors import Stopping
 from watcher.reconcile.deps import Deps
@@ -109,8 +109,25 @@ def test_a_good_candidate_is_shadowed_then_promoted_by_its_figures(
     assert candidate_state(state_dir, slug) is None
 
 
-class StoppedWhileLooking(Exception):
-    pass
+def test_a_candidate_that_disagrees_with_live_is_rolled_back_on_the_compared_answers(
+    rollout_deps: Callable[[], Deps], state_dir: Path, model_name: str, iris: LoggedModel,
+    production: dict[str, str], bad_iris: LoggedModel, variant: Callable[..., str],
+) -> None:
+    slug = model_slug(model_name)
+    endpoint = deploy_live(rollout_deps, model_name, iris, production)
+    with Callers(endpoint) as callers:
+        # The shuffled model's files (it learnt nothing), with a contract that shadows it.
+        shuffled = variant(model_name, bad_iris, {"contract.yaml": rollout_contract(SHADOW).encode()}, production)
+        reconcile_once(rollout_deps())
+        assert tags(model_name, shuffled)["rollout_status"] == "shadowing"
+        run_until(rollout_deps, lambda: tags(model_name, shuffled)["deployment_status"] == "failed")
+
+    assert set(callers.statuses) == {200}
+    after = tags(model_name, shuffled)
+    assert after["rollout_status"] == "rolled back"
+    assert after["deployment_message"].startswith("rolled back: agreement with live ")
+    assert "< 95.0% required" in after["deployment_message"]
+    assert candidate_state(state_dir, slug) is None and live_version(state_dir, slug) == "1"
 
 
 def test_a_watcher_stopped_mid_analysis_leaves_the_step_and_the_next_resumes_it(

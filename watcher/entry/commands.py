@@ -181,15 +181,14 @@ def version_states(deps: Deps) -> list[dict[str, Any]]:
         state = info.tags.get(STATUS, "pending")
         if live is not None and not live.kinds >= KINDS:
             state = f"{state} (incomplete)"
-        trial = info.tags.get("rollout_status", "") if state == "deploying" else ""
+        trial = info.tags.get("rollout_status", "") if state == "deploying" else ""  # a candidate on trial
+        message = info.tags.get("rollout_summary" if trial else "deployment_message", "")
         rows.append({"model": model, "version": number, "status": f"{state} ({trial})" if trial else state,
                      "running": live is not None,
                      "endpoint": deps.target.endpoint(live.slug) if live else info.tags.get("model_endpoint", ""),
-                     "message": info.tags.get("rollout_summary", "") if trial else info.tags.get("deployment_message",
-                                                                                                 ""),
-                     "warnings": info.tags.get("deployment_warnings", ""),
-                     "rollout": info.tags.get("rollout_status", ""), "rollout_summary": info.tags.get(
-                         "rollout_summary", "")})
+                     "message": message, "warnings": info.tags.get("deployment_warnings", ""),
+                     "rollout": info.tags.get("rollout_status", ""),
+                     "rollout_summary": info.tags.get("rollout_summary", "")})
     return rows
 
 

@@ -4,7 +4,8 @@ Same lifecycle as Kubernetes (new, update, supersede, undeploy): the process is 
 the rendered Deployment's environment, a new version replaces the old one only once it is
 ready, and the processes are tracked in a state directory so a later run finds them again.
 One front (`watcher.local_ingress`, on LOCAL_FRONT_PORT) plays the Ingress: the endpoint of a model
-stays the same across versions, and its route moves to a new process only once that one is ready.
+stays the same across versions, and its route moves to a new process only once that one is ready. A version
+with a `rollout` section runs as a candidate process beside the live one (`local_rollout`) until promoted.
 """
 
 from __future__ import annotations
