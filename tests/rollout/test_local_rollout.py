@@ -7,6 +7,11 @@ candidate, and a deselected candidate is stopped while the live version keeps se
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, register_versions
+from devstack.servers import LocalMlflow
 from model_wrapper.contract.naming import model_slug
 from tests.reconcile.test_local_target import _running, get_json
 from tests.rollout.conftest import SHADOW, Callers, rollout_contract, run_until, tags
@@ -199,10 +205,36 @@ def test_a_newer_version_replaces_the_candidate_and_a_deselected_one_is_stopped(
     assert live_version(state_dir, slug) == "1" and tags(model_name, 1)["deployment_status"] == "deployed"
 
 
+def watch_then_sigterm(mlflow_server: LocalMlflow, state_dir: Path, production: dict[str, str],
+                       passes: int) -> tuple[int, str]:
+    """`python -m watcher watch` on the local target, polling every second, sent SIGTERM after `passes` passes;
+    its exit code and log."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTEST", "COV_"))}
+    env.update({**mlflow_server.client_env(), "DEPLOY_TARGET": "local", "LOCAL_STATE_DIR": str(state_dir),
+                "LOCAL_FRONT_PORT": "0", "SELECTOR": f"tag:deploy={production['deploy']}",
+                "POLL_INTERVAL_SECONDS": "1", "LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    log = state_dir.parent / "watch.log"
+    with log.open("wb") as out:
+        child = subprocess.Popen([sys.executable, "-m", "watcher", "watch"], env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while log.read_text().count("pass done") < passes and time.monotonic() < deadline:
+                time.sleep(0.1)
+            child.send_signal(signal.SIGTERM)
+            code = child.wait(60)  # a bound for a loaded machine, not a measurement
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+    return code, log.read_text()
+
+
 def test_a_person_aborts_one_candidate_and_promotes_the_next_while_status_shows_the_rollout(
     rollout_deps: Callable[[], Deps], state_dir: Path, model_name: str, iris: LoggedModel,
-    production: dict[str, str], variant: Callable[..., str],
+    production: dict[str, str], variant: Callable[..., str], mlflow_server: LocalMlflow,
 ) -> None:
+    """Also: a real `watch` process stopped by SIGTERM between its looks leaves the step as it was."""
     slug = model_slug(model_name)
     endpoint = deploy_live(rollout_deps, model_name, iris, production)
     files = {"contract.yaml": rollout_contract(HOLDING).encode()}
@@ -213,6 +245,12 @@ def test_a_person_aborts_one_candidate_and_promotes_the_next_while_status_shows_
         assert commands.status(rollout_deps(), out=lines.append) == 0
         row = next(line for line in lines if line.split()[1:3] == [second, "deploying"])
         assert "(canary 30%)" in row and row.endswith("starting: no figures yet")
+
+        held = tags(model_name, second)
+        code, log = watch_then_sigterm(mlflow_server, state_dir, production, passes=3)
+        assert code == 0, log[-2000:]
+        assert tags(model_name, second)["rollout_step"] == held["rollout_step"], "the same step, from its start"
+        assert "holding" in log and candidate_state(state_dir, slug)["version"] == int(second)  # type: ignore[index]
 
         assert commands.decide_rollout(rollout_deps(), model_name, "abort", out=lines.append) == 0
         assert lines[-1] == f"{model_name} v{second}: rolled back; version 1 serves"
