@@ -150,6 +150,8 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
         report.updated += 1
         return
     deps.target.finish(rendered, snapshot)
+    if action.reason == "update" and (note := progressive.unsupported_note(deps, found.contract.rollout)):
+        warnings = [*(warnings or []), *note]
     deps.recorder.deployed(version, action.slug, fresh=action.reason in ("new", "update"), warnings=warnings)
     _supersede_previous(deps, action, report)
     if action.reason == "new":

@@ -36,15 +36,23 @@ def _trials(deps: Deps) -> RolloutTarget:
     return target
 
 
+UNSUPPORTED = ("the contract's rollout section is not carried out on this target yet (only on the local "
+               "target): deployed at once, without a shadow or canary")
+
+
 def wants_trial(deps: Deps, rollout: Rollout | None, version: VersionInfo, previous: Live | None) -> bool:
     """A rollout needs a live version of the same model to compare with, and a target that runs candidates."""
     if rollout is None or previous is None or previous.model != version.name or previous.version is None:
         return False
     if rollout_target(deps.target) is None:
-        log.warning("%s: this target runs no candidate beside the live version; deployed without the rollout",
-                    version)
+        log.warning("%s: %s", version, UNSUPPORTED)
         return False
     return True
+
+
+def unsupported_note(deps: Deps, rollout: Rollout | None) -> list[str]:
+    """What `deployment_warnings` says when the section could not be followed here (empty otherwise)."""
+    return [UNSUPPORTED] if rollout is not None and rollout_target(deps.target) is None else []
 
 
 def begin(deps: Deps, version: VersionInfo, rollout: Rollout, rendered: Any, snapshot: Any,

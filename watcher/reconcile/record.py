@@ -59,7 +59,7 @@ class Recorder:
         endpoint = self.endpoint(slug)
         message = f"Serving version {version.version} at {endpoint}"
         if warnings:
-            message += "; its environment differs, see deployment_warnings"
+            message += "; see deployment_warnings"
         tags = {"model_endpoint": endpoint, "deployed": "true", "deployment_name": slug, ATTEMPT: "",
                 "deployment_message": message}
         if warnings is not None:
