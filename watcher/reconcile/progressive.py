@@ -10,6 +10,7 @@ Called by `watcher.reconcile.actions` (the start, once the candidate is ready an
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any, Literal, cast
 
 from model_wrapper.contract.rollout import Rollout
@@ -72,13 +73,7 @@ def step(deps: Deps, version: VersionInfo, live: Live, report: PassReport, attem
     now = deps.clock()
     current = Step.parse(version.tags.get(ROLLOUT_STEP, "")) or Step(0, now, 0)  # a lost tag: the step again
     figures: Figures = _trials(deps).rollout_figures(live.slug, snapshot)
-    if rollout is None:  # the section went (a contract re-logged in place): nothing to judge by
-        move = Move("promote")
-    elif decision is not None:
-        move = Move("promote") if decision == "promote" else Move("reject", ("aborted by a person "
-                                                                              "(python -m watcher abort)",))
-    else:
-        move = judge(rollout, current, figures, now)
+    move = _move(rollout, current, figures, now, decision)
     text = summary(figures)
     if move.kind == "hold":
         stage = rollout.stages[min(current.index, len(rollout.stages) - 1)] if rollout else "promoted"
@@ -96,6 +91,14 @@ def step(deps: Deps, version: VersionInfo, live: Live, report: PassReport, attem
     if move.kind == "promote":
         return _promote(deps, version, live, snapshot, text, report)
     return _reject(deps, version, live, snapshot, text, move.reasons, attempt, report)
+
+
+def _move(rollout: Rollout | None, current: Step, figures: Figures, now: datetime, decision: Decision | None) -> Move:
+    if rollout is None:  # the section went (a contract re-logged in place): nothing to judge by
+        return Move("promote")
+    if decision == "abort":
+        return Move("reject", ("aborted by a person (python -m watcher abort)",))
+    return Move("promote") if decision == "promote" else judge(rollout, current, figures, now)
 
 
 def drop(deps: Deps, live: Live, snapshot: Any) -> None:
