@@ -1,8 +1,9 @@
 """The local front's half of progressive delivery: prediction requests while a candidate runs beside the live
 version. Shadow: the live version answers, and a sample is sent to the candidate as well. Canary: the
 candidate answers its share; a 5xx from it is answered by the live version instead (a prediction can be asked
-twice), and a sample is asked of the live version as well. The second answer is awaited off the caller's path
-and compared with the first; the counts are what the watcher's analysis reads (`/_front/compare/<slug>`).
+twice), and a sample is asked of the live version as well. The second request starts once the caller has the
+whole answer, in a task of its own, and its answer is compared with the first; the counts are what the
+watcher's analysis reads (`/_front/compare/<slug>`).
 
 Used by `watcher.targets.local_front` only.
 """
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -84,14 +86,19 @@ class Shadow:
             if answer is None or answer.status >= 500:
                 counters.rescued += 1
                 return _response(await self._send(live.url, request, headers, body), slug)
-            if sampled:
-                self._spawn(counters, live.url, request, headers, body, answer, candidate_answered=True)
+            mirror = (live.url, True) if sampled else None
+        else:
+            answer = await self._send(picked.url, request, headers, body)
+            # Shadow only: in a canary the live version's own answers are not asked of the candidate as well.
+            wanted = sampled and candidate.weight == 0 and answer is not None and answer.status < 300
+            mirror = (candidate.url, False) if wanted else None
+        if mirror is None or answer is None:
             return _response(answer, slug)
-        answer = await self._send(picked.url, request, headers, body)
-        # Shadow only: in a canary the live version's own answers are not asked of the candidate as well.
-        if sampled and candidate.weight == 0 and answer is not None and answer.status < 300:
-            self._spawn(counters, candidate.url, request, headers, body, answer, candidate_answered=False)
-        return _response(answer, slug)
+
+        async def after_the_answer() -> None:  # the caller has every byte by now
+            self._spawn(counters, mirror[0], request, headers, body, answer, candidate_answered=mirror[1])
+
+        return _response(answer, slug, BackgroundTask(after_the_answer))
 
     async def _send(self, base: str, request: Request, headers: dict[str, str], body: bytes) -> Answer | None:
         try:
@@ -133,12 +140,12 @@ class Shadow:
             counters.abs_diff_count += diff_count
 
 
-def _response(answer: Answer | None, slug: str) -> Response:
+def _response(answer: Answer | None, slug: str, background: BackgroundTask | None = None) -> Response:
     if answer is None:
         return JSONResponse({"error": f"the wrapper of /{slug}/ did not answer"}, status_code=502)
     headers = {k: v for k, v in answer.headers.items()
                if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
-    return Response(answer.content, status_code=answer.status, headers=headers)
+    return Response(answer.content, status_code=answer.status, headers=headers, background=background)
 
 
 def _predictions(answer: Any) -> list[Any] | None:
