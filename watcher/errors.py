@@ -40,6 +40,11 @@ class RolloutFailed(Permanent):
     """The new version never became ready; the previous one keeps serving."""
 
 
+class CandidateRejected(Permanent):
+    """The candidate's figures on live traffic broke a bound of its contract's `rollout` section (or a person
+    aborted it): it was removed, and the live version served throughout."""
+
+
 class PassAborted(ServiceBuilderError):
     """The registry or the cluster cannot be reached: the pass cannot run at all."""
 

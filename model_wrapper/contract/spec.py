@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from model_wrapper.contract.evaluation import Evaluation
 from model_wrapper.contract.monitoring import Drift, Logging
+from model_wrapper.contract.rollout import Rollout
 
 MAX_CONTRACT_BYTES = 1 << 20
 MAX_FIELDS = 1000
@@ -158,6 +159,8 @@ class Contract(_Strict):
     """The inference log's sample for this model (the wrapper's INFERENCE_LOG_SAMPLE otherwise)."""
     drift: Drift | None = None
     """Thresholds of `python -m watcher drift` (its defaults otherwise)."""
+    rollout: Rollout | None = None
+    """How a new version takes live traffic beside the serving one (shadow or canary), judged by its figures."""
 
     @model_validator(mode="after")
     def _examples_fit_inputs(self) -> Contract:
@@ -170,6 +173,8 @@ class Contract(_Strict):
             raise ValueError("evaluation needs inputs: the evaluation data's columns are the contract's inputs")
         if self.evaluation is not None and (problems := self.evaluation.problems_for(self.task, self.inputs)):
             raise ValueError(f"evaluation: {'; '.join(problems)}")
+        if self.rollout is not None and (problems := self.rollout.problems_for(self.task)):
+            raise ValueError(f"rollout: {'; '.join(problems)}")
         return self
 
     def instance_problems(self, instance: dict[str, Any]) -> list[str]:

@@ -172,6 +172,17 @@ class Registry:
                 Metric(f"evaluation_{name}", value, timestamp_ms, 0, model_id=version.model_id)
                 for name, value in sorted(metrics.items())])
 
+    def log_rollout(self, version: VersionInfo, metrics: Mapping[str, float], timestamp_ms: int, step: int) -> None:
+        """A rollout's figures as metrics `rollout_<name>` beside the evaluation's, one step per rollout step."""
+        with _translated(f"log the rollout of {version}"):
+            run_id = self._run_of(version)
+            if run_id is None:
+                log.info("%s: no run or logged model to log the rollout on; only tags record it", version)
+                return
+            self._client.log_batch(run_id, metrics=[
+                Metric(f"rollout_{name}", value, timestamp_ms, step, model_id=version.model_id)
+                for name, value in sorted(metrics.items())])
+
     def log_drift(self, version: VersionInfo, metrics: Mapping[str, float], timestamp_ms: int, report: str) -> None:
         """Drift figures as metrics beside the evaluation's, and the HTML report as an artifact of the same run
         (`drift/version-<n>/drift_report.html`, replaced by each measurement)."""

@@ -47,6 +47,21 @@ class RollBack:
 
 
 @dataclass(frozen=True)
+class StepRollout:
+    """The selected version is on trial beside the live one: look at its figures and step, promote or roll back."""
+
+    version: VersionInfo
+    live: Live
+
+
+@dataclass(frozen=True)
+class DropCandidate:
+    """A version on trial that is no longer wanted (deselected, or failed): stop it; the live version serves."""
+
+    live: Live
+
+
+@dataclass(frozen=True)
 class Supersede:
     version: VersionInfo
     winner: int
@@ -66,7 +81,7 @@ class Clash:
     message: str
 
 
-Action = Deploy | RecordDeployed | RollBack | Supersede | Undeploy | Clash
+Action = Deploy | RecordDeployed | RollBack | StepRollout | DropCandidate | Supersede | Undeploy | Clash
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,8 @@ def plan(
             if current is not None and current.version == version.version and current.rollback_to not in (
                     None, version.version):
                 actions.append(RollBack(version, current))
+            elif current is not None and current.candidate is not None:  # e.g. a killed pass left it running
+                actions.append(DropCandidate(current))
             else:
                 unchanged.append(str(version))
         elif (action := _converge(version, slug, current, spec_hash_of, kinds_of)) is not None:
@@ -186,7 +203,11 @@ def _converge(
 ) -> Action | None:
     if current is None:
         return Deploy(version, slug, "new")
-    if current.version != version.version:
+    if current.candidate == version.version:
+        return StepRollout(version, current)
+    if current.candidate is not None and current.version == version.version:
+        return DropCandidate(current)
+    if current.version != version.version:  # a candidate on trial is replaced by the newer version
         return Deploy(version, slug, "update", current)
     if current.spec_hash != spec_hash_of(version, current):
         return Deploy(version, slug, "reconfigure", current)

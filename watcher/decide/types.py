@@ -84,3 +84,5 @@ class Live:
     """The flavours and packages its runtime image was chosen by (a new RUNTIME_IMAGES re-chooses)."""
     rollback_to: int | None = None
     """The version an unfinished update replaced (Kubernetes): what serves while the update is not done."""
+    candidate: int | None = None
+    """The version on trial beside this one (a `rollout` section's shadow or canary), if one runs."""

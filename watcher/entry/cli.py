@@ -59,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="every selected or running version, its status and message")
     status.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     status.add_argument("--target", choices=["kubernetes", "local"])
+    for name, text in (("promote", "promote the model's candidate now, on its figures so far"),
+                       ("abort", "roll the model's candidate back now; the live version keeps serving")):
+        decide = commands.add_parser(name, help=text)
+        decide.add_argument("name")
+        decide.add_argument("--target", choices=["kubernetes", "local"])
     drift = commands.add_parser("drift", help="measure live inputs against the version's reference data")
     drift.add_argument("name")
     drift.add_argument("version", type=int, nargs="?", help="default: the deployed version")
@@ -119,6 +124,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return commands.retry(build_deps(settings), args.name, args.version)
     if args.command == "status":
         return commands.status(build_deps(settings), as_json=args.json)
+    if args.command in ("promote", "abort"):
+        return commands.decide_rollout(build_deps(settings), args.name, args.command)
     if args.command == "drift":
         return commands.drift(build_deps(settings), args.name, args.version, since=args.since, until=args.until)
     if args.command == "serve-webhooks":

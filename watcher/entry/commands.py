@@ -1,4 +1,4 @@
-"""The CLI's developer commands (render, deploy, undeploy, retry, status), built on the reconcile pass.
+"""The CLI's developer commands (render, deploy, undeploy, retry, status, promote, abort), built on the pass.
 
 Each reads like the pass it reuses; output goes to stdout for people, logs go to stderr.
 """
@@ -15,7 +15,8 @@ from model_wrapper.contract.naming import model_slug
 from watcher.decide.plan import Deploy, Undeploy
 from watcher.decide.types import ATTEMPT, KINDS, STATUS, Live, Selector, VersionInfo
 from watcher.errors import Permanent
-from watcher.reconcile.actions import perform
+from watcher.reconcile import progressive
+from watcher.reconcile.actions import attempt_key, perform
 from watcher.reconcile.deps import Deps, PassReport
 from watcher.reconcile.engine import reconcile_once, render_version
 
@@ -132,6 +133,21 @@ def retry(deps: Deps, name: str, version: int | None = None, out: Callable[[str]
     return code
 
 
+def decide_rollout(deps: Deps, name: str, decision: progressive.Decision, out: Callable[[str], None] = print) -> int:
+    """`promote NAME` / `abort NAME`: a person decides the model's rollout now, on the figures so far."""
+    slug = model_slug(name)
+    with deps.target.exclusive():
+        live = next((item for item in deps.target.observe().live() if item.slug == slug and item.model == name), None)
+        if live is None or live.candidate is None:
+            out(f"{name}: no rollout in progress (a version whose contract has a rollout section, on trial beside "
+                "the live one)")
+            return 1
+        version = _version(deps, name, live.candidate)
+        outcome = progressive.step(deps, version, live, PassReport(), attempt_key(deps, version), decision)
+    out(f"{version}: {outcome}; version {version.version if outcome == 'promoted' else live.version} serves")
+    return 0
+
+
 def status(deps: Deps, *, as_json: bool = False, out: Callable[[str], None] = print) -> int:
     """Every version the watcher knows of (selected, or running), with its status and message."""
     state_dir = deps.settings.local_state_dir
@@ -165,10 +181,14 @@ def version_states(deps: Deps) -> list[dict[str, Any]]:
         state = info.tags.get(STATUS, "pending")
         if live is not None and not live.kinds >= KINDS:
             state = f"{state} (incomplete)"
-        rows.append({"model": model, "version": number, "status": state, "running": live is not None,
+        trial = info.tags.get("rollout_status", "") if state == "deploying" else ""  # a candidate on trial
+        message = info.tags.get("rollout_summary" if trial else "deployment_message", "")
+        rows.append({"model": model, "version": number, "status": f"{state} ({trial})" if trial else state,
+                     "running": live is not None,
                      "endpoint": deps.target.endpoint(live.slug) if live else info.tags.get("model_endpoint", ""),
-                     "message": info.tags.get("deployment_message", ""),
-                     "warnings": info.tags.get("deployment_warnings", "")})
+                     "message": message, "warnings": info.tags.get("deployment_warnings", ""),
+                     "rollout": info.tags.get("rollout_status", ""),
+                     "rollout_summary": info.tags.get("rollout_summary", "")})
     return rows
 
 

@@ -116,3 +116,10 @@ class CountingTarget:
 
     def smoke_base(self, slug: str) -> str | None:
         return self._target.smoke_base(slug)
+
+    def __getattr__(self, name: str) -> Any:
+        """What else the target can do (a candidate beside the live version, `RolloutTarget`), unchanged: the
+        pass asks for it by name, so the count must not hide it."""
+        if name.startswith("_"):  # not set yet (a copy being built): never recurse into ourselves
+            raise AttributeError(name)
+        return getattr(self._target, name)

@@ -37,7 +37,8 @@ WEBHOOK_NAME = "service-builder"
 EVENTS = ("model_version_tag.set", "model_version_tag.deleted", "model_version_alias.created",
           "model_version_alias.deleted", "model_version.created")
 OWN_TAGS = frozenset({STATUS, ATTEMPT, "model_endpoint", "deployed", "deployment_message", "deployed_at",
-                      "deployment_name", "evaluation_status", "evaluation_summary", "evaluation_digest"})
+                      "deployment_name", "evaluation_status", "evaluation_summary", "evaluation_digest",
+                      "rollout_status", "rollout_summary", "rollout_step"})
 """The tags the watcher writes itself: an event about one of them must not trigger another pass."""
 SIGNATURE, TIMESTAMP, DELIVERY = "x-mlflow-signature", "x-mlflow-timestamp", "x-mlflow-delivery-id"
 MAX_BODY = 1 << 20

@@ -17,9 +17,20 @@ from typing import Any
 from watcher.clients.artifacts import fetch_contract
 from watcher.clients.smoke import environment_warnings, smoke_test, smoke_test_invocations
 from watcher.config.logs import about
-from watcher.decide.plan import Action, Clash, Deploy, RecordDeployed, RollBack, Supersede, Undeploy
+from watcher.decide.plan import (
+    Action,
+    Clash,
+    Deploy,
+    DropCandidate,
+    RecordDeployed,
+    RollBack,
+    StepRollout,
+    Supersede,
+    Undeploy,
+)
 from watcher.decide.types import STATUS, Live, VersionInfo
 from watcher.errors import Blocked, PassAborted, Retryable, RolloutFailed, ServiceBuilderError, Stopping
+from watcher.reconcile import progressive
 from watcher.reconcile.deps import Deps, PassReport
 from watcher.render.manifests import Release, Rendered
 
@@ -40,7 +51,7 @@ def release_of(version: VersionInfo, slug: str, serving: Any = None, needs: tupl
 
 
 def perform(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
-    if isinstance(action, Undeploy):
+    if isinstance(action, Undeploy | DropCandidate):
         model, version = action.live.model or action.live.slug, action.live.version
     else:
         model, version = action.version.name, action.version.version
@@ -49,7 +60,7 @@ def perform(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> No
 
 
 def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
-    subject = action.live.model if isinstance(action, Undeploy) else str(action.version)
+    subject = action.live.model if isinstance(action, Undeploy | DropCandidate) else str(action.version)
     try:
         if isinstance(action, Deploy):
             _deploy(deps, action, snapshot, report)
@@ -58,6 +69,11 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
             report.unchanged += 1
         elif isinstance(action, RollBack):
             _finish_roll_back(deps, action)
+            report.unchanged += 1
+        elif isinstance(action, StepRollout):
+            progressive.step(deps, action.version, action.live, report, attempt_key(deps, action.version))
+        elif isinstance(action, DropCandidate):
+            progressive.drop(deps, action.live, snapshot)
             report.unchanged += 1
         elif isinstance(action, Supersede):
             deps.recorder.superseded(action.version, action.winner)
@@ -68,6 +84,8 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
                      action.live.slug, _why_undeployed(deps, action))
             if action.retag:
                 deps.recorder.undeployed(action.live)
+                if action.live.candidate is not None:  # its version on trial went with it
+                    deps.recorder.undeployed(Live(action.live.slug, action.live.model, action.live.candidate))
             report.undeployed += 1
         elif isinstance(action, Clash):
             raise Blocked(action.message)  # the plan re-checks the clash every pass
@@ -84,7 +102,8 @@ def _act(deps: Deps, action: Action, snapshot: Any, report: PassReport) -> None:
         report.failed += 1
         report.failures.append(f"{subject}: {e}")
         log.error("%s: %s", subject, e)
-        if not isinstance(action, Undeploy | RollBack):  # a roll-back that failed again leaves the tags as they are
+        # A roll-back (or a candidate's stop) that failed again leaves the tags as they are.
+        if not isinstance(action, Undeploy | RollBack | DropCandidate):
             # A clash is re-checked by the plan every pass at no cost: no pause, and no count to rewrite.
             deps.recorder.failed(action.version, e, attempt_key(deps, action.version),
                           back_off=not isinstance(action, Clash))
@@ -115,28 +134,24 @@ def _record_running(deps: Deps, action: RecordDeployed) -> None:
 
 
 def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> None:
-    version, settings = action.version, deps.settings
+    version = action.version
     log.info("%s: %s deploy as %s", version, action.reason, action.slug)
     found = fetch_contract(deps.store, deps.registry, version)
     rendered = deps.renderer.render(release_of(version, action.slug, found.contract.serving, found.needs))
-    warnings: list[str] | None = None
     if action.evaluates:
         deps.gate.before_rollout(version, found, rendered, action.previous)
         deps.recorder.deploying(version)
+    trial = action.reason == "update" and progressive.wants_trial(deps, found.contract.rollout, version,
+                                                                  action.previous)
     with _rolled_back_on_failure(deps, rendered, snapshot, action.previous):
-        deps.target.apply(rendered, snapshot)
-        deps.target.wait_ready(rendered, settings.rollout_timeout_seconds)
-        base = deps.target.smoke_base(action.slug)
-        if base and found.contract.examples:
-            smoke_test(base, found.contract.examples, retry_for=settings.smoke_test_seconds)
-        elif base and found.serving_example is not None:
-            smoke_test_invocations(base, found.serving_example, retry_for=settings.smoke_test_seconds)
-        elif base:
-            log.info("%s: no examples to smoke-test %s with; the wrapper's readiness stands for it", version,
-                     action.slug)
-        if base:
-            warnings = environment_warnings(base)
+        warnings = _start_and_check(deps, action, found, rendered, snapshot)
+    if trial and found.contract.rollout is not None and action.previous is not None:
+        progressive.begin(deps, version, found.contract.rollout, rendered, snapshot, action.previous)
+        report.updated += 1
+        return
     deps.target.finish(rendered, snapshot)
+    if action.reason == "update" and (note := progressive.unsupported_note(deps, found.contract.rollout)):
+        warnings = [*(warnings or []), *note]
     deps.recorder.deployed(version, action.slug, fresh=action.reason in ("new", "update"), warnings=warnings)
     _supersede_previous(deps, action, report)
     if action.reason == "new":
@@ -144,6 +159,22 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
     else:
         report.updated += 1
     log.info("%s: %s at %s", version, "deployed", deps.target.endpoint(action.slug))
+
+
+def _start_and_check(deps: Deps, action: Deploy, found: Any, rendered: Rendered, snapshot: Any) -> list[str] | None:
+    """Start the version's wrapper, wait until it is ready and smoke-test it; its environment warnings."""
+    settings = deps.settings
+    deps.target.apply(rendered, snapshot)
+    deps.target.wait_ready(rendered, settings.rollout_timeout_seconds)
+    base = deps.target.smoke_base(action.slug)
+    if base and found.contract.examples:
+        smoke_test(base, found.contract.examples, retry_for=settings.smoke_test_seconds)
+    elif base and found.serving_example is not None:
+        smoke_test_invocations(base, found.serving_example, retry_for=settings.smoke_test_seconds)
+    elif base:
+        log.info("%s: no examples to smoke-test %s with; the wrapper's readiness stands for it", action.version,
+                 action.slug)
+    return environment_warnings(base) if base else None
 
 
 def _finish_roll_back(deps: Deps, action: RollBack) -> None:

@@ -16,7 +16,18 @@ import yaml
 
 from model_wrapper.contract.naming import model_slug
 from watcher.clients.artifacts import fetch_contract
-from watcher.decide.plan import Action, Deploy, Plan, RecordDeployed, RollBack, Supersede, Undeploy, plan
+from watcher.decide.plan import (
+    Action,
+    Deploy,
+    DropCandidate,
+    Plan,
+    RecordDeployed,
+    RollBack,
+    StepRollout,
+    Supersede,
+    Undeploy,
+    plan,
+)
 from watcher.decide.types import Live, NearMiss, VersionInfo
 from watcher.errors import Busy, ServiceBuilderError
 from watcher.reconcile.actions import attempt_key, perform, release_of
@@ -116,6 +127,10 @@ def describe(action: Action) -> str:
         return f"supersede: {action.version} (v{action.winner} wins)"
     if isinstance(action, Undeploy):
         return f"undeploy: {action.live.model or action.live.slug} v{action.live.version}"
+    if isinstance(action, StepRollout):
+        return f"look at the rollout of {action.version} beside v{action.live.version}"
+    if isinstance(action, DropCandidate):
+        return f"stop the candidate v{action.live.candidate} of {action.live.model}; v{action.live.version} serves"
     if isinstance(action, RollBack):
         return f"finish the roll-back of {action.version} to v{action.live.rollback_to}"
     return f"clash: {action.version}: {action.message}"

@@ -59,7 +59,7 @@ class Recorder:
         endpoint = self.endpoint(slug)
         message = f"Serving version {version.version} at {endpoint}"
         if warnings:
-            message += "; its environment differs, see deployment_warnings"
+            message += "; see deployment_warnings"
         tags = {"model_endpoint": endpoint, "deployed": "true", "deployment_name": slug, ATTEMPT: "",
                 "deployment_message": message}
         if warnings is not None:
@@ -68,6 +68,18 @@ class Recorder:
             tags["deployed_at"] = self.clock().isoformat(timespec="seconds")
         tags[STATUS] = "deployed"  # last: whoever reacts to the status finds the endpoint already there
         self._write(version, tags)
+
+    def on_trial(self, version: VersionInfo, stage: str, summary: str, step: str, live_version: int | None) -> None:
+        """A candidate's rollout, as it stands: its stage, its figures so far and the step's bookkeeping."""
+        self._write(version, {"rollout_status": stage, "rollout_summary": redact(summary)[:MAX_MESSAGE],
+                              "rollout_step": step, STATUS: "deploying", "deployed": "false",
+                              "deployment_message": f"Rollout: {stage} beside version {live_version}; its figures "
+                                                    "are in rollout_summary; this tag changes when it is decided."})
+
+    def rollout_ended(self, version: VersionInfo, outcome: str, summary: str) -> None:
+        """`promoted` or `rolled back`, with the last figures (the deployment tags are written beside)."""
+        self._write(version, {"rollout_status": outcome, "rollout_summary": redact(summary)[:MAX_MESSAGE],
+                              "rollout_step": ""})
 
     def near_miss(self, version: VersionInfo, found: str, selector: Selector) -> bool:
         """Tell a version the selector only nearly picks what it expects; True when that was news."""

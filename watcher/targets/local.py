@@ -4,7 +4,8 @@ Same lifecycle as Kubernetes (new, update, supersede, undeploy): the process is 
 the rendered Deployment's environment, a new version replaces the old one only once it is
 ready, and the processes are tracked in a state directory so a later run finds them again.
 One front (`watcher.local_ingress`, on LOCAL_FRONT_PORT) plays the Ingress: the endpoint of a model
-stays the same across versions, and its route moves to a new process only once that one is ready.
+stays the same across versions, and its route moves to a new process only once that one is ready. A version
+with a `rollout` section runs as a candidate process beside the live one (`local_rollout`) until promoted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from watcher.errors import Busy, Retryable, RolloutFailed
 from watcher.render.manifests import EVALUATES_LABEL, INPUTS_DIGEST, RUNTIME, Rendered
 from watcher.targets.local_front import Backend
 from watcher.targets.local_ingress import Front, importable, stop_group
+from watcher.targets.local_rollout import Candidates, write_atomically
 
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -41,13 +43,20 @@ class LocalSnapshot:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     routed: frozenset[str] = frozenset()
     """The slugs the running front sends to their recorded process."""
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The versions on trial beside the live ones (`local_rollout`), by slug."""
 
     def live(self) -> list[Live]:
         return [Live(slug=slug, model=state["model"], version=int(state["version"]), spec_hash=state["spec_hash"],
                      inputs_digest=state.get("inputs_digest", ""),
                      serving=Serving.model_validate(state.get("serving") or {}), kinds=self._kinds(slug, state),
-                     needs=tuple(state.get("needs") or ()))
+                     needs=tuple(state.get("needs") or ()), candidate=self._candidate(slug))
                 for slug, state in sorted(self.states.items())]
+
+    def _candidate(self, slug: str) -> int | None:
+        """A candidate whose process died is not one: the rollout starts again."""
+        state = self.candidates.get(slug)
+        return int(state["version"]) if state and _alive(state.get("pid")) else None
 
     def _kinds(self, slug: str, state: dict[str, Any]) -> frozenset[str]:
         """What runs: nothing without the process; no Ingress where the front does not route to it (repaired)."""
@@ -63,11 +72,14 @@ class LocalTarget:
         self._dir = settings.local_state_dir.resolve()  # created by the first write: reading creates nothing
         self._pending: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         self._front = Front(self._dir, settings.local_front_port)
+        self._candidates = Candidates(self._dir, self._front)
 
     def observe(self) -> LocalSnapshot:
         routes = self._front.routes()
         snapshot = LocalSnapshot(routed=frozenset(slug for slug, backends in routes.items()
-                                                  if any(b.weight and _alive(b.pid) for b in backends)))
+                                                  if any(b.weight and not b.candidate and _alive(b.pid)
+                                                         for b in backends)),
+                                 candidates=self._candidates.states())
         for path in sorted(self._dir.glob("*.json")):
             try:
                 snapshot.states[path.stem] = json.loads(path.read_text())
@@ -139,18 +151,51 @@ class LocalTarget:
 
     def finish(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
         """Record the new process, then retire the one it replaces (so the endpoint never goes dark)."""
+        slug = rendered.deployment["metadata"]["name"]
+        state = self._state(rendered)
+        write_atomically(self._dir / f"{slug}.json", json.dumps(state))
+        self._front.route(slug, [Backend(url=f"http://127.0.0.1:{state['port']}", pid=state["pid"])])
+        old = snapshot.states.get(slug)
+        if old and old.get("pid") != state["pid"]:
+            _terminate(old.get("pid"))
+        self.discard_candidate(slug, snapshot, reroute=False)  # a version on trial gave way to this one
+
+    def begin_rollout(self, rendered: Rendered, snapshot: LocalSnapshot, percent: int, sample: float) -> None:
+        """The ready new process becomes the slug's candidate beside the live one (replacing any earlier one)."""
+        slug = rendered.deployment["metadata"]["name"]
+        self._candidates.begin(slug, self._state(rendered), snapshot.states[slug], percent, sample)
+        earlier = snapshot.candidates.get(slug)
+        if earlier:
+            _terminate(earlier.get("pid"))
+
+    def split(self, slug: str, snapshot: LocalSnapshot, percent: int, sample: float) -> None:
+        self._candidates.split(slug, snapshot.candidates[slug], snapshot.states[slug], percent, sample)
+
+    def rollout_figures(self, slug: str, snapshot: LocalSnapshot) -> Any:
+        return self._candidates.figures(slug, snapshot.candidates[slug], snapshot.states[slug])
+
+    def promote(self, slug: str, snapshot: LocalSnapshot) -> None:
+        """The candidate serves everything; the version it replaces is stopped once no request goes to it."""
+        self._candidates.promote(slug, snapshot.candidates[slug], self._dir / f"{slug}.json")
+        _terminate(snapshot.states[slug].get("pid"))
+
+    def discard_candidate(self, slug: str, snapshot: LocalSnapshot, *, reroute: bool = True) -> None:
+        """Traffic back to the live version, then the candidate stops (`reroute` False: the routes are set)."""
+        candidate = snapshot.candidates.get(slug)
+        if candidate is None:
+            return
+        self._candidates.discard(slug, snapshot.states.get(slug) if reroute else None)
+        _terminate(candidate.get("pid"))
+
+    def _state(self, rendered: Rendered) -> dict[str, Any]:
+        """What the state directory records of the pending process of `rendered`."""
         slug, release = rendered.deployment["metadata"]["name"], rendered.release
         process, port = self._pending.pop(slug)
-        state = {"model": release.name, "version": release.version, "spec_hash": rendered.spec_hash,
-                 "inputs_digest": rendered.deployment["metadata"]["annotations"][INPUTS_DIGEST],
-                 "kinds": sorted(m["kind"] for m in rendered.manifests),  # what the plan expects to find
-                 "serving": release.serving.model_dump(exclude_none=True), "needs": list(release.needs),
-                 "pid": process.pid, "port": port, "endpoint": self._front.url(slug)}
-        _write_atomically(self._dir / f"{slug}.json", json.dumps(state))
-        self._front.route(slug, [Backend(url=f"http://127.0.0.1:{port}", pid=process.pid)])
-        old = snapshot.states.get(slug)
-        if old and old.get("pid") != process.pid:
-            _terminate(old.get("pid"))
+        return {"model": release.name, "version": release.version, "spec_hash": rendered.spec_hash,
+                "inputs_digest": rendered.deployment["metadata"]["annotations"][INPUTS_DIGEST],
+                "kinds": sorted(m["kind"] for m in rendered.manifests),  # what the plan expects to find
+                "serving": release.serving.model_dump(exclude_none=True), "needs": list(release.needs),
+                "pid": process.pid, "port": port, "endpoint": self._front.url(slug)}
 
     def roll_back(self, rendered: Rendered, snapshot: LocalSnapshot) -> None:
         slug = rendered.deployment["metadata"]["name"]
@@ -164,6 +209,7 @@ class LocalTarget:
         state = snapshot.states.get(slug)
         if state:
             _terminate(state.get("pid"))
+        self.discard_candidate(slug, snapshot, reroute=False)
         (self._dir / f"{slug}.json").unlink(missing_ok=True)
 
     def shutdown(self) -> None:
@@ -246,9 +292,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)

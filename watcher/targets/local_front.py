@@ -5,7 +5,8 @@ it first deploys a model, stopped by it when the last model goes; it also exits 
 processes it knows is alive, so a killed watcher (or killed wrappers) cannot leave it behind. The routes are
 a JSON file the target replaces atomically: `{slug: [{"url": ..., "pid": ..., "weight": ...}, ...]}`. A
 starting wrapper is listed at weight 0 (known, sent nothing) and gets the weight only once it is ready. A
-slug maps to a set of weighted backends so that a canary or shadow split is a routes change, not a new front.
+slug maps to a set of weighted backends so that a canary or shadow split is a routes change, not a new front:
+a backend marked `candidate` has its prediction requests served by `local_shadow` (mirrored, compared).
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from watcher.targets.local_shadow import Shadow, is_prediction
+
 ROUTES_FILE = "routes.json"
 HEALTH_PATH = "/_front/health"
 """Where the front answers for itself; `_` cannot start a slug (a DNS label), so no model can shadow it."""
+COMPARE_PATH = "/_front/compare"
+"""`<COMPARE_PATH>/<slug>`: the comparison counters of the slug's candidate (`local_shadow.Counters`)."""
 # Hop-by-hop headers (RFC 9110 §7.6.1) are the connection's, not the message's: never forwarded.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                          "transfer-encoding", "upgrade", "content-length"})
@@ -43,6 +48,10 @@ class Backend:
     url: str
     pid: int
     weight: int = 100
+    candidate: bool = False
+    """A version on trial beside the live one: its answers are compared with the live version's."""
+    sample: float = 0.0
+    """The candidate's share of requests answered by both versions and compared (`local_shadow`)."""
 
 
 class Routes:
@@ -69,6 +78,13 @@ class Routes:
             return None
         return random.choices(backends, weights=[b.weight for b in backends])[0]  # noqa: S311 - not security
 
+    def candidate(self, slug: str) -> Backend | None:
+        return next((b for b in self.current().get(slug, []) if b.candidate), None)
+
+    def live(self, slug: str) -> Backend | None:
+        """The live version's backend (the one a candidate's failed answer falls back to)."""
+        return next((b for b in self.current().get(slug, []) if b.weight > 0 and not b.candidate), None)
+
 
 def read_routes(path: Path) -> dict[str, list[Backend]]:
     try:
@@ -86,11 +102,16 @@ def write_routes(path: Path, routes: dict[str, list[Backend]]) -> None:
 
 
 def create_front(routes: Routes, client: httpx.AsyncClient, state_dir: Path) -> Starlette:
+    shadow = Shadow(client, _forwarded)
+
     async def proxy(request: Request) -> Response:
         slug = request.path_params["path"].split("/", 1)[0]
         backend = routes.pick(slug)
         if backend is None:
             return JSONResponse({"error": f"no model is served under /{slug}/"}, status_code=404)
+        candidate, live = routes.candidate(slug), routes.live(slug)
+        if candidate is not None and live is not None and is_prediction(request.method, request.url.path):
+            return await shadow.serve(request, slug, backend, live, candidate)
         upstream = client.build_request(
             request.method, f"{backend.url}{request.url.path}", params=request.url.query.encode(),
             headers=_forwarded(request), content=await request.body())
@@ -107,8 +128,14 @@ def create_front(routes: Routes, client: httpx.AsyncClient, state_dir: Path) -> 
         # The state directory tells the target this is its own front, not another stack's on the same port.
         return JSONResponse({"state_dir": str(state_dir), "routes": sorted(routes.current())})
 
+    async def compared(request: Request) -> Response:
+        slug = request.path_params["slug"]
+        candidate = routes.candidate(slug)
+        return shadow.report(slug, candidate.url if candidate else None)
+
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route(HEALTH_PATH, health), Route("/{path:path}", proxy, methods=methods)])
+    return Starlette(routes=[Route(HEALTH_PATH, health), Route(f"{COMPARE_PATH}/{{slug}}", compared),
+                             Route("/{path:path}", proxy, methods=methods)])
 
 
 def _forwarded(request: Request) -> dict[str, str]:

@@ -1,0 +1,129 @@
+"""Fixtures for progressive delivery on the local target: a watcher on a wall clock (steps last seconds),
+candidates registered with a `rollout` section, a flaky candidate, and a steady load of callers."""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from devstack.models import IRIS_CONTRACT, LoggedModel, _latest_version, iris_frame, log_iris
+from devstack.servers import LocalMlflow
+from tests.evaluation.conftest import bad_iris, variant  # noqa: F401
+from tests.reconcile.conftest import _controller_resets, iris, make_deps, make_settings, upload  # noqa: F401
+from tests.reconcile.test_local_target import _running, state_dir  # noqa: F401
+from watcher.config.settings import Settings
+from watcher.entry.cli import build_deps
+from watcher.reconcile.deps import Deps
+
+FLAKY_MODEL = Path(__file__).with_name("flaky_model.py")
+
+
+def rollout_contract(section: str) -> str:
+    return f"{IRIS_CONTRACT}rollout:\n{section}"
+
+
+@pytest.fixture
+def rollout_deps(make_settings: Callable[..., Settings], state_dir: Path) -> Iterator[Callable[[], Deps]]:  # noqa: F811
+    """A fresh watcher each call (as the CronJob's processes are), on one state directory and the wall clock."""
+    yield lambda: build_deps(make_settings(deploy_target="local", local_state_dir=state_dir,
+                                           rollout_timeout_seconds=120), clock=lambda: datetime.now(UTC))
+    for path in (state_dir / "candidates").glob("*.json"):  # the state_dir fixture stops the others
+        pid = json.loads(path.read_text()).get("pid")
+        if isinstance(pid, int) and _running(pid):
+            import os
+            import signal
+            os.killpg(pid, signal.SIGKILL)
+
+
+SHADOW = """\
+  strategy: shadow
+  sample: 0.5
+  analysis: {interval: 1, min_requests: 15, max_error_rate: 0.01, max_p99_ms: 2000, min_agreement: 0.95}
+"""
+
+
+@pytest.fixture(scope="session")
+def shadowed_iris(mlflow_server: LocalMlflow) -> LoggedModel:
+    """The live version's iris classifier logged again, its contract with a shadow `rollout` section."""
+    return log_iris("rollout-iris-shadowed", contract=rollout_contract(SHADOW))
+
+
+@pytest.fixture(scope="session")
+def flaky_iris(mlflow_server: LocalMlflow) -> Callable[[str, str], str]:
+    """Register a version of the flaky candidate under `name` with `contract`; its version number."""
+    def register(name: str, contract: str) -> str:
+        features, _ = iris_frame()
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(FLAKY_MODEL),
+                                           input_example=features.head(2), pip_requirements=["scikit-learn"])
+            (Path(tmp) / "contract.yaml").write_text(contract)
+            MlflowClient().log_model_artifact(info.model_id, str(Path(tmp) / "contract.yaml"))
+        mlflow.register_model(info.model_uri, name)
+        return str(_latest_version(name, run.info.run_id).version)
+
+    return register
+
+
+class Callers(threading.Thread):
+    """Steady load: one caller after another asks `predict` for a random iris row, and notes every answer."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(daemon=True)
+        self.endpoint, self.stop = endpoint, threading.Event()
+        self.statuses: list[int] = []
+        self.versions: set[str] = set()
+        self._rows = iris_frame()[0].to_dict(orient="records")
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            body = json.dumps({"instances": [random.choice(self._rows)]}).encode()
+            request = urllib.request.Request(f"{self.endpoint}predict", data=body,
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    self.statuses.append(answer.status)
+            except urllib.error.HTTPError as e:
+                self.statuses.append(e.code)
+            except OSError:
+                self.statuses.append(0)
+            self.stop.wait(0.01)
+
+    def __enter__(self) -> Callers:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.join()
+
+
+def tags(name: str, version: str | int) -> dict[str, str]:
+    return dict(MlflowClient().get_model_version(name, str(version)).tags)
+
+
+def run_until(deps: Callable[[], Deps], done: Callable[[], bool], seconds: float = 40) -> int:
+    """Passes, each by a fresh watcher, until `done`; how many it took."""
+    import time
+
+    from watcher.reconcile.engine import reconcile_once
+
+    deadline, passes, last = time.monotonic() + seconds, 0, None
+    while not done():
+        assert time.monotonic() < deadline, f"not done after {passes} passes: {last}"
+        last = reconcile_once(deps())
+        passes += 1
+        time.sleep(0.5)
+    return passes
+

@@ -1,0 +1,59 @@
+"""Reads the figures progressive delivery judges: a wrapper's Prometheus `/metrics`, and the comparison
+counters of the version on trial.
+
+Called by the local target (`watcher.targets.local_rollout`) for each look at a rollout; the verdict on the
+figures is pure (`watcher.decide.progressive`). Only prediction requests count: probes, Swagger and the
+metrics scrapes themselves would dilute a version's error rate and latency.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections import defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from watcher.decide.progressive import Comparison, WrapperFigures
+from watcher.errors import Retryable
+
+PREDICTION_ENDPOINTS = frozenset({"predict", "invocations", "root_invocations"})
+TIMEOUT_SECONDS = 5
+
+
+def wrapper_figures(base_url: str) -> WrapperFigures:
+    """The prediction requests, their 5xx answers and latency histogram from the wrapper at `base_url`."""
+    return parse_metrics(_get(f"{base_url.rstrip('/')}/metrics").decode())
+
+
+def parse_metrics(text: str) -> WrapperFigures:
+    requests, errors = 0, 0
+    buckets: dict[float, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("endpoint") not in PREDICTION_ENDPOINTS:
+                continue
+            if sample.name == "model_wrapper_requests_total":
+                requests += int(sample.value)
+                errors += int(sample.value) if sample.labels.get("status", "").startswith("5") else 0
+            elif sample.name == "model_wrapper_request_duration_seconds_bucket":
+                buckets[float(sample.labels["le"])] += sample.value
+    return WrapperFigures(requests, errors, tuple(sorted(buckets.items())))
+
+
+def comparison(url: str, candidate_url: str) -> Comparison:
+    """The comparison counters the front keeps for `candidate_url` (zero when it keeps none for it)."""
+    counts = json.loads(_get(url))
+    if counts.get("candidate") != candidate_url:
+        return Comparison()
+    return Comparison(int(counts["compared"]), int(counts["agreed"]), float(counts["abs_diff_sum"]),
+                      int(counts["abs_diff_count"]), int(counts["rescued"]))
+
+
+def _get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as answer:  # noqa: S310 - our own processes
+            return bytes(answer.read())
+    except (OSError, ValueError) as e:
+        raise Retryable(f"could not read the rollout's figures at {url} ({type(e).__name__}); "
+                        "checking again next pass") from e
