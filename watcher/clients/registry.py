@@ -163,24 +163,21 @@ class Registry:
     def log_evaluation(self, version: VersionInfo, metrics: Mapping[str, float], timestamp_ms: int) -> None:
         """The gate's figures as metrics of the version's logged model (on its source run), or of its run
         for versions registered MLflow-2 style, where the MLflow UI shows them."""
-        with _translated(f"log the evaluation of {version}"):
-            run_id = self._run_of(version)
-            if run_id is None:
-                log.info("%s: no run or logged model to log the evaluation on; only tags record it", version)
-                return
-            self._client.log_batch(run_id, metrics=[
-                Metric(f"evaluation_{name}", value, timestamp_ms, 0, model_id=version.model_id)
-                for name, value in sorted(metrics.items())])
+        self._log_metrics(version, "evaluation", metrics, timestamp_ms, 0)
 
     def log_rollout(self, version: VersionInfo, metrics: Mapping[str, float], timestamp_ms: int, step: int) -> None:
         """A rollout's figures as metrics `rollout_<name>` beside the evaluation's, one step per rollout step."""
-        with _translated(f"log the rollout of {version}"):
+        self._log_metrics(version, "rollout", metrics, timestamp_ms, step)
+
+    def _log_metrics(self, version: VersionInfo, what: str, metrics: Mapping[str, float], timestamp_ms: int,
+                     step: int) -> None:
+        with _translated(f"log the {what} of {version}"):
             run_id = self._run_of(version)
             if run_id is None:
-                log.info("%s: no run or logged model to log the rollout on; only tags record it", version)
+                log.info("%s: no run or logged model to log the %s on; only tags record it", version, what)
                 return
             self._client.log_batch(run_id, metrics=[
-                Metric(f"rollout_{name}", value, timestamp_ms, step, model_id=version.model_id)
+                Metric(f"{what}_{name}", value, timestamp_ms, step, model_id=version.model_id)
                 for name, value in sorted(metrics.items())])
 
     def log_drift(self, version: VersionInfo, metrics: Mapping[str, float], timestamp_ms: int, report: str) -> None:
