@@ -7,6 +7,9 @@ keeps serving; a Job that fails says why and is retried; a steady-state pass sta
 from __future__ import annotations
 
 import base64
+import logging
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +20,8 @@ from devstack.models import LoggedModel, iris_frame, register_versions
 from model_wrapper.contract.naming import model_slug
 from tests.peers import BAD_IMAGE, READY, KubernetesPeer, crash
 from watcher.config.settings import Settings
+from watcher.entry.loop import Stop
+from watcher.errors import Stopping
 from watcher.reconcile.deps import Deps
 from watcher.reconcile.engine import reconcile_once
 from watcher.render.manifests import Renderer, validate_manifest
@@ -142,3 +147,42 @@ def test_a_job_that_fails_says_why_and_is_retried(
     reconcile_once(deps)
 
     assert job_requests(kube, namespace).count("create") == created + 1
+
+
+def test_an_evaluation_job_outlives_a_stopped_pass_and_the_next_pass_waits_for_it_instead_of_starting_over(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], s3_secret: None, kube: KubernetesPeer,
+    namespace: str, model_name: str, good_iris: LoggedModel, production: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The CronJob's deadline (or a drain) sends SIGTERM to a pass waiting for its evaluation Job: the Job keeps
+    running, and the next pass finds it by name and waits for its result, so a long evaluation ends at last."""
+    settings = make_settings(evaluation_timeout_seconds=300)
+    register_versions(model_name, good_iris, tags=production)
+    stop, outcome = Stop(), []
+
+    def stopped_pass() -> None:
+        try:
+            reconcile_once(make_deps(settings, stop_requested=stop, sleep=stop.sleep))
+        except BaseException as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=stopped_pass, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not kube.objects("jobs", namespace) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ((name, job),) = kube.objects("jobs", namespace).items()
+    stop.set()  # what SIGTERM does (watcher.entry.cli._run_once)
+    worker.join(60)
+
+    assert [type(e) for e in outcome] == [Stopping]
+    assert kube.objects("jobs", namespace)[name]["metadata"]["uid"] == job["metadata"]["uid"], "the Job runs on"
+
+    with caplog.at_level(logging.INFO, logger="watcher.targets.kubernetes.jobs"):
+        report = reconcile_once(make_deps(settings))
+
+    assert (report.deployed, report.failed) == (1, 0), report.failures
+    assert f"evaluation Job {name} exists already; waiting for it" in caplog.text
+    assert MlflowClient().get_model_version(model_name, "1").tags["evaluation_status"] == "passed"
+    assert kube.objects("jobs", namespace) == {}, "deleted once its result was read"
+

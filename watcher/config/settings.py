@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     """The coordination Lease that keeps two watchers from acting at once."""
     evaluation_timeout_seconds: float = Field(default=900, ge=10, le=86_400)
     """Longest an evaluation (the contract's evaluation section) may run: the Job's activeDeadlineSeconds."""
+    pass_deadline_seconds: float | None = Field(default=None, ge=1, le=86_400)
+    """How long one pass may run: the CronJob's activeDeadlineSeconds less its terminationGracePeriodSeconds. A
+    pass starts no further deployment once less than one model's worst case is left, and leaves it to the next
+    pass. At least that worst case (see `model_worst_case_seconds`). Unset: no limit (`watch`, the CLI)."""
     inference_log_sample: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     """Every wrapper's INFERENCE_LOG_SAMPLE: the share of predict requests logged (a contract's `logging` wins)."""
     inference_log_prefix: str = Field(default="inference-log", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
@@ -221,6 +225,24 @@ class Settings(BaseSettings):
     @property
     def endpoint_scheme(self) -> str:
         return "https" if self.tls_secret_name else "http"
+
+    @property
+    def model_worst_case_seconds(self) -> float:
+        """The longest one model's deployment may take when every wait runs out: the evaluation Job's wait
+        (EVALUATION_TIMEOUT + 60), a rollout without progress (ROLLOUT_TIMEOUT), the smoke test (SMOKE_TEST), four
+        requests at their timeout and 120 s for the rest (26 minutes with the defaults)."""
+        return (self.evaluation_timeout_seconds + 60 + self.rollout_timeout_seconds + self.smoke_test_seconds
+                + 4 * self.k8s_request_timeout_seconds + 120)
+
+    @model_validator(mode="after")
+    def _pass_deadline_fits_a_model(self) -> Settings:
+        if self.pass_deadline_seconds is not None and self.pass_deadline_seconds < self.model_worst_case_seconds:
+            raise ValueError(
+                f"PASS_DEADLINE_SECONDS ({self.pass_deadline_seconds:.0f}) is shorter than one model's worst case "
+                f"({self.model_worst_case_seconds:.0f} s: EVALUATION_TIMEOUT_SECONDS + 60 + ROLLOUT_TIMEOUT_SECONDS "
+                "+ SMOKE_TEST_SECONDS + 4 K8S_REQUEST_TIMEOUT_SECONDS + 120); raise it with the CronJob's "
+                "activeDeadlineSeconds, or lower those timeouts")
+        return self
 
     @property
     def stuck_after_seconds(self) -> float:
