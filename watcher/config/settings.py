@@ -23,6 +23,7 @@ from watcher.errors import SettingsInvalid
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _HOST = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+DEFAULT_SCRATCH_SIZE = "2Gi"
 
 
 class Settings(BaseSettings):
@@ -103,6 +104,9 @@ class Settings(BaseSettings):
     default_memory_limit: str = Field(default="1Gi", pattern=_QUANTITY)
     default_cpu_limit: str | None = Field(default=None, pattern=_QUANTITY)
     """CPU limit where the contract sets none; unset by default, since a CPU limit throttles inference."""
+    default_scratch_size: str = Field(default=DEFAULT_SCRATCH_SIZE, pattern=_QUANTITY)
+    """The model pod's scratch space (its /tmp, an emptyDir the wrapper downloads the model into) where the
+    contract's serving.scratch_size sets none. A version whose files are larger fails before it is applied."""
     local_state_dir: Path = Path(".state/local")
     """Where the local target keeps track of the wrapper processes it started."""
     local_front_port: int = Field(default=8090, ge=0, le=65_535)
@@ -267,6 +271,8 @@ class Settings(BaseSettings):
             "mlflow_s3_endpoint_url", "deploy_target", "runtime_images", "env_mismatch", "network_policy",
             "ingress_namespace", "metrics_namespace", "network_policy_extra_sources", "egress_policy",
             "egress_destinations"})
+        if self.default_scratch_size != DEFAULT_SCRATCH_SIZE:  # only then: installs on the default keep their hash
+            shaping["default_scratch_size"] = self.default_scratch_size
         return hashlib.sha256(repr(sorted(shaping.items())).encode()).hexdigest()[:16]
 
 

@@ -44,7 +44,7 @@ EVALUATION_STATUS = "evaluation_status"
 SUMMARY = "evaluation_summary"
 DIGEST = "evaluation_digest"
 TTL_SECONDS = 3600
-MAX_DATA_BYTES = 1 << 30  # the wrapper's /tmp (an emptyDir of 2Gi) holds the model and the data
+MAX_DATA_BYTES = 1 << 30  # the pod's /tmp (its scratch space, DEFAULT_SCRATCH_SIZE) holds the model and the data
 HEADER_BYTES = 64 * 1024
 
 
