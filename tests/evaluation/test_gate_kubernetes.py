@@ -16,9 +16,11 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score
 
-from devstack.models import LoggedModel, iris_frame, register_versions
+from devstack.models import IRIS_CONTRACT, LoggedModel, iris_frame, log_sklearn_model, register_versions
 from model_wrapper.contract.naming import model_slug
+from tests.evaluation.conftest import GATE, csv_bytes, good_model, iris_table
 from tests.peers import BAD_IMAGE, READY, KubernetesPeer, crash
+from watcher.clients.artifacts import model_bytes
 from watcher.config.settings import Settings
 from watcher.entry.loop import Stop
 from watcher.errors import Stopping
@@ -186,3 +188,26 @@ def test_an_evaluation_job_outlives_a_stopped_pass_and_the_next_pass_waits_for_i
     assert MlflowClient().get_model_version(model_name, "1").tags["evaluation_status"] == "passed"
     assert kube.objects("jobs", namespace) == {}, "deleted once its result was read"
 
+
+def test_an_evaluation_whose_files_would_overflow_the_scratch_space_fails_before_any_job(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], s3_secret: None, kube: KubernetesPeer,
+    namespace: str, model_name: str, production: dict[str, str],
+) -> None:
+    """The Job runs in the model's pod spec: its /tmp holds the model's files and, logged beside the run's
+    contract rather than among them, the evaluation data too."""
+    features, _ = iris_frame()
+    log_sklearn_model(model_name, good_model(), features, contract=None, run_contract=IRIS_CONTRACT + GATE,
+                      run_files={"evaluation.csv": csv_bytes(iris_table())}, pip_requirements=["scikit-learn"],
+                      tags=production)
+    probe = make_deps(make_settings())
+    version = probe.registry.get(model_name, 1)
+    assert version is not None
+    room = model_bytes(probe.store, probe.registry, version) + 100  # the model fits; the data does not
+
+    report = reconcile_once(make_deps(make_settings(default_scratch_size=str(room))))
+
+    message = MlflowClient().get_model_version(model_name, "1").tags["deployment_message"]
+    assert report.failed == 1, report.failures
+    assert "the files the evaluation needs (the model, evaluation.csv) are 0.00 GiB" in message, message
+    assert f"more than its scratch space ({room}, the pod's /tmp" in message
+    assert job_requests(kube, namespace) == [] and kube.objects("deployments", namespace) == {}

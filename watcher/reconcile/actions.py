@@ -14,17 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from watcher.clients.artifacts import fetch_contract, model_bytes
+from watcher.clients.artifacts import fetch_contract
 from watcher.clients.smoke import environment_warnings, smoke_test, smoke_test_invocations
 from watcher.config.logs import about
 from watcher.decide.plan import Action, Clash, Deploy, RecordDeployed, RollBack, Supersede, Undeploy
 from watcher.decide.types import STATUS, Live, VersionInfo
 from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError, Stopping
 from watcher.reconcile.deps import Deps, PassReport
+from watcher.reconcile.gate import Scratch
 from watcher.render.manifests import Release, Rendered
 
 log = logging.getLogger(__name__)
-GIB = 1 << 30
 
 
 def attempt_key(deps: Deps, version: VersionInfo) -> str:
@@ -120,12 +120,11 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
     log.info("%s: %s deploy as %s", version, action.reason, action.slug)
     found = fetch_contract(deps.store, deps.registry, version)
     release = release_of(version, action.slug, found.contract.serving, found.needs)
-    if settings.deploy_target == "kubernetes":
-        _check_scratch_space(deps, version, release)
+    scratch = _check_scratch_space(deps, version, release) if settings.deploy_target == "kubernetes" else None
     rendered = deps.renderer.render(release)
     warnings: list[str] | None = None
     if action.evaluates:
-        deps.gate.before_rollout(version, found, rendered, action.previous)
+        deps.gate.before_rollout(version, found, rendered, action.previous, scratch=scratch)
         deps.recorder.deploying(version)
     with _rolled_back_on_failure(deps, rendered, snapshot, action.previous):
         deps.target.apply(rendered, snapshot)
@@ -150,16 +149,15 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
     log.info("%s: %s at %s", version, "deployed", deps.target.endpoint(action.slug))
 
 
-def _check_scratch_space(deps: Deps, version: VersionInfo, release: Release) -> None:
+def _check_scratch_space(deps: Deps, version: VersionInfo, release: Release) -> Scratch:
     """A model larger than its pod's scratch space would fill it while downloading: the kubelet evicts the pod
     and the ReplicaSet starts another, for ever. Refused before anything is applied, saying what to raise."""
-    size, room = model_bytes(deps.store, deps.registry, version), deps.renderer.scratch_bytes(release)
-    if size > room:
-        wanted = -(-size * 5 // 4 // GIB)  # a quarter more than the files, in whole GiB
-        raise Permanent(f"the model's files are {size / GIB:.2f} GiB, more than its scratch space "
-                        f"({deps.renderer.scratch_size(release)}, the pod's /tmp where the wrapper downloads them); "
-                        f"set serving.scratch_size in contract.yaml (e.g. {wanted}Gi), or ask ops to raise "
-                        "DEFAULT_SCRATCH_SIZE")
+    model_uri = deps.registry.artifact_uri(version)
+    scratch = Scratch(model_uri, deps.store.folder_bytes(model_uri), deps.renderer.scratch_bytes(release),
+                      deps.renderer.scratch_size(release))
+    if scratch.model_bytes > scratch.room:
+        raise Permanent(scratch.too_small("the model's files are", scratch.model_bytes))
+    return scratch
 
 
 def _finish_roll_back(deps: Deps, action: RollBack) -> None:
