@@ -90,8 +90,8 @@ def log_sklearn_model(
         extra_files += [_write(Path(tmp) / name, content) for name, content in (files or {}).items()]
         if run_contract is not None:
             mlflow.log_artifact(_write(Path(tmp) / "run" / "contract.yaml", run_contract))
-        for name, content in (run_files or {}).items():
-            mlflow.log_artifact(_write(Path(tmp) / "run" / name, content))
+        for file_name, content in (run_files or {}).items():  # not `name`: that is the model's
+            mlflow.log_artifact(_write(Path(tmp) / "run" / file_name, content))
         mlflow.sklearn.log_model(
             model, name="model", registered_model_name=name,
             input_example=example[:2] if signature else None,

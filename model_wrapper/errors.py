@@ -147,6 +147,12 @@ class LoadFailure(Exception):
     stands, the endpoints answer NotReady."""
 
 
+class SourceUnavailable(LoadFailure):
+    """The model's files could not be fetched for a reason outside the version: S3 or MLflow unreachable,
+    failing or refusing the wrapper's credentials. The process exits with its own code, so the watcher does
+    not charge the version; the kubelet's restarts retry it."""
+
+
 def v2_body(error: WrapperError) -> bytes:
     """`error` in the Open Inference Protocol's shape: `{"error": "..."}`."""
     return json.dumps({"error": error.message}).encode()

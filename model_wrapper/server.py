@@ -4,7 +4,8 @@
 at once so liveness answers; the model loads in a background thread and `ready` turns 200 when its
 examples have been predicted. With WORKERS > 1 each worker loads before it accepts connections. A
 fatal loading problem is written to TERMINATION_LOG (Kubernetes shows it in the pod status) and to
-stderr, and the process exits non-zero.
+stderr, and the process exits with a code that says whose it is: the version's (EXIT_LOAD_FAILED) or its
+sources' (EXIT_SOURCES_UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -35,12 +36,19 @@ from model_wrapper.errors import LoadFailure
 from model_wrapper.http.app import create_app
 from model_wrapper.http.metrics import MULTIPROCESS_DIR
 from model_wrapper.loading.log_sink import S3Sink, log_bucket
+from model_wrapper.loading.outage import outside_the_version
 from model_wrapper.predict.inference_log import InferenceLog
 from model_wrapper.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
 EXIT_BAD_SETTINGS = 2
-EXIT_LOAD_FAILED = 1
+EXIT_LOAD_FAILED = 65
+"""sysexits' EX_DATAERR: the version itself cannot serve (its files, contract, environment or examples); the
+reason is in the termination message. A code no Python process exits with by itself (an uncaught error is 1), so
+the watcher can tell the wrapper's verdict on the version from an image that cannot start."""
+EXIT_SOURCES_UNAVAILABLE = 69
+"""sysexits' EX_UNAVAILABLE: S3 or MLflow were unreachable or refused the wrapper, so the reason lies outside
+the version; the watcher (watcher.decide.rollout) leaves the version uncharged and the kubelet retries."""
 # uvicorn's supervisor stops every worker, and itself, when one exits with this code.
 _UVICORN_STARTUP_FAILURE = 3
 # Set by the parent for its workers: where a worker leaves the reason it could not load.
@@ -68,10 +76,10 @@ def serve(settings: WrapperSettings) -> int:
     server = DrainingServer(_config(create_app(settings, predictor, inference_log), settings),
                             after_shutdown=lambda: inference_log.close(settings.inference_log_flush_seconds),
                             drain_seconds=settings.drain_seconds, on_sigterm=[predictor_draining(predictor)])
-    failures: list[str] = []
+    failures: list[int] = []
 
-    def stop(reason: str) -> None:
-        failures.append(reason)
+    def stop(reason: str, code: int) -> None:
+        failures.append(code)
         server.should_exit = True
 
     _exit_on_stop_signals()
@@ -81,7 +89,7 @@ def serve(settings: WrapperSettings) -> int:
             server.run()
     except SystemExit as e:  # SIGTERM or SIGINT, after uvicorn's graceful shutdown and the folder's removal
         return int(e.code or 0)
-    return EXIT_LOAD_FAILED if failures else 0
+    return failures[0] if failures else 0
 
 
 def _exit_on_stop_signals() -> None:
@@ -125,7 +133,8 @@ def serve_workers(settings: WrapperSettings) -> int:
         uvicorn.run("model_wrapper.server:worker_app", factory=True, workers=settings.workers,
                     host=settings.host, port=settings.port, log_config=None, access_log=settings.access_log,
                     server_header=False, ws="none")
-        return EXIT_LOAD_FAILED if Path(marker.name).read_text() else 0
+        code = Path(marker.name).read_text()
+        return int(code) if code else 0
     finally:
         Path(marker.name).unlink(missing_ok=True)
 
@@ -140,8 +149,8 @@ def worker_app() -> Any:
     # A worker's server returns on the SIGTERM its supervisor sends, and the process then exits normally.
     atexit.register(inference_log.close, settings.inference_log_flush_seconds)
 
-    def stop(reason: str) -> None:
-        Path(os.environ[_FATAL_FILE]).write_text(reason)
+    def stop(reason: str, code: int) -> None:
+        Path(os.environ[_FATAL_FILE]).write_text(str(code))
         logging.shutdown()
         os._exit(_UVICORN_STARTUP_FAILURE)
 
@@ -155,15 +164,16 @@ def worker_app() -> Any:
 
 
 def start_loading(settings: WrapperSettings, predictor: Predictor, workdir: Path,
-                  on_fatal: Callable[[str], None], inference_log: InferenceLog | None = None) -> None:
+                  on_fatal: Callable[[str, int], None], inference_log: InferenceLog | None = None) -> None:
     thread = threading.Thread(target=load_into, args=(settings, predictor, workdir, on_fatal, inference_log),
                               name="model-loader", daemon=True)
     thread.start()
 
 
 def load_into(settings: WrapperSettings, predictor: Predictor, workdir: Path,
-              on_fatal: Callable[[str], None], inference_log: InferenceLog | None = None) -> None:
-    """Load, install and warm up the model; on failure report why and call `on_fatal`."""
+              on_fatal: Callable[[str, int], None], inference_log: InferenceLog | None = None) -> None:
+    """Load, install and warm up the model; on failure report why and call `on_fatal` with the exit code."""
+    failure: Exception
     try:
         _import_scipy_special()
         from model_wrapper.loading.sklearn_loader import load_fast  # scikit-learn models without importing MLflow
@@ -188,14 +198,14 @@ def load_into(settings: WrapperSettings, predictor: Predictor, workdir: Path,
             fast[1]()  # MLflow for invocations, now that predict serves
         return
     except LoadFailure as e:
-        reason = str(e)
+        reason, failure = str(e), e
     except Exception as e:  # anything else is still a reason the researcher must see
         log.exception("model %s version %s: unexpected error while loading", settings.model_name,
                       settings.model_version)
-        reason = f"unexpected error while loading the model: {type(e).__name__}: {e}".splitlines()[0]
+        reason, failure = f"unexpected error while loading the model: {type(e).__name__}: {e}".splitlines()[0], e
     predictor.fail(reason)
     report_fatal(reason, settings.termination_log, settings.secrets())
-    on_fatal(reason)
+    on_fatal(reason, EXIT_SOURCES_UNAVAILABLE if outside_the_version(failure) else EXIT_LOAD_FAILED)
 
 
 def _import_scipy_special() -> None:

@@ -41,10 +41,12 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   zero is an absent field.
 - `pkg/controller/replicaset/replica_set.go`: a ReplicaSet's pods carry the template's labels and
   `pod-template-hash`; surplus pods go not-ready first.
-- The kubelet (`pkg/kubelet/images/image_manager.go`, `pkg/kubelet/kuberuntime`): a container waits
-  in `ContainerCreating`, then runs (Ready), or fails: a bad image shows `ErrImagePull` on the first
-  pull and `ImagePullBackOff` after; a crashing one `CrashLoopBackOff` with a growing
-  `restartCount` and `lastState.terminated` carrying its termination message.
+- The kubelet (tests/kubelet.py, from `pkg/kubelet/kubelet.go`, `pkg/kubelet/kuberuntime` and
+  `pkg/kubelet/images/image_manager.go`): a container waits in `ContainerCreating`, then runs (Ready),
+  or fails: a bad image shows `ErrImagePull` on the first pull and `ImagePullBackOff` after; a
+  crashing one restarts at once, then after the kubelet's back-off (10 s doubling to 300 s, on this
+  clock) while it waits in `CrashLoopBackOff`, with `restartCount` and `lastState.terminated` (exit
+  code, termination message) as the kubelet reports them.
 
 The HorizontalPodAutoscaler's rescale rule (`pkg/controller/podautoscaler/horizontal.go`) is
 `tests/hpa_controller.py`.
@@ -69,7 +71,6 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,6 +80,7 @@ import kmock
 
 from tests.hpa_controller import HPAS, HpaController
 from tests.job_controller import JOBS, JobController
+from tests.kubelet import PENDING, READY, Pods, container_step, parse, restart_due, stamp
 from tests.pod_defaults import default_pod_spec
 from tests.rbac import Authorizer
 
@@ -91,28 +93,8 @@ INGRESS_CLASSES = kmock.resource("networking.k8s.io", "v1", "ingressclasses")
 REVISION = "deployment.kubernetes.io/revision"
 DEFAULT_CLASS = "ingressclass.kubernetes.io/is-default-class"
 TICK_SECONDS = 0.05
-CRASH_RESTARTS = 4
-"""Restarts a crashing container shows before the emulator stops counting (the kubelet goes on)."""
 HAS_GENERATION = {"deployments", "replicasets", "ingresses", "jobs", "networkpolicies",
                   "horizontalpodautoscalers", "poddisruptionbudgets", "statefulsets", "daemonsets"}
-
-
-@dataclass(frozen=True)
-class Pods:
-    """What the kubelet makes of a pod template: `ready`, `pending` (never starts), `crash`, `bad-image`."""
-
-    kind: str
-    message: str = ""
-
-
-READY = Pods("ready")
-PENDING = Pods("pending")
-BAD_IMAGE = Pods("bad-image", 'Back-off pulling image: not found')
-
-
-def crash(message: str) -> Pods:
-    """The container exits at start-up with `message` as its termination message."""
-    return Pods("crash", message)
 
 
 PodPolicy = Callable[[dict[str, Any]], Pods | None]
@@ -143,6 +125,8 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
         self._by_namespace: dict[str | None, set[Any]] = {}
         self._dirty: set[str | None] = set()
         """Namespaces written to since the controller last found nothing to do in them."""
+        self._wakeups: dict[str, datetime] = {}
+        """When a namespace's crashed container is due to restart (the kubelet's back-off ends)."""
         self.rbac = Authorizer()
 
     # --- the clock ------------------------------------------------------------------------
@@ -371,7 +355,12 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
     def step(self) -> None:
         """One sync of every Deployment, its ReplicaSets and their pods (the kubelet included), in the
         namespaces where something changed; a namespace where a step changes nothing rests until the next
-        write, `touch()` or `advance()`."""
+        write, `touch()`, `advance()` or the end of a crashed container's back-off."""
+        now = self.now()
+        for waking, due in list(self._wakeups.items()):
+            if due <= now:
+                del self._wakeups[waking]
+                self._dirty.add(waking)
         for namespace in list(self._dirty):
             self._dirty.discard(namespace)
             for key in sorted(self._by_namespace.get(namespace, ()), key=lambda k: k[2]):
@@ -542,7 +531,10 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
         behaviour = type(self).pod_policy(template) or PENDING
         status = copy.deepcopy(pod["status"])
         for container in status["containerStatuses"]:
-            _container_step(container, behaviour)
+            container_step(container, behaviour, self.now(), pod)
+            if (due := restart_due(container)) is not None:
+                namespace = pod["metadata"]["namespace"]
+                self._wakeups[namespace] = min(due, self._wakeups.get(namespace, due))
         ready = bool(status["containerStatuses"]) and all(c["ready"] for c in status["containerStatuses"])
         status["phase"] = "Running" if behaviour.kind in ("ready", "crash") else "Pending"
         status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
@@ -609,25 +601,6 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
         conditions[:] = [c for c in conditions if c["type"] != kind]
         conditions.append({"type": kind, "status": status, "lastUpdateTime": now, "lastTransitionTime": transition,
                            "reason": reason, "message": message})
-
-
-def _container_step(container: dict[str, Any], behaviour: Pods) -> None:
-    waiting = (container["state"].get("waiting") or {}).get("reason")
-    if behaviour.kind == "ready":
-        container.update(ready=True, started=True, state={"running": {"startedAt": "2026-01-01T00:00:00Z"}})
-    elif behaviour.kind == "crash":
-        if container["restartCount"] >= CRASH_RESTARTS and waiting == "CrashLoopBackOff":
-            return
-        restarts = container["restartCount"] + (waiting == "CrashLoopBackOff")
-        container.update(ready=False, started=False, restartCount=restarts,
-                         state={"waiting": {"reason": "CrashLoopBackOff",
-                                            "message": f"back-off {10 * 2 ** restarts}s restarting failed container"}},
-                         lastState={"terminated": {"exitCode": 1, "reason": "Error", "message": behaviour.message}})
-    elif behaviour.kind == "bad-image":
-        reason = "ImagePullBackOff" if waiting in ("ErrImagePull", "ImagePullBackOff") else "ErrImagePull"
-        container.update(ready=False, state={"waiting": {"reason": reason, "message": behaviour.message}})
-    else:
-        container.update(ready=False, state={"waiting": {"reason": "ContainerCreating"}})
 
 
 def _progressing(before: dict[str, Any], after: dict[str, Any]) -> bool:
@@ -703,12 +676,7 @@ def _merge(old: Any, patch: Any) -> Any:
     return result
 
 
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+_stamp, _parse = stamp, parse
 
 
 def monotonic() -> float:

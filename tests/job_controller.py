@@ -124,7 +124,7 @@ class JobController:
         deadline = job["spec"].get("activeDeadlineSeconds")
         if deadline is None:
             return False
-        from tests.control_plane import _parse
+        from tests.kubelet import parse as _parse
 
         started = _parse(job["status"]["startTime"])
         return bool((self.now() - started).total_seconds() >= deadline)  # type: ignore[attr-defined]

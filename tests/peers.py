@@ -20,7 +20,8 @@ from typing import Any
 
 import kmock
 
-from tests.control_plane import BAD_IMAGE, PENDING, READY, ControlPlane, PodPolicy, Pods, all_ready, crash
+from tests.control_plane import ControlPlane, PodPolicy, all_ready
+from tests.kubelet import BAD_IMAGE, PENDING, READY, Pods, crash
 from tests.rbac import ADMIN_HEADERS
 
 __all__ = ["BAD_IMAGE", "PENDING", "READY", "KubernetesPeer", "Pods", "RolloutPolicy", "all_ready", "crash"]

@@ -130,6 +130,9 @@ class Serving(_Strict):
     replicas: int | None = Field(default=None, ge=1, le=50)
     resources: Resources | None = None
     autoscaling: Autoscaling | None = None
+    scratch_size: Quantity | None = None
+    """The pod's scratch space (its /tmp, where the wrapper downloads the model), e.g. `8Gi`; the watcher's
+    DEFAULT_SCRATCH_SIZE otherwise. It must hold the model's files."""
 
     @model_validator(mode="after")
     def _one_replica_count(self) -> Serving:

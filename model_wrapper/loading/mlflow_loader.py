@@ -36,8 +36,9 @@ from model_wrapper.contract.signature import (
     within_tensor_range,
 )
 from model_wrapper.contract.spec import CONTRACT_FILE, HOW_TO_ADD, Contract, ContractError, FieldType, parse_contract
-from model_wrapper.errors import LoadFailure
+from model_wrapper.errors import LoadFailure, SourceUnavailable
 from model_wrapper.loading.environment import EnvironmentCheck, check_environment
+from model_wrapper.loading.outage import endpoint_down, fetch_failure
 from model_wrapper.predict.array_inputs import array_dtype as _array_dtype
 from model_wrapper.predict.array_inputs import array_safe as _array_safe
 from model_wrapper.predict.array_inputs import column_order as _column_order
@@ -55,7 +56,7 @@ MAX_SERVING_EXAMPLE_BYTES = 1 << 20
 def load_model(settings: WrapperSettings, workdir: Path) -> LoadedModel:
     """Download (into `workdir`, which must outlive the model), check and load the model named by
     the settings; raise LoadFailure with the reason."""
-    local = _download(settings.model_source, workdir / "model")
+    local = _download(settings.model_source, workdir / "model", settings.mlflow_s3_endpoint_url)
     try:
         mlmodel = Model.load(str(local))
     except Exception as e:
@@ -277,12 +278,15 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
-def _download(source: str, target: Path) -> Path:
+def _download(source: str, target: Path, s3_endpoint: str | None) -> Path:
     try:
         target.mkdir(parents=True, exist_ok=True)
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target)))
     except Exception as e:
-        raise LoadFailure(f"could not download the model from {source}: {_first_line(e)}") from e
+        failure = fetch_failure(f"could not download the model from {source}: {_first_line(e)}", e)
+        if not isinstance(failure, SourceUnavailable) and endpoint_down(s3_endpoint):
+            failure = SourceUnavailable(f"{failure} (S3 at {s3_endpoint} does not answer)")
+        raise failure from e
 
 
 def _run_contract(run_id: str, target: Path) -> Path | None:
@@ -294,9 +298,9 @@ def _run_contract(run_id: str, target: Path) -> Path | None:
         return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONTRACT_FILE,
                                                         dst_path=str(target)))
     except MlflowException as e:
-        raise LoadFailure(f"could not read the artifacts of run {run_id}: {_first_line(e)}") from e
+        raise fetch_failure(f"could not read the artifacts of run {run_id}: {_first_line(e)}", e) from e
     except OSError as e:
-        raise LoadFailure(f"could not download {CONTRACT_FILE} from run {run_id}: {_first_line(e)}") from e
+        raise fetch_failure(f"could not download {CONTRACT_FILE} from run {run_id}: {_first_line(e)}", e) from e
 
 
 def beside_contract(model: LoadedModel, name: str, target: Path) -> Path | None:
@@ -316,7 +320,7 @@ def beside_contract(model: LoadedModel, name: str, target: Path) -> Path | None:
             return Path(mlflow.artifacts.download_artifacts(run_id=model.run_id, artifact_path=name,
                                                             dst_path=str(target)))
         except (MlflowException, OSError) as e:
-            raise LoadFailure(f"could not download {name} from run {model.run_id}: {_first_line(e)}") from e
+            raise fetch_failure(f"could not download {name} from run {model.run_id}: {_first_line(e)}", e) from e
     return None
 
 

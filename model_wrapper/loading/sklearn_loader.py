@@ -35,6 +35,7 @@ from model_wrapper.contract.signature import contract_from_signature, signature_
 from model_wrapper.contract.spec import CONTRACT_FILE, ContractError, parse_contract
 from model_wrapper.errors import LoadFailure
 from model_wrapper.loading.environment import check_environment
+from model_wrapper.loading.outage import fetch_failure
 from model_wrapper.loading.skops_trust import prepare as prepare_skops_trust
 from model_wrapper.predict.array_inputs import array_dtype, array_safe, column_order, quiet_feature_name_warning
 from model_wrapper.predict.backends import SklearnArrayBackend
@@ -331,7 +332,7 @@ def _listing(s3: Any, location: str) -> list[str]:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
         return [item["Key"][len(prefix) + 1:] for page in pages for item in page.get("Contents", [])]
     except Exception as e:
-        raise LoadFailure(f"could not download the model from {location}: {_first_line(e)}") from e
+        raise fetch_failure(f"could not download the model from {location}: {_first_line(e)}", e) from e
 
 
 def _fetch(s3: Any, location: str, files: list[str], names: list[str], local: Path) -> None:
@@ -346,7 +347,8 @@ def _fetch(s3: Any, location: str, files: list[str], names: list[str], local: Pa
     with ThreadPoolExecutor(max_workers=FETCHES, thread_name_prefix="model-fetch") as pool:
         for failure in pool.map(lambda item: _get(s3, bucket, *item), targets):
             if failure is not None:
-                raise LoadFailure(f"could not download the model from {location}: {_first_line(failure)}") from failure
+                raise fetch_failure(f"could not download the model from {location}: {_first_line(failure)}",
+                                    failure) from failure
 
 
 def _get(s3: Any, bucket: str, key: str, target: Path) -> Exception | None:

@@ -7,16 +7,23 @@ keeps serving; a Job that fails says why and is retried; a steady-state pass sta
 from __future__ import annotations
 
 import base64
+import logging
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import accuracy_score
 
-from devstack.models import LoggedModel, iris_frame, register_versions
+from devstack.models import IRIS_CONTRACT, LoggedModel, iris_frame, log_sklearn_model, register_versions
 from model_wrapper.contract.naming import model_slug
+from tests.evaluation.conftest import GATE, csv_bytes, good_model, iris_table
 from tests.peers import BAD_IMAGE, READY, KubernetesPeer, crash
+from watcher.clients.artifacts import model_bytes
 from watcher.config.settings import Settings
+from watcher.entry.loop import Stop
+from watcher.errors import Stopping
 from watcher.reconcile.deps import Deps
 from watcher.reconcile.engine import reconcile_once
 from watcher.render.manifests import Renderer, validate_manifest
@@ -142,3 +149,65 @@ def test_a_job_that_fails_says_why_and_is_retried(
     reconcile_once(deps)
 
     assert job_requests(kube, namespace).count("create") == created + 1
+
+
+def test_an_evaluation_job_outlives_a_stopped_pass_and_the_next_pass_waits_for_it_instead_of_starting_over(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], s3_secret: None, kube: KubernetesPeer,
+    namespace: str, model_name: str, good_iris: LoggedModel, production: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The CronJob's deadline (or a drain) sends SIGTERM to a pass waiting for its evaluation Job: the Job keeps
+    running, and the next pass finds it by name and waits for its result, so a long evaluation ends at last."""
+    settings = make_settings(evaluation_timeout_seconds=300)
+    register_versions(model_name, good_iris, tags=production)
+    stop, outcome = Stop(), []
+
+    def stopped_pass() -> None:
+        try:
+            reconcile_once(make_deps(settings, stop_requested=stop, sleep=stop.sleep))
+        except BaseException as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=stopped_pass, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not kube.objects("jobs", namespace) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ((name, job),) = kube.objects("jobs", namespace).items()
+    stop.set()  # what SIGTERM does (watcher.entry.cli._run_once)
+    worker.join(60)
+
+    assert [type(e) for e in outcome] == [Stopping]
+    assert kube.objects("jobs", namespace)[name]["metadata"]["uid"] == job["metadata"]["uid"], "the Job runs on"
+
+    with caplog.at_level(logging.INFO, logger="watcher.targets.kubernetes.jobs"):
+        report = reconcile_once(make_deps(settings))
+
+    assert (report.deployed, report.failed) == (1, 0), report.failures
+    assert f"evaluation Job {name} exists already; waiting for it" in caplog.text
+    assert MlflowClient().get_model_version(model_name, "1").tags["evaluation_status"] == "passed"
+    assert kube.objects("jobs", namespace) == {}, "deleted once its result was read"
+
+
+def test_an_evaluation_whose_files_would_overflow_the_scratch_space_fails_before_any_job(
+    make_deps: Callable[..., Deps], make_settings: Callable[..., Settings], s3_secret: None, kube: KubernetesPeer,
+    namespace: str, model_name: str, production: dict[str, str],
+) -> None:
+    """The Job runs in the model's pod spec: its /tmp holds the model's files and, logged beside the run's
+    contract rather than among them, the evaluation data too."""
+    features, _ = iris_frame()
+    log_sklearn_model(model_name, good_model(), features, contract=None, run_contract=IRIS_CONTRACT + GATE,
+                      run_files={"evaluation.csv": csv_bytes(iris_table())}, pip_requirements=["scikit-learn"],
+                      tags=production)
+    probe = make_deps(make_settings())
+    version = probe.registry.get(model_name, 1)
+    assert version is not None
+    room = model_bytes(probe.store, probe.registry, version) + 100  # the model fits; the data does not
+
+    report = reconcile_once(make_deps(make_settings(default_scratch_size=str(room))))
+
+    message = MlflowClient().get_model_version(model_name, "1").tags["deployment_message"]
+    assert report.failed == 1, report.failures
+    assert "the files the evaluation needs (the model, evaluation.csv) are 0.00 GiB" in message, message
+    assert f"more than its scratch space ({room}, the pod's /tmp" in message
+    assert job_requests(kube, namespace) == [] and kube.objects("deployments", namespace) == {}

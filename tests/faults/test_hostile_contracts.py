@@ -84,6 +84,8 @@ BROKEN_CONTRACTS: list[tuple[str, bytes, str]] = [
     ("YAML injection in a resource quantity",
      iris_with(serving={"resources": {"requests": {"cpu": "1\nkind: Secret"}}}), "serving.resources.requests.cpu"),
     ("absurd replica count", iris_with(serving={"replicas": 100_000}), "serving.replicas"),
+    ("YAML injection in the scratch size", iris_with(serving={"scratch_size": "2Gi\nkind: Secret"}),
+     "serving.scratch_size"),
     ("unsupported contract version", iris_with(version=2), "version"),
 ]
 

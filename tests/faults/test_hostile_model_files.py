@@ -109,6 +109,9 @@ class _FailingStore(S3Store):
     def __init__(self, real: S3Store, poisoned: str) -> None:
         self._real, self._poisoned = real, poisoned
 
+    def __getattr__(self, name: str) -> Any:  # everything but `read` is the real store's (its client included)
+        return getattr(self._real, name)
+
     def read(self, uri: str, limit: int = 1 << 20) -> bytes | None:
         if self._poisoned in uri:
             raise KeyError("a bug")

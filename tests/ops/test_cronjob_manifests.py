@@ -28,6 +28,9 @@ from kubernetes_validate.utils import all_versions
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from watcher.config.settings import load_settings
+from watcher.errors import SettingsInvalid
+
 ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / "cronjob"
 KUSTOMIZATIONS = (KIT, KIT / "watch")
@@ -228,6 +231,22 @@ def test_cronjob_pass_is_bounded_and_retried_by_the_schedule() -> None:
     assert job["activeDeadlineSeconds"] > 0
     assert job["backoffLimit"] == 0
     assert job["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_cronjob_deadline_follows_from_the_settings_worst_case_for_one_model() -> None:
+    """activeDeadlineSeconds less the grace period is the pass's own deadline (the ConfigMap's
+    PASS_DEADLINE_SECONDS), which must leave room for one model whose every wait runs out, as the settings
+    compute it from the shipped values: else SIGTERM cuts that model's evaluation or rollout every time."""
+    config = _one("ConfigMap")["data"]
+    settings = load_settings(**{key.lower(): value for key, value in config.items()})
+    job = _one("CronJob")["spec"]["jobTemplate"]["spec"]
+    grace = job["template"]["spec"]["terminationGracePeriodSeconds"]
+
+    assert settings.pass_deadline_seconds == job["activeDeadlineSeconds"] - grace
+    assert settings.pass_deadline_seconds >= settings.model_worst_case_seconds
+    assert settings.model_worst_case_seconds >= settings.evaluation_timeout_seconds + settings.rollout_timeout_seconds
+    with pytest.raises(SettingsInvalid, match="PASS_DEADLINE_SECONDS \\(900\\) is shorter than one model's worst"):
+        load_settings(**{**{key.lower(): value for key, value in config.items()}, "pass_deadline_seconds": 900})
 
 
 def test_cronjob_container_runs_the_image_entrypoint_with_run_once() -> None:

@@ -143,6 +143,36 @@ def test_crashing_pods_show_restarts_and_their_termination_message_and_the_deadl
     assert [(c["status"], c["reason"]) for c in progressing] == [("False", "ProgressDeadlineExceeded")]
 
 
+def test_a_crashing_container_restarts_at_once_then_on_the_kubelets_back_off_of_10s_doubling_to_5m(
+    kube: KubernetesPeer, k8s: client.ApiClient, namespace: str,
+) -> None:
+    """kubelet.go's backOffPeriod and MaxContainerBackOff, kuberuntime_manager.go's doBackOff, on the emulator's
+    clock: the first exit restarts at once; every later one waits its period in CrashLoopBackOff."""
+    kube.set_pod_policy(lambda template: crash("the model needs xgboost", exit_code=65))
+    client.AppsV1Api(k8s).create_namespaced_deployment(namespace, manifest("m"))
+    kube.wait_settled(namespace)
+
+    def container() -> dict[str, Any]:
+        kube.wait_settled(namespace)
+        pods = client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector="app=m").items
+        return dict(k8s.sanitize_for_serialization(pods[0])["status"]["containerStatuses"][0])
+
+    first = container()
+    assert (first["restartCount"], first["state"]["waiting"]["reason"]) == (1, "CrashLoopBackOff")
+    assert first["state"]["waiting"]["message"].startswith("back-off 10s restarting failed container=model pod=m-")
+    terminated = first["lastState"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (65, "Error",
+                                                                                      "the model needs xgboost")
+    kube.advance(8)
+    assert container()["restartCount"] == 1, "no restart before the 10 s have passed"
+    periods = []
+    for _ in range(7):
+        kube.advance(301)
+        waiting = container()
+        periods.append((waiting["restartCount"], waiting["state"]["waiting"]["message"].split()[1]))
+    assert periods == [(2, "20s"), (3, "40s"), (4, "1m20s"), (5, "2m40s"), (6, "5m0s"), (7, "5m0s"), (8, "5m0s")]
+
+
 def test_the_default_ingress_class_is_set_on_create_only(k8s: client.ApiClient, namespace: str) -> None:
     net = client.NetworkingV1Api(k8s)
     ingress = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"},

@@ -39,7 +39,8 @@ def test_the_same_inputs_give_the_same_digest_and_the_same_manifests() -> None:
     replace(RELEASE, run_id=None), replace(RELEASE, slug="iris-2"),
     replace(RELEASE, serving=Serving(replicas=3)),
     replace(RELEASE, serving=Serving.model_validate({"resources": {"limits": {"memory": "2Gi"}}})),
-], ids=["name", "version", "source", "run-id", "slug", "replicas", "resources"])
+    replace(RELEASE, serving=Serving(scratch_size="8Gi")),
+], ids=["name", "version", "source", "run-id", "slug", "replicas", "resources", "scratch-size"])
 def test_every_release_input_moves_the_digest(changed: Release) -> None:
     ours = renderer()
     assert ours.inputs_digest(changed) != ours.inputs_digest(RELEASE)
@@ -54,6 +55,7 @@ def test_every_release_input_moves_the_digest(changed: Release) -> None:
     {"network_policy": False}, {"metrics_namespace": "monitoring"}, {"ingress_namespace": "traefik"},
     {"network_policy_extra_sources": "cidr:10.0.0.0/8"}, {"egress_policy": True}, {"default_cpu_limit": "2"},
     {"inference_log_sample": 0.1}, {"inference_log_prefix": "logs"}, {"inference_log_bucket": "inference-logs"},
+    {"default_scratch_size": "8Gi"},
 ], ids=lambda setting: next(iter(setting)))
 def test_a_setting_that_shapes_the_manifests_moves_the_digest(setting: dict[str, Any]) -> None:
     assert renderer(**setting).inputs_digest(RELEASE) != renderer().inputs_digest(RELEASE)
@@ -75,3 +77,21 @@ def test_each_manifest_carries_the_digest_inside_its_spec_hash() -> None:
         notes = manifest["metadata"]["annotations"]
         assert notes[INPUTS_DIGEST] == ours.inputs_digest(RELEASE)
         assert notes[SPEC_HASH] == rendered.spec_hash
+
+
+def scratch(rendered_deployment: dict[str, Any]) -> str:
+    (tmp,) = [v for v in rendered_deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp"]
+    return str(tmp["emptyDir"]["sizeLimit"])
+
+
+def test_the_scratch_space_is_the_contracts_else_the_setting_and_only_a_changed_setting_moves_the_fingerprint() -> None:
+    contract_asks = replace(RELEASE, serving=Serving(scratch_size="20Gi"))
+
+    assert scratch(renderer().render(RELEASE).deployment) == "2Gi"
+    assert scratch(renderer(default_scratch_size="8Gi").render(RELEASE).deployment) == "8Gi"
+    assert scratch(renderer(default_scratch_size="8Gi").render(contract_asks).deployment) == "20Gi"
+    assert renderer(default_scratch_size="8Gi").scratch_bytes(contract_asks) == 20 << 30
+    default = load_settings(**BASE).fingerprint()
+    assert load_settings(**BASE, default_scratch_size="2Gi").fingerprint() == default, "no churn on the default"
+    assert load_settings(**BASE, default_scratch_size="8Gi").fingerprint() != default, "a raise retries failures"
+

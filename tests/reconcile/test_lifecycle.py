@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from devstack.models import IRIS_CONTRACT, LoggedModel, register_versions
 from devstack.servers import LocalMlflow
 from model_wrapper.contract.naming import model_slug
+from model_wrapper.server import EXIT_SOURCES_UNAVAILABLE
 from tests.peers import (
     BAD_IMAGE,
     DEFAULT_INGRESS_CLASS,
@@ -356,6 +357,52 @@ def test_an_image_that_cannot_be_pulled_blocks_the_version_naming_the_image_and_
 
     assert (fixed.deployed, fixed.failed) == (1, 0)
     assert tags(model_name, "1")["deployment_status"] == "deployed"
+
+
+OUTAGE = "could not download the model from s3://models/iris: Could not connect to the endpoint URL"
+
+
+def test_a_crash_from_an_outage_while_the_model_loads_is_not_charged_to_the_version_and_the_next_pass_deploys_it(
+    deps: Deps, kube: KubernetesPeer, model_name: str, iris: LoggedModel, production: dict[str, str],
+) -> None:
+    """The wrapper exits EXIT_SOURCES_UNAVAILABLE when S3 or MLflow fail it: no fault of the version."""
+    kube.set_rollout_policy(lambda template: crash(OUTAGE, exit_code=EXIT_SOURCES_UNAVAILABLE))
+    register_versions(model_name, iris, tags=production)
+
+    assert passes(deps).failed == 1
+    message = tags(model_name, "1")["deployment_message"]
+    assert "CrashLoopBackOff" in message and OUTAGE in message and "not charged to the version" in message
+    assert message.endswith("will retry on the next pass")
+
+    kube.set_rollout_policy(all_ready)  # S3 is back
+    after = passes(deps)
+
+    assert (after.deployed, after.failed) == (1, 0), "retried without `python -m watcher retry`"
+    assert tags(model_name, "1")["deployment_status"] == "deployed"
+
+
+def test_a_crash_the_wrapper_did_not_judge_is_charged_to_the_version_only_once_it_repeats_after_a_restart(
+    make_deps: Callable[..., Deps], kube: KubernetesPeer, model_name: str, iris: LoggedModel,
+    production: dict[str, str],
+) -> None:
+    kube.set_rollout_policy(lambda template: crash("Fatal Python error: Segmentation fault", exit_code=139))
+    register_versions(model_name, iris, tags=production)
+
+    first = passes(make_deps())  # 5 s of rollout timeout: within the kubelet's first 10 s back-off
+
+    assert first.failed == 1 and "not charged to the version" in tags(model_name, "1")["deployment_message"]
+
+    def sleep_on_the_kubelets_clock(seconds: float) -> None:
+        kube.advance(seconds)  # the emulator's clock, so the back-off passes without waiting for it
+        time.sleep(0.05)
+
+    repeated = passes(make_deps(sleep=sleep_on_the_kubelets_clock))
+
+    assert repeated.failed == 1
+    message = tags(model_name, "1")["deployment_message"]
+    assert "Segmentation fault (restarted 2 times)" in message and "not charged" not in message
+    assert message.endswith(f"once fixed: python -m watcher retry {model_name} 1"), message
+    assert passes(make_deps()).unchanged == 1, "charged to the version: not retried until something changes"
 
 
 def test_version_without_any_contract_fails_with_a_message_saying_how_to_add_one(

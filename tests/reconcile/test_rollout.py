@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from watcher.decide.rollout import pod_fault, rollout_status
+from model_wrapper.server import EXIT_LOAD_FAILED, EXIT_SOURCES_UNAVAILABLE
+from watcher.decide.rollout import (
+    WRAPPER_LOAD_FAILED,
+    WRAPPER_SOURCES_UNAVAILABLE,
+    pod_fault,
+    remember,
+    rollout_status,
+)
 
 
 def deployment(generation: int, wanted: int | None, /, **status: Any) -> dict[str, Any]:
@@ -88,12 +95,13 @@ def test_a_deadline_exceeded_on_the_observed_generation_is_a_timeout_and_one_lef
     assert not rollout_status(leftover).timed_out and not rollout_status(leftover).done
 
 
-def pod(reason: str, restarts: int = 0, message: str = "", last: str = "") -> dict[str, Any]:
+def pod(reason: str, restarts: int = 0, message: str = "", last: str = "", code: int = EXIT_LOAD_FAILED,
+        why: str = "Error") -> dict[str, Any]:
     container: dict[str, Any] = {"name": "model", "ready": False, "restartCount": restarts,
                                  "state": {"waiting": {"reason": reason, "message": message}}}
-    if last:
-        container["lastState"] = {"terminated": {"exitCode": 1, "message": last}}
-    return {"status": {"containerStatuses": [container]}}
+    if last or code != EXIT_LOAD_FAILED:
+        container["lastState"] = {"terminated": {"exitCode": code, "reason": why, "message": last}}
+    return {"metadata": {"uid": "pod-1"}, "status": {"containerStatuses": [container]}}
 
 
 @pytest.mark.parametrize(("pods", "expected"), [
@@ -107,6 +115,41 @@ def test_only_a_lasting_fault_of_the_pods_counts(pods: list[dict[str, Any]], exp
     fault = pod_fault(pods)
 
     assert (None if fault is None else (fault.reason, fault.version_fault)) == expected
+
+
+def test_the_watcher_reads_the_wrappers_exit_codes() -> None:
+    assert (WRAPPER_LOAD_FAILED, WRAPPER_SOURCES_UNAVAILABLE) == (EXIT_LOAD_FAILED, EXIT_SOURCES_UNAVAILABLE)
+
+
+OUTAGE = "could not download the model from s3://models/iris: Could not connect to the endpoint URL"
+CRASHES = [
+    ("the wrapper's verdict on the version", pod("CrashLoopBackOff", 1, last="needs xgboost"), None, True),
+    ("the wrapper's word that S3 was down", pod("CrashLoopBackOff", 1, last=OUTAGE, code=EXIT_SOURCES_UNAVAILABLE),
+     None, False),
+    ("...however often it repeats", pod("CrashLoopBackOff", 5, last=OUTAGE, code=EXIT_SOURCES_UNAVAILABLE),
+     pod("CrashLoopBackOff", 1, last=OUTAGE, code=EXIT_SOURCES_UNAVAILABLE), False),
+    ("an image that cannot start, first seen", pod("CrashLoopBackOff", 1, last="ImportError: numpy", code=1),
+     None, False),
+    ("killed for memory, first seen", pod("CrashLoopBackOff", 1, code=137, why="OOMKilled"), None, False),
+    ("the same crash after a restart", pod("CrashLoopBackOff", 2, last="Segmentation fault", code=139),
+     pod("CrashLoopBackOff", 1, last="Segmentation fault", code=139), True),
+    ("the same crash, no restart in between", pod("CrashLoopBackOff", 1, last="Segmentation fault", code=139),
+     pod("CrashLoopBackOff", 1, last="Segmentation fault", code=139), False),
+    ("another crash after a restart", pod("CrashLoopBackOff", 2, last="Segmentation fault", code=139),
+     pod("CrashLoopBackOff", 1, last="ImportError: numpy", code=1), False),
+]
+
+
+@pytest.mark.parametrize(("case", "now", "earlier", "charged"), CRASHES, ids=[c[0] for c in CRASHES])
+def test_a_crash_is_charged_to_the_version_only_with_evidence_that_it_is_its_own(
+        case: str, now: dict[str, Any], earlier: dict[str, Any] | None, charged: bool) -> None:
+    seen = remember({}, [earlier]) if earlier is not None else {}
+
+    fault = pod_fault([now], remember(seen, [now]) if earlier is None else seen)
+
+    assert fault is not None and fault.reason == "CrashLoopBackOff"
+    assert fault.version_fault is charged
+    assert charged or "not charged to the version" in fault.advice
 
 
 def test_a_crash_loop_fault_carries_the_termination_message_and_the_restart_count() -> None:

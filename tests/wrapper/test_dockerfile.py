@@ -16,6 +16,7 @@ from pathlib import Path
 from devstack.models import LoggedModel
 from devstack.servers import LocalMlflow
 from model_wrapper.config.settings import WrapperSettings
+from model_wrapper.server import EXIT_LOAD_FAILED
 from tests.wrapper.conftest import ENTRY_POINT, ROOT, WrapperProcess, model_env, unique
 from tests.wrapper.models import log_iris_model
 
@@ -97,5 +98,5 @@ def test_workers_from_the_environment_each_serve_the_model_and_metrics_count_for
 def test_a_worker_that_cannot_load_the_model_stops_the_whole_server(mlflow_server: LocalMlflow) -> None:
     model = log_iris_model(unique("wrapper-workers-bare"), contract=None, signature=False)
     wrapper = WrapperProcess(model_env(model, mlflow_server, WORKERS="2")).start()
-    assert wrapper.exit_code() == 1
+    assert wrapper.exit_code() == EXIT_LOAD_FAILED
     assert "contract.yaml" in wrapper.termination_log.read_text()

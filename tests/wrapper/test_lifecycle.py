@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,7 @@ from model_wrapper.contract.spec import HOW_TO_ADD
 from model_wrapper.errors import LoadFailure
 from model_wrapper.http.app import create_app
 from model_wrapper.predict.predictor import Predictor
+from model_wrapper.server import EXIT_LOAD_FAILED, EXIT_SOURCES_UNAVAILABLE
 from tests.wrapper.conftest import Served, WrapperProcess, model_env, serve, unique
 from tests.wrapper.models import log_iris_model
 
@@ -142,7 +144,7 @@ def test_a_contract_that_disagrees_with_the_signature_stops_the_wrapper_naming_t
         mlflow_server: LocalMlflow) -> None:
     model = log_iris_model(unique("wrapper-mismatch"), contract=MISMATCHED)
     wrapper = WrapperProcess(model_env(model, mlflow_server)).start()
-    assert wrapper.exit_code() == 1
+    assert wrapper.exit_code() == EXIT_LOAD_FAILED
 
     reason = wrapper.termination_log.read_text()
     assert "petal_width" in reason and "signature" in reason
@@ -153,7 +155,7 @@ def test_a_contract_that_disagrees_with_the_signature_stops_the_wrapper_naming_t
 def test_no_contract_and_no_signature_stops_the_wrapper_saying_how_to_add_one(mlflow_server: LocalMlflow) -> None:
     model = log_iris_model(unique("wrapper-bare"), contract=None, signature=False)
     wrapper = WrapperProcess(model_env(model, mlflow_server)).start()
-    assert wrapper.exit_code() == 1
+    assert wrapper.exit_code() == EXIT_LOAD_FAILED
 
     assert HOW_TO_ADD in wrapper.termination_log.read_text()
 
@@ -184,6 +186,25 @@ def test_a_model_that_cannot_be_downloaded_is_a_load_failure_naming_the_source(m
 
     with pytest.raises(LoadFailure, match="could not download the model from s3://models/does/not/exist"):
         load_model(load_settings(env), tmp_path)
+
+
+@pytest.mark.parametrize(("down", "through"), [("MLFLOW_S3_ENDPOINT_URL", "models:/m-<id>"),
+                                             ("MLFLOW_S3_ENDPOINT_URL", "runs:/<run>/model"),
+                                             ("MLFLOW_TRACKING_URI", "models:/<name>/<version>")])
+def test_a_model_whose_sources_are_down_exits_with_its_own_code_so_the_version_is_not_blamed(
+        down: str, through: str, iris_model: Any, mlflow_server: LocalMlflow) -> None:
+    """S3 or MLflow unreachable while the model loads: EXIT_SOURCES_UNAVAILABLE, which the watcher never charges
+    to the version, and the reason in the termination message as for any failed load."""
+    with socket.socket() as closed:  # a port nothing listens on: connection refused
+        closed.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    source = {"models:/m-<id>": iris_model.source, "runs:/<run>/model": f"runs:/{iris_model.run_id}/model",
+              "models:/<name>/<version>": f"models:/{iris_model.name}/{iris_model.version}"}[through]
+    wrapper = WrapperProcess(model_env(iris_model, mlflow_server, MODEL_SOURCE=source, **{down: address},
+                                       AWS_MAX_ATTEMPTS="1")).start()
+
+    assert wrapper.exit_code() == EXIT_SOURCES_UNAVAILABLE, wrapper.log()[-2000:]
+    assert "could not download the model" in wrapper.termination_log.read_text()
 
 
 @pytest.mark.parametrize(("env", "variable"), [
@@ -235,7 +256,7 @@ def test_no_model_wrapper_folder_is_left_in_the_temp_directory_however_the_proce
     source = iris_model.source if ending != "failed load" else "s3://models/does/not/exist"
     wrapper = WrapperProcess(model_env(iris_model, mlflow_server, MODEL_SOURCE=source, TMPDIR=str(tmp_path))).start()
     if ending == "failed load":
-        assert wrapper.exit_code() == 1
+        assert wrapper.exit_code() == EXIT_LOAD_FAILED
     else:
         wrapper.wait_until(wrapper.base(model_slug(iris_model.name)) + "ready")
         assert wrapper.process is not None

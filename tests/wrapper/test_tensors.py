@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 
 from devstack.models import LoggedModel, _latest_version
 from devstack.servers import LocalMlflow
+from model_wrapper.server import EXIT_LOAD_FAILED
 from tests.wrapper.conftest import Served, WrapperProcess, model_env, serve, unique
 from tests.wrapper.models import log_model
 
@@ -149,7 +150,7 @@ def test_a_tensor_the_contract_cannot_fill_stops_the_wrapper_saying_why(
         shape: tuple[int, ...], contract: str | None, fragment: str, mlflow_server: LocalMlflow) -> None:
     model = log_positional(unique("wrapper-tensor"), shape, contract=contract)
     wrapper = WrapperProcess(model_env(model, mlflow_server)).start()
-    assert wrapper.exit_code() == 1
+    assert wrapper.exit_code() == EXIT_LOAD_FAILED
 
     reason = wrapper.termination_log.read_text()
     assert fragment in reason, reason

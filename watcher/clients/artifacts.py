@@ -82,6 +82,20 @@ class S3Store:
         except BotoCoreError as e:
             raise Retryable(f"S3 unreachable listing s3://{bucket}/{prefix}: {type(e).__name__}") from e
 
+    def folder_bytes(self, uri: str) -> int:
+        """The total size of every object under the folder `uri` (paged), from the listing alone."""
+        bucket, prefix = _bucket_key(uri.rstrip("/") + "/")
+        try:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            return sum(int(item.get("Size") or 0) for page in pages for item in page.get("Contents", []))
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in _DENIED:
+                raise Blocked(f"S3 refused listing s3://{bucket}/{prefix} ({code}); check the S3 credentials") from e
+            raise Retryable(f"S3 error {code} listing s3://{bucket}/{prefix}") from e
+        except BotoCoreError as e:
+            raise Retryable(f"S3 unreachable listing s3://{bucket}/{prefix}: {type(e).__name__}") from e
+
     def head(self, uri: str) -> tuple[int, str] | None:
         """The object's size and ETag (what its content is, without reading it), or None when absent."""
         bucket, key = _bucket_key(uri)
@@ -146,6 +160,11 @@ def fetch_contract(store: S3Store, registry: Registry, version: VersionInfo) -> 
         return _found(store, model_uri, mlmodel, contract_from_signature(signature, example), "signature", wanted)
     except ContractError as e:
         raise ContractInvalid(str(e)) from e
+
+
+def model_bytes(store: S3Store, registry: Registry, version: VersionInfo) -> int:
+    """The size of the version's model files, which the wrapper downloads into its scratch space."""
+    return store.folder_bytes(registry.artifact_uri(version))
 
 
 def input_example(store: S3Store, registry: Registry, version: VersionInfo) -> list[Any] | None:

@@ -23,6 +23,7 @@ from watcher.errors import SettingsInvalid
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _HOST = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+DEFAULT_SCRATCH_SIZE = "2Gi"
 
 
 class Settings(BaseSettings):
@@ -103,6 +104,9 @@ class Settings(BaseSettings):
     default_memory_limit: str = Field(default="1Gi", pattern=_QUANTITY)
     default_cpu_limit: str | None = Field(default=None, pattern=_QUANTITY)
     """CPU limit where the contract sets none; unset by default, since a CPU limit throttles inference."""
+    default_scratch_size: str = Field(default=DEFAULT_SCRATCH_SIZE, pattern=_QUANTITY)
+    """The model pod's scratch space (its /tmp, an emptyDir the wrapper downloads the model into) where the
+    contract's serving.scratch_size sets none. A version whose files are larger fails before it is applied."""
     local_state_dir: Path = Path(".state/local")
     """Where the local target keeps track of the wrapper processes it started."""
     local_front_port: int = Field(default=8090, ge=0, le=65_535)
@@ -140,6 +144,10 @@ class Settings(BaseSettings):
     """The coordination Lease that keeps two watchers from acting at once."""
     evaluation_timeout_seconds: float = Field(default=900, ge=10, le=86_400)
     """Longest an evaluation (the contract's evaluation section) may run: the Job's activeDeadlineSeconds."""
+    pass_deadline_seconds: float | None = Field(default=None, ge=1, le=86_400)
+    """How long one pass may run: the CronJob's activeDeadlineSeconds less its terminationGracePeriodSeconds. A
+    pass starts no further deployment once less than one model's worst case is left, and leaves it to the next
+    pass. At least that worst case (see `model_worst_case_seconds`). Unset: no limit (`watch`, the CLI)."""
     inference_log_sample: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     """Every wrapper's INFERENCE_LOG_SAMPLE: the share of predict requests logged (a contract's `logging` wins)."""
     inference_log_prefix: str = Field(default="inference-log", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
@@ -223,6 +231,24 @@ class Settings(BaseSettings):
         return "https" if self.tls_secret_name else "http"
 
     @property
+    def model_worst_case_seconds(self) -> float:
+        """The longest one model's deployment may take when every wait runs out: the evaluation Job's wait
+        (EVALUATION_TIMEOUT + 60), a rollout without progress (ROLLOUT_TIMEOUT), the smoke test (SMOKE_TEST), four
+        requests at their timeout and 120 s for the rest (26 minutes with the defaults)."""
+        return (self.evaluation_timeout_seconds + 60 + self.rollout_timeout_seconds + self.smoke_test_seconds
+                + 4 * self.k8s_request_timeout_seconds + 120)
+
+    @model_validator(mode="after")
+    def _pass_deadline_fits_a_model(self) -> Settings:
+        if self.pass_deadline_seconds is not None and self.pass_deadline_seconds < self.model_worst_case_seconds:
+            raise ValueError(
+                f"PASS_DEADLINE_SECONDS ({self.pass_deadline_seconds:.0f}) is shorter than one model's worst case "
+                f"({self.model_worst_case_seconds:.0f} s: EVALUATION_TIMEOUT_SECONDS + 60 + ROLLOUT_TIMEOUT_SECONDS "
+                "+ SMOKE_TEST_SECONDS + 4 K8S_REQUEST_TIMEOUT_SECONDS + 120); raise it with the CronJob's "
+                "activeDeadlineSeconds, or lower those timeouts")
+        return self
+
+    @property
     def stuck_after_seconds(self) -> float:
         """STUCK_PASS_SECONDS, or what it defaults to (25 minutes with the other defaults)."""
         if self.stuck_pass_seconds is not None:
@@ -245,6 +271,8 @@ class Settings(BaseSettings):
             "mlflow_s3_endpoint_url", "deploy_target", "runtime_images", "env_mismatch", "network_policy",
             "ingress_namespace", "metrics_namespace", "network_policy_extra_sources", "egress_policy",
             "egress_destinations"})
+        if self.default_scratch_size != DEFAULT_SCRATCH_SIZE:  # only then: installs on the default keep their hash
+            shaping["default_scratch_size"] = self.default_scratch_size
         return hashlib.sha256(repr(sorted(shaping.items())).encode()).hexdigest()[:16]
 
 

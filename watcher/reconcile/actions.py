@@ -29,9 +29,10 @@ from watcher.decide.plan import (
     Undeploy,
 )
 from watcher.decide.types import STATUS, Live, VersionInfo
-from watcher.errors import Blocked, PassAborted, Retryable, RolloutFailed, ServiceBuilderError, Stopping
+from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError, Stopping
 from watcher.reconcile import progressive
 from watcher.reconcile.deps import Deps, PassReport
+from watcher.reconcile.gate import Scratch
 from watcher.render.manifests import Release, Rendered
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,11 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
     version = action.version
     log.info("%s: %s deploy as %s", version, action.reason, action.slug)
     found = fetch_contract(deps.store, deps.registry, version)
-    rendered = deps.renderer.render(release_of(version, action.slug, found.contract.serving, found.needs))
+    release = release_of(version, action.slug, found.contract.serving, found.needs)
+    scratch = _check_scratch_space(deps, version, release) if deps.settings.deploy_target == "kubernetes" else None
+    rendered = deps.renderer.render(release)
     if action.evaluates:
-        deps.gate.before_rollout(version, found, rendered, action.previous)
+        deps.gate.before_rollout(version, found, rendered, action.previous, scratch=scratch)
         deps.recorder.deploying(version)
     trial = action.reason == "update" and progressive.wants_trial(deps, found.contract.rollout, version,
                                                                   action.previous)
@@ -175,6 +178,17 @@ def _start_and_check(deps: Deps, action: Deploy, found: Any, rendered: Rendered,
         log.info("%s: no examples to smoke-test %s with; the wrapper's readiness stands for it", action.version,
                  action.slug)
     return environment_warnings(base) if base else None
+
+
+def _check_scratch_space(deps: Deps, version: VersionInfo, release: Release) -> Scratch:
+    """A model larger than its pod's scratch space would fill it while downloading: the kubelet evicts the pod
+    and the ReplicaSet starts another, for ever. Refused before anything is applied, saying what to raise."""
+    model_uri = deps.registry.artifact_uri(version)
+    scratch = Scratch(model_uri, deps.store.folder_bytes(model_uri), deps.renderer.scratch_bytes(release),
+                      deps.renderer.scratch_size(release))
+    if scratch.model_bytes > scratch.room:
+        raise Permanent(scratch.too_small("the model's files are", scratch.model_bytes))
+    return scratch
 
 
 def _finish_roll_back(deps: Deps, action: RollBack) -> None:

@@ -6,6 +6,7 @@ Steps take the parts they use: the recorder and the gate are built here from the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,8 @@ class Deps:
     stop_requested: Callable[[], bool] = lambda: False
     progress: Callable[[], None] = lambda: None
     """Told as the pass moves on to each action (the `watch` loop's health listens)."""
+    monotonic: Callable[[], float] = time.monotonic
+    """The pass's stopwatch (its duration, PASS_DEADLINE_SECONDS)."""
 
     @cached_property
     def recorder(self) -> Recorder:
@@ -53,6 +56,8 @@ class PassReport:
     superseded: int = 0
     undeployed: int = 0
     failed: int = 0
+    deferred: int = 0
+    """Deployments left to the next pass: less than one model's worst case was left of PASS_DEADLINE_SECONDS."""
     seconds: float = 0.0
     skipped: str = ""
     """Why the pass did nothing (another watcher held the lease), else empty."""
@@ -61,4 +66,6 @@ class PassReport:
     def summary(self) -> str:
         counts = ("found", "deployed", "updated", "unchanged", "superseded", "undeployed", "failed")
         text = " ".join(f"{name}={getattr(self, name)}" for name in counts)
-        return f"pass done: {text} duration={self.seconds:.2f}s" + (f" skipped: {self.skipped}" if self.skipped else "")
+        deferred = f" deferred={self.deferred}" if self.deferred else ""
+        return (f"pass done: {text}{deferred} duration={self.seconds:.2f}s"
+                + (f" skipped: {self.skipped}" if self.skipped else ""))

@@ -8,7 +8,6 @@ model and the pass goes on; only an unreachable registry or cluster aborts the p
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -40,7 +39,7 @@ def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None 
                    out: Callable[[str], None] = print, eager: Collection[str] = ()) -> PassReport:
     """One pass. Raises PassAborted only when the registry or the cluster cannot be reached. `eager`: models
     a webhook just asked for, retried at once even while a failure's pause runs."""
-    started = time.monotonic()
+    started = deps.monotonic()
     report = PassReport()
     eager = frozenset(eager) | ({only_model} if only_model else set())
     the_plan, snapshot, near = _decide(deps, only_model, eager)
@@ -61,13 +60,25 @@ def reconcile_once(deps: Deps, *, dry_run: bool = False, only_model: str | None 
                     if deps.stop_requested():
                         log.warning("stop requested: leaving the remaining actions to the next pass")
                         break
+                    if isinstance(action, Deploy) and _out_of_time(deps, started):
+                        log.warning("%s: left to the next pass: less than one model's worst case (%.0f s) is left "
+                                    "of PASS_DEADLINE_SECONDS", action.version, deps.settings.model_worst_case_seconds)
+                        report.deferred += 1
+                        continue
                     deps.progress()
                     perform(deps, action, snapshot, report)
         except Busy as e:
             report.skipped = str(e)
-    report.seconds = time.monotonic() - started
+    report.seconds = deps.monotonic() - started
     log.info("%s", report.summary())
     return report
+
+
+def _out_of_time(deps: Deps, started: float) -> bool:
+    """A deployment started now could outlast the pass's deadline (PASS_DEADLINE_SECONDS), where there is one:
+    the CronJob would kill the pass mid-way, and the next one would start that model over."""
+    deadline = deps.settings.pass_deadline_seconds
+    return deadline is not None and deps.monotonic() - started + deps.settings.model_worst_case_seconds > deadline
 
 
 def _tell(deps: Deps, near: list[NearMiss]) -> None:

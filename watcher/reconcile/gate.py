@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from model_wrapper.contract.evaluation import Evaluation, Figures, column_problem, verdict
-from watcher.clients.artifacts import FoundContract, S3Store
+from watcher.clients.artifacts import FoundContract, S3Store, model_bytes
 from watcher.clients.registry import Registry
 from watcher.decide.types import Live, VersionInfo
 from watcher.errors import ContractInvalid, EvaluationFailed, Permanent, Retryable
@@ -44,8 +44,9 @@ EVALUATION_STATUS = "evaluation_status"
 SUMMARY = "evaluation_summary"
 DIGEST = "evaluation_digest"
 TTL_SECONDS = 3600
-MAX_DATA_BYTES = 1 << 30  # the wrapper's /tmp (an emptyDir of 2Gi) holds the model and the data
+MAX_DATA_BYTES = 1 << 30  # the pod's /tmp (its scratch space, DEFAULT_SCRATCH_SIZE) holds the model and the data
 HEADER_BYTES = 64 * 1024
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,24 @@ class DataFile:
     uri: str
     size: int
     etag: str
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """The model pod's scratch space (its /tmp) and what the model's files take of it; the evaluation Job, which
+    runs in the same pod spec, also downloads its data there."""
+
+    model_uri: str
+    model_bytes: int
+    room: int
+    size: str
+    """As the contract or DEFAULT_SCRATCH_SIZE writes it."""
+
+    def too_small(self, what: str, used: int) -> str:
+        wanted = -(-used * 5 // 4 // GIB)  # a quarter more than the files, in whole GiB
+        return (f"{what} {used / GIB:.2f} GiB, more than its scratch space ({self.size}, the pod's /tmp where the "
+                f"wrapper downloads them); set serving.scratch_size in contract.yaml (e.g. {wanted}Gi), or ask ops "
+                "to raise DEFAULT_SCRATCH_SIZE")
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,7 @@ class Gate:
     clock: Callable[[], datetime]
 
     def before_rollout(self, version: VersionInfo, found: FoundContract, rendered: Rendered,
-                       previous: Live | None) -> None:
+                       previous: Live | None, *, scratch: Scratch | None = None) -> None:
         """Pass, or raise EvaluationFailed / ContractInvalid (permanent) or Retryable (the run itself failed)."""
         evaluation = found.contract.evaluation
         if evaluation is None:
@@ -79,6 +98,8 @@ class Gate:
             log.info("%s: passed the evaluation on %s before; not run again", version, evaluation.data)
             return
         live = self._live_version(version, previous) if evaluation.compare_with_live else None
+        if scratch is not None:
+            self._check_scratch(scratch, data, live, evaluation.data)
         self.recorder.evaluating(version, evaluation.data)
         job = evaluation_job(rendered, digest, live, self.timeout_seconds)
         result = _parse(self.target.evaluate(job, self.timeout_seconds + 60))
@@ -111,6 +132,16 @@ class Gate:
         if evaluation.data.lower().endswith(".csv"):
             _check_header(self.store.read(uri, HEADER_BYTES) or b"", found, evaluation)
         return DataFile(uri, size, etag)
+
+    def _check_scratch(self, scratch: Scratch, data: DataFile, live: VersionInfo | None, name: str) -> None:
+        """The Job's /tmp holds the version's files, the data unless it is among them (logged beside the run's
+        contract), and the live version's files when it is compared with it."""
+        needed = scratch.model_bytes + (0 if data.uri.startswith(scratch.model_uri.rstrip("/") + "/") else data.size)
+        if live is not None:
+            needed += model_bytes(self.store, self.registry, live)
+        if needed > scratch.room:
+            what = f"the files the evaluation needs ({'both versions, ' if live else 'the model, '}{name}) are"
+            raise ContractInvalid(scratch.too_small(what, needed))
 
     def _live_version(self, version: VersionInfo, previous: Live | None) -> VersionInfo | None:
         """The version serving this model now, if another one does (the first version has nothing to beat)."""

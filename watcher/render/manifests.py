@@ -188,9 +188,17 @@ class Renderer:
             "env": self._env(release), "secret_env": self._secret_env(), "secret_volumes": self._secret_volumes(),
             "resources": resources,
             "deployment_annotations": {**annotations, **scanner_exemptions(resources, image)},
-            "cache_size": "2Gi", "ingress_class_name": s.ingress_class_name, "tls_secret_name": s.tls_secret_name,
+            "cache_size": self.scratch_size(release), "ingress_class_name": s.ingress_class_name,
+            "tls_secret_name": s.tls_secret_name,
             **self._network_policy(),
         }
+
+    def scratch_size(self, release: Release) -> str:
+        """The pod's scratch space (the emptyDir at /tmp): the contract's serving.scratch_size, else the default."""
+        return release.serving.scratch_size or self._settings.default_scratch_size
+
+    def scratch_bytes(self, release: Release) -> int:
+        return int(parse_quantity(self.scratch_size(release)))
 
     def _network_policy(self) -> dict[str, Any]:
         """Sources admitted to the model port and egress rules; None switches that half of the policy off."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from model_wrapper.contract.spec import Serving
 from watcher.config.settings import Settings
+from watcher.decide.rollout import WRAPPER_SOURCES_UNAVAILABLE
 from watcher.decide.types import KINDS, Live
 from watcher.errors import Busy, Retryable, RolloutFailed
 from watcher.render.manifests import EVALUATES_LABEL, INPUTS_DIGEST, RUNTIME, Rendered
@@ -116,7 +117,8 @@ class LocalTarget:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RolloutFailed(f"the wrapper exited with code {process.returncode}: {self._last_words(slug)}")
+                error = Retryable if process.returncode == WRAPPER_SOURCES_UNAVAILABLE else RolloutFailed
+                raise error(f"the wrapper exited with code {process.returncode}: {self._last_words(slug)}")
             if _answers(f"http://127.0.0.1:{port}/{slug}/api/ready"):
                 return
             time.sleep(0.2)

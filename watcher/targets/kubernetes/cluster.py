@@ -25,7 +25,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from watcher.config.settings import Settings
-from watcher.decide.rollout import pod_fault, progress_mark, rollout_status, stale_deadline, waiting_reasons
+from watcher.decide import rollout
 from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
 from watcher.render.manifests import (
     EVALUATES_LABEL,
@@ -150,32 +150,36 @@ class KubernetesTarget:
         """Block until the Deployment's template is rolled out as `kubectl rollout status` says, or raise.
 
         Slow is not failed: `timeout` counts from the last progress (a change in observed generation or in
-        updated, ready or available pods). Failed for good (RolloutFailed): the new pods crash-loop or cannot
-        pull their image. Failed for now (Retryable): no progress for `timeout`, or ProgressDeadlineExceeded
-        with no fault of the version in sight; the next pass tries again."""
+        updated, ready or available pods). Failed for good (RolloutFailed): the new pods crash-loop with evidence
+        that the version is at fault (the wrapper's verdict, or the same crash after a restart: `rollout.pod_fault`).
+        Failed for now (Blocked, retried every pass): a crash without that evidence, an image that cannot be
+        pulled, a missing Secret. Failed for now (Retryable): no progress for `timeout`, or
+        ProgressDeadlineExceeded with no fault in sight; the next pass tries again."""
         name = rendered.deployment["metadata"]["name"]
         version = (rendered.deployment["metadata"].get("annotations") or {}).get(MODEL_VERSION)
         mark, since, polls = None, self._clock(), 0
+        crashes: dict[str, rollout.Termination] = {}
         while True:
             deployment = self._read("Deployment", name)
-            verdict = rollout_status(deployment)
+            verdict = rollout.rollout_status(deployment)
             if verdict.done:
                 return
-            if progress_mark(deployment) != mark:
-                mark, since = progress_mark(deployment), self._clock()
+            if rollout.progress_mark(deployment) != mark:
+                mark, since = rollout.progress_mark(deployment), self._clock()
             polls += 1
             stalled = self._clock() - since >= timeout
             if verdict.timed_out or stalled or polls % 3 == 0:
                 pods = self._new_pods(deployment, version)
-                if verdict.timed_out and stale_deadline(deployment, pods):
+                if verdict.timed_out and rollout.stale_deadline(deployment, pods):
                     verdict = replace(verdict, timed_out=False)
-                fault = pod_fault(pods)
+                fault = rollout.pod_fault(pods, crashes)
+                crashes = rollout.remember(crashes, pods)
                 if fault is not None and fault.version_fault:
                     raise RolloutFailed(f"the new pods cannot run: {fault}")
                 if fault is not None and (verdict.timed_out or stalled):
-                    raise Blocked(f"the new pods cannot start: {fault}; fix it in the cluster, the next pass retries")
+                    raise Blocked(f"the new pods cannot start: {fault}; {fault.advice}")
                 if verdict.timed_out or stalled:
-                    waiting = waiting_reasons(pods)
+                    waiting = rollout.waiting_reasons(pods)
                     why = "progress deadline exceeded" if verdict.timed_out else f"no progress for {timeout:.0f}s"
                     raise Retryable(f"rollout not finished, {why}" + (f" (pods: {waiting})" if waiting else "") +
                                     f"; {verdict.message.rstrip('.')}; will retry")

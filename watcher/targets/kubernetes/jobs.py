@@ -42,18 +42,21 @@ class JobRunner:
         self._call, self._sleep, self._evaluates = call, sleep, evaluates_label
 
     def run(self, job: dict[str, Any], timeout: float) -> str:
-        """The pod's termination message of a Complete Job; Retryable saying why when it failed or hung."""
+        """The pod's termination message of a Complete Job; Retryable saying why when it failed or hung.
+
+        The Job is deleted once its outcome is read, and only then: a pass stopped while it waits (the CronJob's
+        deadline, a drain) or that waited in vain leaves it running, and the next pass, which names the same Job
+        for the same version and digest, waits for it (`_create`) instead of starting the evaluation over. Its
+        own activeDeadlineSeconds and ttlSecondsAfterFinished bound it if no pass comes back."""
         name = job["metadata"]["name"]
         self._retire_others(job)
         self._call("create", "Job", partial(self._create, job))
-        try:
-            finished, state = self._wait(name, timeout)
-            pod = self._pod_outcome(name)
-            if finished == "Complete":
-                return str(pod.get("message") or "")
-            raise Retryable(f"the evaluation Job failed ({_why(state, pod)}); retrying next pass")
-        finally:
-            self._call("delete", "Job", partial(self._delete, name))
+        finished, state = self._wait(name, timeout)
+        pod = self._pod_outcome(name)
+        self._call("delete", "Job", partial(self._delete, name))
+        if finished == "Complete":
+            return str(pod.get("message") or "")
+        raise Retryable(f"the evaluation Job failed ({_why(state, pod)}); retrying next pass")
 
     def _create(self, job: dict[str, Any]) -> None:
         create: Callable[..., Any] = self._batch.create_namespaced_job  # takes the manifest as a dict too
@@ -86,7 +89,8 @@ class JobRunner:
             if (finished := job_finished(status)) is not None:
                 return finished, status
             if time.monotonic() >= deadline:
-                raise Retryable(f"the evaluation Job {name} did not finish within {timeout:.0f}s; retrying next pass")
+                raise Retryable(f"the evaluation Job {name} did not finish within {timeout:.0f}s; the next pass "
+                                "waits for it")
             self._sleep(1.0)
 
     def _pod_outcome(self, name: str) -> dict[str, Any]:
