@@ -87,3 +87,16 @@ def artifacts_dir() -> Path:
     """Where tests keep what a person may want to look at (screenshots); not committed."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs a command in-process (`watcher.entry.cli.main`) configures logging: the root
+    logger's handler then writes to that test's captured stderr, which pytest closes after it. The root
+    handlers are put back after every test, so a later test's log line (kmock's access log, from its
+    own thread) never goes to a closed stream ("--- Logging error ---" in the suite's output)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
