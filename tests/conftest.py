@@ -53,16 +53,6 @@ def kube() -> Iterator[KubernetesPeer]:
 
 
 @pytest.fixture
-def _restore_logging() -> Iterator[None]:
-    """`main()` configures the root logger for a process; put the test session's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
 def namespace() -> str:
     return f"ns-{uuid.uuid4().hex[:10]}"
 
@@ -90,7 +80,7 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _root_logging_restored() -> Iterator[None]:
+def _restore_logging() -> Iterator[None]:
     """A test that runs a command in-process (`watcher.entry.cli.main`) configures logging: the root
     logger's handler then writes to that test's captured stderr, which pytest closes after it. The root
     handlers are put back after every test, so a later test's log line (kmock's access log, from its

@@ -70,24 +70,19 @@ class S3Store:
 
     def keys(self, uri: str) -> list[str]:
         """The `s3://` URIs of every object under the folder `uri` (paged)."""
-        bucket, prefix = _bucket_key(uri.rstrip("/") + "/")
-        try:
-            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            return [f"s3://{bucket}/{item['Key']}" for page in pages for item in page.get("Contents", [])]
-        except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in _DENIED:
-                raise Blocked(f"S3 refused listing s3://{bucket}/{prefix} ({code}); check the S3 credentials") from e
-            raise Retryable(f"S3 error {code} listing s3://{bucket}/{prefix}") from e
-        except BotoCoreError as e:
-            raise Retryable(f"S3 unreachable listing s3://{bucket}/{prefix}: {type(e).__name__}") from e
+        bucket, items = self._listed(uri)
+        return [f"s3://{bucket}/{item['Key']}" for item in items]
 
     def folder_bytes(self, uri: str) -> int:
         """The total size of every object under the folder `uri` (paged), from the listing alone."""
+        return sum(int(item.get("Size") or 0) for item in self._listed(uri)[1])
+
+    def _listed(self, uri: str) -> tuple[str, list[dict[str, Any]]]:
+        """The bucket and the listing entries of every object under the folder `uri` (paged)."""
         bucket, prefix = _bucket_key(uri.rstrip("/") + "/")
         try:
             pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            return sum(int(item.get("Size") or 0) for page in pages for item in page.get("Contents", []))
+            return bucket, [item for page in pages for item in page.get("Contents", [])]
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in _DENIED:
