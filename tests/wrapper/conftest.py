@@ -62,7 +62,8 @@ class WrapperProcess:
         return f"http://127.0.0.1:{self.port}/{slug}/api/"
 
     def start(self) -> WrapperProcess:
-        env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1",
+        # No drain unless a test asks for one: with the default (10 s) every stop below would wait it out.
+        env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", "DRAIN_SECONDS": "0",
                "TERMINATION_LOG": str(self.termination_log), **self.env}
         command = [self.python, *ENTRY_POINT[1:]]
         with open(self.log_path, "wb") as log:
