@@ -78,7 +78,8 @@ def _wrapper(env: dict[str, str], source: str, name: str, version: str) -> Itera
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "model_wrapper"], env={
         **env, "MODEL_NAME": name, "MODEL_VERSION": version, "MODEL_SOURCE": source, "PORT": str(port),
-        "HOST": "127.0.0.1", "WORKERS": "1", "TERMINATION_LOG": os.devnull}, stdout=subprocess.DEVNULL,
+        "HOST": "127.0.0.1", "WORKERS": "1", "DRAIN_SECONDS": "0", "TERMINATION_LOG": os.devnull},
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait(f"http://127.0.0.1:{port}/{name}/api/ready", process)

@@ -14,7 +14,6 @@ Markdown section for BENCHMARKS.md; asserts nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from typing import Any
 
 import mlflow
 
-from bench.wrapper import INSTANCE, ROUNDS, Load, Server, _all_running, _stack, _under_load
+from bench.wrapper import INSTANCE, ROUNDS, Load, Server, _all_running, _mlserver, _stack, _under_load
 from devstack.servers import free_port
 from tests.wrapper.oip_peers import peer_python
 
@@ -46,7 +45,9 @@ def main() -> int:
         env = {**os.environ, **mlflow_server.client_env(),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         files = mlflow.artifacts.download_artifacts(source, dst_path=str(workdir / "files"))
-        servers = [_wrapper(source, name, version, workdir), _mlserver(python, workdir, files)]
+        mlserver = _mlserver(str(python), workdir, infer, implementation="mlserver_mlflow.MLflowRuntime", uri=files,
+                             name="MLServer (mlserver-mlflow)", label="V2 infer")
+        servers = [_wrapper(source, name, version, workdir), mlserver]
         with _all_running(servers, env):
             loads = _loads(servers)
     print(_report(loads, load_before))
@@ -57,24 +58,10 @@ def _wrapper(source: str, name: str, version: str, workdir: Path) -> Server:
     port = free_port()
     base = f"http://127.0.0.1:{port}/{name}/api"
     return Server("wrapper", ["env", f"MODEL_NAME={name}", f"MODEL_VERSION={version}", f"MODEL_SOURCE={source}",
-                              f"PORT={port}", "HOST=127.0.0.1", "WORKERS=1",
+                              f"PORT={port}", "HOST=127.0.0.1", "WORKERS=1", "DRAIN_SECONDS=0",
                               f"TERMINATION_LOG={workdir / 'termination-log'}", sys.executable, "-m", "model_wrapper"],
                   f"{base}/ready", {"predict": (f"{base}/predict", predict),
                                     "V2 infer": (f"{base}/v2/models/{name}/infer", infer)})
-
-
-def _mlserver(python: Path, workdir: Path, files: str) -> Server:
-    folder = workdir / "mlserver"
-    folder.mkdir()
-    port = free_port()
-    (folder / "settings.json").write_text(json.dumps({
-        "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0,
-        "host": "127.0.0.1", "debug": False}))
-    (folder / "model-settings.json").write_text(json.dumps({
-        "name": "iris", "implementation": "mlserver_mlflow.MLflowRuntime", "parameters": {"uri": files}}))
-    return Server("MLServer (mlserver-mlflow)", [str(python.parent / "mlserver"), "start", str(folder)],
-                  f"http://127.0.0.1:{port}/v2/models/iris/ready",
-                  {"V2 infer": (f"http://127.0.0.1:{port}/v2/models/iris/infer", infer)}, cwd=str(folder))
 
 
 def _loads(servers: list[Server]) -> dict[tuple[str, str, int], Load]:

@@ -183,7 +183,7 @@ def _servers(source: str, name: str, version: str, workdir: Path, pythons: dict[
     port = free_port()
     base = f"http://127.0.0.1:{port}/{name}/api"
     wrapper = Server("wrapper", ["env", f"MODEL_NAME={name}", f"MODEL_VERSION={version}", f"MODEL_SOURCE={source}",
-                                 f"PORT={port}", "HOST=127.0.0.1", "WORKERS=1",
+                                 f"PORT={port}", "HOST=127.0.0.1", "WORKERS=1", "DRAIN_SECONDS=0",
                                  f"TERMINATION_LOG={workdir / 'termination-log'}", sys.executable, "-m",
                                  "model_wrapper"],
                      f"{base}/ready", {"predict": (f"{base}/predict", predict),
@@ -203,7 +203,9 @@ def _servers(source: str, name: str, version: str, workdir: Path, pythons: dict[
     return [wrapper, mlflow_serve, kserve, mlserver]
 
 
-def _mlserver(python: str, workdir: Path, body: Body) -> Server:
+def _mlserver(python: str, workdir: Path, body: Body, *, implementation: str = "mlserver_sklearn.SKLearnModel",
+              uri: str | None = None, name: str = "MLServer", label: str = "infer") -> Server:
+    """MLServer serving the model as `iris` with `implementation` (by default the estimator's joblib file)."""
     folder = workdir / "mlserver"
     folder.mkdir()
     port = free_port()
@@ -211,11 +213,11 @@ def _mlserver(python: str, workdir: Path, body: Body) -> Server:
         "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0,
         "host": "127.0.0.1", "debug": False}))
     (folder / "model-settings.json").write_text(json.dumps({
-        "name": "iris", "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": str(workdir / "model.joblib")}}))
+        "name": "iris", "implementation": implementation,
+        "parameters": {"uri": uri or str(workdir / "model.joblib")}}))
     mlserver_bin = str(Path(python).parent / "mlserver")
-    return Server("MLServer", [mlserver_bin, "start", str(folder)], f"http://127.0.0.1:{port}/v2/models/iris/ready",
-                  {"infer": (f"http://127.0.0.1:{port}/v2/models/iris/infer", body)}, cwd=str(folder))
+    return Server(name, [mlserver_bin, "start", str(folder)], f"http://127.0.0.1:{port}/v2/models/iris/ready",
+                  {label: (f"http://127.0.0.1:{port}/v2/models/iris/infer", body)}, cwd=str(folder))
 
 
 def _loads(servers: list[Server]) -> dict[tuple[str, str, int], list[Load]]:
