@@ -189,17 +189,31 @@ def _mlflow_serve(model: LoggedModel, mlflow_server: LocalMlflow, port: int, log
 
 
 def _wait_all(pairs: Iterator[Pair] | Any) -> None:
-    waiting = {}
+    waiting: Waiting = {}
     for pair in pairs:
-        waiting[f"{pair.name} wrapper"] = (pair.api + "ready", pair.wrapper.process, pair.wrapper.log_path)
+        waiting[f"{pair.name} wrapper"] = (pair.api + "ready", pair.wrapper.process, _tail(pair.wrapper.log_path))
         waiting[f"{pair.name} mlflow"] = (pair.mlflow_root + "/ping", pair.mlflow_process,
-                                          pair.wrapper.workdir / "mlflow-serve.log")
+                                          _tail(pair.wrapper.workdir / "mlflow-serve.log"))
+    wait_until_ready(waiting)
+
+
+def _tail(log_path: Path) -> Callable[[], str]:
+    return lambda: log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+
+
+Waiting = dict[str, tuple[str, "subprocess.Popen[bytes] | None", Callable[[], str]]]
+"""Name → (the URL that answers 200 once it is ready, its process, what to show if it never is)."""
+
+
+def wait_until_ready(waiting: Waiting) -> None:
+    """Poll every URL until each answers 200; fail with the process's log if it exits or time runs out."""
+    waiting = dict(waiting)
     deadline = time.monotonic() + START_TIMEOUT * 2
     while waiting and time.monotonic() < deadline:
-        for name, (url, process, log_path) in list(waiting.items()):
+        for name, (url, process, log) in list(waiting.items()):
             assert process is not None
             if process.poll() is not None:
-                raise AssertionError(f"{name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+                raise AssertionError(f"{name} exited with {process.returncode}:\n{log()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -207,7 +221,7 @@ def _wait_all(pairs: Iterator[Pair] | Any) -> None:
             except OSError:
                 pass
         time.sleep(0.2)
-    assert not waiting, f"not ready in time: {sorted(waiting)}"
+    assert not waiting, f"not ready in time: {sorted(waiting)}\n" + "\n".join(log() for _, _, log in waiting.values())
 
 
 def post_both(pair: Pair, body: bytes, content_type: str | None,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +20,8 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from devstack.models import LoggedModel
 from devstack.servers import LocalMlflow, free_port, stop_process
-from tests.wrapper.conformance import log_echo, log_frames32
-from tests.wrapper.conftest import START_TIMEOUT, WrapperProcess, model_env, unique
+from tests.wrapper.conformance import Waiting, log_echo, log_frames32, wait_until_ready
+from tests.wrapper.conftest import WrapperProcess, model_env, unique
 from tests.wrapper.models import log_iris_model
 from tests.wrapper.oip_peers import peer_python
 
@@ -114,24 +112,14 @@ def _mlserver_settings(folder: Path, port: int, models: dict[str, Served]) -> No
 
 
 def _wait(peers: Peers) -> None:
-    waiting = {kind: (served.wrapper.base(served.slug) + "ready", served.wrapper.process)
-               for kind, served in peers.models.items()}
-    waiting |= {f"mlserver {kind}": (f"{peers.mlserver_root}/v2/models/{served.slug}/ready", peers.mlserver)
+    def logs() -> str:
+        return _logs(peers)
+
+    waiting: Waiting = {kind: (served.wrapper.base(served.slug) + "ready", served.wrapper.process, logs)
+                        for kind, served in peers.models.items()}
+    waiting |= {f"mlserver {kind}": (f"{peers.mlserver_root}/v2/models/{served.slug}/ready", peers.mlserver, logs)
                 for kind, served in peers.models.items()}
-    deadline = time.monotonic() + START_TIMEOUT * 2
-    while waiting and time.monotonic() < deadline:
-        for name, (url, process) in list(waiting.items()):
-            assert process is not None
-            if process.poll() is not None:
-                raise AssertionError(f"{name} exited with {process.returncode}:\n{_logs(peers)}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        del waiting[name]
-            except OSError:
-                pass
-        time.sleep(0.2)
-    assert not waiting, f"not ready in time: {sorted(waiting)}\n{_logs(peers)}"
+    wait_until_ready(waiting)
 
 
 def _logs(peers: Peers) -> str:
