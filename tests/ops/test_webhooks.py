@@ -7,9 +7,10 @@ set to an hour, so whatever is deployed after the start-up pass came through a w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -234,18 +235,25 @@ def test_the_receiver_will_not_start_without_a_secret(deps_factory: Callable[...
 # --- end to end: a real MLflow server delivers to a real receiver --------------------------------
 
 
-def test_a_tag_set_in_mlflow_is_delivered_to_the_receiver_and_deploys_the_model_without_a_poll(
-    make_settings: Callable[..., Settings], deps_factory: Callable[..., Any], controller: KubernetesPeer,
-    namespace: str, model_name: str, production: dict[str, str], iris_files: LoggedModel,
-) -> None:
-    version = new_version(model_name, iris_files)  # not selected yet: the start-up pass has nothing to do
-    settings = make_settings(metrics_port=free_port())
+@contextlib.contextmanager
+def _receiving(settings: Settings, deps_factory: Callable[..., Any]) -> Iterator[None]:
+    """`serve-webhooks` running, its start-up pass done, and its receiver registered with MLflow."""
     base = f"http://127.0.0.1:{settings.webhook_port}"
     with in_background(serve, settings, deps_factory):
         wait_http(f"{base}/healthz", 30)
         wait_until(lambda: passes(settings.metrics_port, "poll", "ok") == 1, 30, "the start-up pass")
         assert register(settings, base, out=lambda line: None) == 0
         time.sleep(1.5)  # the server caches webhook lists for MLFLOW_WEBHOOK_CACHE_TTL (1 s here)
+        yield
+
+
+def test_a_tag_set_in_mlflow_is_delivered_to_the_receiver_and_deploys_the_model_without_a_poll(
+    make_settings: Callable[..., Settings], deps_factory: Callable[..., Any], controller: KubernetesPeer,
+    namespace: str, model_name: str, production: dict[str, str], iris_files: LoggedModel,
+) -> None:
+    version = new_version(model_name, iris_files)  # not selected yet: the start-up pass has nothing to do
+    settings = make_settings(metrics_port=free_port())
+    with _receiving(settings, deps_factory):
         MlflowClient().set_model_version_tag(model_name, version, "deploy", production["deploy"])
         wait_until(status_is(model_name, version, "deployed"), 30, "deployment_status=deployed")
         wait_until(lambda: passes(settings.metrics_port, "webhook", "ok"), 10, "the webhook pass to be counted")
@@ -271,12 +279,7 @@ def test_a_near_miss_tag_set_in_mlflow_is_told_on_the_version_through_the_webhoo
     exactly), but the event names it."""
     version = new_version(model_name, iris_files)
     settings = make_settings(metrics_port=free_port())
-    base = f"http://127.0.0.1:{settings.webhook_port}"
-    with in_background(serve, settings, deps_factory):
-        wait_http(f"{base}/healthz", 30)
-        wait_until(lambda: passes(settings.metrics_port, "poll", "ok") == 1, 30, "the start-up pass")
-        assert register(settings, base, out=lambda line: None) == 0
-        time.sleep(1.5)  # the server caches webhook lists for MLFLOW_WEBHOOK_CACHE_TTL (1 s here)
+    with _receiving(settings, deps_factory):
         MlflowClient().set_model_version_tag(model_name, version, "Deploy", production["deploy"])
         wait_until(lambda: "Not deployed" in tags_of(model_name, version).get("deployment_message", ""), 30,
                    "the near miss told on the version")
