@@ -22,7 +22,8 @@ from typing import Any
 
 import mlflow
 
-from bench.wrapper import INSTANCE, ROUNDS, Load, Server, _all_running, _mlserver, _stack, _under_load
+from bench.wrapper import INSTANCE, ROUNDS, Load, Server, _all_running, _mlserver, _stack
+from bench.wrapper import _loads as _rounds
 from devstack.servers import free_port
 from tests.wrapper.oip_peers import peer_python
 
@@ -65,13 +66,8 @@ def _wrapper(source: str, name: str, version: str, workdir: Path) -> Server:
 
 
 def _loads(servers: list[Server]) -> dict[tuple[str, str, int], Load]:
-    rounds: dict[tuple[str, str, int], list[Load]] = {}
-    for size in (1, 100):
-        for _ in range(ROUNDS):
-            for server in servers:
-                for label, (url, body) in server.endpoints.items():
-                    rounds.setdefault((server.name, label, size), []).append(_under_load(url, body(size)))
-    return {key: sorted(runs, key=lambda load: load.rps)[len(runs) // 2] for key, runs in rounds.items()}
+    """bench.wrapper's interleaved rounds; the median round of each (server, endpoint, instances)."""
+    return {key: sorted(runs, key=lambda load: load.rps)[len(runs) // 2] for key, runs in _rounds(servers).items()}
 
 
 def _report(loads: dict[tuple[str, str, int], Load], load_before: tuple[float, float, float]) -> str:
