@@ -107,7 +107,8 @@ def _wrapper(sample: str, source: str, name: str, version: str, workdir: Path) -
                   env={"MODEL_NAME": name, "MODEL_VERSION": version, "MODEL_SOURCE": source, "PORT": str(port),
                        "HOST": "127.0.0.1", "TERMINATION_LOG": str(workdir / f"termination-log-{sample}"),
                        "INFERENCE_LOG_SAMPLE": sample, "INFERENCE_LOG_PREFIX": f"bench-log-{sample}",
-                       "DRAIN_SECONDS": "0"})
+                       "DRAIN_SECONDS": "0"},
+                  settle=(f"{base}/invocations", {"dataframe_records": [INSTANCE]}))
 
 
 def _loads(servers: list[Server]) -> dict[tuple[str, int], list[Load]]:

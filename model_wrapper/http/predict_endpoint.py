@@ -9,9 +9,10 @@ is queued there with what the model saw and answered, never waiting on the log.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,11 @@ from model_wrapper.predict.predictor import Predictor, Seen
 
 # A caller's request id is echoed as it is when it is short printable ASCII; anything else is replaced.
 _REQUEST_ID = re.compile(rb"^[\x21-\x7e]{1,128}$")
+# A new one is 32 hex digits, as a UUID's: 64 random bits drawn once per process, then a counter. Unique
+# across pods and restarts without a system call per request (uuid4 reads the kernel's random source each
+# time: 4% of a one-row predict). An id names a request; it guards nothing, so it need not be unguessable.
+_ID_PREFIX = os.urandom(8).hex().encode()
+_ID_COUNTER = itertools.count()
 
 
 class PredictEndpoint:
@@ -83,7 +89,7 @@ def _request_id(scope: dict[str, Any]) -> bytes:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _REQUEST_ID.match(value):
             return bytes(value)
-    return uuid.uuid4().hex.encode()
+    return b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 def _entry(route: str, request_id: bytes, started: float, seen: Seen, error: Exception | None) -> Entry:

@@ -14,6 +14,7 @@ MLflow loads the model as before. `invocations` (MLflow's scoring protocol) stil
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import os
@@ -168,6 +169,9 @@ class DeferredScorer:
                 from model_wrapper.loading.mlflow_loader import scorer
 
                 self._score = scorer(mlflow.pyfunc.load_model(str(self._local), suppress_warnings=True))
+                # Importing MLflow made a few hundred thousand objects that live as long as the process: out
+                # of reach of later collections, as the server froze everything loaded before it was ready.
+                gc.freeze()
             return self._score
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.predict.inference_records import PARQUET_OPTIONS, Entry, Layout, day_of, to_table
+from model_wrapper.predict.inference_records import PARQUET_OPTIONS, Entry, Layout, split_by_day, to_table
 from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,10 @@ class InferenceLog:
         assert layout is not None
         while self._pending:
             batch = self._pending[0]
-            day = day_of(batch[0])
-            entries = [entry for entry in batch if day_of(entry) == day]
+            day, entries, rest = split_by_day(batch)
             buffer = io.BytesIO()
             pq.write_table(to_table(entries, layout), buffer, **PARQUET_OPTIONS)
             sink.put(bucket, self._files.next_key(day), buffer.getvalue())
-            rest = [entry for entry in batch if day_of(entry) != day]
             self._pending[0:1] = [rest] if rest else []
             self.counters.log_written(len(entries))
 

@@ -65,8 +65,16 @@ class Layout:
                    all(contract.inputs[name].type == FieldType.number for name in columns))
 
 
-def day_of(entry: Entry) -> str:
-    return dt.datetime.fromtimestamp(entry.at, dt.UTC).strftime("%Y-%m-%d")
+def split_by_day(batch: Sequence[Entry]) -> tuple[str, list[Entry], list[Entry]]:
+    """The UTC day of the batch's first entry, its entries of that day, and the others (a batch that spans
+    midnight). Compared as seconds against the day's bounds: one date formatting per batch, not per entry."""
+    first = dt.datetime.fromtimestamp(batch[0].at, dt.UTC)
+    start = dt.datetime(first.year, first.month, first.day, tzinfo=dt.UTC).timestamp()
+    end = start + 86_400
+    if all(start <= entry.at < end for entry in batch):
+        return f"{first:%Y-%m-%d}", list(batch), []
+    return (f"{first:%Y-%m-%d}", [entry for entry in batch if start <= entry.at < end],
+            [entry for entry in batch if not start <= entry.at < end])
 
 
 def to_table(entries: Sequence[Entry], layout: Layout) -> pa.Table:

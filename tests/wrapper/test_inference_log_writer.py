@@ -9,6 +9,7 @@ import io
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -46,12 +47,14 @@ class Sink:
     opened: threading.Event = field(default_factory=threading.Event)
     failing: bool = False
     files: list[bytes] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
 
     def put(self, bucket: str, key: str, body: bytes) -> None:
         if self.failing:
             raise ConnectionError("S3 is down")
         self.opened.wait(30)
         self.files.append(body)
+        self.keys.append(key)
 
 
 @dataclass
@@ -70,8 +73,8 @@ def _log(sink: Sink, **settings: str) -> tuple[InferenceLog, Counts]:
     return log, counts
 
 
-def _entry(number: int) -> Entry:
-    return Entry(f"r{number}", time.time(), "predict", 200, 1.0, [ROW], {"predictions": [0]})
+def _entry(number: int, at: float | None = None) -> Entry:
+    return Entry(f"r{number}", time.time() if at is None else at, "predict", 200, 1.0, [ROW], {"predictions": [0]})
 
 
 def test_a_full_queue_drops_and_counts_records_without_blocking_the_caller() -> None:
@@ -86,6 +89,22 @@ def test_a_full_queue_drops_and_counts_records_without_blocking_the_caller() -> 
     sink.opened.set()
     log.close(10)
     assert counts.written == 10 - counts.dropped == sum(pq.read_table(io.BytesIO(f)).num_rows for f in sink.files)
+
+
+def test_a_batch_that_spans_midnight_utc_is_written_as_one_file_per_day() -> None:
+    sink = Sink()
+    sink.opened.set()
+    log, counts = _log(sink, INFERENCE_LOG_BATCH_SECONDS="600")
+    midnight = datetime(2026, 12, 7, tzinfo=UTC).timestamp()
+    # Requests finish out of order: an entry's time is when it arrived, so the days interleave.
+    for number, at in enumerate([midnight - 0.2, midnight + 0.1, midnight - 0.001, midnight, midnight + 5]):
+        log.add(_entry(number, at))
+
+    log.close(10)
+
+    days = {key.split("date=")[1].split("/")[0]: pq.read_table(io.BytesIO(body)).column("request_id").to_pylist()
+            for key, body in zip(sink.keys, sink.files, strict=True)}
+    assert days == {"2026-12-06": ["r0", "r2"], "2026-12-07": ["r1", "r3", "r4"]} and counts.written == 5
 
 
 def test_a_close_whose_uploads_keep_failing_gives_up_at_its_deadline_and_counts_the_loss() -> None:
