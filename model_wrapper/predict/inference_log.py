@@ -11,7 +11,6 @@ kept and retried with a growing pause (counted). `close` writes what is queued w
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import random
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.predict.inference_records import PARQUET_OPTIONS, Entry, Layout, split_by_day, to_table
+from model_wrapper.predict.inference_records import Entry, Layout, parquet_file, split_by_day, to_table
 from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -153,16 +152,12 @@ class InferenceLog:
 
     def _write_pending(self, sink: Sink, bucket: str) -> None:
         """One file per batch and day, oldest first; a batch leaves the list only once written."""
-        import pyarrow.parquet as pq
-
         layout = self._layout
         assert layout is not None
         while self._pending:
             batch = self._pending[0]
             day, entries, rest = split_by_day(batch)
-            buffer = io.BytesIO()
-            pq.write_table(to_table(entries, layout), buffer, **PARQUET_OPTIONS)
-            sink.put(bucket, self._files.next_key(day), buffer.getvalue())
+            sink.put(bucket, self._files.next_key(day), parquet_file(to_table(entries, layout)))
             self._pending[0:1] = [rest] if rest else []
             self.counters.log_written(len(entries))
 

@@ -8,6 +8,7 @@ contract marks `log: false` never get a column: `Layout` leaves them out once, f
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,6 @@ if TYPE_CHECKING:  # pyarrow is imported by the writer thread, once logging is o
     import pyarrow as pa
 
 INPUT, OUTPUT = "input.", "output."
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "use_dictionary": False}
-"""How a batch's file is written: Snappy (Parquet's usual codec, read by every engine) without dictionary
-pages. At 100 instances a request this costs about 0.6 of zstd with dictionary pages tried for every
-column, for files about 40% larger (`python -m bench.inference_log --conversion`): the CPU is spent
-beside the requests, the bytes in a bucket."""
 
 
 @dataclass(slots=True)
@@ -81,7 +77,9 @@ def to_table(entries: Sequence[Entry], layout: Layout) -> pa.Table:
     """The entries as one Arrow table: one row per instance (one row, without inputs, for a request
     whose body did not parse). Built column by column with C loops (zip, numpy, Arrow's take): the
     writer thread shares the interpreter with the event loop, so its Python work is kept to one pass
-    per request, none per value."""
+    per request, none per value. A text that repeats down the column (the model, the version, and with
+    several instances a request's id and route) is a dictionary array: `parquet_file` writes it as
+    Parquet's dictionary pages without hashing a value or copying it once per row."""
     import pyarrow as pa
 
     ids, ats, routes, statuses, latencies, errors, rows, answers = zip(*[
@@ -92,28 +90,54 @@ def to_table(entries: Sequence[Entry], layout: Layout) -> pa.Table:
     total = int(counts.sum())
     # A request's values repeat once per instance; with one instance each (the common small request)
     # there is nothing to repeat.
-    owner = None if total == len(entries) else pa.array(np.repeat(np.arange(len(entries)), counts))
+    owner = None if total == len(entries) else pa.array(np.repeat(np.arange(len(entries), dtype=np.int32), counts))
 
     def per_request(values: Sequence[Any] | NDArray[Any], kind: pa.DataType) -> pa.Array:
         array = pa.array(values, kind)
-        return array if owner is None else array.take(owner)
+        if owner is None:
+            return array
+        if kind != pa.string():
+            return array.take(owner)
+        encoded = array.dictionary_encode()  # each distinct text once (a route repeats across requests)
+        return pa.DictionaryArray.from_arrays(encoded.indices.take(owner), encoded.dictionary)
+
+    def constant(value: str) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(total, np.int32)), pa.array([value]))
 
     parsed = np.repeat(np.array([r is not None for r in rows]), counts)
     columns: dict[str, pa.Array] = {
         "request_id": per_request(ids, pa.string()),
         "timestamp": per_request((np.array(ats) * 1000).astype(np.int64), pa.timestamp("ms", tz="UTC")),
-        "model": pa.repeat(pa.scalar(layout.model), total),
-        "version": pa.repeat(pa.scalar(layout.version), total),
+        "model": constant(layout.model),
+        "version": constant(layout.version),
         "route": per_request(routes, pa.string()),
         "status": per_request(statuses, pa.int16()),
         "latency_ms": per_request(latencies, pa.float64()),
         "instance": pa.array(np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts), pa.int32(),
                              mask=~parsed),
-        "error": per_request(errors, pa.string()),
+        "error": pa.array(errors, pa.string()).take(owner) if owner is not None else pa.array(errors, pa.string()),
     }
     columns.update(_inputs(rows, layout))
     columns.update(_outputs(answers, sizes))
     return pa.table(columns)
+
+
+def parquet_file(table: pa.Table) -> bytes:
+    """The table as one Parquet file, Snappy-compressed (Parquet's usual codec, read by every engine).
+    Dictionary pages only for the columns built as dictionaries (`to_table`), and min/max statistics
+    only for the columns that are not text (the timestamp's let a reader skip a file by time; a request
+    id's would cost a comparison per value and serve no query). No Arrow schema is stored, so every
+    reader (pandas, DuckDB, Spark) reads the texts as plain strings, not as categories."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fields = table.schema
+    dictionaries = [field.name for field in fields if pa.types.is_dictionary(field.type)]
+    numbers = [field.name for field in fields if field.name not in dictionaries and not pa.types.is_string(field.type)]
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="snappy", use_dictionary=dictionaries, write_statistics=numbers,
+                   store_schema=False)
+    return buffer.getvalue()
 
 
 def _inputs(rows: Sequence[Any], layout: Layout) -> dict[str, pa.Array]:

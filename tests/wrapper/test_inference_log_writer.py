@@ -20,7 +20,7 @@ from devstack.models import IRIS_CONTRACT, IRIS_FEATURES
 from model_wrapper.config.settings import load_settings
 from model_wrapper.contract.spec import parse_contract
 from model_wrapper.predict.inference_log import InferenceLog
-from model_wrapper.predict.inference_records import Entry, Layout, to_table
+from model_wrapper.predict.inference_records import Entry, Layout, parquet_file, to_table
 from model_wrapper.predict.predictor import LoadedModel
 
 ROW = (5.1, 3.5, 1.4, 0.2)
@@ -146,6 +146,19 @@ def test_the_table_holds_each_instance_as_a_row_by_row_build_of_the_same_records
     assert table.to_pylist() == pa.Table.from_pylist(expected, schema=table.schema).to_pylist()
     assert table.column("input.sepal_width").null_count == 2  # left out, and not parsed: null, never NaN
     assert to_table(entries[:1], layout).column("input.sepal_width").null_count == 1  # all parsed: numpy's way
+    _read_back_as_plain_columns(table)
+
+
+def _read_back_as_plain_columns(table: pa.Table) -> None:
+    """What a reader of the file gets: the same rows, texts as plain strings (not categories), and the
+    types the columns were built with."""
+    read = pq.read_table(io.BytesIO(parquet_file(table)))
+    assert read.to_pylist() == table.to_pylist()
+    assert [(f.name, f.type) for f in read.schema] == [
+        (f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type) for f in table.schema]
+    assert read.schema.field("timestamp").type == pa.timestamp("ms", tz="UTC")
+    assert read.schema.field("status").type == pa.int16() and read.schema.field("model").type == pa.string()
+    assert str(read.to_pandas()["request_id"].dtype) != "category"
 
 
 def _item(answer: dict[str, Any], key: str, instance: int) -> Any:
