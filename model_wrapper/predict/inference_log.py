@@ -68,6 +68,8 @@ class InferenceLog:
         self._bucket_of = bucket
         self._layout: Layout | None = None
         self._pending: list[list[Entry]] = []
+        self._pending_records = 0
+        """Records taken from the queue and not written yet (S3 failing): they count against the bound too."""
         self._sink: Sink | None = None
         self._bucket: str | None = None
         self._failures, self._retry_at = 0, 0.0
@@ -97,7 +99,7 @@ class InferenceLog:
 
     def add(self, entry: Entry) -> None:
         entries = self._entries
-        if len(entries) >= self._settings.inference_log_queue:
+        if len(entries) + self._pending_records >= self._settings.inference_log_queue:
             self.counters.log_dropped(1)
             return
         entries.append(entry)
@@ -135,7 +137,9 @@ class InferenceLog:
         if not entries or not (closing or len(entries) >= limit
                                or time.time() - entries[0].at >= self._settings.inference_log_batch_seconds):
             return []
-        return [entries.popleft() for _ in range(min(limit, len(entries)))]
+        taken = min(limit, len(entries))
+        self._pending_records += taken  # counted before they leave the queue, so `add` never misses them
+        return [entries.popleft() for _ in range(taken)]
 
     def _try_write(self) -> None:
         try:
@@ -159,6 +163,7 @@ class InferenceLog:
             day, entries, rest = split_by_day(batch)
             sink.put(bucket, self._files.next_key(day), parquet_file(to_table(entries, layout)))
             self._pending[0:1] = [rest] if rest else []
+            self._pending_records -= len(entries)
             self.counters.log_written(len(entries))
 
     def _resolve_bucket(self) -> str:

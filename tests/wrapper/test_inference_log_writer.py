@@ -107,6 +107,18 @@ def test_a_batch_that_spans_midnight_utc_is_written_as_one_file_per_day() -> Non
     assert days == {"2026-12-06": ["r0", "r2"], "2026-12-07": ["r1", "r3", "r4"]} and counts.written == 5
 
 
+def test_records_whose_upload_keeps_failing_count_against_the_bound_so_an_outage_holds_no_more_than_the_queue() -> None:
+    log, counts = _log(Sink(failing=True), INFERENCE_LOG_QUEUE="5", INFERENCE_LOG_BATCH_RECORDS="2",
+                       INFERENCE_LOG_BATCH_SECONDS="600")
+    for number in range(20):  # the writer takes every full batch off the queue, and cannot write it
+        log.add(_entry(number))
+        time.sleep(0.02)
+
+    assert counts.dropped >= 15 and counts.written == 0  # at most 5 held, in the queue and the unwritten batches
+    log.close(0.5)
+    assert counts.dropped == 20
+
+
 def test_a_close_whose_uploads_keep_failing_gives_up_at_its_deadline_and_counts_the_loss() -> None:
     log, counts = _log(Sink(failing=True), INFERENCE_LOG_BATCH_SECONDS="600")
     for number in range(5):
