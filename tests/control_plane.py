@@ -46,7 +46,8 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   or fails: a bad image shows `ErrImagePull` on the first pull and `ImagePullBackOff` after; a
   crashing one restarts at once, then after the kubelet's back-off (10 s doubling to 300 s, on this
   clock) while it waits in `CrashLoopBackOff`, with `restartCount` and `lastState.terminated` (exit
-  code, termination message) as the kubelet reports them.
+  code, termination message) as the kubelet reports them; a running pod has its address (`podIP`, `podIPs`:
+  `pkg/kubelet/kubelet_pods.go`, `generateAPIPodStatus`).
 
 The HorizontalPodAutoscaler's rescale rule (`pkg/controller/podautoscaler/horizontal.go`) is
 `tests/hpa_controller.py`.
@@ -538,6 +539,9 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
         ready = bool(status["containerStatuses"]) and all(c["ready"] for c in status["containerStatuses"])
         status["phase"] = "Running" if behaviour.kind in ("ready", "crash") else "Pending"
         status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+        if status["phase"] == "Running":  # the sandbox's address, set once it runs (kubelet_pods.go, PodIP/PodIPs)
+            address = _pod_ip(pod["metadata"]["uid"])
+            status.update(podIP=address, podIPs=[{"ip": address}])
         if status != pod["status"]:
             pod["status"] = status
             self._save(PODS, pod)
@@ -681,3 +685,9 @@ _stamp, _parse = stamp, parse
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+def _pod_ip(uid: str) -> str:
+    """A stable address in a pod CIDR (10.244.0.0/16, kubeadm's and kind's default) for the pod `uid`."""
+    number = int(hashlib.sha256(uid.encode()).hexdigest()[:4], 16)
+    return f"10.244.{number >> 8}.{max(number & 255, 2)}"

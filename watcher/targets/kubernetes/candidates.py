@@ -1,0 +1,140 @@
+"""The Kubernetes target's candidates: a version on trial runs as its own objects beside the live ones
+(`watcher.render.candidate`: `<slug>-candidate`), takes its share of traffic as the cluster can split it, and its
+figures are read from its pods' `/metrics` and the live pods'.
+
+Used by `watcher.targets.kubernetes.cluster.KubernetesTarget`, which does the API calls (`Cluster` below); the
+objects themselves are rendered and validated by `watcher.render.candidate`. Two splits:
+
+- **ingress-nginx**: the canary Ingress's `canary-weight` annotation is the candidate's percent;
+- **replica ratio**: the candidate's pods carry the live Service's selector, so its replica count against the
+  live Deployment's is its share.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from watcher.clients.scrape import wrapper_figures
+from watcher.decide.progressive import Figures, WrapperFigures
+from watcher.errors import Retryable
+from watcher.render.candidate import NGINX_WEIGHT, TRACK_LABEL, candidate_manifests, candidate_name, candidate_replicas
+from watcher.render.manifests import MODEL_VERSION, Rendered
+from watcher.targets.kubernetes.patch import pointer
+
+log = logging.getLogger(__name__)
+APPLY_ORDER = ("NetworkPolicy", "Deployment", "Service", "Ingress")
+"""The guard before the pods, the pods before what sends them traffic; removed in reverse (traffic goes first)."""
+PodUrl = Callable[[dict[str, Any]], "str | None"]
+
+
+class Cluster(Protocol):
+    """The API calls the candidates make, each with the target's retries, timeouts and Lease check."""
+
+    def create_object(self, manifest: dict[str, Any]) -> None: ...
+    def update_object(self, manifest: dict[str, Any], seen: dict[str, Any]) -> None: ...
+    def patch_object(self, kind: str, name: str, ops: list[dict[str, Any]]) -> None: ...
+    def delete_object(self, kind: str, name: str) -> None: ...
+    def pods(self, match: dict[str, str]) -> list[dict[str, Any]]: ...
+    def wait_ready(self, rendered: Rendered, timeout: float) -> None: ...
+
+
+def pod_metrics_base(pod: dict[str, Any]) -> str | None:
+    """`http://<podIP>:<containerPort>` of a Ready pod (what a Prometheus pod scrape reads), else None."""
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    containers = (pod.get("spec") or {}).get("containers") or []
+    ports = containers[0].get("ports") or [] if containers else []
+    if not ready or not status.get("podIP") or not ports:
+        return None
+    return f"http://{status['podIP']}:{ports[0]['containerPort']}"
+
+
+class Candidates:
+    """The candidates of one namespace; `ingress_nginx` says which split the cluster has."""
+
+    def __init__(self, cluster: Cluster, *, ingress_nginx: bool, pod_url: PodUrl, timeout: float) -> None:
+        self._cluster, self._nginx, self._pod_url, self._timeout = cluster, ingress_nginx, pod_url, timeout
+
+    def begin(self, rendered: Rendered, live: dict[str, Any] | None, earlier: dict[str, dict[str, Any]],
+              percent: int) -> None:
+        """Create (or turn an earlier candidate into) `rendered`'s candidate with no share yet, wait until its
+        Deployment is rolled out, then give it `percent`. A candidate that never gets ready is removed."""
+        manifests = candidate_manifests(rendered, percent=0, live_replicas=_replicas(live), ingress_nginx=self._nginx)
+        kept = {m["kind"] for m in manifests}
+        self.discard({kind: obj for kind, obj in earlier.items() if kind not in kept})
+        for manifest in sorted(manifests, key=lambda m: APPLY_ORDER.index(m["kind"])):
+            seen = earlier.get(manifest["kind"])
+            if seen is None:
+                self._cluster.create_object(manifest)
+            else:
+                self._cluster.update_object(manifest, seen)
+        try:
+            self._cluster.wait_ready(replace(rendered, manifests=tuple(manifests)), self._timeout)
+        except Exception:  # a crash, a timeout or a SIGTERM: no candidate is left behind half started
+            self.discard({m["kind"]: m for m in manifests})
+            raise
+        self.split(rendered.deployment["metadata"]["name"], live, percent)
+
+    def split(self, slug: str, live: dict[str, Any] | None, percent: int) -> None:
+        """The candidate's share: the canary Ingress's weight, or its pods against the live Deployment's."""
+        name = candidate_name(slug)
+        if self._nginx:
+            path = "/metadata/annotations/" + pointer(NGINX_WEIGHT)
+            self._cluster.patch_object("Ingress", name, [{"op": "replace", "path": path, "value": str(percent)}])
+        else:
+            replicas = candidate_replicas(percent, _replicas(live))
+            self._cluster.patch_object("Deployment", name, [{"op": "replace", "path": "/spec/replicas",
+                                                             "value": replicas}])
+        log.info("%s: the candidate takes %s%% of the traffic (%s)", slug, percent,
+                 "ingress-nginx canary weight" if self._nginx else "replica ratio")
+
+    def discard(self, present: dict[str, dict[str, Any]]) -> None:
+        """Delete the candidate objects `present` (by kind): what sends it traffic first, its pods after."""
+        for kind in reversed(APPLY_ORDER):
+            if kind in present:
+                self._cluster.delete_object(kind, present[kind]["metadata"]["name"])
+
+    def figures(self, live: dict[str, Any], candidate: dict[str, Any]) -> Figures:
+        """Both Deployments' prediction figures, each summed over its Ready pods' `/metrics`."""
+        live_pods = [pod for pod in self._cluster.pods(_selector(live))
+                     if (pod["metadata"].get("labels") or {}).get(TRACK_LABEL) != "candidate"]
+        return Figures(_version(candidate), _version(live), self._summed(self._cluster.pods(_selector(candidate))),
+                       self._summed(live_pods))
+
+    def _summed(self, pods: list[dict[str, Any]]) -> WrapperFigures:
+        found = []
+        for pod in pods:
+            url = self._pod_url(pod)
+            if url is None:
+                continue  # not Ready yet, or going: the pods that serve are the ones that count
+            try:
+                found.append(wrapper_figures(url))
+            except Retryable as e:
+                log.warning("pod %s: %s", pod["metadata"]["name"], e)
+        return summed(found)
+
+
+def summed(figures: list[WrapperFigures]) -> WrapperFigures:
+    """One Deployment's figures from its pods': counts add up, and so do the histograms' buckets."""
+    buckets: dict[float, float] = {}
+    for one in figures:
+        for upper, count in one.buckets:
+            buckets[upper] = buckets.get(upper, 0.0) + count
+    return WrapperFigures(sum(f.requests for f in figures), sum(f.errors for f in figures),
+                          tuple(sorted(buckets.items())))
+
+
+def _replicas(deployment: dict[str, Any] | None) -> int:
+    return int(((deployment or {}).get("spec") or {}).get("replicas") or 1)
+
+
+def _selector(deployment: dict[str, Any]) -> dict[str, str]:
+    return dict(((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+
+
+def _version(deployment: dict[str, Any]) -> int:
+    text = ((deployment.get("metadata") or {}).get("annotations") or {}).get(MODEL_VERSION, "")
+    return int(text) if text.isdigit() else 0
