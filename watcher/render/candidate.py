@@ -12,8 +12,8 @@ Two ways to split live traffic, after what clusters have:
   pods (at least one).
 
 The second Deployment's own selector adds `service-builder.io/track: candidate`, so its ReplicaSets never match
-what the live Deployment's controller claims by ownership. Pure: called with plain data; not yet used by the
-Kubernetes target's pass (`docs/lifecycle.md` says what runs where).
+what the live Deployment's controller claims by ownership. Pure: called with plain data by the Kubernetes
+target's candidates (`watcher.targets.kubernetes.candidates`); `docs/lifecycle.md` says what runs where.
 """
 
 from __future__ import annotations
