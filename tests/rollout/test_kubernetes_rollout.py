@@ -1,24 +1,32 @@
-"""Canary rollouts on the Kubernetes target, in the emulated cluster under the shipped Role: the candidate runs as
-its own objects beside the live model's, takes its share as the cluster can split (ingress-nginx's canary weight,
-or its replicas behind the one Service), and its figures are read from real wrapper processes' `/metrics` (the
-target's pod -> URL seam maps each pod to the wrapper of its version). A failing candidate is rolled back with the
-live Deployment untouched, a good one promoted by a surge rollout of the live Deployment; each pass is a fresh
+"""Canary and shadow rollouts on the Kubernetes target, in the emulated cluster under the shipped Role: the candidate
+runs as its own objects beside the live model's, takes its share as the cluster can split (ingress-nginx's canary
+weight, or its replicas behind the one Service), and its figures are read from real wrapper processes' `/metrics`
+(the target's pod -> URL seam maps each pod to the wrapper of its version). A failing candidate is rolled back with
+the live Deployment untouched, a good one promoted by a surge rollout of the live Deployment; each pass is a fresh
 watcher (as the CronJob's processes are) and resumes the step from the tags; a newer version replaces the candidate,
-and removing the tag deletes exactly the candidate's objects.
+and removing the tag deletes exactly the candidate's objects. A shadow is mirrored by the live wrapper itself, told
+so by a ConfigMap the live pods mount, and judged on the answers it compared.
 
 The data plane (what ingress-nginx and the Service's endpoints do with a request) is `Plane` below: it reads the
-objects the watcher wrote and sends each request to a Ready pod's wrapper as they would."""
+objects the watcher wrote and sends each request to a Ready pod's wrapper as they would; the kubelet's projection of
+the `<slug>-shadow` ConfigMap into the live pods is the test writing its data to the live wrapper's SHADOW_CONFIG
+file, with the candidate Service's name resolved to the candidate wrapper's address."""
 
 from __future__ import annotations
 
+import json
 import random
+import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from mlflow import MlflowClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.models import LoggedModel, iris_frame, register_versions
 from devstack.servers import LocalMlflow
@@ -26,6 +34,7 @@ from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer, all_ready
 from tests.rollout.conftest import rollout_contract, tags
 from tests.wrapper.conftest import WrapperProcess, model_env
+from watcher.clients.scrape import metrics_text, parse_comparison
 from watcher.config.settings import Settings
 from watcher.entry.cli import build_deps
 from watcher.reconcile.deps import Deps
@@ -45,6 +54,11 @@ GOOD = """\
   steps: [50]
   analysis: {interval: 30, min_requests: 10, max_error_rate: 0.01, max_p99_ms: 5000}
 """
+SHADOW = """\
+  strategy: shadow
+  sample: 1.0
+  analysis: {interval: 30, min_requests: 20, max_error_rate: 0.01, min_agreement: 0.95}
+"""
 HOLDING = """\
   strategy: canary
   steps: [30]
@@ -62,6 +76,8 @@ class Wrappers:
     good: WrapperProcess
     flaky: WrapperProcess
     flaky_model: LoggedModel
+    shadow_file: Path
+    """The live wrapper's SHADOW_CONFIG (absent: it mirrors nothing)."""
     slugs: dict[int, str]
     """Each wrapper's own slug, by port (where its routes are)."""
 
@@ -70,19 +86,21 @@ class Wrappers:
 
 
 @pytest.fixture(scope="module")
-def wrappers(mlflow_server: LocalMlflow, iris: LoggedModel,
-             flaky_iris: Callable[[str, str], str]) -> Iterator[Wrappers]:
+def wrappers(mlflow_server: LocalMlflow, iris: LoggedModel, flaky_iris: Callable[[str, str], str],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wrappers]:
     name = "k8s-rollout-flaky-files"
     version = flaky_iris(name, rollout_contract(FAILING))
     found = MlflowClient().get_model_version(name, version)
     flaky = LoggedModel(name, version, found.source, str(found.run_id), None)
-    processes = [WrapperProcess(model_env(model, mlflow_server)).start() for model in (iris, iris, flaky)]
+    shadow_file = tmp_path_factory.mktemp("shadow") / "shadow.json"
+    processes = [WrapperProcess(model_env(model, mlflow_server, SHADOW_CONFIG=str(shadow_file))).start()
+                 for model in (iris, iris, flaky)]
     slugs = {process.port: model_slug(model.name) for process, model in zip(processes, (iris, iris, flaky),
                                                                            strict=True)}
     try:
         for process in processes:
             process.wait_until(process.base(slugs[process.port]) + "ready")
-        yield Wrappers(*processes, flaky_model=flaky, slugs=slugs)
+        yield Wrappers(*processes, flaky_model=flaky, shadow_file=shadow_file, slugs=slugs)
     finally:
         for process in processes:
             process.stop()
@@ -274,3 +292,84 @@ def test_a_newer_version_replaces_the_candidate_and_removing_the_tag_deletes_exa
     assert tags(model_name, third)["deployment_status"] == "undeployed"
     assert live_deployment(kube, namespace, slug)["metadata"]["resourceVersion"] == \
         before["metadata"]["resourceVersion"] and tags(model_name, 1)["deployment_status"] == "deployed"
+
+
+def test_a_shadow_is_mirrored_by_the_live_wrapper_and_promoted_on_the_answers_it_compared(
+    fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
+    production: dict[str, str], wrappers: Wrappers, variant: Callable[..., str],
+) -> None:
+    kube.set_rollout_policy(all_ready)
+    slug = model_slug(model_name)
+    deploy_live(fresh_deps({}, ingress_class_name="nginx"), model_name, iris, production)
+    good = variant(model_name, iris, {"contract.yaml": rollout_contract(SHADOW).encode()}, production)
+    urls = {"1": wrappers.live, good: wrappers.good}
+
+    reconcile_once(fresh_deps(urls, ingress_class_name="nginx"))
+
+    assert tags(model_name, good)["rollout_status"] == "shadowing"
+    assert sorted(candidate_objects(kube, namespace, slug)) == ["deployments", "networkpolicies", "services"], \
+        "a shadow has no Ingress: it answers no caller"
+    port = kube.objects("services", namespace)[slug]["spec"]["ports"][0]["port"]
+    config = json.loads(kube.objects("configmaps", namespace)[f"{slug}-shadow"]["data"]["shadow.json"])
+    assert config == {"candidate": f"http://{candidate_name(slug)}.{namespace}.svc:{port}", "version": good,
+                      "sample": 1.0}
+    live_pod = next(p for p in kube.objects("pods", namespace).values() if p["metadata"]["labels"].get(
+        "app.kubernetes.io/instance") == slug)
+    assert {"name": "shadow", "configMap": {"name": f"{slug}-shadow", "optional": True, "defaultMode": 0o444}} in \
+        live_pod["spec"]["volumes"], "every live pod mounts it, so no pod rolls for a shadow"
+    try:
+        wrappers.shadow_file.write_text(json.dumps({**config, "candidate": f"http://127.0.0.1:{wrappers.good.port}"}))
+        plane = Plane(kube, namespace, slug, urls, wrappers)
+        plane.send(40)
+        assert set(plane.answers) == {"1"} and set(plane.answers["1"]) == {200}, "only the live version answers"
+        deadline = time.monotonic() + 20
+        while parse_comparison(metrics_text(f"http://127.0.0.1:{wrappers.live.port}"), good).compared < 40:
+            assert time.monotonic() < deadline, "the live wrapper never compared its mirrored requests"
+            time.sleep(0.1)
+        holding = reconcile_once(fresh_deps(urls, ingress_class_name="nginx"))
+        assert holding.failed == 0 and tags(model_name, good)["rollout_status"] == "shadowing"
+        kube.advance(31)
+        promoted = reconcile_once(fresh_deps(urls, ingress_class_name="nginx"))
+    finally:
+        wrappers.shadow_file.unlink(missing_ok=True)
+
+    assert promoted.failed == 0, promoted.failures
+    after = tags(model_name, good)
+    assert (after["deployment_status"], after["rollout_status"]) == ("deployed", "promoted")
+    assert "agreement 100.0% of " in after["rollout_summary"]
+    assert f"{slug}-shadow" not in kube.objects("configmaps", namespace) and not candidate_objects(kube, namespace,
+                                                                                                   slug)
+    assert live_deployment(kube, namespace, slug)["metadata"]["annotations"][MODEL_VERSION] == good
+
+
+def test_the_live_wrapper_answers_every_caller_whatever_becomes_of_its_mirrored_requests(wrappers: Wrappers) -> None:
+    live = f"http://127.0.0.1:{wrappers.live.port}"
+    rows = iris_frame()[0].to_dict(orient="records")[:30]
+    try:
+        with socket.socket() as closed:  # a candidate address nobody listens on
+            closed.bind(("127.0.0.1", 0))
+            gone = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        wrappers.shadow_file.write_text(json.dumps({"candidate": gone, "version": "99", "sample": 1.0}))
+        time.sleep(1.1)  # the config is looked at once a second
+        with httpx.Client(timeout=10) as client:
+            statuses = {client.post(wrappers.predict_url(wrappers.live), json={"instances": [row]}).status_code
+                        for row in rows}
+            deadline = time.monotonic() + 10
+            while mirror_failures(text := metrics_text(live)) < len(rows) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            wrappers.shadow_file.write_text("{not json")
+            time.sleep(1.1)
+            after_bad = client.post(wrappers.predict_url(wrappers.live), json={"instances": rows[:1]}).status_code
+    finally:
+        wrappers.shadow_file.unlink(missing_ok=True)
+
+    assert statuses == {200} and after_bad == 200, "the caller's answer never waits for, or fails with, a mirror"
+    outcomes = {s.labels["outcome"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "model_wrapper_shadow_total" and s.labels.get("candidate") == "99"}
+    assert outcomes == {"mirror_failed": len(rows)}
+
+
+def mirror_failures(text: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "model_wrapper_shadow_total" and s.labels.get("candidate") == "99"
+               and s.labels.get("outcome") == "mirror_failed")

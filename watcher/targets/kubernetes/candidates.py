@@ -8,6 +8,10 @@ objects themselves are rendered and validated by `watcher.render.candidate`. Two
 - **ingress-nginx**: the canary Ingress's `canary-weight` annotation is the candidate's percent;
 - **replica ratio**: the candidate's pods carry the live Service's selector, so its replica count against the
   live Deployment's is its share.
+
+A shadow (share 0) gets no traffic of its own: the ConfigMap `<slug>-shadow`, which the live pods mount, makes
+the live wrapper mirror a sample to the candidate's Service (`model_wrapper.http.shadow`) and count the comparison
+on its `/metrics`.
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from watcher.clients.scrape import wrapper_figures
-from watcher.decide.progressive import Figures, WrapperFigures
+from watcher.clients.scrape import metrics_text, parse_comparison, parse_metrics
+from watcher.decide.progressive import Comparison, Figures, WrapperFigures
 from watcher.errors import Retryable
-from watcher.render.candidate import NGINX_WEIGHT, TRACK_LABEL, candidate_manifests, candidate_name, candidate_replicas
+from watcher.render.candidate import (
+    MIRRORED_BY,
+    NGINX_WEIGHT,
+    TRACK_LABEL,
+    candidate_manifests,
+    candidate_name,
+    candidate_replicas,
+    candidate_url,
+    shadow_config_map,
+)
 from watcher.render.manifests import MODEL_VERSION, Rendered
 from watcher.targets.kubernetes.patch import pointer
 
@@ -55,15 +68,23 @@ def pod_metrics_base(pod: dict[str, Any]) -> str | None:
 class Candidates:
     """The candidates of one namespace; `ingress_nginx` says which split the cluster has."""
 
-    def __init__(self, cluster: Cluster, *, ingress_nginx: bool, pod_url: PodUrl, timeout: float) -> None:
-        self._cluster, self._nginx, self._pod_url, self._timeout = cluster, ingress_nginx, pod_url, timeout
+    def __init__(self, cluster: Cluster, *, namespace: str, ingress_nginx: bool, pod_url: PodUrl,
+                 timeout: float) -> None:
+        self._cluster, self._ns, self._nginx, self._pod_url = cluster, namespace, ingress_nginx, pod_url
+        self._timeout = timeout
 
     def begin(self, rendered: Rendered, live: dict[str, Any] | None, earlier: dict[str, dict[str, Any]],
-              percent: int) -> None:
+              percent: int, sample: float) -> None:
         """Create (or turn an earlier candidate into) `rendered`'s candidate with no share yet, wait until its
-        Deployment is rolled out, then give it `percent`. A candidate that never gets ready is removed."""
-        manifests = candidate_manifests(rendered, percent=0, live_replicas=_replicas(live), ingress_nginx=self._nginx)
+        Deployment is rolled out, then give it `percent` (0: a shadow, mirrored `sample` of the live requests). A
+        candidate that never gets ready is removed."""
+        shadow = percent == 0
+        manifests = candidate_manifests(rendered, percent=0, live_replicas=_replicas(live), ingress_nginx=self._nginx,
+                                        shadow=shadow)
         kept = {m["kind"] for m in manifests}
+        mirrored = (earlier.get("Deployment") or {}).get("metadata", {}).get("annotations", {}).get(MIRRORED_BY)
+        if mirrored and not shadow:
+            self._cluster.delete_object("ConfigMap", mirrored)
         self.discard({kind: obj for kind, obj in earlier.items() if kind not in kept})
         for manifest in sorted(manifests, key=lambda m: APPLY_ORDER.index(m["kind"])):
             seen = earlier.get(manifest["kind"])
@@ -76,7 +97,11 @@ class Candidates:
         except Exception:  # a crash, a timeout or a SIGTERM: no candidate is left behind half started
             self.discard({m["kind"]: m for m in manifests})
             raise
-        self.split(rendered.deployment["metadata"]["name"], live, percent)
+        if shadow:  # written last: the live pods mirror only to a candidate that is ready
+            self._cluster.create_object(shadow_config_map(rendered, url=candidate_url(rendered, self._ns),
+                                                          version=rendered.release.version, sample=sample))
+        else:
+            self.split(rendered.deployment["metadata"]["name"], live, percent)
 
     def split(self, slug: str, live: dict[str, Any] | None, percent: int) -> None:
         """The candidate's share: the canary Ingress's weight, or its pods against the live Deployment's."""
@@ -92,29 +117,44 @@ class Candidates:
                  "ingress-nginx canary weight" if self._nginx else "replica ratio")
 
     def discard(self, present: dict[str, dict[str, Any]]) -> None:
-        """Delete the candidate objects `present` (by kind): what sends it traffic first, its pods after."""
+        """Delete the candidate objects `present` (by kind): what sends it traffic first (the live pods' mirroring
+        config, the canary Ingress), its pods after."""
+        mirrored = ((present.get("Deployment") or {}).get("metadata", {}).get("annotations") or {}).get(MIRRORED_BY)
+        if mirrored:
+            self._cluster.delete_object("ConfigMap", mirrored)
         for kind in reversed(APPLY_ORDER):
             if kind in present:
                 self._cluster.delete_object(kind, present[kind]["metadata"]["name"])
 
     def figures(self, live: dict[str, Any], candidate: dict[str, Any]) -> Figures:
-        """Both Deployments' prediction figures, each summed over its Ready pods' `/metrics`."""
+        """Both Deployments' prediction figures, each summed over its Ready pods' `/metrics`, and the comparison
+        counts the live pods keep of what they mirrored to the candidate."""
         live_pods = [pod for pod in self._cluster.pods(_selector(live))
                      if (pod["metadata"].get("labels") or {}).get(TRACK_LABEL) != "candidate"]
-        return Figures(_version(candidate), _version(live), self._summed(self._cluster.pods(_selector(candidate))),
-                       self._summed(live_pods))
+        version = _version(candidate)
+        live_texts = self._texts(live_pods)
+        return Figures(version, _version(live), summed([parse_metrics(text) for text in
+                                                        self._texts(self._cluster.pods(_selector(candidate)))]),
+                       summed([parse_metrics(text) for text in live_texts]),
+                       added([parse_comparison(text, str(version)) for text in live_texts]))
 
-    def _summed(self, pods: list[dict[str, Any]]) -> WrapperFigures:
+    def _texts(self, pods: list[dict[str, Any]]) -> list[str]:
         found = []
         for pod in pods:
             url = self._pod_url(pod)
             if url is None:
                 continue  # not Ready yet, or going: the pods that serve are the ones that count
             try:
-                found.append(wrapper_figures(url))
+                found.append(metrics_text(url))
             except Retryable as e:
                 log.warning("pod %s: %s", pod["metadata"]["name"], e)
-        return summed(found)
+        return found
+
+
+def added(comparisons: list[Comparison]) -> Comparison:
+    """The live pods' comparison counts, added up."""
+    return Comparison(sum(c.compared for c in comparisons), sum(c.agreed for c in comparisons),
+                      sum(c.abs_diff_sum for c in comparisons), sum(c.abs_diff_count for c in comparisons))
 
 
 def summed(figures: list[WrapperFigures]) -> WrapperFigures:

@@ -78,6 +78,8 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind(client.PolicyV1Api, "namespaced_pod_disruption_budget", "poddisruptionbudgets"),
 }
 """The managed kinds, in the order they are applied (removed in reverse)."""
+UNOBSERVED = {"ConfigMap": Kind(client.CoreV1Api, "namespaced_config_map", "configmaps")}
+"""Kinds written (a shadow's mirroring config) but never listed: their names follow from the objects observed."""
 _OTHER_RESOURCES = {"Pod": "pods", "Lease": "leases", "Job": "jobs"}
 DROPPED_FIRST = ("HorizontalPodAutoscaler",)
 """Kinds a release that drops them deletes before its Deployment patch, not after the rollout: while an HPA
@@ -90,8 +92,7 @@ class KubernetesTarget:
     objects beside them (`candidates`). `pod_url` is where a pod's `/metrics` are read (tests point it at real
     wrapper processes)."""
 
-    candidate_apart = True
-    """`begin_rollout` starts the candidate itself, as objects of its own: `apply` is for the live ones only."""
+    candidate_apart = True  # begin_rollout starts a candidate as objects of its own; apply is for the live ones
 
     def __init__(self, settings: Settings, api: client.ApiClient | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
@@ -100,7 +101,7 @@ class KubernetesTarget:
         self._ns = settings.k8s_name_space
         self._api = api or api_client(settings)
         self._timeout = (TIMEOUT[0], settings.k8s_request_timeout_seconds)
-        self._apis = {kind: spec.api(self._api) for kind, spec in KINDS.items()}
+        self._apis = {kind: spec.api(self._api) for kind, spec in (KINDS | UNOBSERVED).items()}
         self._core = client.CoreV1Api(self._api)
         self._sleep = sleep
         self._clock = clock
@@ -108,8 +109,8 @@ class KubernetesTarget:
                             duration=LEASE_SECONDS, monotonic=clock, sleep=sleep)
         self._jobs = JobRunner(client.BatchV1Api(self._api), self._core, self._ns, call=self._call,
                                sleep=self._sleep, evaluates_label=EVALUATES_LABEL)
-        self._candidates = Candidates(self, ingress_nginx=settings.splits_by_ingress_nginx, pod_url=pod_url,
-                                      timeout=settings.rollout_timeout_seconds)
+        self._candidates = Candidates(self, namespace=self._ns, ingress_nginx=settings.splits_by_ingress_nginx,
+                                      pod_url=pod_url, timeout=settings.rollout_timeout_seconds)
 
     # --- observe ------------------------------------------------------------------------
 
@@ -248,14 +249,13 @@ class KubernetesTarget:
     def begin_rollout(self, rendered: Rendered, snapshot: Snapshot, percent: int, sample: float) -> None:
         slug = rendered.deployment["metadata"]["name"]
         self._candidates.begin(rendered, snapshot.objects.get(("Deployment", slug)), snapshot.candidate(slug),
-                               percent)
+                               percent, sample)
 
     def split(self, slug: str, snapshot: Snapshot, percent: int, sample: float) -> None:
         self._candidates.split(slug, snapshot.objects.get(("Deployment", slug)), percent)
 
     def rollout_figures(self, slug: str, snapshot: Snapshot) -> Figures:
-        live, candidate = snapshot.objects[("Deployment", slug)], snapshot.candidate(slug)["Deployment"]
-        return self._candidates.figures(live, candidate)
+        return self._candidates.figures(snapshot.objects[("Deployment", slug)], snapshot.candidate(slug)["Deployment"])
 
     def promote(self, slug: str, snapshot: Snapshot, rendered: Rendered) -> None:
         """The live objects become the candidate's version (a surge rollout: the old pods serve until the new
@@ -272,11 +272,10 @@ class KubernetesTarget:
         self._candidates.discard(snapshot.candidate(slug))
 
     def cannot_run(self, strategy: str, compares: bool) -> str | None:
-        """What of a rollout section this target cannot carry out (None: all of it)."""
-        if strategy == "shadow" or compares:
-            return ("a shadow, and the comparison of the candidate's answers with live (min_agreement, "
-                    "max_mean_abs_diff), are not carried out on Kubernetes yet")
-        return None
+        """What of a rollout section this target cannot carry out (None: all of it): the live wrapper mirrors to
+        a shadow, but a canary's own answers are compared with live by no one here."""
+        return ("a canary's comparison with live (min_agreement, max_mean_abs_diff) is not carried out on "
+                "Kubernetes yet") if strategy == "canary" and compares else None
 
     # --- for the candidates (candidates.Cluster) ------------------------------------------------
 
@@ -292,8 +291,7 @@ class KubernetesTarget:
     def delete_object(self, kind: str, name: str) -> None:
         self._call("delete", kind, partial(self._delete, kind, name))
 
-    def pods(self, match: dict[str, str]) -> list[dict[str, Any]]:
-        """The pods whose labels carry every one of `match` (one paged, label-selected list)."""
+    def pods(self, match: dict[str, str]) -> list[dict[str, Any]]:  # one paged list, by label selector
         selector = ",".join(f"{key}={value}" for key, value in sorted(match.items()))
         pods = self._list("Pod", partial(self._core.list_namespaced_pod, _request_timeout=self._timeout),
                           namespace=self._ns, label_selector=selector)
@@ -320,7 +318,8 @@ class KubernetesTarget:
 
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
         """The client's call for `verb` on `kind`, with this target's (connect, read) timeout on every request."""
-        return partial(getattr(self._apis[kind], f"{verb}_{KINDS[kind].method}"), _request_timeout=self._timeout)
+        return partial(getattr(self._apis[kind], f"{verb}_{(KINDS | UNOBSERVED)[kind].method}"),
+                       _request_timeout=self._timeout)
 
     def _read(self, kind: str, name: str) -> dict[str, Any]:
         obj = self._call("get", kind, partial(self._method("read", kind), name, self._ns))
@@ -391,7 +390,8 @@ class KubernetesTarget:
 
 
 def _resource(kind: str) -> str:
-    return KINDS[kind].resource if kind in KINDS else _OTHER_RESOURCES.get(kind, kind.lower())
+    known = KINDS | UNOBSERVED
+    return known[kind].resource if kind in known else _OTHER_RESOURCES.get(kind, kind.lower())
 
 
 def _in_apply_order(manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
