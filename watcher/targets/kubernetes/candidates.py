@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from watcher.clients.scrape import metrics_text, parse_comparison, parse_metrics
 from watcher.decide.progressive import Comparison, Figures, WrapperFigures
-from watcher.errors import Retryable
+from watcher.errors import Retryable, RolloutFailed
 from watcher.render.candidate import (
     MIRRORED_BY,
     NGINX_WEIGHT,
@@ -126,9 +126,12 @@ class Candidates:
             if kind in present:
                 self._cluster.delete_object(kind, present[kind]["metadata"]["name"])
 
-    def figures(self, live: dict[str, Any], candidate: dict[str, Any]) -> Figures:
+    def figures(self, live: dict[str, Any], present: dict[str, dict[str, Any]]) -> Figures:
         """Both Deployments' prediction figures, each summed over its Ready pods' `/metrics`, and the comparison
-        counts the live pods keep of what they mirrored to the candidate."""
+        counts the live pods keep of what they mirrored to the candidate (`present`: its objects, by kind)."""
+        candidate = present.get("Deployment")
+        if candidate is None:  # deleted by hand, or a delete cut short: the candidate goes, the live one serves
+            raise RolloutFailed("the candidate's Deployment is gone; nothing to judge")
         live_pods = [pod for pod in self._cluster.pods(_selector(live))
                      if (pod["metadata"].get("labels") or {}).get(TRACK_LABEL) != "candidate"]
         version = _version(candidate)

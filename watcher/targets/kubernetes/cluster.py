@@ -255,7 +255,7 @@ class KubernetesTarget:
         self._candidates.split(slug, snapshot.objects.get(("Deployment", slug)), percent)
 
     def rollout_figures(self, slug: str, snapshot: Snapshot) -> Figures:
-        return self._candidates.figures(snapshot.objects[("Deployment", slug)], snapshot.candidate(slug)["Deployment"])
+        return self._candidates.figures(snapshot.objects[("Deployment", slug)], snapshot.candidate(slug))
 
     def promote(self, slug: str, snapshot: Snapshot, rendered: Rendered) -> None:
         """The live objects become the candidate's version (a surge rollout: the old pods serve until the new

@@ -32,6 +32,8 @@ class Snapshot:
     """What the namespace holds, from one list per kind: raw objects by (kind, name), and per-slug views."""
 
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    _on_trial: dict[str, dict[str, dict[str, Any]]] | None = field(default=None, init=False, repr=False,
+                                                                   compare=False)
 
     def live(self) -> list[Live]:
         by_slug: dict[str, dict[str, dict[str, Any]]] = {}
@@ -45,8 +47,14 @@ class Snapshot:
         return [self._live(slug, by_slug[slug], on_trial.get(slug)) for slug in sorted(by_slug)]
 
     def candidate(self, slug: str) -> dict[str, dict[str, Any]]:
-        """The candidate objects on trial beside `slug`, by kind (empty: none)."""
-        return {kind: obj for (kind, _), obj in self.objects.items() if candidate_of(obj) == slug}
+        """The candidate objects on trial beside `slug`, by kind (empty: none); indexed on the first call, as a
+        pass asks once per model it deploys or removes."""
+        if self._on_trial is None:
+            self._on_trial = {}
+            for (kind, _), obj in self.objects.items():
+                if (beside := candidate_of(obj)) is not None:
+                    self._on_trial.setdefault(beside, {})[kind] = obj
+        return dict(self._on_trial.get(slug, {}))
 
     def _live(self, slug: str, present: dict[str, dict[str, Any]],
               candidate: dict[str, dict[str, Any]] | None = None) -> Live:
