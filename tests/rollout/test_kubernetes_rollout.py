@@ -373,3 +373,22 @@ def mirror_failures(text: str) -> float:
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "model_wrapper_shadow_total" and s.labels.get("candidate") == "99"
                and s.labels.get("outcome") == "mirror_failed")
+
+
+def test_a_candidate_deployment_deleted_by_hand_fails_the_trial_and_its_other_objects_go(
+    fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
+    production: dict[str, str], variant: Callable[..., str],
+) -> None:
+    kube.set_rollout_policy(all_ready)
+    slug = model_slug(model_name)
+    deploy_live(fresh_deps({}, ingress_class_name="nginx"), model_name, iris, production)
+    second = variant(model_name, iris, {"contract.yaml": rollout_contract(HOLDING).encode()}, production)
+    reconcile_once(fresh_deps({}, ingress_class_name="nginx"))
+    kube.delete("apis/apps/v1", namespace, "deployments", candidate_name(slug))
+
+    looked = reconcile_once(fresh_deps({}, ingress_class_name="nginx"))
+    cleaned = reconcile_once(fresh_deps({}, ingress_class_name="nginx"))
+
+    assert looked.failed == 1 and "the candidate's Deployment is gone" in tags(model_name, second)["deployment_message"]
+    assert cleaned.failed == 0 and candidate_objects(kube, namespace, slug) == {}
+    assert tags(model_name, 1)["deployment_status"] == "deployed"
