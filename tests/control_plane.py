@@ -16,7 +16,8 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   (resourceVersion, uid) do not match is 409 too. `staging/src/k8s.io/apiserver/pkg/endpoints/
   handlers/patch.go`: the body is read as its Content-Type says (JSON patch, merge patch; strategic
   merge is served as a merge patch, which is the same for the maps used here); a JSON patch that
-  cannot be applied, a failed `test` op included, is 422.
+  cannot be applied, a failed `test` op included, is 422; so is an update of a Deployment's selector
+  (`pkg/apis/apps/validation/validation.go`, `ValidateDeploymentUpdate`: immutable in apps/v1).
 - Defaults: `pkg/apis/apps/v1/defaults.go` (`SetDefaults_Deployment`: replicas 1, RollingUpdate
   25%/25%, revisionHistoryLimit 10, progressDeadlineSeconds 600) and `pkg/apis/core/v1/defaults.go`
   (Service type ClusterIP, port protocol TCP, targetPort = port; every pod template's
@@ -225,6 +226,12 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
             else:
                 new.pop("status", None)
             self._default(request.resource.plural, new, old)
+            # pkg/apis/apps/validation/validation.go, ValidateDeploymentUpdate: the selector is immutable (apps/v1).
+            if request.resource == DEPLOYMENTS and (new.get("spec") or {}).get("selector") != \
+                    (old.get("spec") or {}).get("selector"):
+                raise Rejected(status=422, reason="Invalid", message=(
+                    f'Deployment.apps "{request.name}" is invalid: spec.selector: Invalid value: '
+                    f'{json.dumps(new["spec"].get("selector"))}: field is immutable'))
             if request.resource.plural in HAS_GENERATION:
                 generation = int(old["metadata"].get("generation") or 1)
                 # strategy.go: a Deployment's annotations bump it too (they are copied to its ReplicaSets).

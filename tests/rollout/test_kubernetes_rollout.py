@@ -392,3 +392,28 @@ def test_a_candidate_deployment_deleted_by_hand_fails_the_trial_and_its_other_ob
     assert looked.failed == 1 and "the candidate's Deployment is gone" in tags(model_name, second)["deployment_message"]
     assert cleaned.failed == 0 and candidate_objects(kube, namespace, slug) == {}
     assert tags(model_name, 1)["deployment_status"] == "deployed"
+
+
+def test_a_shadow_replacing_a_replica_ratio_canary_gets_a_deployment_of_its_own(
+    fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
+    production: dict[str, str], variant: Callable[..., str],
+) -> None:
+    """The replica ratio's candidate selects with the live labels, a shadow's with its own: a Deployment's selector
+    cannot change, so the earlier one goes and the shadow's is created."""
+    kube.set_rollout_policy(all_ready)
+    slug = model_slug(model_name)
+    deploy_live(fresh_deps({}), model_name, iris, production)
+    variant(model_name, iris, {"contract.yaml": rollout_contract(HOLDING).encode()}, production)
+    reconcile_once(fresh_deps({}))
+    shadowed = variant(model_name, iris, {"contract.yaml": rollout_contract(SHADOW).encode()}, production)
+
+    replaced = reconcile_once(fresh_deps({}))
+
+    assert replaced.failed == 0, replaced.failures
+    assert tags(model_name, shadowed)["rollout_status"] == "shadowing"
+    objects = candidate_objects(kube, namespace, slug)
+    assert sorted(objects) == ["deployments", "networkpolicies", "services"]
+    assert objects["deployments"]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] == \
+        candidate_name(slug)
+    assert json.loads(kube.objects("configmaps", namespace)[f"{slug}-shadow"]["data"]["shadow.json"])["version"] \
+        == shadowed

@@ -81,11 +81,12 @@ class Candidates:
         shadow = percent == 0
         manifests = candidate_manifests(rendered, percent=0, live_replicas=_replicas(live), ingress_nginx=self._nginx,
                                         shadow=shadow)
-        kept = {m["kind"] for m in manifests}
         mirrored = (earlier.get("Deployment") or {}).get("metadata", {}).get("annotations", {}).get(MIRRORED_BY)
         if mirrored and not shadow:
             self._cluster.delete_object("ConfigMap", mirrored)
-        self.discard({kind: obj for kind, obj in earlier.items() if kind not in kept})
+        stale = _stale(earlier, manifests)
+        self.discard(stale)
+        earlier = {kind: obj for kind, obj in earlier.items() if kind not in stale}
         for manifest in sorted(manifests, key=lambda m: APPLY_ORDER.index(m["kind"])):
             seen = earlier.get(manifest["kind"])
             if seen is None:
@@ -152,6 +153,14 @@ class Candidates:
             except Retryable as e:
                 log.warning("pod %s: %s", pod["metadata"]["name"], e)
         return found
+
+
+def _stale(earlier: dict[str, dict[str, Any]], manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """An earlier candidate's objects the new one cannot reuse: kinds it does not have, and a Deployment whose
+    selector differs (another split or strategy; a Deployment's selector is immutable)."""
+    new = {m["kind"]: m for m in manifests}
+    return {kind: obj for kind, obj in earlier.items()
+            if kind not in new or (kind == "Deployment" and _selector(obj) != _selector(new[kind]))}
 
 
 def added(comparisons: list[Comparison]) -> Comparison:
