@@ -16,7 +16,8 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   (resourceVersion, uid) do not match is 409 too. `staging/src/k8s.io/apiserver/pkg/endpoints/
   handlers/patch.go`: the body is read as its Content-Type says (JSON patch, merge patch; strategic
   merge is served as a merge patch, which is the same for the maps used here); a JSON patch that
-  cannot be applied, a failed `test` op included, is 422.
+  cannot be applied, a failed `test` op included, is 422; so is an update of a Deployment's selector
+  (`pkg/apis/apps/validation/validation.go`, `ValidateDeploymentUpdate`: immutable in apps/v1).
 - Defaults: `pkg/apis/apps/v1/defaults.go` (`SetDefaults_Deployment`: replicas 1, RollingUpdate
   25%/25%, revisionHistoryLimit 10, progressDeadlineSeconds 600) and `pkg/apis/core/v1/defaults.go`
   (Service type ClusterIP, port protocol TCP, targetPort = port; every pod template's
@@ -46,7 +47,8 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   or fails: a bad image shows `ErrImagePull` on the first pull and `ImagePullBackOff` after; a
   crashing one restarts at once, then after the kubelet's back-off (10 s doubling to 300 s, on this
   clock) while it waits in `CrashLoopBackOff`, with `restartCount` and `lastState.terminated` (exit
-  code, termination message) as the kubelet reports them.
+  code, termination message) as the kubelet reports them; a running pod has its address (`podIP`, `podIPs`:
+  `pkg/kubelet/kubelet_pods.go`, `generateAPIPodStatus`).
 
 The HorizontalPodAutoscaler's rescale rule (`pkg/controller/podautoscaler/horizontal.go`) is
 `tests/hpa_controller.py`.
@@ -224,6 +226,12 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
             else:
                 new.pop("status", None)
             self._default(request.resource.plural, new, old)
+            # pkg/apis/apps/validation/validation.go, ValidateDeploymentUpdate: the selector is immutable (apps/v1).
+            if request.resource == DEPLOYMENTS and (new.get("spec") or {}).get("selector") != \
+                    (old.get("spec") or {}).get("selector"):
+                raise Rejected(status=422, reason="Invalid", message=(
+                    f'Deployment.apps "{request.name}" is invalid: spec.selector: Invalid value: '
+                    f'{json.dumps(new["spec"].get("selector"))}: field is immutable'))
             if request.resource.plural in HAS_GENERATION:
                 generation = int(old["metadata"].get("generation") or 1)
                 # strategy.go: a Deployment's annotations bump it too (they are copied to its ReplicaSets).
@@ -538,6 +546,9 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
         ready = bool(status["containerStatuses"]) and all(c["ready"] for c in status["containerStatuses"])
         status["phase"] = "Running" if behaviour.kind in ("ready", "crash") else "Pending"
         status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+        if status["phase"] == "Running":  # the sandbox's address, set once it runs (kubelet_pods.go, PodIP/PodIPs)
+            address = _pod_ip(pod["metadata"]["uid"])
+            status.update(podIP=address, podIPs=[{"ip": address}])
         if status != pod["status"]:
             pod["status"] = status
             self._save(PODS, pod)
@@ -681,3 +692,9 @@ _stamp, _parse = stamp, parse
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+def _pod_ip(uid: str) -> str:
+    """A stable address in a pod CIDR (10.244.0.0/16, kubeadm's and kind's default) for the pod `uid`."""
+    number = int(hashlib.sha256(uid.encode()).hexdigest()[:4], 16)
+    return f"10.244.{number >> 8}.{max(number & 255, 2)}"

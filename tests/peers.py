@@ -42,6 +42,8 @@ RESOURCES = {
     # The evaluation gate's Jobs, and the Secret their pods read S3 credentials from.
     "batch/v1/jobs": kmock.ResourceInfo(kind="Job", namespaced=True),
     "v1/secrets": kmock.ResourceInfo(kind="Secret", namespaced=True),
+    # A shadow rollout's mirroring config, which the live model pods mount.
+    "v1/configmaps": kmock.ResourceInfo(kind="ConfigMap", namespaced=True),
 }
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 DEFAULT_INGRESS_CLASS = "nginx"

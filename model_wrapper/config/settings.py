@@ -81,6 +81,8 @@ class WrapperSettings(BaseSettings):
     """S3 access key (read by boto3; never logged)."""
     aws_secret_access_key: SecretStr | None = None
     """S3 secret key (read by boto3; never logged)."""
+    shadow_config: Path = Path("/etc/service-builder/shadow/shadow.json")
+    """Where a shadow's mirroring config appears (the optional ConfigMap `<slug>-shadow`); absent: no mirroring."""
     inference_log_sample: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     """Share of predict requests written to the inference log (0: off); a contract's `logging.sample` wins."""
     inference_log_prefix: str = Field(default="inference-log", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")

@@ -32,6 +32,7 @@ from watcher.targets.kubernetes.cluster import api_client
 MLMODEL = "flavors:\n  python_function: {loader_module: mlflow.sklearn, python_version: 3.11.7}\n"
 AUTOSCALED = IRIS_CONTRACT + ("serving:\n"
                               "  autoscaling: {min_replicas: 2, max_replicas: 4, target_cpu_utilization: 70}\n")
+SHADOWED = AUTOSCALED + "rollout:\n  strategy: shadow\n"
 VERSION = "service-builder.io/model-version"
 
 
@@ -81,7 +82,11 @@ def test_the_role_grants_every_call_of_every_path_and_nothing_more(
     assert reconcile_once(deps).failed == 1 and tags(model_name, 2)["deployment_status"] == "failed"
     register(AUTOSCALED + GATE)  # v3's evaluation Job fails
     assert reconcile_once(deps).failed == 1 and "evaluation Job failed" in tags(model_name, 3)["deployment_message"]
-    for version in ("1", "2", "3"):
+    register(SHADOWED)  # v4 on trial beside v1: the live pods' mirroring ConfigMap is created
+    assert reconcile_once(deps).failed == 0 and tags(model_name, 4)["rollout_status"] == "shadowing"
+    register(SHADOWED)  # v5 replaces it: the ConfigMap there is read and patched to point at v5
+    assert reconcile_once(deps).failed == 0 and tags(model_name, 5)["rollout_status"] == "shadowing"
+    for version in ("1", "2", "3", "4", "5"):
         MlflowClient().delete_model_version_tag(model_name, version, "deploy")
     assert reconcile_once(deps).undeployed == 1
     assert kube.objects("deployments", namespace) == {} and model_slug(model_name)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devstack.models import IRIS_CONTRACT
+from model_wrapper.contract.comparison import compare
 from model_wrapper.contract.rollout import Rollout
 from model_wrapper.contract.spec import ContractError, parse_contract
 from watcher.decide.progressive import (
@@ -21,7 +22,6 @@ from watcher.decide.progressive import (
     mlflow_metrics,
     summary,
 )
-from watcher.targets.local_shadow import compare
 
 REGRESSION = "task: regression\ninputs:\n  x: {type: number}\n"
 T0 = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)

@@ -1,7 +1,8 @@
 """Reads the figures progressive delivery judges: a wrapper's Prometheus `/metrics`, and the comparison
 counters of the version on trial.
 
-Called by the local target (`watcher.targets.local_rollout`) for each look at a rollout; the verdict on the
+Called by the targets (`watcher.targets.local_rollout`, `watcher.targets.kubernetes.candidates`) for each look
+at a rollout; the verdict on the
 figures is pure (`watcher.decide.progressive`). Only prediction requests count: probes, Swagger and the
 metrics scrapes themselves would dilute a version's error rate and latency.
 """
@@ -19,11 +20,32 @@ from watcher.errors import Retryable
 
 PREDICTION_ENDPOINTS = frozenset({"predict", "invocations", "root_invocations"})
 TIMEOUT_SECONDS = 5
+DIFF_SUM, DIFF_COUNT = "model_wrapper_shadow_abs_diff_total", "model_wrapper_shadow_abs_diff_values_total"
 
 
 def wrapper_figures(base_url: str) -> WrapperFigures:
     """The prediction requests, their 5xx answers and latency histogram from the wrapper at `base_url`."""
-    return parse_metrics(_get(f"{base_url.rstrip('/')}/metrics").decode())
+    return parse_metrics(metrics_text(base_url))
+
+
+def metrics_text(base_url: str) -> str:
+    """The wrapper's `/metrics` page at `base_url`."""
+    return _get(f"{base_url.rstrip('/')}/metrics").decode()
+
+
+def parse_comparison(text: str, candidate: str) -> Comparison:
+    """The comparison counts a live wrapper keeps of what it mirrored to the candidate version `candidate`
+    (`model_wrapper.http.shadow`)."""
+    counts: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("candidate") != candidate:
+                continue
+            if sample.name == "model_wrapper_shadow_total":
+                counts[sample.labels.get("outcome", "")] += sample.value
+            elif sample.name in (DIFF_SUM, DIFF_COUNT):
+                counts[sample.name] += sample.value
+    return Comparison(int(counts["compared"]), int(counts["agreed"]), counts[DIFF_SUM], int(counts[DIFF_COUNT]))
 
 
 def parse_metrics(text: str) -> WrapperFigures:

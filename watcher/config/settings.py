@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     controller's, so that redirects behind a TLS Ingress stay https. `*` trusts any sender."""
     ingress_class_name: str | None = Field(default=None, pattern=_DNS_LABEL)
     """Optional ingressClassName for the model Ingresses."""
+    canary_split: Literal["auto", "ingress-nginx", "replicas"] = "auto"
+    """How a canary's share of traffic is made: ingress-nginx's canary annotations on a second Ingress, or the
+    candidate's replicas behind the one Service; `auto`: ingress-nginx when INGRESS_CLASS_NAME is `nginx`."""
     tls_secret_name: str | None = Field(default=None, pattern=_DNS_LABEL)
     """Optional TLS Secret for the Ingress host; endpoints become https."""
     s3_secret_name: str = Field(default="service-builder-s3", pattern=_DNS_LABEL)
@@ -225,6 +228,13 @@ class Settings(BaseSettings):
     @property
     def parsed_runtime_images(self) -> dict[str, str]:
         return parse_runtime_images(self.runtime_images)
+
+    @property
+    def splits_by_ingress_nginx(self) -> bool:
+        """Whether a canary's share is an ingress-nginx canary Ingress (else the candidate's replica count)."""
+        if self.canary_split == "auto":
+            return self.ingress_class_name == "nginx"
+        return self.canary_split == "ingress-nginx"
 
     @property
     def endpoint_scheme(self) -> str:

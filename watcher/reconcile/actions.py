@@ -146,6 +146,11 @@ def _deploy(deps: Deps, action: Deploy, snapshot: Any, report: PassReport) -> No
         deps.recorder.deploying(version)
     trial = action.reason == "update" and progressive.wants_trial(deps, found.contract.rollout, version,
                                                                   action.previous)
+    if trial and progressive.candidate_apart(deps) and found.contract.rollout and action.previous is not None:
+        # The live objects stay as they are: the candidate's own start, and its undoing on failure, are the target's.
+        progressive.begin(deps, version, found.contract.rollout, rendered, snapshot, action.previous)
+        report.updated += 1
+        return
     with _rolled_back_on_failure(deps, rendered, snapshot, action.previous):
         warnings = _start_and_check(deps, action, found, rendered, snapshot)
     if trial and found.contract.rollout is not None and action.previous is not None:

@@ -20,6 +20,7 @@ from watcher.decide.types import STATUS, Live, VersionInfo
 from watcher.errors import CandidateRejected, Permanent
 from watcher.reconcile.deps import Deps, PassReport
 from watcher.reconcile.ports import RolloutTarget, Target
+from watcher.render.manifests import Release
 
 log = logging.getLogger(__name__)
 Decision = Literal["promote", "abort"]
@@ -45,15 +46,32 @@ def wants_trial(deps: Deps, rollout: Rollout | None, version: VersionInfo, previ
     """A rollout needs a live version of the same model to compare with, and a target that runs candidates."""
     if rollout is None or previous is None or previous.model != version.name or previous.version is None:
         return False
-    if rollout_target(deps.target) is None:
-        log.warning("%s: %s", version, UNSUPPORTED)
+    if note := _unsupported(deps, rollout):
+        log.warning("%s: %s", version, note)
         return False
     return True
 
 
 def unsupported_note(deps: Deps, rollout: Rollout | None) -> list[str]:
     """What `deployment_warnings` says when the section could not be followed here (empty otherwise)."""
-    return [UNSUPPORTED] if rollout is not None and rollout_target(deps.target) is None else []
+    note = _unsupported(deps, rollout) if rollout is not None else None
+    return [note] if note else []
+
+
+def candidate_apart(deps: Deps) -> bool:
+    """Whether the target starts a candidate itself, beside the live objects (Kubernetes), rather than taking the
+    wrapper `apply` started (local)."""
+    return bool(getattr(deps.target, "candidate_apart", False))
+
+
+def _unsupported(deps: Deps, rollout: Rollout) -> str | None:
+    target = rollout_target(deps.target)
+    if target is None:
+        return UNSUPPORTED
+    analysis = rollout.analysis
+    why = target.cannot_run(rollout.strategy, analysis.min_agreement is not None or
+                            analysis.max_mean_abs_diff is not None)
+    return f"the contract's rollout section is not carried out: {why}; deployed at once" if why else None
 
 
 def begin(deps: Deps, version: VersionInfo, rollout: Rollout, rendered: Any, snapshot: Any,
@@ -68,7 +86,8 @@ def begin(deps: Deps, version: VersionInfo, rollout: Rollout, rendered: Any, sna
 def step(deps: Deps, version: VersionInfo, live: Live, report: PassReport, attempt: str,
          decision: Decision | None = None) -> str:
     """One look at a candidate's figures and what follows from them; returns what happened (for the CLI)."""
-    rollout = fetch_contract(deps.store, deps.registry, version).contract.rollout
+    found = fetch_contract(deps.store, deps.registry, version)
+    rollout = found.contract.rollout
     snapshot = deps.target.observe()
     now = deps.clock()
     current = Step.parse(version.tags.get(ROLLOUT_STEP, "")) or Step(0, now, 0)  # a lost tag: the step again
@@ -89,7 +108,7 @@ def step(deps: Deps, version: VersionInfo, live: Live, report: PassReport, attem
         report.unchanged += 1
         return rollout.stages[move.step.index]
     if move.kind == "promote":
-        return _promote(deps, version, live, snapshot, text, report)
+        return _promote(deps, version, live, snapshot, text, report, _rendered(deps, version, live.slug, found))
     return _reject(deps, version, live, snapshot, text, move.reasons, attempt, report)
 
 
@@ -113,8 +132,16 @@ def drop(deps: Deps, live: Live, snapshot: Any) -> None:
              live.version)
 
 
-def _promote(deps: Deps, version: VersionInfo, live: Live, snapshot: Any, text: str, report: PassReport) -> str:
-    _trials(deps).promote(live.slug, snapshot)
+def _rendered(deps: Deps, version: VersionInfo, slug: str, found: Any) -> Any:
+    """The candidate's manifests as the live objects (what a promotion applies on Kubernetes)."""
+    serving = {"serving": found.contract.serving} if found.contract.serving is not None else {}
+    return deps.renderer.render(Release(name=version.name, version=version.version, source=version.source,
+                                        run_id=version.run_id, slug=slug, needs=found.needs, **serving))
+
+
+def _promote(deps: Deps, version: VersionInfo, live: Live, snapshot: Any, text: str, report: PassReport,
+             rendered: Any) -> str:
+    _trials(deps).promote(live.slug, snapshot, rendered)
     deps.recorder.rollout_ended(version, "promoted", text)
     deps.recorder.deployed(version, live.slug, fresh=True)
     old = deps.registry.get(live.model, int(live.version or 0))

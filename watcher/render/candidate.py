@@ -12,23 +12,38 @@ Two ways to split live traffic, after what clusters have:
   pods (at least one).
 
 The second Deployment's own selector adds `service-builder.io/track: candidate`, so its ReplicaSets never match
-what the live Deployment's controller claims by ownership. Pure: called with plain data; not yet used by the
-Kubernetes target's pass (`docs/lifecycle.md` says what runs where).
+what the live Deployment's controller claims by ownership. A **shadow** has a Deployment, Service and
+NetworkPolicy of its own (admitting the live pods, which mirror to it) and no Ingress: it answers no caller; what
+the live wrapper mirrors to it is the ConfigMap `<slug>-shadow` (`shadow_config_map`), which every model pod
+mounts (optional) as its SHADOW_CONFIG. Pure: called with plain data by the Kubernetes
+target's candidates (`watcher.targets.kubernetes.candidates`); `docs/lifecycle.md` says what runs where.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from typing import Any
 
-from watcher.render.manifests import ANNOTATION, INSTANCE_LABEL, Rendered, validate_manifest
+from watcher.render.manifests import (
+    ANNOTATION,
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    Rendered,
+    validate_manifest,
+)
 
 TRACK_LABEL = ANNOTATION + "track"
 CANDIDATE_OF = ANNOTATION + "candidate-of"
 """On each candidate object: the slug whose live version it is on trial beside."""
 NGINX_CANARY = "nginx.ingress.kubernetes.io/canary"
 NGINX_WEIGHT = "nginx.ingress.kubernetes.io/canary-weight"
+SHADOW_VOLUME = "shadow"
+SHADOW_KEY = "shadow.json"
+MIRRORED_BY = ANNOTATION + "mirrored-by"
+"""On a shadow's candidate Deployment: the ConfigMap that makes the live pods mirror to it (removed first)."""
 
 
 def candidate_name(slug: str) -> str:
@@ -36,13 +51,16 @@ def candidate_name(slug: str) -> str:
     return f"{slug[:53].rstrip('-')}-candidate"
 
 
-def candidate_manifests(rendered: Rendered, *, percent: int, live_replicas: int, ingress_nginx: bool) -> list[
-        dict[str, Any]]:
-    """The candidate's Deployment (and, with ingress-nginx, its Service, canary Ingress and NetworkPolicy),
-    validated."""
+def candidate_manifests(rendered: Rendered, *, percent: int, live_replicas: int, ingress_nginx: bool,
+                        shadow: bool = False) -> list[dict[str, Any]]:
+    """The candidate's Deployment (and, with ingress-nginx, its Service, canary Ingress and NetworkPolicy; for a
+    shadow, its Service and NetworkPolicy), validated."""
     slug = rendered.deployment["metadata"]["name"]
-    deployment = _deployment(rendered.deployment, slug, keeps_live_selector=not ingress_nginx)
-    if ingress_nginx:
+    deployment = _deployment(rendered.deployment, slug, keeps_live_selector=not (ingress_nginx or shadow))
+    if shadow:
+        deployment["metadata"]["annotations"][MIRRORED_BY] = shadow_name(slug)
+        manifests = [deployment, _service(rendered, slug), *_network_policy(rendered, slug, mirrored=True)]
+    elif ingress_nginx:
         manifests = [deployment, _service(rendered, slug), _ingress(rendered, slug, percent),
                      *_network_policy(rendered, slug)]
     else:
@@ -51,6 +69,30 @@ def candidate_manifests(rendered: Rendered, *, percent: int, live_replicas: int,
     for manifest in manifests:
         validate_manifest(manifest)
     return manifests
+
+
+def shadow_name(slug: str) -> str:
+    """The ConfigMap the live pods read their mirroring config from (the Deployment template names it too)."""
+    return f"{slug}-shadow"
+
+
+def candidate_url(rendered: Rendered, namespace: str) -> str:
+    """The candidate Service's in-cluster address, as the live pods reach it."""
+    service = next(m for m in rendered.manifests if m["kind"] == "Service")
+    name = candidate_name(rendered.deployment["metadata"]["name"])
+    return f"http://{name}.{namespace}.svc:{service['spec']['ports'][0]['port']}"
+
+
+def shadow_config_map(rendered: Rendered, *, url: str, version: int, sample: float) -> dict[str, Any]:
+    """What the live pods mirror to: the candidate's address, version and the share of requests, validated."""
+    slug = rendered.deployment["metadata"]["name"]
+    config = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": {"name": shadow_name(slug), "namespace": rendered.deployment["metadata"]["namespace"],
+                           "labels": {MANAGED_BY_LABEL: MANAGED_BY, INSTANCE_LABEL: slug}},
+              "data": {SHADOW_KEY: json.dumps({"candidate": url, "version": str(version), "sample": sample})}}
+    _mark(config, shadow_name(slug), slug)
+    validate_manifest(config)
+    return config
 
 
 def candidate_replicas(percent: int, live_replicas: int) -> int:
@@ -71,6 +113,10 @@ def _deployment(live: dict[str, Any], slug: str, *, keeps_live_selector: bool) -
     deployment["spec"]["selector"]["matchLabels"] = selector
     template = deployment["spec"]["template"]["metadata"]
     template["labels"] = {**template.get("labels", {}), **selector}
+    pod = deployment["spec"]["template"]["spec"]  # the candidate never mirrors (to itself) what it is sent
+    pod["volumes"] = [v for v in pod.get("volumes", []) if v["name"] != SHADOW_VOLUME]
+    for container in pod["containers"]:
+        container["volumeMounts"] = [m for m in container.get("volumeMounts", []) if m["name"] != SHADOW_VOLUME]
     return deployment
 
 
@@ -94,8 +140,9 @@ def _ingress(rendered: Rendered, slug: str, percent: int) -> dict[str, Any]:
     return ingress
 
 
-def _network_policy(rendered: Rendered, slug: str) -> list[dict[str, Any]]:
-    """The live pods' NetworkPolicy for the candidate's pods, which the live one's selector does not pick."""
+def _network_policy(rendered: Rendered, slug: str, *, mirrored: bool = False) -> list[dict[str, Any]]:
+    """The live pods' NetworkPolicy for the candidate's pods, which the live one's selector does not pick; a
+    shadow's also admits the live pods, which mirror to it."""
     policy = next((m for m in rendered.manifests if m["kind"] == "NetworkPolicy"), None)
     if policy is None:
         return []
@@ -104,6 +151,9 @@ def _network_policy(rendered: Rendered, slug: str) -> list[dict[str, Any]]:
     _mark(policy, name, slug)
     selector = policy["spec"]["podSelector"]["matchLabels"]
     policy["spec"]["podSelector"]["matchLabels"] = {**selector, INSTANCE_LABEL: name, TRACK_LABEL: "candidate"}
+    if mirrored and policy["spec"].get("ingress"):
+        live = {"podSelector": {"matchLabels": {INSTANCE_LABEL: slug, MANAGED_BY_LABEL: MANAGED_BY}}}
+        policy["spec"]["ingress"][0]["from"].append(live)
     return [policy]
 
 

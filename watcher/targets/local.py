@@ -176,10 +176,15 @@ class LocalTarget:
     def rollout_figures(self, slug: str, snapshot: LocalSnapshot) -> Any:
         return self._candidates.figures(slug, snapshot.candidates[slug], snapshot.states[slug])
 
-    def promote(self, slug: str, snapshot: LocalSnapshot) -> None:
-        """The candidate serves everything; the version it replaces is stopped once no request goes to it."""
+    def promote(self, slug: str, snapshot: LocalSnapshot, rendered: Any = None) -> None:
+        """The candidate serves everything (its process is the one `rendered` describes); the version it replaces
+        is stopped once no request goes to it."""
         self._candidates.promote(slug, snapshot.candidates[slug], self._dir / f"{slug}.json")
         _terminate(snapshot.states[slug].get("pid"))
+
+    def cannot_run(self, strategy: str, compares: bool) -> str | None:
+        """The local front shadows, splits and compares: every rollout section is carried out here."""
+        return None
 
     def discard_candidate(self, slug: str, snapshot: LocalSnapshot, *, reroute: bool = True) -> None:
         """Traffic back to the live version, then the candidate stops (`reroute` False: the routes are set)."""

@@ -26,7 +26,8 @@ from kubernetes.client.exceptions import ApiException
 
 from watcher.config.settings import Settings
 from watcher.decide import rollout
-from watcher.errors import Blocked, PassAborted, Permanent, Retryable, RolloutFailed, ServiceBuilderError
+from watcher.decide.progressive import Figures
+from watcher.errors import Blocked, PassAborted, Retryable, RolloutFailed
 from watcher.render.manifests import (
     EVALUATES_LABEL,
     MANAGED_BY,
@@ -37,8 +38,11 @@ from watcher.render.manifests import (
     SPEC_HASH,
     Rendered,
 )
+from watcher.targets.kubernetes.access import api_client, translate
+from watcher.targets.kubernetes.candidates import Candidates, PodUrl, pod_metrics_base
 from watcher.targets.kubernetes.jobs import JobRunner
 from watcher.targets.kubernetes.lease import Lease
+from watcher.targets.kubernetes.owned import dropped, owned_manifests, remembering
 from watcher.targets.kubernetes.patch import last_applied, ours, pointer, three_way_patch, with_last_applied
 from watcher.targets.kubernetes.snapshot import Snapshot, managed
 
@@ -74,6 +78,8 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind(client.PolicyV1Api, "namespaced_pod_disruption_budget", "poddisruptionbudgets"),
 }
 """The managed kinds, in the order they are applied (removed in reverse)."""
+UNOBSERVED = {"ConfigMap": Kind(client.CoreV1Api, "namespaced_config_map", "configmaps")}
+"""Kinds written (a shadow's mirroring config) but never listed: their names follow from the objects observed."""
 _OTHER_RESOURCES = {"Pod": "pods", "Lease": "leases", "Job": "jobs"}
 DROPPED_FIRST = ("HorizontalPodAutoscaler",)
 """Kinds a release that drops them deletes before its Deployment patch, not after the rollout: while an HPA
@@ -82,15 +88,20 @@ fixed count the release sets."""
 
 
 class KubernetesTarget:
-    """Runs models as Deployment + Service + Ingress in one namespace."""
+    """Runs models as Deployment + Service + Ingress in one namespace, and a version on trial as its candidate
+    objects beside them (`candidates`). `pod_url` is where a pod's `/metrics` are read (tests point it at real
+    wrapper processes)."""
+
+    candidate_apart = True  # begin_rollout starts a candidate as objects of its own; apply is for the live ones
 
     def __init__(self, settings: Settings, api: client.ApiClient | None = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                 pod_url: PodUrl = pod_metrics_base) -> None:
         self._settings = settings
         self._ns = settings.k8s_name_space
         self._api = api or api_client(settings)
         self._timeout = (TIMEOUT[0], settings.k8s_request_timeout_seconds)
-        self._apis = {kind: spec.api(self._api) for kind, spec in KINDS.items()}
+        self._apis = {kind: spec.api(self._api) for kind, spec in (KINDS | UNOBSERVED).items()}
         self._core = client.CoreV1Api(self._api)
         self._sleep = sleep
         self._clock = clock
@@ -98,6 +109,8 @@ class KubernetesTarget:
                             duration=LEASE_SECONDS, monotonic=clock, sleep=sleep)
         self._jobs = JobRunner(client.BatchV1Api(self._api), self._core, self._ns, call=self._call,
                                sleep=self._sleep, evaluates_label=EVALUATES_LABEL)
+        self._candidates = Candidates(self, namespace=self._ns, ingress_nginx=settings.splits_by_ingress_nginx,
+                                      pod_url=pod_url, timeout=settings.rollout_timeout_seconds)
 
     # --- observe ------------------------------------------------------------------------
 
@@ -132,10 +145,10 @@ class KubernetesTarget:
     # --- apply ----------------------------------------------------------------------------
 
     def apply(self, rendered: Rendered, snapshot: Snapshot) -> None:
-        for kind, obj in _dropped(rendered, snapshot, DROPPED_FIRST):
+        for kind, obj in dropped(rendered, snapshot, DROPPED_FIRST):
             self._call("delete", kind, partial(self._delete, kind, obj["metadata"]["name"]))
         # The NetworkPolicy first (KINDS order): a model's pods never run unguarded.
-        for manifest, owned in zip(_in_apply_order(rendered.manifests), _in_apply_order(_owned_manifests(rendered)),
+        for manifest, owned in zip(_in_apply_order(rendered.manifests), _in_apply_order(owned_manifests(rendered)),
                                    strict=True):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             existing = snapshot.objects.get((kind, name))
@@ -144,7 +157,7 @@ class KubernetesTarget:
             elif not managed(existing):
                 raise Blocked(f"{kind} {name!r} exists and is not managed by Service Builder")
             elif (existing["metadata"].get("annotations") or {}).get(SPEC_HASH) != rendered.spec_hash:
-                self._update(_remembering(owned, existing), existing)
+                self._update(remembering(owned, existing), existing)
 
     def wait_ready(self, rendered: Rendered, timeout: float) -> None:
         """Block until the Deployment's template is rolled out as `kubectl rollout status` says, or raise.
@@ -188,7 +201,7 @@ class KubernetesTarget:
     def roll_back(self, rendered: Rendered, snapshot: Snapshot) -> None:
         """Put back what ran before this release (our paths only); remove what did not exist before, in the
         reverse of the order applied: the NetworkPolicy goes last, so no pod is ever left unguarded."""
-        for manifest in reversed(_in_apply_order(_owned_manifests(rendered))):
+        for manifest in reversed(_in_apply_order(owned_manifests(rendered))):
             kind, name = manifest["kind"], manifest["metadata"]["name"]
             previous = snapshot.objects.get((kind, name))
             if previous is None:
@@ -196,7 +209,7 @@ class KubernetesTarget:
             else:  # what was applied to it then, re-applied over what it is now
                 before = last_applied(previous) or ours(previous, manifest)
                 self._update({**before, "kind": kind}, None, attempts=6)
-        for kind, obj in _dropped(rendered, snapshot, DROPPED_FIRST):  # the autoscaler apply deleted comes back
+        for kind, obj in dropped(rendered, snapshot, DROPPED_FIRST):  # the autoscaler apply deleted comes back
             before = last_applied(obj) or {"apiVersion": "autoscaling/v2", **ours(obj, {**obj, "kind": kind})}
             self._call("create", kind, partial(self._create, before), attempts=6)
         if (rendered.deployment["kind"], rendered.deployment["metadata"]["name"]) in snapshot.objects:
@@ -219,15 +232,70 @@ class KubernetesTarget:
         back to."""
         name = rendered.deployment["metadata"]["name"]
         later = tuple(kind for kind in OPTIONAL_TEMPLATES if kind not in DROPPED_FIRST)
-        for kind, _ in _dropped(rendered, snapshot, later):
+        for kind, _ in dropped(rendered, snapshot, later):
             self._call("delete", kind, partial(self._delete, kind, name))
         self._forget_rollback(name)
+        self._candidates.discard(snapshot.candidate(name))  # a version on trial gave way to this one
 
     def remove(self, slug: str, snapshot: Snapshot) -> None:
+        self._candidates.discard(snapshot.candidate(slug))  # first: nothing sends traffic to what goes
         for kind in reversed(KINDS):
             obj = snapshot.objects.get((kind, slug))
             if obj is not None and managed(obj):
                 self._call("delete", kind, partial(self._delete, kind, slug))
+
+    # --- a version on trial beside the live one (watcher.reconcile.progressive) ----------------
+
+    def begin_rollout(self, rendered: Rendered, snapshot: Snapshot, percent: int, sample: float) -> None:
+        slug = rendered.deployment["metadata"]["name"]
+        self._candidates.begin(rendered, snapshot.objects.get(("Deployment", slug)), snapshot.candidate(slug),
+                               percent, sample)
+
+    def split(self, slug: str, snapshot: Snapshot, percent: int, sample: float) -> None:
+        self._candidates.split(slug, snapshot.objects.get(("Deployment", slug)), percent)
+
+    def rollout_figures(self, slug: str, snapshot: Snapshot) -> Figures:
+        return self._candidates.figures(snapshot.objects[("Deployment", slug)], snapshot.candidate(slug))
+
+    def promote(self, slug: str, snapshot: Snapshot, rendered: Rendered) -> None:
+        """The live objects become the candidate's version (a surge rollout: the old pods serve until the new
+        ones are Ready, and the candidate's keep their share meanwhile); then the candidate's objects go."""
+        self.apply(rendered, snapshot)
+        try:
+            self.wait_ready(rendered, self._settings.rollout_timeout_seconds)
+        except Exception:
+            self.roll_back(rendered, snapshot)
+            raise
+        self.finish(rendered, snapshot)
+
+    def discard_candidate(self, slug: str, snapshot: Snapshot) -> None:
+        self._candidates.discard(snapshot.candidate(slug))
+
+    def cannot_run(self, strategy: str, compares: bool) -> str | None:
+        """What of a rollout section this target cannot carry out (None: all of it): the live wrapper mirrors to
+        a shadow, but a canary's own answers are compared with live by no one here."""
+        return ("a canary's comparison with live (min_agreement, max_mean_abs_diff) is not carried out on "
+                "Kubernetes yet") if strategy == "canary" and compares else None
+
+    # --- for the candidates (candidates.Cluster) ------------------------------------------------
+
+    def create_object(self, manifest: dict[str, Any]) -> None:
+        self._call("create", manifest["kind"], partial(self._create, manifest))
+
+    def update_object(self, manifest: dict[str, Any], seen: dict[str, Any]) -> None:
+        self._update(manifest, seen)
+
+    def patch_object(self, kind: str, name: str, ops: list[dict[str, Any]]) -> None:
+        self._call("patch", kind, partial(self._method("patch", kind), name, self._ns, ops))
+
+    def delete_object(self, kind: str, name: str) -> None:
+        self._call("delete", kind, partial(self._delete, kind, name))
+
+    def pods(self, match: dict[str, str]) -> list[dict[str, Any]]:  # one paged list, by label selector
+        selector = ",".join(f"{key}={value}" for key, value in sorted(match.items()))
+        pods = self._list("Pod", partial(self._core.list_namespaced_pod, _request_timeout=self._timeout),
+                          namespace=self._ns, label_selector=selector)
+        return [pod for pod in pods if all((pod["metadata"].get("labels") or {}).get(k) == v for k, v in match.items())]
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -250,7 +318,8 @@ class KubernetesTarget:
 
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
         """The client's call for `verb` on `kind`, with this target's (connect, read) timeout on every request."""
-        return partial(getattr(self._apis[kind], f"{verb}_{KINDS[kind].method}"), _request_timeout=self._timeout)
+        return partial(getattr(self._apis[kind], f"{verb}_{(KINDS | UNOBSERVED)[kind].method}"),
+                       _request_timeout=self._timeout)
 
     def _read(self, kind: str, name: str) -> dict[str, Any]:
         obj = self._call("get", kind, partial(self._method("read", kind), name, self._ns))
@@ -300,12 +369,8 @@ class KubernetesTarget:
     def _new_pods(self, deployment: dict[str, Any], version: str | None) -> list[dict[str, Any]]:
         """The pods of this Deployment's own selector that run the version being rolled out."""
         match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-        selector = ",".join(f"{key}={value}" for key, value in sorted(match.items()))
-        pods = self._list("Pod", partial(self._core.list_namespaced_pod, _request_timeout=self._timeout),
-                          namespace=self._ns, label_selector=selector)
-        return [pod for pod in pods
-                if all((pod["metadata"].get("labels") or {}).get(k) == v for k, v in match.items())
-                and (version is None or (pod["metadata"].get("annotations") or {}).get(MODEL_VERSION) == version)]
+        return [pod for pod in self.pods(match)
+                if version is None or (pod["metadata"].get("annotations") or {}).get(MODEL_VERSION) == version]
 
     def _call(self, verb: str, kind: str, fn: Callable[[], T], attempts: int = 3) -> T:
         """One API call with bounded retries (backing off) for conflicts, throttling and server errors."""
@@ -315,7 +380,7 @@ class KubernetesTarget:
             try:
                 return fn()
             except ApiException as e:
-                error = _translate(e, verb, kind, self._ns)
+                error = translate(e, verb, _resource(kind), kind, self._ns)
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 error = Retryable(f"Kubernetes API unreachable ({verb} {kind}): {type(e).__name__}")
             if not isinstance(error, Retryable) or attempt == attempts - 1:
@@ -324,77 +389,11 @@ class KubernetesTarget:
         raise AssertionError("unreachable")
 
 
-def api_client(settings: Settings) -> client.ApiClient:
-    """Bearer token (K8S_API + K8S_API_KEY), else in-cluster config, else kubeconfig."""
-    if settings.k8s_api:
-        configuration = client.Configuration()
-        configuration.host = settings.k8s_api
-        configuration.verify_ssl = settings.k8s_verify_ssl
-        if settings.k8s_api_key:
-            configuration.api_key = {"authorization": settings.k8s_api_key.get_secret_value()}
-            configuration.api_key_prefix = {"authorization": "Bearer"}
-        return client.ApiClient(configuration)
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, OSError) as e:
-            raise PassAborted(f"no Kubernetes access: set K8S_API, run in a cluster or provide a kubeconfig "
-                              f"({e}); or run models on this machine with DEPLOY_TARGET=local") from None
-    return client.ApiClient()
-
-
-def _translate(error: ApiException, verb: str, kind: str, namespace: str) -> ServiceBuilderError:
-    resource = KINDS[kind].resource if kind in KINDS else _OTHER_RESOURCES.get(kind, kind.lower())
-    if error.status == 403:
-        return Blocked(f"forbidden: the watcher's Role lacks '{verb}' on {resource} in namespace {namespace}")
-    if error.status == 409 or error.status == 429 or (error.status or 0) >= 500:
-        return Retryable(f"Kubernetes answered {error.status} to {verb} {kind}; will retry")
-    if error.status == 422:
-        return Permanent(f"Kubernetes rejected the {kind}: {_api_message(error)}")
-    return Permanent(f"Kubernetes answered {error.status} to {verb} {kind}: {_api_message(error)}")
-
-
-def _api_message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or "{}").get("message", ""))[:300]
-    except ValueError:
-        return str(error.reason or "")[:300]
+def _resource(kind: str) -> str:
+    known = KINDS | UNOBSERVED
+    return known[kind].resource if kind in known else _OTHER_RESOURCES.get(kind, kind.lower())
 
 
 def _in_apply_order(manifests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The manifests in KINDS order (the NetworkPolicy first); a stable sort, so one kind's keep theirs."""
     return sorted(manifests, key=lambda manifest: list(KINDS).index(manifest["kind"]))
-
-
-def _owned_manifests(rendered: Rendered) -> list[dict[str, Any]]:
-    """The manifests as the watcher patches them: an autoscaled Deployment without spec.replicas, which is
-    the HPA's (a create still starts at min_replicas). The three-way merge never removes it (patch.py), so no
-    patch undoes a scale, and a scale alone changes no spec hash, so it causes no write at all."""
-    manifests = list(rendered.manifests)
-    if not any(m["kind"] == "HorizontalPodAutoscaler" for m in manifests):
-        return manifests
-    return [m if m["kind"] != "Deployment" else {**m, "spec": {k: v for k, v in m["spec"].items() if k != "replicas"}}
-            for m in manifests]
-
-
-def _dropped(rendered: Rendered, snapshot: Snapshot, kinds: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
-    """The managed objects of `kinds` the model has now and this release no longer renders."""
-    name = rendered.deployment["metadata"]["name"]
-    kept = {manifest["kind"] for manifest in rendered.manifests}
-    found = [(kind, snapshot.objects.get((kind, name))) for kind in kinds if kind not in kept]
-    return [(kind, obj) for kind, obj in found if obj is not None and managed(obj)]
-
-
-def _remembering(manifest: dict[str, Any], existing: dict[str, Any]) -> dict[str, Any]:
-    """An update of a Deployment to another version notes the version it replaces, until it is done, so a
-    roll-back cut short (API errors, a killed pass) is finished by a later pass."""
-    before = existing["metadata"].get("annotations") or {}
-    after = manifest["metadata"].get("annotations") or {}
-    if manifest["kind"] != "Deployment" or before.get(MODEL_VERSION) in (None, after.get(MODEL_VERSION)):
-        return manifest
-    serving = before.get(ROLLBACK_TO) or before[MODEL_VERSION]  # a second update keeps the first note
-    return {**manifest, "metadata": {**manifest["metadata"], "annotations": {**after, ROLLBACK_TO: serving}}}
-
-

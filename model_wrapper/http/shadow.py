@@ -1,0 +1,171 @@
+"""The live wrapper's half of a shadow on Kubernetes, where no front of ours sees the requests: a sample of the
+prediction requests this wrapper answers is sent to the candidate as well, once the caller has the whole answer,
+and the two answers are compared (`model_wrapper.contract.comparison`); the counts go to `/metrics`, where the
+watcher's analysis reads them.
+
+What to mirror to is a small JSON file, `{"candidate": "http://<slug>-candidate.<ns>.svc:8080", "version": "3",
+"sample": 0.1}`, which the watcher writes into the ConfigMap `<slug>-shadow` that every model pod mounts as an
+optional volume (`SHADOW_CONFIG`): the kubelet refreshes it in place, so starting or stopping a shadow rolls no
+pod. No file (the usual case): nothing is mirrored, at the cost of one `stat` a second.
+
+Wired by `model_wrapper.http.app.create_app` as a pure ASGI middleware. A mirrored request never slows or fails
+the caller's: it starts after the last byte of the answer was sent, in a task of its own, at most
+`MAX_IN_FLIGHT` at once (beyond, the sample is skipped and counted), with its own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+
+from model_wrapper.contract.comparison import Tally, is_prediction
+
+log = logging.getLogger(__name__)
+MAX_IN_FLIGHT = 64
+MIRROR_TIMEOUT = httpx.Timeout(30, connect=5)
+RECHECK_SECONDS = 1.0
+DROPPED_HEADERS = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
+Scope = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    candidate: str
+    """The candidate's base URL (its Service)."""
+    version: str
+    sample: float
+
+
+class ShadowSource:
+    """The mirroring config in `path`, re-read when the file changes (looked at no more than once a second)."""
+
+    def __init__(self, path: Path, clock: Any = time.monotonic) -> None:
+        self._path, self._clock = path, clock
+        self._checked = float("-inf")
+        self._stamp: tuple[int, int] | None = None
+        self._current: ShadowConfig | None = None
+
+    def current(self) -> ShadowConfig | None:
+        now = self._clock()
+        if now - self._checked >= RECHECK_SECONDS:
+            self._checked = now
+            self._reload()
+        return self._current
+
+    def _reload(self) -> None:
+        try:
+            stat = os.stat(self._path)
+        except OSError:
+            self._stamp, self._current = None, None  # no file: no shadow
+            return
+        if (stat.st_mtime_ns, stat.st_size) == self._stamp:
+            return
+        self._stamp, self._current = (stat.st_mtime_ns, stat.st_size), parse_config(self._path)
+
+
+def parse_config(path: Path) -> ShadowConfig | None:
+    """The config in `path`, or None (logged) when it is not one: a bad file mirrors nothing, never fails a pod."""
+    try:
+        found = json.loads(path.read_text())
+        config = ShadowConfig(str(found["candidate"]).rstrip("/"), str(found["version"]), float(found["sample"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("shadow config %s is unreadable (%s): mirroring nothing", path, type(e).__name__)
+        return None
+    if not config.candidate.startswith(("http://", "https://")) or not 0 <= config.sample <= 1:
+        log.warning("shadow config %s: candidate must be an http(s) URL and sample within 0..1", path)
+        return None
+    return config
+
+
+class ShadowCounters:
+    """The comparison counts on `/metrics`, by candidate version: `model_wrapper_shadow_total{outcome=...}` for
+    compared, agreed, mirror_failed and skipped; `model_wrapper_shadow_abs_diff_total` and `..._values_total`, the
+    sum and count of |candidate - live| over the numbers compared."""
+
+    def __init__(self, registry: CollectorRegistry, model: str, version: str) -> None:
+        labels = ["model", "version", "candidate"]
+        self._labels = (model, version)
+        self._outcomes = Counter("model_wrapper_shadow_total", "Mirrored prediction requests by outcome",
+                                 [*labels, "outcome"], registry=registry)
+        self._diff_sum = Counter("model_wrapper_shadow_abs_diff", "Sum of |candidate - live| over the "
+                                 "numbers of compared answers", labels, registry=registry)
+        self._diff_count = Counter("model_wrapper_shadow_abs_diff_values", "Numbers compared between the "
+                                   "answers", labels, registry=registry)
+
+    def add(self, candidate: str, tally: Tally) -> None:
+        for item in fields(Tally):
+            value = getattr(tally, item.name)
+            if item.name in ("compared", "agreed", "mirror_failed", "skipped") and value:
+                self._outcomes.labels(*self._labels, candidate, item.name).inc(value)
+        if tally.abs_diff_count:
+            self._diff_sum.labels(*self._labels, candidate).inc(tally.abs_diff_sum)
+            self._diff_count.labels(*self._labels, candidate).inc(tally.abs_diff_count)
+
+
+class ShadowMirror:
+    """Pure ASGI: passes every request through; keeps a sampled prediction request's body and answer, and mirrors
+    it once the answer is sent."""
+
+    def __init__(self, app: Any, source: ShadowSource, counters: ShadowCounters) -> None:
+        self.app, self.source, self.counters = app, source, counters
+        self._client: httpx.AsyncClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        config = self.source.current() if scope["type"] == "http" else None
+        if config is None or not is_prediction(scope["method"], scope["path"]) or \
+                random.random() >= config.sample:  # noqa: S311 - a sample, not a secret
+            await self.app(scope, receive, send)
+            return
+        body, answer, status = bytearray(), bytearray(), 0
+
+        async def receive_and_keep() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.extend(message.get("body", b""))
+            return message
+
+        async def send_and_keep(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                answer.extend(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive_and_keep, send_and_keep)
+        if status < 300:  # the caller has every byte by now; a refused request is not worth asking again
+            self._spawn(config, scope, bytes(body), status, bytes(answer))
+
+    def _spawn(self, config: ShadowConfig, scope: Scope, body: bytes, status: int, answer: bytes) -> None:
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            self.counters.add(config.version, Tally(skipped=1))
+            return
+        task = asyncio.create_task(self._mirror(config, scope, body, status, answer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _mirror(self, config: ShadowConfig, scope: Scope, body: bytes, status: int, answer: bytes) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=MIRROR_TIMEOUT)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+                   if k.lower() not in DROPPED_HEADERS]
+        tally = Tally()
+        try:
+            reply = await self._client.post(f"{config.candidate}{scope['path']}", content=body, headers=headers,
+                                            params=scope.get("query_string", b"").decode("latin-1"))
+        except httpx.HTTPError:
+            tally.mirror_failed += 1
+        else:
+            tally.add(status, answer, reply.status_code, reply.content)
+        self.counters.add(config.version, tally)
