@@ -23,16 +23,20 @@ import random
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from model_wrapper.contract.comparison import Tally, is_prediction
 
+# httpx is imported with the first mirrored request: most wrappers never shadow, and its import is a tenth of
+# a second of every start (issue 26's cold start).
+if TYPE_CHECKING:
+    import httpx
+
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 64
-MIRROR_TIMEOUT = httpx.Timeout(30, connect=5)
+MIRROR_TIMEOUT_SECONDS, MIRROR_CONNECT_SECONDS = 30.0, 5.0
 RECHECK_SECONDS = 1.0
 DROPPED_HEADERS = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
 Scope = dict[str, Any]
@@ -156,8 +160,11 @@ class ShadowMirror:
         task.add_done_callback(self._tasks.discard)
 
     async def _mirror(self, config: ShadowConfig, scope: Scope, body: bytes, status: int, answer: bytes) -> None:
+        import httpx
+
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=MIRROR_TIMEOUT)
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(MIRROR_TIMEOUT_SECONDS,
+                                                                   connect=MIRROR_CONNECT_SECONDS))
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
                    if k.lower() not in DROPPED_HEADERS]
         tally = Tally()
