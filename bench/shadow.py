@@ -12,6 +12,9 @@ one `predict` instance per request, with the front's routes set as the local tar
   and the two answers compared, off the caller's path;
 - canary 10%: the candidate answers a tenth of the requests (every one of its answers compared with live).
 
+With `--live-wrapper`, the Kubernetes way: no front, the callers ask the live wrapper, which mirrors the
+sample its SHADOW_CONFIG file names to the candidate itself (no rollout, shadow 10%, shadow 100%).
+
 The median of the rounds counts; the figures are the callers' throughput and p50/p99, and the ratios to
 "no rollout". Prints a Markdown section for BENCHMARKS.md; asserts nothing.
 """
@@ -37,6 +40,9 @@ from devstack.servers import free_port, stop_process
 from watcher.targets.local_front import HEALTH_PATH, ROUTES_FILE, Backend, write_routes
 
 MODES = {"no rollout": (0, 0.0), "shadow 10%": (0, 0.1), "shadow 100%": (0, 1.0), "canary 10%": (10, 1.0)}
+LIVE_MIRRORS = {"no rollout": None, "shadow 10%": 0.1, "shadow 100%": 1.0}
+"""Kubernetes' way (`--live-wrapper`): no front; the live wrapper itself mirrors the sample its SHADOW_CONFIG
+file names (`model_wrapper.http.shadow`), and the callers ask it directly."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,16 +51,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=1,
                         help="wrk connections: 1 measures the path (no queueing), 8 saturates this machine")
+    parser.add_argument("--live-wrapper", action="store_true",
+                        help="shadows as on Kubernetes: mirrored by the live wrapper, no front")
     args = parser.parse_args(argv)
     wrapper_bench.DURATION, wrapper_bench.CONNECTIONS = args.duration, args.connections
     load_before = os.getloadavg()
     with _stack() as (mlflow_server, source, name, version, workdir):
         env = {**os.environ, **mlflow_server.client_env()}
-        with _wrapper(env, source, name, version) as live, _wrapper(env, source, name, version) as candidate, \
-                _front(env, workdir) as (state, port):
-            loads = _loads(state, port, name, live, candidate, args.rounds)
+        if args.live_wrapper:
+            config = workdir / "shadow.json"
+            with _wrapper(env, source, name, version) as candidate, \
+                    _wrapper({**env, "SHADOW_CONFIG": str(config)}, source, name, version) as live:
+                loads = _mirrored_loads(config, name, version, live, candidate, args.rounds)
+        else:
+            with _wrapper(env, source, name, version) as live, _wrapper(env, source, name, version) as candidate, \
+                    _front(env, workdir) as (state, port):
+                loads = _loads(state, port, name, live, candidate, args.rounds)
     print(_report(loads, load_before, args))
     return 0
+
+
+def _mirrored_loads(config: Path, name: str, version: str, live: tuple[int, int], candidate: tuple[int, int],
+                    rounds: int) -> dict[str, Load]:
+    """As `_loads`, with the live wrapper's mirroring file written (or removed) for each mode instead of routes."""
+    taken: dict[str, list[Load]] = {}
+    url = f"http://127.0.0.1:{live[1]}/{name}/api/predict"
+    for _ in range(rounds):
+        for mode, sample in LIVE_MIRRORS.items():
+            if sample is None:
+                config.unlink(missing_ok=True)
+            else:
+                config.write_text(json.dumps({"candidate": f"http://127.0.0.1:{candidate[1]}", "version": version,
+                                              "sample": sample}))
+            time.sleep(1.5)  # the wrapper looks at the file at most once a second
+            taken.setdefault(mode, []).append(_under_load(url, {"instances": [INSTANCE]}))
+    return {mode: sorted(runs, key=lambda load: load.rps)[len(runs) // 2] for mode, runs in taken.items()}
 
 
 def _loads(state: Path, port: int, name: str, live: tuple[int, int], candidate: tuple[int, int],
@@ -116,7 +147,9 @@ def _report(loads: dict[str, Load], load_before: tuple[float, float, float], arg
     base = loads["no rollout"]
     lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores (shared), load average (1 min) "
              f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after; wrk -t1 "
-             f"-c{wrapper_bench.CONNECTIONS} -d{args.duration}s through the local front, 1 instance per request; "
+             f"-c{wrapper_bench.CONNECTIONS} -d{args.duration}s "
+             f"{'at the live wrapper, which mirrors' if args.live_wrapper else 'through the local front'}, "
+             "1 instance per request; "
              f"median of {args.rounds} rounds taken in turns.", "",
              "| routes | req/s | p50 ms | p99 ms | non-2xx | req/s vs no rollout | p50 vs no rollout |",
              "|---|---:|---:|---:|---:|---:|---:|"]
