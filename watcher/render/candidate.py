@@ -32,6 +32,7 @@ from watcher.render.manifests import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     Rendered,
+    shadow_name,
     validate_manifest,
 )
 
@@ -69,11 +70,6 @@ def candidate_manifests(rendered: Rendered, *, percent: int, live_replicas: int,
     for manifest in manifests:
         validate_manifest(manifest)
     return manifests
-
-
-def shadow_name(slug: str) -> str:
-    """The ConfigMap the live pods read their mirroring config from (the Deployment template names it too)."""
-    return f"{slug}-shadow"
 
 
 def candidate_url(rendered: Rendered, namespace: str) -> str:

@@ -67,6 +67,12 @@ ROLLBACK_TO = ANNOTATION + "rollback-to"
 """On a Deployment while an update is unfinished: the version to put back if it fails (not rendered)."""
 
 
+def shadow_name(slug: str) -> str:
+    """The ConfigMap a model's pods read a shadow's mirroring config from (the Deployment mounts it, optional;
+    the watcher writes it while a shadow runs, `watcher.render.candidate`)."""
+    return f"{slug}-shadow"
+
+
 @dataclass(frozen=True)
 class Release:
     """One model version as it should run: everything the templates need from the registry and contract."""
@@ -176,7 +182,8 @@ class Renderer:
         resources = self._resources(release)
         image = s.parsed_runtime_images[runtime] if runtime else s.model_wrapper_image
         return {
-            "slug": release.slug, "namespace": s.k8s_name_space, "host": s.service_builder_host_name,
+            "slug": release.slug, "shadow_config_map": shadow_name(release.slug), "namespace": s.k8s_name_space,
+            "host": s.service_builder_host_name,
             "api_path": f"/{release.slug}/api",
             "image": image,
             "labels": {**selector, "app.kubernetes.io/name": "model-wrapper",
