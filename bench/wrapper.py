@@ -55,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from devstack.demo import post
 from devstack.servers import LocalMlflow, LocalS3, free_port, stop_process
 
 DURATION, WARM_UP, CONNECTIONS, COLD_TRIALS, ROUNDS = 8, 2, 8, 5, 5
@@ -269,16 +270,10 @@ def _running(server: Server, env: dict[str, str]) -> Iterator[float]:
             raise TimeoutError(f"{server.name} not ready in 180 s")
         ready = time.perf_counter() - started
         if server.settle is not None:
-            _post(*server.settle)
+            post(*server.settle)
         yield ready
     finally:
         stop_process(process)
-
-
-def _post(url: str, body: dict[str, Any]) -> None:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=180) as response:
-        response.read()
 
 
 def _cold_starts(servers: list[Server], env: dict[str, str]) -> dict[str, list[float]]:
