@@ -15,7 +15,8 @@ from typing import Any
 
 @dataclass
 class Tally:
-    """One candidate's comparison with the live version, for as long as someone mirrors to it."""
+    """One candidate's comparison with the live version: counted by whoever mirrors to it, and read back by the
+    watcher's analysis (`watcher.decide.progressive.Figures`)."""
 
     compared: int = 0
     agreed: int = 0
@@ -26,6 +27,14 @@ class Tally:
     mirror_failed: int = 0
     skipped: int = 0
     """Samples not mirrored because too many were in flight already."""
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+    @property
+    def mean_abs_diff(self) -> float | None:
+        return self.abs_diff_sum / self.abs_diff_count if self.abs_diff_count else None
 
     def add(self, live_status: int, live: bytes, candidate_status: int, candidate: bytes) -> None:
         """Count one pair of answers. A live answer that is no success, or a candidate 5xx (which its own

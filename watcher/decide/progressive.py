@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
+from model_wrapper.contract.comparison import Tally
 from model_wrapper.contract.rollout import Rollout
 from watcher.decide.retry import as_utc
 
@@ -42,24 +43,8 @@ class WrapperFigures:
         return None if seconds is None else seconds * 1000
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """The same requests answered by both versions: how often they agreed, how far apart the numbers were."""
-
-    compared: int = 0
-    agreed: int = 0
-    abs_diff_sum: float = 0.0
-    abs_diff_count: int = 0
-    rescued: int = 0
-    """Caller requests the candidate failed (5xx) that the live version answered instead."""
-
-    @property
-    def agreement(self) -> float | None:
-        return self.agreed / self.compared if self.compared else None
-
-    @property
-    def mean_abs_diff(self) -> float | None:
-        return self.abs_diff_sum / self.abs_diff_count if self.abs_diff_count else None
+Comparison = Tally
+"""The same requests answered by both versions, as the mirror counted them (agreement, mean |diff|)."""
 
 
 @dataclass(frozen=True)
