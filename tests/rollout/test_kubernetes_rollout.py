@@ -164,20 +164,21 @@ def live_deployment(kube: KubernetesPeer, namespace: str, slug: str) -> dict[str
     return kube.objects("deployments", namespace)[slug]
 
 
-def deploy_live(deps: Deps, name: str, iris: LoggedModel, production: dict[str, str]) -> None:
+def deploy_live(kube: KubernetesPeer, deps: Deps, name: str, iris: LoggedModel, production: dict[str, str]) -> str:
+    """Version 1 served, with every new pod turning ready as the controller creates it; the model's slug."""
+    kube.set_rollout_policy(all_ready)
     register_versions(name, iris, tags=production)
     first = reconcile_once(deps)
     assert (first.deployed, first.failed) == (1, 0), first.failures
+    return model_slug(name)
 
 
 def test_a_failing_canary_is_rolled_back_by_its_figures_and_the_live_deployment_is_never_touched(
     fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
     production: dict[str, str], wrappers: Wrappers,
 ) -> None:
-    kube.set_rollout_policy(all_ready)
-    slug = model_slug(model_name)
     urls = {"1": wrappers.live, "2": wrappers.flaky}
-    deploy_live(fresh_deps(urls, ingress_class_name="nginx"), model_name, iris, production)
+    slug = deploy_live(kube, fresh_deps(urls, ingress_class_name="nginx"), model_name, iris, production)
     before = live_deployment(kube, namespace, slug)
     flaky = register_versions(model_name, wrappers.flaky_model, tags=production)[0]
 
@@ -218,9 +219,7 @@ def test_a_good_canary_by_replica_ratio_is_promoted_by_a_surge_rollout_of_the_li
     fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
     production: dict[str, str], wrappers: Wrappers, variant: Callable[..., str],
 ) -> None:
-    kube.set_rollout_policy(all_ready)
-    slug = model_slug(model_name)
-    deploy_live(fresh_deps({}), model_name, iris, production)
+    slug = deploy_live(kube, fresh_deps({}), model_name, iris, production)
     endpoint = tags(model_name, 1)["model_endpoint"]
     good = variant(model_name, iris, {"contract.yaml": rollout_contract(GOOD).encode()}, production)
     urls = {"1": wrappers.live, good: wrappers.good}
@@ -261,9 +260,7 @@ def test_a_newer_version_replaces_the_candidate_and_removing_the_tag_deletes_exa
     fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
     production: dict[str, str], wrappers: Wrappers, variant: Callable[..., str],
 ) -> None:
-    kube.set_rollout_policy(all_ready)
-    slug = model_slug(model_name)
-    deploy_live(fresh_deps({}, ingress_class_name="nginx"), model_name, iris, production)
+    slug = deploy_live(kube, fresh_deps({}, ingress_class_name="nginx"), model_name, iris, production)
     before = live_deployment(kube, namespace, slug)
     files = {"contract.yaml": rollout_contract(HOLDING).encode()}
     second = variant(model_name, iris, files, production)
@@ -298,9 +295,7 @@ def test_a_shadow_is_mirrored_by_the_live_wrapper_and_promoted_on_the_answers_it
     fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
     production: dict[str, str], wrappers: Wrappers, variant: Callable[..., str],
 ) -> None:
-    kube.set_rollout_policy(all_ready)
-    slug = model_slug(model_name)
-    deploy_live(fresh_deps({}, ingress_class_name="nginx"), model_name, iris, production)
+    slug = deploy_live(kube, fresh_deps({}, ingress_class_name="nginx"), model_name, iris, production)
     good = variant(model_name, iris, {"contract.yaml": rollout_contract(SHADOW).encode()}, production)
     urls = {"1": wrappers.live, good: wrappers.good}
 
@@ -379,9 +374,7 @@ def test_a_candidate_deployment_deleted_by_hand_fails_the_trial_and_its_other_ob
     fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
     production: dict[str, str], variant: Callable[..., str],
 ) -> None:
-    kube.set_rollout_policy(all_ready)
-    slug = model_slug(model_name)
-    deploy_live(fresh_deps({}, ingress_class_name="nginx"), model_name, iris, production)
+    slug = deploy_live(kube, fresh_deps({}, ingress_class_name="nginx"), model_name, iris, production)
     second = variant(model_name, iris, {"contract.yaml": rollout_contract(HOLDING).encode()}, production)
     reconcile_once(fresh_deps({}, ingress_class_name="nginx"))
     kube.delete("apis/apps/v1", namespace, "deployments", candidate_name(slug))
@@ -400,9 +393,7 @@ def test_a_shadow_replacing_a_replica_ratio_canary_gets_a_deployment_of_its_own(
 ) -> None:
     """The replica ratio's candidate selects with the live labels, a shadow's with its own: a Deployment's selector
     cannot change, so the earlier one goes and the shadow's is created."""
-    kube.set_rollout_policy(all_ready)
-    slug = model_slug(model_name)
-    deploy_live(fresh_deps({}), model_name, iris, production)
+    slug = deploy_live(kube, fresh_deps({}), model_name, iris, production)
     variant(model_name, iris, {"contract.yaml": rollout_contract(HOLDING).encode()}, production)
     reconcile_once(fresh_deps({}))
     shadowed = variant(model_name, iris, {"contract.yaml": rollout_contract(SHADOW).encode()}, production)
