@@ -85,7 +85,7 @@ class InferenceLog:
         if not contract.inputs or sample <= 0:
             return
         self._layout = Layout.of(self._settings.model_name, self._settings.model_version, contract,
-                                 model.backend.columns)
+                                 model.backend.columns, model.backend.classes)
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
         self.sample = sample

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import orjson
 from numpy.typing import NDArray
 
 from model_wrapper.contract.spec import Contract, FieldType
+from model_wrapper.predict.predictor import label_map
 
 if TYPE_CHECKING:  # pyarrow is imported by the writer thread, once logging is on: a fifth of a second of start-up
     import pyarrow as pa
@@ -52,13 +53,17 @@ class Layout:
     types: tuple[FieldType, ...]
     numbers: bool = False
     """Every column the model takes is a number: rows convert to one float array at C speed."""
+    labels: Mapping[Any, str] = field(default_factory=dict)
+    """The contract's label of each prediction (the predictor's own map), for the `output.label` column."""
 
     @classmethod
-    def of(cls, model: str, version: str, contract: Contract, columns: Sequence[str]) -> Layout:
+    def of(cls, model: str, version: str, contract: Contract, columns: Sequence[str],
+           classes: list[Any] | None = None) -> Layout:
         kept = [(i, name) for i, name in enumerate(columns) if contract.inputs[name].log]
         return cls(model, version, tuple(i for i, _ in kept), tuple(f"{INPUT}{name}" for _, name in kept),
                    tuple(contract.inputs[name].type for _, name in kept),
-                   all(contract.inputs[name].type == FieldType.number for name in columns))
+                   all(contract.inputs[name].type == FieldType.number for name in columns),
+                   label_map(contract.labels, classes) if contract.labels else {})
 
 
 def split_by_day(batch: Sequence[Entry]) -> tuple[str, list[Entry], list[Entry]]:
@@ -118,7 +123,7 @@ def to_table(entries: Sequence[Entry], layout: Layout) -> pa.Table:
         "error": pa.array(errors, pa.string()).take(owner) if owner is not None else pa.array(errors, pa.string()),
     }
     columns.update(_inputs(rows, layout))
-    columns.update(_outputs(answers, sizes))
+    columns.update(_outputs(answers, sizes, layout.labels))
     return pa.table(columns)
 
 
@@ -173,16 +178,31 @@ def _number_matrix(rows: Sequence[Any]) -> NDArray[np.float64]:
     return np.concatenate([np.asarray(r, dtype=np.float64) for r in rows])
 
 
-def _outputs(answers: Sequence[dict[str, Any] | None], sizes: list[int]) -> dict[str, pa.Array]:
-    """predictions always; probabilities and labels when some answer has them. A failed request's
-    outputs are nulls, as are outputs whose length is not the request's instance count."""
+def _outputs(answers: Sequence[dict[str, Any] | None], sizes: list[int],
+             labels: Mapping[Any, str]) -> dict[str, pa.Array]:
+    """predictions always; probabilities when some answer has them, and labels when the contract names
+    them. A failed request's outputs are nulls, as are outputs whose length is not the request's
+    instance count."""
     columns = {}
-    for key, name in (("predictions", "prediction"), ("probabilities", "probabilities"), ("labels", "label")):
+    for key, name in (("predictions", "prediction"), ("probabilities", "probabilities")):
         parts = [value if answer is not None and (value := answer.get(key)) is not None and len(value) == size
                  else None for answer, size in zip(answers, sizes, strict=True)]
         if key == "predictions" or any(part is not None for part in parts):
             columns[f"{OUTPUT}{name}"] = _column(parts, sizes)
+    if labels and any(answer is not None for answer in answers):
+        columns[f"{OUTPUT}label"] = _labels(columns[f"{OUTPUT}prediction"], labels)
     return columns
+
+
+def _labels(predictions: pa.Array, labels: Mapping[Any, str]) -> pa.Array:
+    """Each prediction's label, as the predictor gave it, looked up once per distinct prediction rather
+    than converted once per instance from the answers' Python strings: a dictionary array (written as
+    Parquet's dictionary pages) of the predictions' codes over their labels."""
+    import pyarrow as pa
+
+    encoded = predictions.dictionary_encode()
+    names = [labels.get(value) for value in encoded.dictionary.to_pylist()]
+    return pa.DictionaryArray.from_arrays(encoded.indices, pa.array(names, pa.string()))
 
 
 def _column(parts: list[Any], sizes: list[int]) -> pa.Array:

@@ -128,7 +128,7 @@ class Predictor:
             if (layout := backend.layout) is not None and not model.params:
                 self.batch = numeric_batch(contract, backend.columns, max_batch=self.max_batch, dtype=layout[0],
                                            order=layout[1])
-        self._label_of = _label_map(contract.labels, backend.classes) if contract.labels else {}
+        self._label_of = label_map(contract.labels, backend.classes) if contract.labels else {}
         self.v2_inputs = _v2_inputs(model)
         self.model = model
         self.reason = "predicting the contract's examples"
@@ -300,7 +300,9 @@ def _in_column_order(ports: list[v2.Port], columns: list[str]) -> bool:
     return all(port.column for port in ports) and [port.name for port in ports] == list(columns)
 
 
-def _label_map(labels: list[str], classes: list[Any] | None) -> dict[Any, str]:
+def label_map(labels: list[str], classes: list[Any] | None) -> dict[Any, str]:
+    """The contract's label of each prediction: the model's classes, in order, to its labels (class i's
+    index to label i when the backend knows no classes). Used by the predictor's answers and the inference log."""
     if classes is not None:
         if len(classes) != len(labels):
             raise LoadFailure(f"the contract has {len(labels)} labels but the model has {len(classes)} classes "

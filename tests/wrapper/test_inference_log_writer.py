@@ -60,6 +60,7 @@ class Sink:
 @dataclass
 class Backend:
     columns: list[str] = field(default_factory=lambda: list(IRIS_FEATURES))
+    classes: list[Any] | None = field(default_factory=lambda: [0, 1, 2])
 
 
 def _log(sink: Sink, **settings: str) -> tuple[InferenceLog, Counts]:
@@ -74,7 +75,8 @@ def _log(sink: Sink, **settings: str) -> tuple[InferenceLog, Counts]:
 
 
 def _entry(number: int, at: float | None = None) -> Entry:
-    return Entry(f"r{number}", time.time() if at is None else at, "predict", 200, 1.0, [ROW], {"predictions": [0]})
+    return Entry(f"r{number}", time.time() if at is None else at, "predict", 200, 1.0, [ROW],
+                 {"predictions": [0], "labels": ["setosa"]})
 
 
 def test_a_full_queue_drops_and_counts_records_without_blocking_the_caller() -> None:
@@ -132,12 +134,13 @@ def test_a_close_whose_uploads_keep_failing_gives_up_at_its_deadline_and_counts_
 def test_the_table_holds_each_instance_as_a_row_by_row_build_of_the_same_records_would() -> None:
     # Requests of every shape in one batch: tuples (the schema's), arrays (the numeric batch's), a
     # body that did not parse, an optional field left out, answers with and without probabilities.
-    layout = Layout.of("iris", "7", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES)
+    layout = Layout.of("iris", "7", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
     answer = {"predictions": np.array([2, 0]), "probabilities": np.array([[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]]),
               "labels": ["virginica", "setosa"]}
     entries = [Entry("a", 1_700_000_000.1239, "predict", 200, 1.5, [ROW, (6.0, None, 4.0, 1.0)], answer),
                Entry("b", 1_700_000_001.0, "predict", 422, 0.2, None, None, "invalid_input"),
-               Entry("c", 1_700_000_002.5, "predict", 200, 0.7, np.array([ROW]), {"predictions": np.array([1])}),
+               Entry("c", 1_700_000_002.5, "predict", 200, 0.7, np.array([ROW]),
+                     {"predictions": np.array([1]), "labels": ["versicolor"]}),
                Entry("d", 1_700_000_003.0, "predict", 500, 3.0, [ROW], None, "model_fault")]
 
     table = to_table(entries, layout)
