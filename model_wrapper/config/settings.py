@@ -6,13 +6,13 @@ stops the process with a message that names the environment variable.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from model_wrapper.contract.naming import model_slug
 from model_wrapper.contract.secret_files import aws_credential_values, read_secret_file
@@ -25,12 +25,16 @@ class SettingsError(ValueError):
     """The environment does not describe a model the wrapper can serve; the message names the variable."""
 
 
-class WrapperSettings(BaseSettings):
-    """Everything the wrapper reads from its environment (names are the variables, upper case)."""
+class WrapperSettings(BaseModel):
+    """Everything the wrapper reads from its environment (names are the variables, upper case).
+
+    A plain pydantic model over the environment, not pydantic-settings' `BaseSettings`: every field is a
+    scalar read from one variable, which is all `load_settings` does, and importing pydantic-settings (its
+    dotenv, CLI and cloud-secret sources) was a tenth of a second of every start before `ready`."""
 
     # No `use_attribute_docstrings`: nothing reads the fields' descriptions, and pydantic would parse this
     # file's source for them at every start (35 ms of CPU before `ready`). The docstrings are for readers.
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", protected_namespaces=(), frozen=True)
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), frozen=True, validate_default=True)
 
     model_name: str = Field(min_length=1, max_length=500)
     """Registered-model name, as in the MLflow registry."""
@@ -138,11 +142,10 @@ class WrapperSettings(BaseSettings):
 
 def load_settings(environ: Mapping[str, str] | None = None) -> WrapperSettings:
     """Read and validate the settings from the process environment, with `environ` (if given) taking
-    precedence; raise SettingsError naming the bad variable."""
-    overrides = {key.lower(): value for key, value in (environ or {}).items()}
+    precedence; raise SettingsError naming the bad variable. Names are matched case-insensitively."""
+    values = {key.lower(): value for source in (os.environ, environ or {}) for key, value in source.items()}
     try:
-        # pydantic-settings reads the environment underneath values given here.
-        return WrapperSettings.model_validate({k: v for k, v in overrides.items() if k in WrapperSettings.model_fields})
+        return WrapperSettings.model_validate({k: v for k, v in values.items() if k in WrapperSettings.model_fields})
     except ValidationError as e:
         raise SettingsError(_describe(e)) from None
 
