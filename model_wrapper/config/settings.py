@@ -87,6 +87,11 @@ class WrapperSettings(BaseModel):
     """S3 secret key (read by boto3; never logged)."""
     shadow_config: Path = Path("/etc/service-builder/shadow/shadow.json")
     """Where a shadow's mirroring config appears (the optional ConfigMap `<slug>-shadow`); absent: no mirroring."""
+    mirror_to_live: str | None = Field(default=None, pattern=r"^https?://[^\s/]+/?$")
+    """A canary candidate's only: the live version's Service, asked the same prediction requests as this wrapper
+    answers, the two answers compared on `/metrics` (rendered into the candidate's Deployment alone)."""
+    mirror_sample: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    """Share of the answered prediction requests asked of MIRROR_TO_LIVE as well."""
     inference_log_sample: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
     """Share of predict requests written to the inference log (0: off); a contract's `logging.sample` wins."""
     inference_log_prefix: str = Field(default="inference-log", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")

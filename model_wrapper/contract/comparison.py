@@ -1,8 +1,9 @@
 """Two versions' answers to the same prediction request, compared: whether they predict the same, how far apart
 their numbers are, and the counts a rollout's analysis reads (agreement, mean |candidate - live|).
 
-Pure, shared by whoever mirrors requests: the local target's front (`watcher.targets.local_shadow`) and the live
-wrapper on Kubernetes (`model_wrapper.http.shadow`). Table-tested in `tests/rollout/test_rules.py`.
+Pure, shared by whoever mirrors requests: the local target's front (`watcher.targets.local_shadow`) and the
+wrappers on Kubernetes (`model_wrapper.http.shadow`: the live one in a shadow, the candidate in a canary).
+Table-tested in `tests/rollout/test_rules.py`.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from model_wrapper.http.guards import Guards
 from model_wrapper.http.metrics import Metrics, MetricsMiddleware
 from model_wrapper.http.openapi import build_openapi
 from model_wrapper.http.predict_endpoint import PredictEndpoint
-from model_wrapper.http.shadow import ShadowCounters, ShadowMirror, ShadowSource
+from model_wrapper.http.shadow import Fixed, ShadowConfig, ShadowCounters, ShadowMirror, ShadowSource
 from model_wrapper.http.swagger import ASSETS, swagger_page
 from model_wrapper.http.v2_routes import add_v2_routes, v2_bases
 from model_wrapper.predict.inference_log import InferenceLog
@@ -76,10 +76,19 @@ def create_app(settings: WrapperSettings, predictor: Predictor, inference_log: I
     app.add_middleware(Guards, keys=settings.key_list(),
                        protected={f"{prefix}{name}" for name in PROTECTED} | {"/invocations"},
                        max_body_bytes=settings.max_body_bytes, mlflow_paths=mlflow_paths, v2_paths=v2_paths)
-    app.add_middleware(ShadowMirror, source=ShadowSource(settings.shadow_config),
+    app.add_middleware(ShadowMirror, source=_mirror_source(settings),
                        counters=ShadowCounters(metrics.registry, settings.model_name, settings.model_version))
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints, prefix=prefix)
     return app
+
+
+def _mirror_source(settings: WrapperSettings) -> Fixed | ShadowSource:
+    """A canary candidate asks the live version (its environment says so); any other wrapper mirrors to a shadow
+    while the ConfigMap it mounts says so."""
+    if settings.mirror_to_live is None:
+        return ShadowSource(settings.shadow_config)
+    return Fixed(ShadowConfig(settings.mirror_to_live.rstrip("/"), settings.model_version, settings.mirror_sample,
+                              asks_live=True))
 
 
 def _routes(app: FastAPI, prefix: str, predictor: Predictor, *, secured: bool,

@@ -3,6 +3,10 @@ prediction requests this wrapper answers is sent to the candidate as well, once 
 and the two answers are compared (`model_wrapper.contract.comparison`); the counts go to `/metrics`, where the
 watcher's analysis reads them.
 
+A canary's candidate runs it the other way round (`MIRROR_TO_LIVE`, rendered into the candidate's Deployment only,
+so it ends with that Deployment): a sample of the requests it answers is asked of the live version's Service too,
+and counted the same way, by its own version, on its own `/metrics`.
+
 What to mirror to is a small JSON file, `{"candidate": "http://<slug>-candidate.<ns>.svc:8080", "version": "3",
 "sample": 0.1}`, which the watcher writes into the ConfigMap `<slug>-shadow` that every model pod mounts as an
 optional volume (`SHADOW_CONFIG`): the kubelet refreshes it in place, so starting or stopping a shadow rolls no
@@ -10,7 +14,8 @@ pod. No file (the usual case): nothing is mirrored, at the cost of one `stat` a 
 
 Wired by `model_wrapper.http.app.create_app` as a pure ASGI middleware. A mirrored request never slows or fails
 the caller's: it starts after the last byte of the answer was sent, in a task of its own, at most
-`MAX_IN_FLIGHT` at once (beyond, the sample is skipped and counted), with its own timeout.
+`MAX_IN_FLIGHT` at once (beyond, the sample is skipped and counted), with its own timeout. A mirrored request is
+marked (`MIRRORED_HEADER`) and never mirrored again, so two wrappers told to mirror to each other cannot loop.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import random
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -39,15 +44,33 @@ MAX_IN_FLIGHT = 64
 MIRROR_TIMEOUT_SECONDS, MIRROR_CONNECT_SECONDS = 30.0, 5.0
 RECHECK_SECONDS = 1.0
 DROPPED_HEADERS = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
+MIRRORED_HEADER = "x-service-builder-mirrored"
 Scope = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class ShadowConfig:
-    candidate: str
-    """The candidate's base URL (its Service)."""
+    other: str
+    """The base URL (a Service) of the version this wrapper's answers are compared with."""
     version: str
+    """The candidate's version (the label the comparison is counted under, on either side)."""
     sample: float
+    asks_live: bool = False
+    """This wrapper is the canary candidate and `other` the live version (a live wrapper mirrors to a shadow)."""
+
+
+class Source(Protocol):
+    def current(self) -> ShadowConfig | None: ...
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A config that does not change while the process runs (a canary candidate's, from its environment)."""
+
+    config: ShadowConfig | None
+
+    def current(self) -> ShadowConfig | None:
+        return self.config
 
 
 class ShadowSource:
@@ -85,7 +108,7 @@ def parse_config(path: Path) -> ShadowConfig | None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("shadow config %s is unreadable (%s): mirroring nothing", path, type(e).__name__)
         return None
-    if not config.candidate.startswith(("http://", "https://")) or not 0 <= config.sample <= 1:
+    if not config.other.startswith(("http://", "https://")) or not 0 <= config.sample <= 1:
         log.warning("shadow config %s: candidate must be an http(s) URL and sample within 0..1", path)
         return None
     return config
@@ -120,14 +143,14 @@ class ShadowMirror:
     """Pure ASGI: passes every request through; keeps a sampled prediction request's body and answer, and mirrors
     it once the answer is sent."""
 
-    def __init__(self, app: Any, source: ShadowSource, counters: ShadowCounters) -> None:
+    def __init__(self, app: Any, source: Source, counters: ShadowCounters) -> None:
         self.app, self.source, self.counters = app, source, counters
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         config = self.source.current() if scope["type"] == "http" else None
-        if config is None or not is_prediction(scope["method"], scope["path"]) or \
+        if config is None or not is_prediction(scope["method"], scope["path"]) or _mirrored(scope) or \
                 random.random() >= config.sample:  # noqa: S311 - a sample, not a secret
             await self.app(scope, receive, send)
             return
@@ -148,7 +171,9 @@ class ShadowMirror:
             await send(message)
 
         await self.app(scope, receive_and_keep, send_and_keep)
-        if status < 300:  # the caller has every byte by now; a refused request is not worth asking again
+        # The caller has every byte by now. A request live refused is not worth asking again; one the candidate
+        # refused (4xx) is, as the local front does: live answering it is a disagreement.
+        if status < (500 if config.asks_live else 300):
             self._spawn(config, scope, bytes(body), status, bytes(answer))
 
     def _spawn(self, config: ShadowConfig, scope: Scope, body: bytes, status: int, answer: bytes) -> None:
@@ -169,10 +194,17 @@ class ShadowMirror:
                    if k.lower() not in DROPPED_HEADERS]
         tally = Tally()
         try:
-            reply = await self._client.post(f"{config.candidate}{scope['path']}", content=body, headers=headers,
+            reply = await self._client.post(f"{config.other}{scope['path']}", content=body,
+                                            headers=[*headers, (MIRRORED_HEADER, "1")],
                                             params=scope.get("query_string", b"").decode("latin-1"))
         except httpx.HTTPError:
             tally.mirror_failed += 1
-        else:
-            tally.add(status, answer, reply.status_code, reply.content)
+        else:  # counted as (live, candidate) whichever side asked: mean |candidate - live| is one figure
+            mine, theirs = (status, answer), (reply.status_code, reply.content)
+            tally.add(*(theirs + mine if config.asks_live else mine + theirs))
         self.counters.add(config.version, tally)
+
+
+def _mirrored(scope: Scope) -> bool:
+    marker = MIRRORED_HEADER.encode()
+    return any(name == marker for name, _ in scope["headers"])

@@ -2,8 +2,7 @@
 and created by the watcher's ServiceAccount (under the shipped Role) beside a live model the pass deployed in the
 emulated cluster. With ingress-nginx the live Service never selects the candidate's pods and a second Ingress
 carries the canary weight; otherwise the candidate's pods join the one Service in proportion to their count.
-The Kubernetes pass runs canaries and shadows (tests/rollout/test_kubernetes_rollout.py), but compares no canary's
-answers with live yet: a canary bounded by agreement with live is deployed at once, and says so."""
+The Kubernetes pass runs canaries and shadows: tests/rollout/test_kubernetes_rollout.py."""
 
 from __future__ import annotations
 
@@ -13,12 +12,10 @@ from typing import Any
 
 import pytest
 from kubernetes import client, utils
-from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, register_versions
 from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer, all_ready
-from tests.rollout.conftest import rollout_contract
 from watcher.config.settings import Settings
 from watcher.reconcile.deps import Deps
 from watcher.reconcile.engine import reconcile_once
@@ -106,23 +103,3 @@ def test_the_candidate_objects_are_created_beside_the_live_model_and_split_as_th
         assert ingress.spec.rules[0].http.paths[0].backend.service.name == name
     else:
         assert behind_live == {"1", "2"}, "the one Service spreads requests over both versions' pods"
-
-
-def test_on_kubernetes_a_canary_bounded_by_agreement_is_deployed_at_once_and_the_version_says_so(
-    make_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
-    production: dict[str, str], variant: Callable[..., str],
-) -> None:
-    kube.set_rollout_policy(all_ready)
-    register_versions(model_name, iris, tags=production)
-    assert reconcile_once(make_deps()).deployed == 1
-    section = "  strategy: canary\n  steps: [10]\n  analysis: {min_agreement: 0.9}\n"
-    second = variant(model_name, iris, {"contract.yaml": rollout_contract(section).encode()}, production)
-
-    update = reconcile_once(make_deps())
-
-    assert (update.updated, update.failed) == (1, 0), update.failures
-    version = MlflowClient().get_model_version(model_name, second).tags
-    assert version["deployment_status"] == "deployed" and "rollout_status" not in version
-    assert "rollout section is not carried out: a canary's comparison with live" in version["deployment_warnings"]
-    assert not kube.objects("deployments", namespace).keys() - {model_slug(model_name)}, "no candidate started"
-    assert version["deployment_message"].endswith("; see deployment_warnings")

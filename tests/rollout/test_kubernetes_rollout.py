@@ -5,12 +5,15 @@ weight, or its replicas behind the one Service), and its figures are read from r
 the live Deployment untouched, a good one promoted by a surge rollout of the live Deployment; each pass is a fresh
 watcher (as the CronJob's processes are) and resumes the step from the tags; a newer version replaces the candidate,
 and removing the tag deletes exactly the candidate's objects. A shadow is mirrored by the live wrapper itself, told
-so by a ConfigMap the live pods mount, and judged on the answers it compared.
+so by a ConfigMap the live pods mount, and judged on the answers it compared; a canary bounded by its agreement with
+live is mirrored the other way, by its own wrapper asking the live pods, and judged on that comparison.
 
 The data plane (what ingress-nginx and the Service's endpoints do with a request) is `Plane` below: it reads the
 objects the watcher wrote and sends each request to a Ready pod's wrapper as they would; the kubelet's projection of
 the `<slug>-shadow` ConfigMap into the live pods is the test writing its data to the live wrapper's SHADOW_CONFIG
-file, with the candidate Service's name resolved to the candidate wrapper's address."""
+file, with the candidate Service's name resolved to the candidate wrapper's address; a canary candidate's pods are a
+wrapper process started with the mirroring environment of its Deployment's pod template, the Service it names resolved
+to the wrapper of the pods that Service selects."""
 
 from __future__ import annotations
 
@@ -19,18 +22,21 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.models import LoggedModel, iris_frame, register_versions
+from devstack.models import LoggedModel, iris_frame, log_sklearn_model, register_versions
 from devstack.servers import LocalMlflow
 from model_wrapper.contract.naming import model_slug
+from model_wrapper.http.shadow import MIRRORED_HEADER
 from tests.peers import KubernetesPeer, all_ready
 from tests.rollout.conftest import rollout_contract, tags
 from tests.wrapper.conftest import WrapperProcess, model_env
@@ -58,6 +64,11 @@ SHADOW = """\
   strategy: shadow
   sample: 1.0
   analysis: {interval: 30, min_requests: 20, max_error_rate: 0.01, min_agreement: 0.95}
+"""
+ASKING = """\
+  strategy: canary
+  steps: [50]
+  analysis: {interval: 30, min_requests: 20, max_error_rate: 0.01, min_agreement: 0.9}
 """
 HOLDING = """\
   strategy: canary
@@ -347,8 +358,10 @@ def test_the_live_wrapper_answers_every_caller_whatever_becomes_of_its_mirrored_
         wrappers.shadow_file.write_text(json.dumps({"candidate": gone, "version": "99", "sample": 1.0}))
         time.sleep(1.1)  # the config is looked at once a second
         with httpx.Client(timeout=10) as client:
+            marked = client.post(wrappers.predict_url(wrappers.live), json={"instances": rows[:1]},
+                                 headers={MIRRORED_HEADER: "1"}).status_code  # a mirror's: never mirrored again
             statuses = {client.post(wrappers.predict_url(wrappers.live), json={"instances": [row]}).status_code
-                        for row in rows}
+                        for row in rows} | {marked}
             deadline = time.monotonic() + 10
             while mirror_failures(text := metrics_text(live)) < len(rows) and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -408,3 +421,106 @@ def test_a_shadow_replacing_a_replica_ratio_canary_gets_a_deployment_of_its_own(
         candidate_name(slug)
     assert json.loads(kube.objects("configmaps", namespace)[f"{slug}-shadow"]["data"]["shadow.json"])["version"] \
         == shadowed
+
+
+@contextmanager
+def candidate_pod(kube: KubernetesPeer, namespace: str, slug: str, urls: dict[str, WrapperProcess],
+                  wrappers: Wrappers, mlflow_server: LocalMlflow) -> Iterator[str]:
+    """The kubelet's part for a canary candidate's pods: a wrapper of the candidate's version, started with the
+    mirroring environment the watcher rendered into its pod template, the Service named there resolved to the
+    wrapper of the (one version of) pods that Service selects; the candidate's version, served meanwhile."""
+    deployment = kube.objects("deployments", namespace)[candidate_name(slug)]
+    version = deployment["metadata"]["annotations"][MODEL_VERSION]
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+           if "value" in e}
+    service = kube.objects("services", namespace)[urlsplit(env["MIRROR_TO_LIVE"]).hostname.split(".")[0]]
+    selected = {p["metadata"]["annotations"][MODEL_VERSION] for p in kube.objects("pods", namespace).values()
+                if service["spec"]["selector"].items() <= p["metadata"]["labels"].items() and pod_metrics_base(p)}
+    assert selected == {"1"}, f"{service['metadata']['name']} must select the live pods alone, not {selected}"
+    found = MlflowClient().get_model_version(env["MODEL_NAME"], version)
+    model = LoggedModel(env["MODEL_NAME"], version, found.source, str(found.run_id), None)
+    process = WrapperProcess(model_env(model, mlflow_server, MODEL_SLUG=wrappers.slugs[wrappers.live.port],
+                                       MIRROR_TO_LIVE=f"http://127.0.0.1:{urls['1'].port}",
+                                       MIRROR_SAMPLE=env["MIRROR_SAMPLE"])).start()
+    wrappers.slugs[process.port] = wrappers.slugs[wrappers.live.port]  # the candidate serves under the live slug
+    try:
+        process.wait_until(wrappers.predict_url(process).removesuffix("predict") + "ready")
+        urls[version] = process
+        yield version
+    finally:
+        process.stop()
+
+
+def compared_all(wrapper: WrapperProcess, version: str, answered: int) -> None:
+    """Wait until the candidate has compared each request it answered (its mirrors run after the answers)."""
+    deadline = time.monotonic() + 20
+    while parse_comparison(metrics_text(f"http://127.0.0.1:{wrapper.port}"), version).compared < answered:
+        assert time.monotonic() < deadline, "the candidate never compared its answers with live's"
+        time.sleep(0.1)
+
+
+def test_a_canary_that_disagrees_with_live_is_rolled_back_on_the_agreement_its_own_wrapper_counted(
+    fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
+    production: dict[str, str], wrappers: Wrappers, mlflow_server: LocalMlflow,
+) -> None:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    urls = {"1": wrappers.live}
+    slug = deploy_live(kube, fresh_deps(urls, ingress_class_name="nginx"), model_name, iris, production)
+    features, target = iris_frame()
+    unlearnt = LogisticRegression(max_iter=500).fit(features, np.random.default_rng(0).permutation(target))
+    log_sklearn_model(model_name, unlearnt, features, contract=rollout_contract(ASKING), tags=production,
+                      pip_requirements=["scikit-learn"])
+    started = reconcile_once(fresh_deps(urls, ingress_class_name="nginx"))
+    assert started.failed == 0, started.failures
+
+    with candidate_pod(kube, namespace, slug, urls, wrappers, mlflow_server) as version:
+        assert tags(model_name, version)["rollout_status"] == "canary 50%"
+        plane = Plane(kube, namespace, slug, urls, wrappers)
+        plane.send(100)
+        compared_all(urls[version], version, len(plane.answers[version]))
+        judged = reconcile_once(fresh_deps(urls, ingress_class_name="nginx"))
+
+    assert judged.failed == 1, judged.failures
+    after = tags(model_name, version)
+    assert (after["deployment_status"], after["rollout_status"]) == ("failed", "rolled back")
+    assert after["deployment_message"].startswith("rolled back: agreement with live "), after["deployment_message"]
+    assert set(plane.answers["1"]) == set(plane.answers[version]) == {200}, "every caller answered"
+    assert candidate_objects(kube, namespace, slug) == {} and tags(model_name, 1)["deployment_status"] == "deployed"
+
+
+def test_a_canary_that_agrees_with_live_is_promoted_and_then_no_pod_mirrors(
+    fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
+    production: dict[str, str], wrappers: Wrappers, variant: Callable[..., str], mlflow_server: LocalMlflow,
+) -> None:
+    urls = {"1": wrappers.live}
+    slug = deploy_live(kube, fresh_deps(urls), model_name, iris, production)
+    good = variant(model_name, iris, {"contract.yaml": rollout_contract(ASKING).encode()}, production)
+    reconcile_once(fresh_deps(urls))
+    assert tags(model_name, good)["rollout_status"] == "canary 50%"
+    objects = candidate_objects(kube, namespace, slug)
+    policy = objects["networkpolicies"]["spec"]
+    assert policy["podSelector"]["matchExpressions"] == [{"key": "app.kubernetes.io/instance", "operator": "In",
+                                                          "values": [slug]}], "the live pods and the candidate's"
+    assert policy["ingress"][0]["from"][-1] == {"podSelector": {"matchLabels": objects["deployments"]["spec"][
+        "selector"]["matchLabels"]}}, "admit the candidate's pods, which ask the live ones"
+
+    with candidate_pod(kube, namespace, slug, urls, wrappers, mlflow_server):
+        plane = Plane(kube, namespace, slug, urls, wrappers)
+        plane.send(60)
+        compared_all(urls[good], good, len(plane.answers[good]))
+        kube.advance(31)
+        promoted = reconcile_once(fresh_deps(urls))
+
+    assert promoted.failed == 0, promoted.failures
+    after = tags(model_name, good)
+    assert (after["deployment_status"], after["rollout_status"]) == ("deployed", "promoted")
+    assert f"agreement 100.0% of {len(plane.answers[good])} compared" in after["rollout_summary"]
+    assert live_deployment(kube, namespace, slug)["metadata"]["annotations"][MODEL_VERSION] == good
+    assert candidate_objects(kube, namespace, slug) == {}
+    mirroring = [p["metadata"]["name"] for p in kube.objects("pods", namespace).values()
+                 if any(e["name"] == "MIRROR_TO_LIVE" for e in p["spec"]["containers"][0].get("env", []))]
+    assert mirroring == [] and f"{slug}-shadow" not in kube.objects("configmaps", namespace), \
+        "the promoted version asks no one (it would be asking itself)"
+    assert set(plane.answers["1"]) == set(plane.answers[good]) == {200}

@@ -34,8 +34,8 @@ def metrics_text(base_url: str) -> str:
 
 
 def parse_comparison(text: str, candidate: str) -> Comparison:
-    """The comparison counts a live wrapper keeps of what it mirrored to the candidate version `candidate`
-    (`model_wrapper.http.shadow`)."""
+    """The comparison counts a wrapper keeps of the candidate version `candidate` against live, whichever side
+    mirrored (`model_wrapper.http.shadow`: the live wrapper in a shadow, the candidate's in a canary)."""
     counts: dict[str, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

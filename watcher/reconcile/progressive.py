@@ -46,7 +46,7 @@ def wants_trial(deps: Deps, rollout: Rollout | None, version: VersionInfo, previ
     """A rollout needs a live version of the same model to compare with, and a target that runs candidates."""
     if rollout is None or previous is None or previous.model != version.name or previous.version is None:
         return False
-    if note := _unsupported(deps, rollout):
+    if note := _unsupported(deps):
         log.warning("%s: %s", version, note)
         return False
     return True
@@ -54,7 +54,7 @@ def wants_trial(deps: Deps, rollout: Rollout | None, version: VersionInfo, previ
 
 def unsupported_note(deps: Deps, rollout: Rollout | None) -> list[str]:
     """What `deployment_warnings` says when the section could not be followed here (empty otherwise)."""
-    note = _unsupported(deps, rollout) if rollout is not None else None
+    note = _unsupported(deps) if rollout is not None else None
     return [note] if note else []
 
 
@@ -64,20 +64,16 @@ def candidate_apart(deps: Deps) -> bool:
     return bool(getattr(deps.target, "candidate_apart", False))
 
 
-def _unsupported(deps: Deps, rollout: Rollout) -> str | None:
-    target = rollout_target(deps.target)
-    if target is None:
-        return UNSUPPORTED
-    analysis = rollout.analysis
-    why = target.cannot_run(rollout.strategy, analysis.min_agreement is not None or
-                            analysis.max_mean_abs_diff is not None)
-    return f"the contract's rollout section is not carried out: {why}; deployed at once" if why else None
+def _unsupported(deps: Deps) -> str | None:
+    return UNSUPPORTED if rollout_target(deps.target) is None else None
 
 
 def begin(deps: Deps, version: VersionInfo, rollout: Rollout, rendered: Any, snapshot: Any,
           previous: Live) -> None:
     """The ready candidate takes its first share of traffic (shadow: copies of a sample)."""
-    _trials(deps).begin_rollout(rendered, snapshot, _percent(rollout, 0), rollout.sample)
+    analysis = rollout.analysis
+    _trials(deps).begin_rollout(rendered, snapshot, _percent(rollout, 0), rollout.sample,
+                                compares=analysis.min_agreement is not None or analysis.max_mean_abs_diff is not None)
     step = Step(0, deps.clock(), 0)
     deps.recorder.on_trial(version, rollout.stages[0], "starting: no figures yet", str(step), previous.version)
     log.info("%s: on trial beside version %s: %s", version, previous.version, rollout.stages[0])

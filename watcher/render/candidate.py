@@ -15,7 +15,17 @@ The second Deployment's own selector adds `service-builder.io/track: candidate`,
 what the live Deployment's controller claims by ownership. A **shadow** has a Deployment, Service and
 NetworkPolicy of its own (admitting the live pods, which mirror to it) and no Ingress: it answers no caller; what
 the live wrapper mirrors to it is the ConfigMap `<slug>-shadow` (`shadow_config_map`), which every model pod
-mounts (optional) as its SHADOW_CONFIG. Pure: called with plain data by the Kubernetes
+mounts (optional) as its SHADOW_CONFIG.
+
+A canary bounded by its agreement with live (`asks_live`) turns the mirror round: the candidate's Deployment alone
+gets `MIRROR_TO_LIVE` (the address of a Service that selects the live pods only) and `MIRROR_SAMPLE`, so its
+wrapper asks the live version a sample of the requests it answers and counts the comparison on its own `/metrics`.
+Rendered config rather than a ConfigMap: nothing changes it during the trial, it starts with the pods, and it goes
+with the candidate's Deployment (a promotion applies the version's own manifests, which never have it), so no
+pass can leave a mirror behind. With ingress-nginx the live Service selects the live pods alone; in a replica
+ratio it selects the candidate's too, so the candidate gets a Service of its own that selects the live version's
+pods by their version label. Its NetworkPolicy then also selects the live pods, admitting the candidate's (policies
+add up: the live pods admit what they did, and the candidate). Pure: called with plain data by the Kubernetes
 target's candidates (`watcher.targets.kubernetes.candidates`); `docs/lifecycle.md` says what runs where.
 """
 
@@ -24,6 +34,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from watcher.render.manifests import (
@@ -43,6 +54,7 @@ NGINX_CANARY = "nginx.ingress.kubernetes.io/canary"
 NGINX_WEIGHT = "nginx.ingress.kubernetes.io/canary-weight"
 SHADOW_VOLUME = "shadow"
 SHADOW_KEY = "shadow.json"
+VERSION_LABEL = "app.kubernetes.io/version"
 MIRRORED_BY = ANNOTATION + "mirrored-by"
 """On a shadow's candidate Deployment: the ConfigMap that makes the live pods mirror to it (removed first)."""
 
@@ -52,10 +64,20 @@ def candidate_name(slug: str) -> str:
     return f"{slug[:53].rstrip('-')}-candidate"
 
 
+@dataclass(frozen=True)
+class AsksLive:
+    """A canary whose analysis compares its answers with live's: where, and how much of them."""
+
+    namespace: str
+    live_version: int
+    sample: float
+
+
 def candidate_manifests(rendered: Rendered, *, percent: int, live_replicas: int, ingress_nginx: bool,
-                        shadow: bool = False) -> list[dict[str, Any]]:
+                        shadow: bool = False, asks_live: AsksLive | None = None) -> list[dict[str, Any]]:
     """The candidate's Deployment (and, with ingress-nginx, its Service, canary Ingress and NetworkPolicy; for a
-    shadow, its Service and NetworkPolicy), validated."""
+    shadow, its Service and NetworkPolicy; a replica ratio's that asks live, the Service to the live pods and the
+    NetworkPolicy), validated."""
     slug = rendered.deployment["metadata"]["name"]
     deployment = _deployment(rendered.deployment, slug, keeps_live_selector=not (ingress_nginx or shadow))
     if shadow:
@@ -63,13 +85,28 @@ def candidate_manifests(rendered: Rendered, *, percent: int, live_replicas: int,
         manifests = [deployment, _service(rendered, slug), *_network_policy(rendered, slug, mirrored=True)]
     elif ingress_nginx:
         manifests = [deployment, _service(rendered, slug), _ingress(rendered, slug, percent),
-                     *_network_policy(rendered, slug)]
+                     *_network_policy(rendered, slug, asked_by=deployment if asks_live else None)]
     else:
         deployment["spec"]["replicas"] = candidate_replicas(percent, live_replicas)
         manifests = [deployment]
+        if asks_live is not None:
+            manifests += [_service(rendered, slug, live_version=asks_live.live_version),
+                          *_network_policy(rendered, slug, asked_by=deployment)]
+    if asks_live is not None and not shadow:
+        _ask_live(deployment, live_url(rendered, asks_live.namespace, ingress_nginx=ingress_nginx),
+                  asks_live.sample)
     for manifest in manifests:
         validate_manifest(manifest)
     return manifests
+
+
+def live_url(rendered: Rendered, namespace: str, *, ingress_nginx: bool) -> str:
+    """The address of the live pods alone, as a canary candidate asks them: the live Service with ingress-nginx
+    (its selector never matches the candidate's pods), else the candidate's own Service to them."""
+    service = next(m for m in rendered.manifests if m["kind"] == "Service")
+    slug = rendered.deployment["metadata"]["name"]
+    name = slug if ingress_nginx else candidate_name(slug)
+    return f"http://{name}.{namespace}.svc:{service['spec']['ports'][0]['port']}"
 
 
 def candidate_url(rendered: Rendered, namespace: str) -> str:
@@ -116,12 +153,23 @@ def _deployment(live: dict[str, Any], slug: str, *, keeps_live_selector: bool) -
     return deployment
 
 
-def _service(rendered: Rendered, slug: str) -> dict[str, Any]:
+def _service(rendered: Rendered, slug: str, *, live_version: int | None = None) -> dict[str, Any]:
+    """The candidate's Service: to its own pods, or (`live_version`) to the live version's pods alone."""
     service = copy.deepcopy(next(m for m in rendered.manifests if m["kind"] == "Service"))
     name = candidate_name(slug)
     _mark(service, name, slug)
-    service["spec"]["selector"] = {**service["spec"]["selector"], INSTANCE_LABEL: name, TRACK_LABEL: "candidate"}
+    if live_version is None:
+        service["spec"]["selector"] = {**service["spec"]["selector"], INSTANCE_LABEL: name, TRACK_LABEL: "candidate"}
+    else:  # every model pod carries its version as this label (the templates' `labels`)
+        service["spec"]["selector"] = {**service["spec"]["selector"], VERSION_LABEL: str(live_version)}
     return service
+
+
+def _ask_live(deployment: dict[str, Any], url: str, sample: float) -> None:
+    """The candidate's wrapper asks `url` a `sample` of the prediction requests it answers, and compares."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [*container.get("env", []), {"name": "MIRROR_TO_LIVE", "value": url},
+                        {"name": "MIRROR_SAMPLE", "value": repr(float(sample))}]
 
 
 def _ingress(rendered: Rendered, slug: str, percent: int) -> dict[str, Any]:
@@ -136,9 +184,11 @@ def _ingress(rendered: Rendered, slug: str, percent: int) -> dict[str, Any]:
     return ingress
 
 
-def _network_policy(rendered: Rendered, slug: str, *, mirrored: bool = False) -> list[dict[str, Any]]:
+def _network_policy(rendered: Rendered, slug: str, *, mirrored: bool = False,
+                    asked_by: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The live pods' NetworkPolicy for the candidate's pods, which the live one's selector does not pick; a
-    shadow's also admits the live pods, which mirror to it."""
+    shadow's also admits the live pods, which mirror to it; a canary's that asks live (`asked_by`: its Deployment)
+    also selects the live pods and admits the candidate's."""
     policy = next((m for m in rendered.manifests if m["kind"] == "NetworkPolicy"), None)
     if policy is None:
         return []
@@ -150,6 +200,12 @@ def _network_policy(rendered: Rendered, slug: str, *, mirrored: bool = False) ->
     if mirrored and policy["spec"].get("ingress"):
         live = {"podSelector": {"matchLabels": {INSTANCE_LABEL: slug, MANAGED_BY_LABEL: MANAGED_BY}}}
         policy["spec"]["ingress"][0]["from"].append(live)
+    if asked_by is not None and policy["spec"].get("ingress"):
+        asking = dict(asked_by["spec"]["selector"]["matchLabels"])
+        instances = sorted({slug, asking[INSTANCE_LABEL]})
+        policy["spec"]["podSelector"] = {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY}, "matchExpressions": [
+            {"key": INSTANCE_LABEL, "operator": "In", "values": instances}]}
+        policy["spec"]["ingress"][0]["from"].append({"podSelector": {"matchLabels": asking}})
     return [policy]
 
 

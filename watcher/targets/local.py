@@ -162,8 +162,10 @@ class LocalTarget:
             _terminate(old.get("pid"))
         self.discard_candidate(slug, snapshot, reroute=False)  # a version on trial gave way to this one
 
-    def begin_rollout(self, rendered: Rendered, snapshot: LocalSnapshot, percent: int, sample: float) -> None:
-        """The ready new process becomes the slug's candidate beside the live one (replacing any earlier one)."""
+    def begin_rollout(self, rendered: Rendered, snapshot: LocalSnapshot, percent: int, sample: float, *,
+                      compares: bool = False) -> None:
+        """The ready new process becomes the slug's candidate beside the live one (replacing any earlier one); the
+        front compares a canary's answers with live's whether or not the analysis is bounded by them."""
         slug = rendered.deployment["metadata"]["name"]
         self._candidates.begin(slug, self._state(rendered), snapshot.states[slug], percent, sample)
         earlier = snapshot.candidates.get(slug)
@@ -181,10 +183,6 @@ class LocalTarget:
         is stopped once no request goes to it."""
         self._candidates.promote(slug, snapshot.candidates[slug], self._dir / f"{slug}.json")
         _terminate(snapshot.states[slug].get("pid"))
-
-    def cannot_run(self, strategy: str, compares: bool) -> str | None:
-        """The local front shadows, splits and compares: every rollout section is carried out here."""
-        return None
 
     def discard_candidate(self, slug: str, snapshot: LocalSnapshot, *, reroute: bool = True) -> None:
         """Traffic back to the live version, then the candidate stops (`reroute` False: the routes are set)."""

@@ -11,7 +11,8 @@ objects themselves are rendered and validated by `watcher.render.candidate`. Two
 
 A shadow (share 0) gets no traffic of its own: the ConfigMap `<slug>-shadow`, which the live pods mount, makes
 the live wrapper mirror a sample to the candidate's Service (`model_wrapper.http.shadow`) and count the comparison
-on its `/metrics`.
+on its `/metrics`. A canary bounded by its agreement with live runs it the other way round: its own pods ask the
+live version (`watcher.render.candidate.AsksLive`) and count the comparison on theirs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from watcher.render.candidate import (
     MIRRORED_BY,
     NGINX_WEIGHT,
     TRACK_LABEL,
+    AsksLive,
     candidate_manifests,
     candidate_name,
     candidate_replicas,
@@ -74,14 +76,15 @@ class Candidates:
         self._timeout = timeout
 
     def begin(self, rendered: Rendered, live: dict[str, Any] | None, earlier: dict[str, dict[str, Any]],
-              percent: int, sample: float) -> None:
+              percent: int, sample: float, *, compares: bool = False) -> None:
         """Create (or turn an earlier candidate into) `rendered`'s candidate with no share yet, wait until its
-        Deployment is rolled out, then give it `percent` (0: a shadow, mirrored `sample` of the live requests). A
-        candidate that never gets ready is removed."""
+        Deployment is rolled out, then give it `percent` (0: a shadow, mirrored `sample` of the live requests; a
+        canary that `compares` asks live `sample` of its own). A candidate that never gets ready is removed."""
         shadow = percent == 0
+        asks = AsksLive(self._ns, _version(live or {}), sample) if compares and not shadow else None
         manifests = candidate_manifests(rendered, percent=0, live_replicas=_replicas(live), ingress_nginx=self._nginx,
-                                        shadow=shadow)
-        mirrored = (earlier.get("Deployment") or {}).get("metadata", {}).get("annotations", {}).get(MIRRORED_BY)
+                                        shadow=shadow, asks_live=asks)
+        mirrored = _annotations(earlier.get("Deployment") or {}).get(MIRRORED_BY)
         if mirrored and not shadow:
             self._cluster.delete_object("ConfigMap", mirrored)
         stale = _stale(earlier, manifests)
@@ -120,7 +123,7 @@ class Candidates:
     def discard(self, present: dict[str, dict[str, Any]]) -> None:
         """Delete the candidate objects `present` (by kind): what sends it traffic first (the live pods' mirroring
         config, the canary Ingress), its pods after."""
-        mirrored = ((present.get("Deployment") or {}).get("metadata", {}).get("annotations") or {}).get(MIRRORED_BY)
+        mirrored = _annotations(present.get("Deployment") or {}).get(MIRRORED_BY)
         if mirrored:
             self._cluster.delete_object("ConfigMap", mirrored)
         for kind in reversed(APPLY_ORDER):
@@ -129,18 +132,20 @@ class Candidates:
 
     def figures(self, live: dict[str, Any], present: dict[str, dict[str, Any]]) -> Figures:
         """Both Deployments' prediction figures, each summed over its Ready pods' `/metrics`, and the comparison
-        counts the live pods keep of what they mirrored to the candidate (`present`: its objects, by kind)."""
+        counts of the side that mirrors: the live pods in a shadow, the candidate's in a canary (`present`: its
+        objects, by kind). Only that side's: a live pod's counts of an earlier shadow of the same version are not
+        this trial's."""
         candidate = present.get("Deployment")
         if candidate is None:  # deleted by hand, or a delete cut short: the candidate goes, the live one serves
             raise RolloutFailed("the candidate's Deployment is gone; nothing to judge")
         live_pods = [pod for pod in self._cluster.pods(_selector(live))
                      if (pod["metadata"].get("labels") or {}).get(TRACK_LABEL) != "candidate"]
         version = _version(candidate)
-        live_texts = self._texts(live_pods)
-        return Figures(version, _version(live), summed([parse_metrics(text) for text in
-                                                        self._texts(self._cluster.pods(_selector(candidate)))]),
+        live_texts, candidate_texts = self._texts(live_pods), self._texts(self._cluster.pods(_selector(candidate)))
+        return Figures(version, _version(live), summed([parse_metrics(text) for text in candidate_texts]),
                        summed([parse_metrics(text) for text in live_texts]),
-                       added([parse_comparison(text, str(version)) for text in live_texts]))
+                       added([parse_comparison(text, str(version)) for text in
+                              (live_texts if _annotations(candidate).get(MIRRORED_BY) else candidate_texts)]))
 
     def _texts(self, pods: list[dict[str, Any]]) -> list[str]:
         found = []
@@ -164,7 +169,7 @@ def _stale(earlier: dict[str, dict[str, Any]], manifests: list[dict[str, Any]]) 
 
 
 def added(comparisons: list[Comparison]) -> Comparison:
-    """The live pods' comparison counts, added up."""
+    """The comparison counts of the pods that mirror, added up."""
     return Comparison(sum(c.compared for c in comparisons), sum(c.agreed for c in comparisons),
                       sum(c.abs_diff_sum for c in comparisons), sum(c.abs_diff_count for c in comparisons))
 
@@ -187,6 +192,10 @@ def _selector(deployment: dict[str, Any]) -> dict[str, str]:
     return dict(((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
 
 
+def _annotations(obj: dict[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
 def _version(deployment: dict[str, Any]) -> int:
-    text = ((deployment.get("metadata") or {}).get("annotations") or {}).get(MODEL_VERSION, "")
+    text = _annotations(deployment).get(MODEL_VERSION, "")
     return int(text) if text.isdigit() else 0

@@ -246,10 +246,11 @@ class KubernetesTarget:
 
     # --- a version on trial beside the live one (watcher.reconcile.progressive) ----------------
 
-    def begin_rollout(self, rendered: Rendered, snapshot: Snapshot, percent: int, sample: float) -> None:
+    def begin_rollout(self, rendered: Rendered, snapshot: Snapshot, percent: int, sample: float, *,
+                      compares: bool = False) -> None:
         slug = rendered.deployment["metadata"]["name"]
         self._candidates.begin(rendered, snapshot.objects.get(("Deployment", slug)), snapshot.candidate(slug),
-                               percent, sample)
+                               percent, sample, compares=compares)
 
     def split(self, slug: str, snapshot: Snapshot, percent: int, sample: float) -> None:
         self._candidates.split(slug, snapshot.objects.get(("Deployment", slug)), percent)
@@ -270,12 +271,6 @@ class KubernetesTarget:
 
     def discard_candidate(self, slug: str, snapshot: Snapshot) -> None:
         self._candidates.discard(snapshot.candidate(slug))
-
-    def cannot_run(self, strategy: str, compares: bool) -> str | None:
-        """What of a rollout section this target cannot carry out (None: all of it): the live wrapper mirrors to
-        a shadow, but a canary's own answers are compared with live by no one here."""
-        return ("a canary's comparison with live (min_agreement, max_mean_abs_diff) is not carried out on "
-                "Kubernetes yet") if strategy == "canary" and compares else None
 
     # --- for the candidates (candidates.Cluster) ------------------------------------------------
 
