@@ -15,6 +15,10 @@ one `predict` instance per request, with the front's routes set as the local tar
 With `--live-wrapper`, the Kubernetes way: no front, the callers ask the live wrapper, which mirrors the
 sample its SHADOW_CONFIG file names to the candidate itself (no rollout, shadow 10%, shadow 100%).
 
+With `--own-core` (Linux), the candidate runs on a CPU of its own and everything else (the live wrapper, the
+front, wrk) on the other: on a cluster the candidate's pods have CPU of their own, and on this 2-core machine it
+would otherwise take the live version's. Every mode of the run is pinned alike, "no rollout" included.
+
 The median of the rounds counts; the figures are the callers' throughput and p50/p99, and the ratios to
 "no rollout". Prints a Markdown section for BENCHMARKS.md; asserts nothing.
 """
@@ -43,6 +47,9 @@ MODES = {"no rollout": (0, 0.0), "shadow 10%": (0, 0.1), "shadow 100%": (0, 1.0)
 LIVE_MIRRORS = {"no rollout": None, "shadow 10%": 0.1, "shadow 100%": 1.0}
 """Kubernetes' way (`--live-wrapper`): no front; the live wrapper itself mirrors the sample its SHADOW_CONFIG
 file names (`model_wrapper.http.shadow`), and the callers ask it directly."""
+CANDIDATE_CPUS: set[int] | None = None
+"""Where the candidate runs: anywhere, or (`--own-core`) on a CPU no other process of the run uses."""
+PINNED = "the candidate alone on CPU 1, the rest on CPU 0; "
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,18 +60,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="wrk connections: 1 measures the path (no queueing), 8 saturates this machine")
     parser.add_argument("--live-wrapper", action="store_true",
                         help="shadows as on Kubernetes: mirrored by the live wrapper, no front")
+    parser.add_argument("--own-core", action="store_true",
+                        help="the candidate on CPU 1 alone; the live wrapper, the front and wrk on CPU 0")
     args = parser.parse_args(argv)
+    global CANDIDATE_CPUS
+    if args.own_core:
+        os.sched_setaffinity(0, {0})  # this process and all it starts (wrk, the servers) but the candidate
+        CANDIDATE_CPUS = {1}
     wrapper_bench.DURATION, wrapper_bench.CONNECTIONS = args.duration, args.connections
     load_before = os.getloadavg()
     with _stack() as (mlflow_server, source, name, version, workdir):
         env = {**os.environ, **mlflow_server.client_env()}
         if args.live_wrapper:
             config = workdir / "shadow.json"
-            with _wrapper(env, source, name, version) as candidate, \
+            with _wrapper(env, source, name, version, CANDIDATE_CPUS) as candidate, \
                     _wrapper({**env, "SHADOW_CONFIG": str(config)}, source, name, version) as live:
                 loads = _mirrored_loads(config, name, version, live, candidate, args.rounds)
         else:
-            with _wrapper(env, source, name, version) as live, _wrapper(env, source, name, version) as candidate, \
+            with _wrapper(env, source, name, version) as live, \
+                    _wrapper(env, source, name, version, CANDIDATE_CPUS) as candidate, \
                     _front(env, workdir) as (state, port):
                 loads = _loads(state, port, name, live, candidate, args.rounds)
     print(_report(loads, load_before, args))
@@ -105,13 +119,16 @@ def _loads(state: Path, port: int, name: str, live: tuple[int, int], candidate: 
 
 
 @contextmanager
-def _wrapper(env: dict[str, str], source: str, name: str, version: str) -> Iterator[tuple[int, int]]:
+def _wrapper(env: dict[str, str], source: str, name: str, version: str,
+             cpus: set[int] | None = None) -> Iterator[tuple[int, int]]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "model_wrapper"], env={
         **env, "MODEL_NAME": name, "MODEL_VERSION": version, "MODEL_SOURCE": source, "PORT": str(port),
         "HOST": "127.0.0.1", "WORKERS": "1", "DRAIN_SECONDS": "0", "TERMINATION_LOG": os.devnull},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
+    if cpus is not None:
+        os.sched_setaffinity(process.pid, cpus)  # before it has started a thread: they all inherit it
     try:
         _wait(f"http://127.0.0.1:{port}/{name}/api/ready", process)
         yield process.pid, port
@@ -150,7 +167,7 @@ def _report(loads: dict[str, Load], load_before: tuple[float, float, float], arg
              f"-c{wrapper_bench.CONNECTIONS} -d{args.duration}s "
              f"{'at the live wrapper, which mirrors' if args.live_wrapper else 'through the local front'}, "
              "1 instance per request; "
-             f"median of {args.rounds} rounds taken in turns.", "",
+             f"{PINNED if args.own_core else ''}median of {args.rounds} rounds taken in turns.", "",
              "| routes | req/s | p50 ms | p99 ms | non-2xx | req/s vs no rollout | p50 vs no rollout |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for mode, load in loads.items():

@@ -1,8 +1,8 @@
 """What the wrapper's process imports before it loads a model: none of the libraries only some models or some
 features need. Each would add its import time to every cold start (issue 26): MLflow (only `invocations` and
 non-scikit-learn models), boto3 (only S3 sources and the inference log), pyarrow (only the inference log),
-httpx (only a shadow's mirroring), and scikit-learn, pandas and skops (only the model's own loading); nor
-pydantic-settings, which the wrapper's plain settings do without."""
+aiohttp (only a shadow's mirroring), and scikit-learn, pandas and skops (only the model's own loading); nor
+pydantic-settings and httpx, which the wrapper does without."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-LATER = ("mlflow", "boto3", "pyarrow", "httpx", "sklearn", "pandas", "skops", "pydantic_settings")
+LATER = ("mlflow", "boto3", "pyarrow", "httpx", "aiohttp", "sklearn", "pandas", "skops", "pydantic_settings")
 CHECK = f"""
 import json, sys
 import model_wrapper.server
