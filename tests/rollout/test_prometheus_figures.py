@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -32,8 +33,9 @@ from tests.rollout.conftest import Callers, rollout_contract, run_until, tags
 from tests.rollout.test_local_rollout import HOLDING, candidate_state, deploy_live
 from watcher.clients.prometheus import Prometheus
 from watcher.clients.scrape import wrapper_figures
-from watcher.config.settings import Settings
+from watcher.config.settings import Settings, load_settings
 from watcher.entry.cli import build_deps
+from watcher.errors import SettingsInvalid
 from watcher.reconcile.deps import Deps
 from watcher.reconcile.engine import reconcile_once
 
@@ -191,14 +193,40 @@ def test_prometheus_figures_equal_the_wrappers_own_and_a_prometheus_that_fails_h
     down = tags(model_name, second)
     refused = reconcile_once(prometheus_deps(prometheus_matchers='job=~"("'))  # Prometheus: a bad regex
     bad = tags(model_name, second)
+    unseen = reconcile_once(prometheus_deps(prometheus_matchers='job="elsewhere"'))  # scraping other pods
+    empty = tags(model_name, second)
 
-    assert (gone.failed, refused.failed) == (0, 0), (gone.failures, refused.failures)
-    for held in (down, bad):
+    assert (gone.failed, refused.failed, unseen.failed) == (0, 0, 0), (gone.failures, refused.failures)
+    for held in (down, bad, empty):
         assert (held["deployment_status"], held["rollout_status"]) == ("deploying", "canary 30%")
         assert held["rollout_step"] == before["rollout_step"], "the step holds where it was"
     assert down["rollout_summary"].startswith("no figures this pass: could not query Prometheus at 127.0.0.1 (")
     assert bad["rollout_summary"].startswith("no figures this pass: Prometheus at 127.0.0.1 refused the query (400: ")
     assert "error parsing regexp" in bad["rollout_summary"]
+    assert empty["rollout_summary"] == (f"no figures this pass: Prometheus at 127.0.0.1 has no series of "
+                                        f"{model_name} version {second} yet (is it scraping the model's pods? "
+                                        "see docs/lifecycle.md)")
+
+
+@pytest.mark.parametrize(("variable", "value"), [("prometheus_url", "prometheus:9090"),
+                                                 ("prometheus_matchers", "namespace=models"),
+                                                 ("prometheus_matchers", 'namespace="models"}) or vector(1')])
+def test_a_prometheus_setting_that_is_no_url_or_no_label_matchers_stops_the_watcher_naming_it(
+    variable: str, value: str,
+) -> None:
+    with pytest.raises(SettingsInvalid, match=variable.upper()):
+        load_settings(mlflow_tracking_uri="http://m:5000", **{variable: value})
+
+
+def test_the_figures_are_narrowed_to_the_namespace_on_kubernetes_unless_the_matchers_say_otherwise() -> None:
+    def selector(**overrides: str) -> str:
+        return load_settings(mlflow_tracking_uri="http://m:5000", k8s_name_space="models", **overrides) \
+            .prometheus_selector
+
+    assert selector() == 'namespace="models"'
+    assert selector(prometheus_matchers="") == ""
+    assert selector(prometheus_matchers='job="pods"') == 'job="pods"'
+    assert selector(deploy_target="local", model_wrapper_image=sys.executable) == ""
 
 
 def discovered_quantile(url: str, model: str, version: str) -> float:
