@@ -4,21 +4,19 @@ on Prometheus' series (its query log shows the watcher's queries); the figures e
 of the same wrappers once Prometheus has scraped them, p99 as Prometheus' own `histogram_quantile` says; and a
 Prometheus that cannot be reached or refuses the query holds the step with the reason, never a verdict.
 
-One Debian `prometheus` per module, scraping every second the wrapper processes the local target records in its
-state directory: the test writes them to a `file_sd_configs` file as they come and go (what `kubernetes_sd_configs`
-does with pods in a cluster; the discovery mechanism is no part of what is tested)."""
+One Debian `prometheus` per module (`conftest.prometheus`), scraping every second the wrapper processes the local
+target records in its state directory, written to its `file_sd_configs` file as they come and go. The Kubernetes
+target's reading of Prometheus is in `test_prometheus_kubernetes.py`."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,9 @@ import pytest
 from mlflow import MlflowClient
 
 from devstack.models import LoggedModel
-from devstack.servers import free_port, stop_process, wait_http
+from devstack.servers import free_port
 from model_wrapper.contract.naming import model_slug
-from tests.rollout.conftest import Callers, rollout_contract, run_until, tags
+from tests.rollout.conftest import Callers, PrometheusServer, rollout_contract, run_until, tags
 from tests.rollout.test_local_rollout import HOLDING, candidate_state, deploy_live
 from watcher.clients.prometheus import Prometheus
 from watcher.clients.scrape import wrapper_figures
@@ -39,60 +37,11 @@ from watcher.errors import SettingsInvalid
 from watcher.reconcile.deps import Deps
 from watcher.reconcile.engine import reconcile_once
 
-PROMETHEUS = Path("/usr/bin/prometheus")
 FAILING = """\
   strategy: canary
   steps: [20, 50]
   analysis: {interval: 1, min_requests: 15, max_error_rate: 0.01}
 """
-
-
-@dataclass
-class PrometheusServer:
-    url: str
-    targets: Path
-    """The `file_sd_configs` file: the wrapper processes to scrape."""
-    query_log: Path
-
-    def queries(self) -> list[str]:
-        if not self.query_log.exists():
-            return []
-        return [json.loads(line)["params"]["query"] for line in self.query_log.read_text().splitlines() if line]
-
-    def scrape(self, state_dir: Path) -> None:
-        """Point Prometheus at every wrapper process recorded in `state_dir` (live and candidates)."""
-        ports = set()
-        for path in [*state_dir.glob("*.json"), *state_dir.glob("candidates/*.json")]:
-            try:
-                ports.add(json.loads(path.read_text())["port"])
-            except (OSError, ValueError, KeyError):
-                continue  # being written: the next round has it
-        temporary = self.targets.with_suffix(".tmp")
-        temporary.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}" for port in sorted(ports)]}]))
-        temporary.replace(self.targets)
-
-
-@pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    if not PROMETHEUS.exists():
-        pytest.skip("Debian's prometheus is not installed (apt-get install prometheus; .ci/run installs it)")
-    root = tmp_path_factory.mktemp("prometheus")
-    port, targets, query_log = free_port(), root / "targets" / "wrappers.json", root / "queries.log"
-    targets.parent.mkdir()
-    targets.write_text("[]")
-    config = {"global": {"scrape_interval": "1s", "query_log_file": str(query_log)},
-              "scrape_configs": [{"job_name": "wrappers", "file_sd_configs": [
-                  {"files": [str(targets.parent / "*.json")], "refresh_interval": "1s"}]}]}
-    (root / "prometheus.yml").write_text(json.dumps(config))
-    with open(root / "prometheus.log", "wb") as log:
-        process = subprocess.Popen([str(PROMETHEUS), f"--config.file={root / 'prometheus.yml'}",
-                                    f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", 30, process)
-        yield PrometheusServer(f"http://127.0.0.1:{port}", targets, query_log)
-    finally:
-        stop_process(process)
 
 
 @pytest.fixture
@@ -102,7 +51,7 @@ def discovered(prometheus: PrometheusServer, state_dir: Path) -> Iterator[Promet
 
     def follow() -> None:
         while not stop.wait(0.3):
-            prometheus.scrape(state_dir)
+            prometheus.point({port: {} for port in recorded_ports(state_dir)})
 
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
@@ -227,6 +176,17 @@ def test_the_figures_are_narrowed_to_the_namespace_on_kubernetes_unless_the_matc
     assert selector(prometheus_matchers="") == ""
     assert selector(prometheus_matchers='job="pods"') == 'job="pods"'
     assert selector(deploy_target="local", model_wrapper_image=sys.executable) == ""
+
+
+def recorded_ports(state_dir: Path) -> set[int]:
+    """The ports of the wrapper processes the local target records in `state_dir` (live and candidates)."""
+    ports = set()
+    for path in [*state_dir.glob("*.json"), *state_dir.glob("candidates/*.json")]:
+        try:
+            ports.add(int(json.loads(path.read_text())["port"]))
+        except (OSError, ValueError, KeyError):
+            continue  # being written: the next round has it
+    return ports
 
 
 def discovered_quantile(url: str, model: str, version: str) -> float:

@@ -75,9 +75,11 @@ class Prometheus:
     def comparison(self, model: str, versions: tuple[int, int]) -> Comparison:
         """What a wrapper of either version counted of the requests it mirrored to the other
         (`model_wrapper.http.shadow`): on Kubernetes the live wrapper mirrors a shadow."""
-        selector = self._selector(model=model, version=versions, candidate=versions)
-        samples = self.query(f'sum by (__name__, outcome) ({{__name__=~"{OUTCOMES}|{DIFF_SUM}|{DIFF_COUNT}", '
-                             f'{selector}}})')
+        one, other = (str(version) for version in versions)
+        directions = " or ".join(f'{{__name__=~"{OUTCOMES}|{DIFF_SUM}|{DIFF_COUNT}", '
+                                 f'{self._selector(model=model, version=mirror, candidate=mirrored)}}}'
+                                 for mirror, mirrored in ((one, other), (other, one)))
+        samples = self.query(f"sum by (__name__, outcome) ({directions})")
         counts: dict[str, float] = defaultdict(float)
         for labels, value in samples:
             name = labels.get("__name__", "")
@@ -102,6 +104,7 @@ class Prometheus:
                 if math.isfinite(value := float(item["value"][1]))]
 
     def _selector(self, **labels: str | tuple[int, ...]) -> str:
+        """Label matchers: a string matches exactly, a tuple of versions any of them."""
         parts = [f"{name}={_quoted(value)}" if isinstance(value, str) else
                  f"{name}=~{_quoted('|'.join(str(v) for v in value))}" for name, value in labels.items()]
         return ", ".join([*parts, self._matchers] if self._matchers else parts)
