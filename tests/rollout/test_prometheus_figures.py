@@ -2,7 +2,8 @@
 local target with real wrapper processes under load: a failing canary is rolled back and a good shadow promoted
 on Prometheus' series (its query log shows the watcher's queries); the figures equal the scrape path's figures
 of the same wrappers once Prometheus has scraped them, p99 as Prometheus' own `histogram_quantile` says; and a
-Prometheus that cannot be reached or refuses the query holds the step with the reason, never a verdict.
+Prometheus that cannot be reached, refuses the query or has no series of the candidate holds the step with the
+reason, never a verdict, while a person's abort needs no figures.
 
 One Debian `prometheus` per module (`conftest.prometheus`), scraping every second the wrapper processes the local
 target records in its state directory, written to its `file_sd_configs` file as they come and go. The Kubernetes
@@ -32,6 +33,7 @@ from tests.rollout.test_local_rollout import HOLDING, candidate_state, deploy_li
 from watcher.clients.prometheus import Prometheus
 from watcher.clients.scrape import wrapper_figures
 from watcher.config.settings import Settings, load_settings
+from watcher.entry import commands
 from watcher.entry.cli import build_deps
 from watcher.errors import SettingsInvalid
 from watcher.reconcile.deps import Deps
@@ -155,6 +157,12 @@ def test_prometheus_figures_equal_the_wrappers_own_and_a_prometheus_that_fails_h
     assert empty["rollout_summary"] == (f"no figures this pass: Prometheus at 127.0.0.1 has no series of "
                                         f"{model_name} version {second} yet (is it scraping the model's pods? "
                                         "see docs/lifecycle.md)")
+    closed = f"http://127.0.0.1:{free_port()}"
+    assert commands.decide_rollout(prometheus_deps(url=closed), model_name, "abort", out=lambda _: None) == 0
+    aborted = tags(model_name, second)
+    assert (aborted["deployment_status"], aborted["rollout_status"]) == ("failed", "rolled back"), \
+        "a person's decision needs no figures"
+    assert aborted["deployment_message"].startswith("rolled back: aborted by a person")
 
 
 @pytest.mark.parametrize(("variable", "value"), [("prometheus_url", "prometheus:9090"),
