@@ -91,14 +91,16 @@ def step(deps: Deps, version: VersionInfo, live: Live, report: PassReport, attem
     snapshot = deps.target.observe()
     now = deps.clock()
     current = Step.parse(version.tags.get(ROLLOUT_STEP, "")) or Step(0, now, 0)  # a lost tag: the step again
+    unseen = ""
     try:
         figures: Figures = _trials(deps).rollout_figures(live.slug, snapshot)
     except Retryable as e:  # no figures is no verdict: the step holds (a person's decision needs none)
+        log.warning("%s: no figures this pass: %s", version, e)
         if decision is None:
             return _hold(deps, version, rollout, current, live, f"no figures this pass: {e}", (str(e),), report)
-        figures = Figures(version.version, int(live.version or 0))
+        figures, unseen = Figures(version.version, int(live.version or 0)), f" (no figures this pass: {e})"
     move = _move(rollout, current, figures, now, decision)
-    text = summary(figures)
+    text = summary(figures) + unseen
     if move.kind == "hold":
         return _hold(deps, version, rollout, current, live, text, move.reasons, report)
     deps.registry.log_rollout(version, mlflow_metrics(figures), int(now.timestamp() * 1000), current.index)
