@@ -52,12 +52,17 @@ $(RUN_STAMP): requirements.txt requirements-devstack.txt
 	$(PY) -m pip install -q -r requirements-devstack.txt
 	rm -f $(VENV)/.installed-run-* && touch $@
 
-# The Swagger page is tested in headless Chromium (Debian's package); install it when we can.
+# The Swagger page is tested in headless Chromium, the rollout figures from PROMETHEUS_URL against a real
+# Prometheus (Debian's packages); install them when we can.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not installed: the browser test will be skipped (apt-get install chromium)"; fi; }
+	@test -x /usr/bin/prometheus || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "prometheus not installed: the PROMETHEUS_URL tests will be skipped (apt-get install prometheus)"; fi; }
 
 clean:
 	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache artifacts .state

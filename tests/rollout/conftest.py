@@ -1,15 +1,18 @@
 """Fixtures for progressive delivery on the local target: a watcher on a wall clock (steps last seconds),
-candidates registered with a `rollout` section, a flaky candidate, and a steady load of callers."""
+candidates registered with a `rollout` section, a flaky candidate, a steady load of callers, and a real
+Prometheus for the figures read from it (`PROMETHEUS_URL`)."""
 
 from __future__ import annotations
 
 import json
 import random
+import subprocess
 import tempfile
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 
 from devstack.models import IRIS_CONTRACT, LoggedModel, _latest_version, iris_frame, log_iris
-from devstack.servers import LocalMlflow
+from devstack.servers import LocalMlflow, free_port, stop_process, wait_http
 from tests.evaluation.conftest import bad_iris, variant  # noqa: F401
 from tests.reconcile.conftest import _controller_resets, iris, make_deps, make_settings, upload  # noqa: F401
 from tests.reconcile.test_local_target import _running, state_dir  # noqa: F401
@@ -127,3 +130,52 @@ def run_until(deps: Callable[[], Deps], done: Callable[[], bool], seconds: float
         time.sleep(0.5)
     return passes
 
+
+
+PROMETHEUS = Path("/usr/bin/prometheus")
+
+
+@dataclass
+class PrometheusServer:
+    """A real Prometheus (Debian's package) scraping every second the targets the test points it at, through a
+    `file_sd_configs` file (what `kubernetes_sd_configs` does with pods in a cluster), and logging each query."""
+
+    url: str
+    targets: Path
+    query_log: Path
+
+    def point(self, targets: dict[int, dict[str, str]]) -> None:
+        """Scrape the processes on these ports, each with these target labels (which win over the scraped
+        series' own: honor_labels is false)."""
+        groups = [{"targets": [f"127.0.0.1:{port}"], "labels": labels} for port, labels in sorted(targets.items())]
+        temporary = self.targets.with_suffix(".tmp")
+        temporary.write_text(json.dumps(groups))
+        temporary.replace(self.targets)
+
+    def queries(self) -> list[str]:
+        if not self.query_log.exists():
+            return []
+        return [json.loads(line)["params"]["query"] for line in self.query_log.read_text().splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    if not PROMETHEUS.exists():
+        pytest.skip("Debian's prometheus is not installed (apt-get install prometheus; .ci/run installs it)")
+    root = tmp_path_factory.mktemp("prometheus")
+    port, targets, query_log = free_port(), root / "targets" / "wrappers.json", root / "queries.log"
+    targets.parent.mkdir()
+    targets.write_text("[]")
+    config = {"global": {"scrape_interval": "1s", "query_log_file": str(query_log)},
+              "scrape_configs": [{"job_name": "wrappers", "file_sd_configs": [
+                  {"files": [str(targets.parent / "*.json")], "refresh_interval": "1s"}]}]}
+    (root / "prometheus.yml").write_text(json.dumps(config))
+    with open(root / "prometheus.log", "wb") as log:
+        process = subprocess.Popen([str(PROMETHEUS), f"--config.file={root / 'prometheus.yml'}",
+                                    f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready", 30, process)
+        yield PrometheusServer(f"http://127.0.0.1:{port}", targets, query_log)
+    finally:
+        stop_process(process)

@@ -24,6 +24,9 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _HOST = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 DEFAULT_SCRATCH_SIZE = "2Gi"
+_MATCHER = r'[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"'
+_MATCHERS = re.compile(rf"^\s*({_MATCHER}\s*(,\s*{_MATCHER}\s*)*)?$")
+"""PromQL label matchers as written inside braces: `namespace="models", job=~"pods|kubernetes-pods"`."""
 
 
 class Settings(BaseSettings):
@@ -94,6 +97,11 @@ class Settings(BaseSettings):
     """The Ingress controller's namespace, admitted to the model port: a name, or KEY=VALUE[,...] namespace labels."""
     metrics_namespace: str | None = None
     """The metrics scraper's namespace (e.g. Prometheus), admitted to the model port: a name or KEY=VALUE labels."""
+    prometheus_url: str | None = Field(default=None, pattern=r"^https?://\S+$", max_length=2000)
+    """Where a rollout's figures are read (Prometheus' HTTP API) instead of from the wrappers' `/metrics`."""
+    prometheus_matchers: str | None = Field(default=None, max_length=1000)
+    """PromQL label matchers added to each figures query; unset: `namespace="<K8S_NAME_SPACE>"` on Kubernetes,
+    none on the local target; empty: none."""
     network_policy_extra_sources: str = ""
     """More sources admitted to the model port, space-separated: namespace:NAME, namespace:K=V, pods:K=V, cidr:NET."""
     egress_policy: bool = False
@@ -197,6 +205,13 @@ class Settings(BaseSettings):
             network.namespace_selector(value)
         return value or None
 
+    @field_validator("prometheus_matchers")
+    @classmethod
+    def _prometheus_matchers_parse(cls, value: str | None) -> str | None:
+        if value is not None and not _MATCHERS.match(value):
+            raise ValueError('expected PromQL label matchers, e.g. namespace="models"')
+        return value
+
     @field_validator("network_policy_extra_sources", "egress_destinations")
     @classmethod
     def _peers_parse(cls, value: str) -> str:
@@ -235,6 +250,13 @@ class Settings(BaseSettings):
         if self.canary_split == "auto":
             return self.ingress_class_name == "nginx"
         return self.canary_split == "ingress-nginx"
+
+    @property
+    def prometheus_selector(self) -> str:
+        """PROMETHEUS_MATCHERS, or by default the model pods' namespace (Kubernetes; none on the local target)."""
+        if self.prometheus_matchers is not None:
+            return self.prometheus_matchers
+        return f'namespace="{self.k8s_name_space}"' if self.deploy_target == "kubernetes" else ""
 
     @property
     def endpoint_scheme(self) -> str:

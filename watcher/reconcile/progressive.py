@@ -17,7 +17,7 @@ from model_wrapper.contract.rollout import Rollout
 from watcher.clients.artifacts import fetch_contract
 from watcher.decide.progressive import ROLLOUT_STEP, Figures, Move, Step, judge, mlflow_metrics, summary
 from watcher.decide.types import STATUS, Live, VersionInfo
-from watcher.errors import CandidateRejected, Permanent
+from watcher.errors import CandidateRejected, Permanent, Retryable
 from watcher.reconcile.deps import Deps, PassReport
 from watcher.reconcile.ports import RolloutTarget, Target
 from watcher.render.manifests import Release
@@ -87,15 +87,18 @@ def step(deps: Deps, version: VersionInfo, live: Live, report: PassReport, attem
     snapshot = deps.target.observe()
     now = deps.clock()
     current = Step.parse(version.tags.get(ROLLOUT_STEP, "")) or Step(0, now, 0)  # a lost tag: the step again
-    figures: Figures = _trials(deps).rollout_figures(live.slug, snapshot)
+    unseen = ""
+    try:
+        figures: Figures = _trials(deps).rollout_figures(live.slug, snapshot)
+    except Retryable as e:  # no figures is no verdict: the step holds (a person's decision needs none)
+        log.warning("%s: no figures this pass: %s", version, e)
+        if decision is None:
+            return _hold(deps, version, rollout, current, live, f"no figures this pass: {e}", (str(e),), report)
+        figures, unseen = Figures(version.version, int(live.version or 0)), f" (no figures this pass: {e})"
     move = _move(rollout, current, figures, now, decision)
-    text = summary(figures)
+    text = summary(figures) + unseen
     if move.kind == "hold":
-        stage = rollout.stages[min(current.index, len(rollout.stages) - 1)] if rollout else "promoted"
-        deps.recorder.on_trial(version, stage, text, str(current), live.version)
-        log.info("%s: %s, holding: %s", version, stage, "; ".join(move.reasons))
-        report.unchanged += 1
-        return f"holding: {'; '.join(move.reasons)}"
+        return _hold(deps, version, rollout, current, live, text, move.reasons, report)
     deps.registry.log_rollout(version, mlflow_metrics(figures), int(now.timestamp() * 1000), current.index)
     if move.kind == "advance" and move.step is not None and rollout is not None:
         _trials(deps).split(live.slug, snapshot, _percent(rollout, move.step.index), rollout.sample)
@@ -106,6 +109,15 @@ def step(deps: Deps, version: VersionInfo, live: Live, report: PassReport, attem
     if move.kind == "promote":
         return _promote(deps, version, live, snapshot, text, report, _rendered(deps, version, live.slug, found))
     return _reject(deps, version, live, snapshot, text, move.reasons, attempt, report)
+
+
+def _hold(deps: Deps, version: VersionInfo, rollout: Rollout | None, current: Step, live: Live, text: str,
+          reasons: tuple[str, ...], report: PassReport) -> str:
+    stage = rollout.stages[min(current.index, len(rollout.stages) - 1)] if rollout else "promoted"
+    deps.recorder.on_trial(version, stage, text, str(current), live.version)
+    log.info("%s: %s, holding: %s", version, stage, "; ".join(reasons))
+    report.unchanged += 1
+    return f"holding: {'; '.join(reasons)}"
 
 
 def _move(rollout: Rollout | None, current: Step, figures: Figures, now: datetime, decision: Decision | None) -> Move:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from model_wrapper.contract.spec import Serving
+from watcher.clients.prometheus import from_settings
 from watcher.config.settings import Settings
 from watcher.decide.rollout import WRAPPER_SOURCES_UNAVAILABLE
 from watcher.decide.types import KINDS, Live
@@ -73,7 +74,7 @@ class LocalTarget:
         self._dir = settings.local_state_dir.resolve()  # created by the first write: reading creates nothing
         self._pending: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         self._front = Front(self._dir, settings.local_front_port)
-        self._candidates = Candidates(self._dir, self._front)
+        self._candidates = Candidates(self._dir, self._front, from_settings(settings))
 
     def observe(self) -> LocalSnapshot:
         routes = self._front.routes()

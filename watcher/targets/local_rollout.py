@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from watcher.clients.prometheus import Prometheus
 from watcher.clients.scrape import comparison, wrapper_figures
 from watcher.decide.progressive import Figures
 from watcher.targets.local_front import COMPARE_PATH, Backend
@@ -18,11 +19,13 @@ from watcher.targets.local_ingress import Front
 
 
 class Candidates:
-    """The candidates of one state directory."""
+    """The candidates of one state directory; `prometheus`: where the wrappers' figures are read, if not from the
+    wrappers themselves (PROMETHEUS_URL)."""
 
-    def __init__(self, state_dir: Path, front: Front) -> None:
+    def __init__(self, state_dir: Path, front: Front, prometheus: Prometheus | None = None) -> None:
         self._dir = state_dir / "candidates"
         self._front = front
+        self._prometheus = prometheus
 
     def states(self) -> dict[str, dict[str, Any]]:
         found = {}
@@ -60,6 +63,9 @@ class Candidates:
     def figures(self, slug: str, candidate: dict[str, Any], live: dict[str, Any]) -> Figures:
         front_port = self._front.port()
         counters = comparison(f"http://127.0.0.1:{front_port}{COMPARE_PATH}/{slug}", _url(candidate))
+        if self._prometheus is not None:  # the front's own counts are no Prometheus target: read from it still
+            return self._prometheus.figures(candidate["model"], int(candidate["version"]), int(live["version"]),
+                                            counters)
         return Figures(int(candidate["version"]), int(live["version"]), wrapper_figures(_url(candidate)),
                        wrapper_figures(_url(live)), counters)
 

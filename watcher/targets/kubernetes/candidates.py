@@ -20,9 +20,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
+from watcher.clients.prometheus import Prometheus, from_settings
 from watcher.clients.scrape import metrics_text, parse_comparison, parse_metrics
+from watcher.config.settings import Settings
 from watcher.decide.progressive import Comparison, Figures, WrapperFigures
 from watcher.errors import Retryable, RolloutFailed
 from watcher.render.candidate import (
@@ -36,13 +39,15 @@ from watcher.render.candidate import (
     candidate_url,
     shadow_config_map,
 )
-from watcher.render.manifests import MODEL_VERSION, Rendered
+from watcher.render.manifests import MODEL_NAME, MODEL_VERSION, Rendered
 from watcher.targets.kubernetes.patch import pointer
 
 log = logging.getLogger(__name__)
 APPLY_ORDER = ("NetworkPolicy", "Deployment", "Service", "Ingress")
 """The guard before the pods, the pods before what sends them traffic; removed in reverse (traffic goes first)."""
 PodUrl = Callable[[dict[str, Any]], "str | None"]
+FiguresOf = Callable[[dict[str, Any], dict[str, dict[str, Any]]], Figures]
+"""A rollout's figures from the live Deployment and the candidate's objects (by kind)."""
 
 
 class Cluster(Protocol):
@@ -199,3 +204,19 @@ def _annotations(obj: dict[str, Any]) -> dict[str, str]:
 def _version(deployment: dict[str, Any]) -> int:
     text = _annotations(deployment).get(MODEL_VERSION, "")
     return int(text) if text.isdigit() else 0
+
+
+def figures_source(settings: Settings, scrape: FiguresOf) -> FiguresOf:
+    """Where a look reads the figures: the pods' own `/metrics` (`scrape`), or Prometheus with PROMETHEUS_URL."""
+    source = from_settings(settings)
+    return scrape if source is None else partial(prometheus_figures, source)
+
+
+def prometheus_figures(source: Prometheus, live: dict[str, Any], present: dict[str, dict[str, Any]]) -> Figures:
+    """`Candidates.figures` as Prometheus has them (`PROMETHEUS_URL`): the series of the model's two versions, told
+    apart by the `version` label each wrapper puts on its own, whichever Deployment's pods they came from."""
+    candidate = present.get("Deployment")
+    if candidate is None:
+        raise RolloutFailed("the candidate's Deployment is gone; nothing to judge")
+    model = ((live.get("metadata") or {}).get("annotations") or {}).get(MODEL_NAME, "")
+    return source.figures(model, _version(candidate), _version(live))

@@ -39,7 +39,7 @@ from watcher.render.manifests import (
     Rendered,
 )
 from watcher.targets.kubernetes.access import api_client, translate
-from watcher.targets.kubernetes.candidates import Candidates, PodUrl, pod_metrics_base
+from watcher.targets.kubernetes.candidates import Candidates, PodUrl, figures_source, pod_metrics_base
 from watcher.targets.kubernetes.jobs import JobRunner
 from watcher.targets.kubernetes.lease import Lease
 from watcher.targets.kubernetes.owned import dropped, owned_manifests, remembering
@@ -111,6 +111,7 @@ class KubernetesTarget:
                                sleep=self._sleep, evaluates_label=EVALUATES_LABEL)
         self._candidates = Candidates(self, namespace=self._ns, ingress_nginx=settings.splits_by_ingress_nginx,
                                       pod_url=pod_url, timeout=settings.rollout_timeout_seconds)
+        self._figures = figures_source(settings, self._candidates.figures)
 
     # --- observe ------------------------------------------------------------------------
 
@@ -256,7 +257,7 @@ class KubernetesTarget:
         self._candidates.split(slug, snapshot.objects.get(("Deployment", slug)), percent)
 
     def rollout_figures(self, slug: str, snapshot: Snapshot) -> Figures:
-        return self._candidates.figures(snapshot.objects[("Deployment", slug)], snapshot.candidate(slug))
+        return self._figures(snapshot.objects[("Deployment", slug)], snapshot.candidate(slug))
 
     def promote(self, slug: str, snapshot: Snapshot, rendered: Rendered) -> None:
         """The live objects become the candidate's version (a surge rollout: the old pods serve until the new
