@@ -4,11 +4,13 @@ Prometheus for the figures read from it (`PROMETHEUS_URL`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,8 +28,11 @@ from devstack.servers import LocalMlflow, free_port, stop_process, wait_http
 from tests.evaluation.conftest import bad_iris, variant  # noqa: F401
 from tests.reconcile.conftest import _controller_resets, iris, make_deps, make_settings, upload  # noqa: F401
 from tests.reconcile.test_local_target import _running, state_dir  # noqa: F401
+from tests.wrapper.conftest import WrapperProcess
 from watcher.config.settings import Settings
+from watcher.decide.progressive import Figures
 from watcher.entry.cli import build_deps
+from watcher.errors import Retryable
 from watcher.reconcile.deps import Deps
 
 FLAKY_MODEL = Path(__file__).with_name("flaky_model.py")
@@ -179,3 +184,23 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         yield PrometheusServer(f"http://127.0.0.1:{port}", targets, query_log)
     finally:
         stop_process(process)
+
+
+def scraped(prometheus: PrometheusServer, namespace: str, model: str, by_version: dict[str, WrapperProcess]) -> None:
+    prometheus.point({wrapper.port: {"namespace": namespace, "model": model, "version": version}
+                      for version, wrapper in by_version.items()})
+
+
+def caught_up(deps: Callable[..., Deps], urls: dict[str, WrapperProcess], slug: str, prometheus_url: str,
+              **settings: Any) -> Figures:
+    """What one look reads from Prometheus, once it equals what it reads from the pods' `/metrics` (the next
+    scrapes catch up)."""
+    plain, counted = deps(urls, **settings).target, deps(urls, prometheus_url=prometheus_url, **settings).target
+    deadline, pair = time.monotonic() + 15, None
+    while True:
+        with contextlib.suppress(Retryable):  # no series of the candidate scraped yet
+            pair = (plain.rollout_figures(slug, plain.observe()), counted.rollout_figures(slug, counted.observe()))
+            if pair[0] == pair[1]:
+                return pair[1]
+        assert time.monotonic() < deadline, f"the pods' and Prometheus' figures: {pair}"
+        time.sleep(0.5)

@@ -38,7 +38,7 @@ from devstack.servers import LocalMlflow
 from model_wrapper.contract.naming import model_slug
 from model_wrapper.http.shadow import MIRRORED_HEADER
 from tests.peers import KubernetesPeer, all_ready
-from tests.rollout.conftest import rollout_contract, tags
+from tests.rollout.conftest import PrometheusServer, caught_up, rollout_contract, scraped, tags
 from tests.wrapper.conftest import WrapperProcess, model_env
 from watcher.clients.scrape import metrics_text, parse_comparison
 from watcher.config.settings import Settings
@@ -461,8 +461,9 @@ def compared_all(wrapper: WrapperProcess, version: str, answered: int) -> None:
 
 def test_a_canary_that_disagrees_with_live_is_rolled_back_on_the_agreement_its_own_wrapper_counted(
     fresh_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str, model_name: str, iris: LoggedModel,
-    production: dict[str, str], wrappers: Wrappers, mlflow_server: LocalMlflow,
+    production: dict[str, str], wrappers: Wrappers, mlflow_server: LocalMlflow, prometheus: PrometheusServer,
 ) -> None:
+    """Judged on Prometheus' series (PROMETHEUS_URL), once they equal what the pods' own `/metrics` say."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -480,8 +481,11 @@ def test_a_canary_that_disagrees_with_live_is_rolled_back_on_the_agreement_its_o
         plane = Plane(kube, namespace, slug, urls, wrappers)
         plane.send(100)
         compared_all(urls[version], version, len(plane.answers[version]))
-        judged = reconcile_once(fresh_deps(urls, ingress_class_name="nginx"))
+        scraped(prometheus, namespace, model_name, urls)
+        figures = caught_up(fresh_deps, urls, slug, prometheus.url, ingress_class_name="nginx")
+        judged = reconcile_once(fresh_deps(urls, prometheus_url=prometheus.url, ingress_class_name="nginx"))
 
+    assert figures.comparison.compared == len(plane.answers[version]) and figures.comparison.agreement < 0.9
     assert judged.failed == 1, judged.failures
     after = tags(model_name, version)
     assert (after["deployment_status"], after["rollout_status"]) == ("failed", "rolled back")

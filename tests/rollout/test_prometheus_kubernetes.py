@@ -10,11 +10,9 @@ scraped ones, as `honor_labels: false` does). That is the Prometheus side of the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -23,7 +21,7 @@ from devstack.models import LoggedModel, register_versions
 from devstack.servers import LocalMlflow
 from model_wrapper.contract.naming import model_slug
 from tests.peers import KubernetesPeer
-from tests.rollout.conftest import PrometheusServer, rollout_contract, tags
+from tests.rollout.conftest import PrometheusServer, caught_up, rollout_contract, scraped, tags
 from tests.rollout.test_kubernetes_rollout import (  # noqa: F401 - fixtures
     FAILING,
     SHADOW,
@@ -35,8 +33,6 @@ from tests.rollout.test_kubernetes_rollout import (  # noqa: F401 - fixtures
 )
 from tests.wrapper.conftest import WrapperProcess, model_env
 from watcher.clients.scrape import metrics_text, parse_comparison
-from watcher.decide.progressive import Figures
-from watcher.errors import Retryable
 from watcher.reconcile.deps import Deps
 from watcher.reconcile.engine import reconcile_once
 
@@ -62,26 +58,6 @@ def wrappers(mlflow_server: LocalMlflow, iris: LoggedModel, flaky_iris: Callable
     finally:
         for process in processes:
             process.stop()
-
-
-def scraped(prometheus: PrometheusServer, namespace: str, model: str, by_version: dict[str, WrapperProcess]) -> None:
-    prometheus.point({wrapper.port: {"namespace": namespace, "model": model, "version": version}
-                      for version, wrapper in by_version.items()})
-
-
-def caught_up(deps: Callable[..., Deps], urls: dict[str, WrapperProcess], slug: str, prometheus_url: str,
-              **settings: Any) -> Figures:
-    """What one look reads from Prometheus, once it equals what it reads from the pods' `/metrics` (the next
-    scrapes catch up)."""
-    plain, counted = deps(urls, **settings).target, deps(urls, prometheus_url=prometheus_url, **settings).target
-    deadline, pair = time.monotonic() + 15, None
-    while True:
-        with contextlib.suppress(Retryable):  # no series of the candidate scraped yet
-            pair = (plain.rollout_figures(slug, plain.observe()), counted.rollout_figures(slug, counted.observe()))
-            if pair[0] == pair[1]:
-                return pair[1]
-        assert time.monotonic() < deadline, f"the pods' and Prometheus' figures: {pair}"
-        time.sleep(0.5)
 
 
 def test_a_failing_canary_is_rolled_back_on_prometheus_figures_equal_to_the_pods_own(

@@ -73,12 +73,14 @@ class Prometheus:
                                         tuple(sorted(buckets[version].items()))) for version in seen}
 
     def comparison(self, model: str, versions: tuple[int, int]) -> Comparison:
-        """What a wrapper of either version counted of the requests it mirrored to the other
-        (`model_wrapper.http.shadow`): on Kubernetes the live wrapper mirrors a shadow."""
-        one, other = (str(version) for version in versions)
+        """What the wrappers counted of the requests one version's mirrored to the other's
+        (`model_wrapper.http.shadow`), `versions` being (candidate, live): on Kubernetes the live wrapper mirrors a
+        shadow (its series say `candidate=` the candidate), and a canary's candidate asks live (its series say
+        `candidate=` its own version, as the counts are always the candidate's)."""
+        candidate, live = (str(version) for version in versions)
         directions = " or ".join(f'{{__name__=~"{OUTCOMES}|{DIFF_SUM}|{DIFF_COUNT}", '
-                                 f'{self._selector(model=model, version=mirror, candidate=mirrored)}}}'
-                                 for mirror, mirrored in ((one, other), (other, one)))
+                                 f'{self._selector(model=model, version=mirror, candidate=candidate)}}}'
+                                 for mirror in (live, candidate))
         samples = self.query(f"sum by (__name__, outcome) ({directions})")
         counts: dict[str, float] = defaultdict(float)
         for labels, value in samples:
