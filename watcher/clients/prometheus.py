@@ -39,14 +39,17 @@ class Prometheus:
         self._matchers = matchers.strip()
         self._timeout = timeout
 
-    def figures(self, model: str, candidate: int, live: int, comparison: Comparison | None = None) -> Figures:
-        """Both versions' prediction figures; the comparison counts the wrappers keep of what one mirrored to the
-        other, unless `comparison` is given (the local front counts its own)."""
+    def figures(self, model: str, candidate: int, live: int, comparison: Comparison | None = None, *,
+                mirror: int | None = None) -> Figures:
+        """Both versions' prediction figures; the comparison counts the `mirror` version's wrappers keep of what
+        they asked the other (the live version's in a shadow, the candidate's in a canary), unless `comparison`
+        is given (the local front counts its own)."""
         wrappers = self.wrappers(model, (candidate, live))
         if wrappers.get(str(candidate)) is None:
             raise Retryable(f"Prometheus at {self._where} has no series of {model} version {candidate} yet "
                             f"(is it scraping the model's pods? see docs/lifecycle.md)")
-        compared = comparison if comparison is not None else self.comparison(model, (candidate, live))
+        compared = comparison if comparison is not None else \
+            self.comparison(model, candidate, live if mirror is None else mirror)
         return Figures(candidate, live, wrappers[str(candidate)], wrappers.get(str(live), WrapperFigures()),
                        compared)
 
@@ -72,16 +75,14 @@ class Prometheus:
         return {version: WrapperFigures(counts[version][0], counts[version][1],
                                         tuple(sorted(buckets[version].items()))) for version in seen}
 
-    def comparison(self, model: str, versions: tuple[int, int]) -> Comparison:
-        """What the wrappers counted of the requests one version's mirrored to the other's
-        (`model_wrapper.http.shadow`), `versions` being (candidate, live): on Kubernetes the live wrapper mirrors a
-        shadow (its series say `candidate=` the candidate), and a canary's candidate asks live (its series say
-        `candidate=` its own version, as the counts are always the candidate's)."""
-        candidate, live = (str(version) for version in versions)
-        directions = " or ".join(f'{{__name__=~"{OUTCOMES}|{DIFF_SUM}|{DIFF_COUNT}", '
-                                 f'{self._selector(model=model, version=mirror, candidate=candidate)}}}'
-                                 for mirror in (live, candidate))
-        samples = self.query(f"sum by (__name__, outcome) ({directions})")
+    def comparison(self, model: str, candidate: int, mirror: int) -> Comparison:
+        """What the `mirror` version's wrappers counted of the requests they asked the other version as well
+        (`model_wrapper.http.shadow`), always under `candidate=` the candidate: on Kubernetes the live wrapper
+        mirrors a shadow, and a canary's candidate asks live. Only that side's series, as the pods' own figures
+        are read: a live wrapper's counts of an earlier shadow of the same version are not this trial's."""
+        series = (f'{{__name__=~"{OUTCOMES}|{DIFF_SUM}|{DIFF_COUNT}", '
+                      f'{self._selector(model=model, version=str(mirror), candidate=str(candidate))}}}')
+        samples = self.query(f"sum by (__name__, outcome) ({series})")
         counts: dict[str, float] = defaultdict(float)
         for labels, value in samples:
             name = labels.get("__name__", "")

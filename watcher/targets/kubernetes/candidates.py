@@ -219,4 +219,5 @@ def prometheus_figures(source: Prometheus, live: dict[str, Any], present: dict[s
     if candidate is None:
         raise RolloutFailed("the candidate's Deployment is gone; nothing to judge")
     model = ((live.get("metadata") or {}).get("annotations") or {}).get(MODEL_NAME, "")
-    return source.figures(model, _version(candidate), _version(live))
+    mirror = _version(live) if _annotations(candidate).get(MIRRORED_BY) else _version(candidate)
+    return source.figures(model, _version(candidate), _version(live), mirror=mirror)
