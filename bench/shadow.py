@@ -122,13 +122,12 @@ def _loads(state: Path, port: int, name: str, live: tuple[int, int], candidate: 
 def _wrapper(env: dict[str, str], source: str, name: str, version: str,
              cpus: set[int] | None = None) -> Iterator[tuple[int, int]]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "model_wrapper"], env={
+    pinned = ["taskset", "--cpu-list", ",".join(map(str, sorted(cpus)))] if cpus else []  # from its first thread
+    process = subprocess.Popen([*pinned, sys.executable, "-m", "model_wrapper"], env={
         **env, "MODEL_NAME": name, "MODEL_VERSION": version, "MODEL_SOURCE": source, "PORT": str(port),
         "HOST": "127.0.0.1", "WORKERS": "1", "DRAIN_SECONDS": "0", "TERMINATION_LOG": os.devnull},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
-    if cpus is not None:
-        os.sched_setaffinity(process.pid, cpus)  # before it has started a thread: they all inherit it
     try:
         _wait(f"http://127.0.0.1:{port}/{name}/api/ready", process)
         yield process.pid, port

@@ -35,6 +35,7 @@ from model_wrapper.contract.redaction import redact
 from model_wrapper.errors import LoadFailure
 from model_wrapper.http.app import create_app
 from model_wrapper.http.metrics import MULTIPROCESS_DIR
+from model_wrapper.http.shadow import close_sessions
 from model_wrapper.loading.log_sink import S3Sink, log_bucket
 from model_wrapper.loading.outage import outside_the_version
 from model_wrapper.predict.inference_log import InferenceLog
@@ -113,6 +114,7 @@ class _Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets)
+        await close_sessions()  # a shadow's mirroring client, if one was opened
         await asyncio.to_thread(self._after_shutdown)
 
 

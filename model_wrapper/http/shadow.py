@@ -47,6 +47,9 @@ MIRROR_TIMEOUT_SECONDS, MIRROR_CONNECT_SECONDS = 30.0, 5.0
 RECHECK_SECONDS = 1.0
 DROPPED_HEADERS = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
 MIRRORED_HEADER = "x-service-builder-mirrored"
+MODEL_REFUSALS = frozenset({400, 422})
+"""A candidate's answers that are the model's own refusal of the input (not the guards'): still asked of live."""
+_SESSIONS: list[aiohttp.ClientSession] = []
 Scope = dict[str, Any]
 
 
@@ -173,9 +176,10 @@ class ShadowMirror:
             await send(message)
 
         await self.app(scope, receive_and_keep, send_and_keep)
-        # The caller has every byte by now. A request live refused is not worth asking again; one the candidate
-        # refused (4xx) is, as the local front does: live answering it is a disagreement.
-        if status < (500 if config.asks_live else 300):
+        # The caller has every byte by now. A request live refused is not worth asking again; one the candidate's
+        # model refused (400, 422) is, as the local front does: live answering it is a disagreement. What the
+        # guards refused (401, 403, 413, 429) never reached the model and is not passed on.
+        if status < 300 or (config.asks_live and status in MODEL_REFUSALS):
             self._spawn(config, scope, bytes(body), status, bytes(answer))
 
     def _spawn(self, config: ShadowConfig, scope: Scope, body: bytes, status: int, answer: bytes) -> None:
@@ -191,17 +195,13 @@ class ShadowMirror:
         from multidict import CIMultiDict
 
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=MIRROR_TIMEOUT_SECONDS, connect=MIRROR_CONNECT_SECONDS),
-                connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT))
+            self._session = _session()
         headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
                               if k.lower() not in DROPPED_HEADERS)
         headers[MIRRORED_HEADER] = "1"
-        query = scope.get("query_string", b"").decode("latin-1")
         tally = Tally()
         try:
-            async with self._session.post(f"{config.other}{scope['path']}", data=body, headers=headers,
-                                          params=query or None) as reply:
+            async with self._session.post(_target(config.other, scope), data=body, headers=headers) as reply:
                 theirs = (reply.status, await reply.read())
         except (aiohttp.ClientError, TimeoutError):
             tally.mirror_failed += 1
@@ -209,6 +209,34 @@ class ShadowMirror:
             mine = (status, answer)
             tally.add(*(theirs + mine if config.asks_live else mine + theirs))
         self.counters.add(config.version, tally)
+
+
+def _session() -> aiohttp.ClientSession:
+    """The process's one client for mirrored requests, closed with the server (`close_sessions`). The connect
+    timeout is the socket's own: waiting for a free connection of the pool is not a failed connect."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=MIRROR_TIMEOUT_SECONDS, sock_connect=MIRROR_CONNECT_SECONDS),
+        connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT))
+    _SESSIONS.append(session)
+    return session
+
+
+async def close_sessions() -> None:
+    """Close the mirroring clients (called by `model_wrapper.server` once the server has shut down)."""
+    while _SESSIONS:
+        await _SESSIONS.pop().close()
+
+
+def _target(base: str, scope: Scope) -> Any:
+    """The request's target at `base` as the caller sent it: path and query still percent-encoded, not decoded
+    and encoded again."""
+    from yarl import URL
+
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    return URL(base + path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else ""), encoded=True)
 
 
 def _mirrored(scope: Scope) -> bool:

@@ -24,16 +24,24 @@ BODY = gzip.compress(b'{"predictions": [0]}')
 
 
 class Recorder(BaseHTTPRequestHandler):
+    """Answers every GET and POST with BODY, keeping the request target and headers it was sent."""
+
     seen: list[str] = []
+    headers_seen: list[dict[str, str]] = []
 
     def do_GET(self) -> None:
         self.seen.append(self.path)
+        self.headers_seen.append(dict(self.headers.items()))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(BODY)))
         self.end_headers()
         self.wfile.write(BODY)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
 
     def log_message(self, *args: object) -> None:
         pass

@@ -20,10 +20,12 @@ from __future__ import annotations
 import json
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +40,7 @@ from devstack.servers import LocalMlflow
 from model_wrapper.contract.naming import model_slug
 from model_wrapper.http.shadow import MIRRORED_HEADER
 from tests.peers import KubernetesPeer, all_ready
+from tests.reconcile.test_local_front import Recorder
 from tests.rollout.conftest import PrometheusServer, caught_up, rollout_contract, scraped, tags
 from tests.wrapper.conftest import WrapperProcess, model_env
 from watcher.clients.scrape import metrics_text, parse_comparison
@@ -375,6 +378,29 @@ def test_the_live_wrapper_answers_every_caller_whatever_becomes_of_its_mirrored_
     outcomes = {s.labels["outcome"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
                 if s.name == "model_wrapper_shadow_total" and s.labels.get("candidate") == "99"}
     assert outcomes == {"mirror_failed": len(rows)}
+
+
+def test_a_mirrored_request_reaches_the_other_version_with_its_target_as_the_caller_sent_it(
+    wrappers: Wrappers,
+) -> None:
+    recorder = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=recorder.serve_forever, daemon=True).start()
+    url = wrappers.predict_url(wrappers.live) + "?x=%2F%20y&flag"
+    try:
+        wrappers.shadow_file.write_text(json.dumps({"candidate": f"http://127.0.0.1:{recorder.server_port}",
+                                                    "version": "98", "sample": 1.0}))
+        time.sleep(1.1)  # the config is looked at once a second
+        answered = httpx.post(url, json={"instances": iris_frame()[0].to_dict(orient="records")[:1]}, timeout=10)
+        deadline = time.monotonic() + 10
+        while not Recorder.seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        wrappers.shadow_file.unlink(missing_ok=True)
+        recorder.shutdown()
+
+    assert answered.status_code == 200
+    assert Recorder.seen[-1] == url.removeprefix(f"http://127.0.0.1:{wrappers.live.port}"), "as sent, not re-encoded"
+    assert {name.lower(): value for name, value in Recorder.headers_seen[-1].items()}[MIRRORED_HEADER] == "1"
 
 
 def mirror_failures(text: str) -> float:

@@ -163,7 +163,7 @@ def test_prometheus_figures_equal_the_wrappers_own_and_a_prometheus_that_fails_h
     assert (aborted["deployment_status"], aborted["rollout_status"]) == ("failed", "rolled back"), \
         "a person's decision needs no figures"
     assert aborted["deployment_message"].startswith("rolled back: aborted by a person")
-    assert "(no figures this pass: could not query Prometheus at 127.0.0.1 (" in aborted["deployment_message"]
+    assert "decided without figures (could not query Prometheus at 127.0.0.1 (" in aborted["deployment_message"]
 
 
 @pytest.mark.parametrize(("variable", "value"), [("prometheus_url", "prometheus:9090"),

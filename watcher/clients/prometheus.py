@@ -103,8 +103,12 @@ class Prometheus:
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict) or data.get("resultType") != "vector":
             raise Retryable(f"Prometheus at {self._where} answered no vector to an instant query")
-        return [(dict(item["metric"]), value) for item in data.get("result") or []
-                if math.isfinite(value := float(item["value"][1]))]
+        try:
+            return [(dict(item["metric"]), value) for item in data.get("result") or []
+                    if math.isfinite(value := float(item["value"][1]))]
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise Retryable(f"Prometheus at {self._where} answered a vector this cannot read "
+                            f"({type(e).__name__})") from e
 
     def _selector(self, **labels: str | tuple[int, ...]) -> str:
         """Label matchers: a string matches exactly, a tuple of versions any of them."""

@@ -94,12 +94,13 @@ def step(deps: Deps, version: VersionInfo, live: Live, report: PassReport, attem
         log.warning("%s: no figures this pass: %s", version, e)
         if decision is None:
             return _hold(deps, version, rollout, current, live, f"no figures this pass: {e}", (str(e),), report)
-        figures, unseen = Figures(version.version, int(live.version or 0)), f" (no figures this pass: {e})"
+        figures, unseen = Figures(version.version, int(live.version or 0)), f"decided without figures ({e})"
     move = _move(rollout, current, figures, now, decision)
-    text = summary(figures) + unseen
+    text = unseen or summary(figures)
     if move.kind == "hold":
         return _hold(deps, version, rollout, current, live, text, move.reasons, report)
-    deps.registry.log_rollout(version, mlflow_metrics(figures), int(now.timestamp() * 1000), current.index)
+    if not unseen:  # a person's decision taken without figures logs none (no zeros that were never read)
+        deps.registry.log_rollout(version, mlflow_metrics(figures), int(now.timestamp() * 1000), current.index)
     if move.kind == "advance" and move.step is not None and rollout is not None:
         _trials(deps).split(live.slug, snapshot, _percent(rollout, move.step.index), rollout.sample)
         deps.recorder.on_trial(version, rollout.stages[move.step.index], text, str(move.step), live.version)

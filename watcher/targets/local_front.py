@@ -169,7 +169,7 @@ async def serve(state_dir: Path, port: int) -> None:
     # No timeout on reads: a model may take long on a big batch; the wrapper bounds its own work. aiohttp, not
     # httpx: the front's client work is on every request's path, and httpx spent 1.3 ms of CPU on a request where
     # aiohttp spends 0.3 ms. No Accept-Encoding of its own: the wrapper is asked for what the caller asked for.
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=5),
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
                                      skip_auto_headers=["Accept-Encoding"]) as client:
         server = uvicorn.Server(uvicorn.Config(create_front(routes, client, state_dir), host="127.0.0.1", port=port,
                                                log_config=None, access_log=False, server_header=False,

@@ -27,7 +27,7 @@ __all__ = ["Shadow", "is_prediction", "upstream"]
 
 MAX_IN_FLIGHT = 64
 """Mirrored requests awaiting their answer; beyond it a sample is skipped rather than queued behind the live one."""
-MIRROR_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
+MIRROR_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
 
 
 @dataclass(frozen=True)
