@@ -121,6 +121,14 @@ def test_the_summary_and_the_mlflow_metrics_carry_both_versions_figures() -> Non
     assert "mean_abs_diff" not in metrics
 
 
+def test_a_regressions_summary_and_metrics_leave_out_the_share_of_equal_answers() -> None:
+    seen = Figures(3, 1, WrapperFigures(177, 0, FAST), WrapperFigures(900, 0, FAST), Comparison(177, 0, 6636.0, 177))
+    assert summary(seen, agreement=False) == ("candidate v3: 177 requests, 5xx 0.0%, p99 91 ms; 177 compared; "
+                                              "mean |diff| 37.49 | live v1: 900 requests, 5xx 0.0%, p99 91 ms")
+    metrics = mlflow_metrics(seen, agreement=False)
+    assert "agreement" not in metrics and metrics["mean_abs_diff"] == pytest.approx(37.49, abs=0.01)
+
+
 @pytest.mark.parametrize(("live", "candidate", "expected"), [
     (b'{"predictions": [0, 2]}', b'{"predictions": [0, 2]}', (True, 2.0 * 0, 2)),
     (b'{"predictions": [0, 2]}', b'{"predictions": [0, 1]}', (False, 1.0, 2)),

@@ -124,12 +124,14 @@ def breaches(rollout: Rollout, figures: Figures) -> list[str]:
     return problems
 
 
-def summary(figures: Figures) -> str:
-    """One line of both versions' figures (the `rollout_summary` tag)."""
+def summary(figures: Figures, *, agreement: bool = True) -> str:
+    """One line of both versions' figures (the `rollout_summary` tag). Without `agreement` (a regression, whose
+    predictions are rarely equal to the last digit), the share of equal answers is left out: mean |diff| says it."""
     candidate, live, comparison = figures.candidate, figures.live, figures.comparison
     parts = [f"candidate v{figures.candidate_version}: {_wrapper(candidate)}"]
     if comparison.compared:
-        parts.append(f"agreement {_pct(comparison.agreement or 0)} of {comparison.compared} compared")
+        parts.append(f"agreement {_pct(comparison.agreement or 0)} of {comparison.compared} compared" if agreement
+                     else f"{comparison.compared} compared")
     if comparison.mean_abs_diff is not None:
         parts.append(f"mean |diff| {comparison.mean_abs_diff:.4g}")
     if comparison.rescued:
@@ -137,10 +139,10 @@ def summary(figures: Figures) -> str:
     return "; ".join(parts) + f" | live v{figures.live_version}: {_wrapper(live)}"
 
 
-def mlflow_metrics(figures: Figures) -> dict[str, float]:
-    """The figures as MLflow metrics (`rollout_` is prefixed where they are logged)."""
+def mlflow_metrics(figures: Figures, *, agreement: bool = True) -> dict[str, float]:
+    """The figures as MLflow metrics (`rollout_` is prefixed where they are logged); `agreement` as in `summary`."""
     values = {"requests": float(figures.candidate.requests), "error_rate": figures.candidate.error_rate,
-              "p99_ms": figures.candidate.p99_ms, "agreement": figures.comparison.agreement,
+              "p99_ms": figures.candidate.p99_ms, "agreement": figures.comparison.agreement if agreement else None,
               "mean_abs_diff": figures.comparison.mean_abs_diff, "compared": float(figures.comparison.compared),
               "live_error_rate": figures.live.error_rate, "live_p99_ms": figures.live.p99_ms}
     return {name: value for name, value in values.items() if value is not None and math.isfinite(value)}

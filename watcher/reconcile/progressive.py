@@ -96,11 +96,13 @@ def step(deps: Deps, version: VersionInfo, live: Live, report: PassReport, attem
             return _hold(deps, version, rollout, current, live, f"no figures this pass: {e}", (str(e),), report)
         figures, unseen = Figures(version.version, int(live.version or 0)), f"decided without figures ({e})"
     move = _move(rollout, current, figures, now, decision)
-    text = unseen or summary(figures)
+    agreement = found.contract.task != "regression"  # equal answers say nothing of a regression: mean |diff| does
+    text = unseen or summary(figures, agreement=agreement)
     if move.kind == "hold":
         return _hold(deps, version, rollout, current, live, text, move.reasons, report)
     if not unseen:  # a person's decision taken without figures logs none (no zeros that were never read)
-        deps.registry.log_rollout(version, mlflow_metrics(figures), int(now.timestamp() * 1000), current.index)
+        deps.registry.log_rollout(version, mlflow_metrics(figures, agreement=agreement), int(now.timestamp() * 1000),
+                                  current.index)
     if move.kind == "advance" and move.step is not None and rollout is not None:
         _trials(deps).split(live.slug, snapshot, _percent(rollout, move.step.index), rollout.sample)
         deps.recorder.on_trial(version, rollout.stages[move.step.index], text, str(move.step), live.version)
