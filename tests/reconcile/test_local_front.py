@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import os
 import subprocess
 import sys
 import threading
@@ -52,7 +53,8 @@ def front(tmp_path: Path) -> Iterator[int]:
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     port = free_port()
-    write_routes(tmp_path / ROUTES_FILE, {"m": [Backend(f"http://127.0.0.1:{upstream.server_port}", 1)]})
+    # Our own pid as the backend's: should this test die before its teardown, the front exits by itself.
+    write_routes(tmp_path / ROUTES_FILE, {"m": [Backend(f"http://127.0.0.1:{upstream.server_port}", os.getpid())]})
     process = subprocess.Popen([sys.executable, "-m", "watcher.targets.local_front", str(tmp_path), str(port)],
                                start_new_session=True)
     try:
