@@ -19,14 +19,21 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 
-from watcher.clients.scrape import DIFF_COUNT, DIFF_SUM, PREDICTION_ENDPOINTS
+from watcher.clients.scrape import (
+    BUCKETS,
+    DIFF_COUNT,
+    DIFF_SUM,
+    OUTCOMES,
+    REQUESTS,
+    Series,
+    comparison_of,
+    wrapper_figures_of,
+)
 from watcher.config.settings import Settings
 from watcher.decide.progressive import Comparison, Figures, WrapperFigures
 from watcher.errors import Retryable
 
 TIMEOUT_SECONDS = 5
-REQUESTS, BUCKETS = "model_wrapper_requests_total", "model_wrapper_request_duration_seconds_bucket"
-OUTCOMES = "model_wrapper_shadow_total"
 Sample = tuple[dict[str, str], float]
 
 
@@ -59,21 +66,10 @@ class Prometheus:
         selector = self._selector(model=model, version=versions)
         samples = self.query(f'sum by (__name__, version, endpoint, status, le) '
                              f'({{__name__=~"{REQUESTS}|{BUCKETS}", {selector}}})')
-        seen: set[str] = set()
-        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+        by_version: dict[str, list[Series]] = defaultdict(list)
         for labels, value in samples:
-            version = labels.get("version", "")
-            seen.add(version)
-            if labels.get("endpoint") not in PREDICTION_ENDPOINTS:
-                continue
-            if labels.get("__name__") == REQUESTS:
-                counts[version][0] += int(value)
-                counts[version][1] += int(value) if labels.get("status", "").startswith("5") else 0
-            elif "le" in labels:
-                buckets[version][float(labels["le"])] += value
-        return {version: WrapperFigures(counts[version][0], counts[version][1],
-                                        tuple(sorted(buckets[version].items()))) for version in seen}
+            by_version[labels.get("version", "")].append((labels.get("__name__", ""), labels, value))
+        return {version: wrapper_figures_of(series) for version, series in by_version.items()}
 
     def comparison(self, model: str, candidate: int, mirror: int) -> Comparison:
         """What the `mirror` version's wrappers counted of the requests they asked the other version as well
@@ -83,11 +79,7 @@ class Prometheus:
         series = (f'{{__name__=~"{OUTCOMES}|{DIFF_SUM}|{DIFF_COUNT}", '
                       f'{self._selector(model=model, version=str(mirror), candidate=str(candidate))}}}')
         samples = self.query(f"sum by (__name__, outcome) ({series})")
-        counts: dict[str, float] = defaultdict(float)
-        for labels, value in samples:
-            name = labels.get("__name__", "")
-            counts[labels.get("outcome", "") if name == OUTCOMES else name] += value
-        return Comparison(int(counts["compared"]), int(counts["agreed"]), counts[DIFF_SUM], int(counts[DIFF_COUNT]))
+        return comparison_of((labels.get("__name__", ""), labels, value) for labels, value in samples)
 
     def query(self, promql: str) -> list[Sample]:
         """An instant query's vector: each series' labels and value. Unreachable, refused or not a vector: Retryable,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,7 +21,11 @@ from watcher.errors import Retryable
 
 PREDICTION_ENDPOINTS = frozenset({"predict", "invocations", "root_invocations"})
 TIMEOUT_SECONDS = 5
+REQUESTS, BUCKETS = "model_wrapper_requests_total", "model_wrapper_request_duration_seconds_bucket"
+OUTCOMES = "model_wrapper_shadow_total"
 DIFF_SUM, DIFF_COUNT = "model_wrapper_shadow_abs_diff_total", "model_wrapper_shadow_abs_diff_values_total"
+Series = tuple[str, dict[str, str], float]
+"""One sample: its metric name, labels and value, from a `/metrics` page or a Prometheus query alike."""
 
 
 def wrapper_figures(base_url: str) -> WrapperFigures:
@@ -36,31 +41,38 @@ def metrics_text(base_url: str) -> str:
 def parse_comparison(text: str, candidate: str) -> Comparison:
     """The comparison counts a wrapper keeps of the candidate version `candidate` against live, whichever side
     mirrored (`model_wrapper.http.shadow`: the live wrapper in a shadow, the candidate's in a canary)."""
-    counts: dict[str, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("candidate") != candidate:
-                continue
-            if sample.name == "model_wrapper_shadow_total":
-                counts[sample.labels.get("outcome", "")] += sample.value
-            elif sample.name in (DIFF_SUM, DIFF_COUNT):
-                counts[sample.name] += sample.value
-    return Comparison(int(counts["compared"]), int(counts["agreed"]), counts[DIFF_SUM], int(counts[DIFF_COUNT]))
+    return comparison_of(series for series in _series(text) if series[1].get("candidate") == candidate)
 
 
 def parse_metrics(text: str) -> WrapperFigures:
+    return wrapper_figures_of(_series(text))
+
+
+def wrapper_figures_of(samples: Iterable[Series]) -> WrapperFigures:
+    """One version's prediction requests, their 5xx answers and latency histogram, from its samples (the rule
+    both figure sources follow: this module's pages and `watcher.clients.prometheus`)."""
     requests, errors = 0, 0
     buckets: dict[float, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("endpoint") not in PREDICTION_ENDPOINTS:
-                continue
-            if sample.name == "model_wrapper_requests_total":
-                requests += int(sample.value)
-                errors += int(sample.value) if sample.labels.get("status", "").startswith("5") else 0
-            elif sample.name == "model_wrapper_request_duration_seconds_bucket":
-                buckets[float(sample.labels["le"])] += sample.value
+    for name, labels, value in samples:
+        if labels.get("endpoint") not in PREDICTION_ENDPOINTS:
+            continue
+        if name == REQUESTS:
+            requests += int(value)
+            errors += int(value) if labels.get("status", "").startswith("5") else 0
+        elif name == BUCKETS:
+            buckets[float(labels["le"])] += value
     return WrapperFigures(requests, errors, tuple(sorted(buckets.items())))
+
+
+def comparison_of(samples: Iterable[Series]) -> Comparison:
+    """The comparison counts among `samples` (already narrowed to one candidate and the side that mirrors)."""
+    counts: dict[str, float] = defaultdict(float)
+    for name, labels, value in samples:
+        if name == OUTCOMES:
+            counts[labels.get("outcome", "")] += value
+        elif name in (DIFF_SUM, DIFF_COUNT):
+            counts[name] += value
+    return Comparison(int(counts["compared"]), int(counts["agreed"]), counts[DIFF_SUM], int(counts[DIFF_COUNT]))
 
 
 def comparison(url: str, candidate_url: str) -> Comparison:
@@ -70,6 +82,12 @@ def comparison(url: str, candidate_url: str) -> Comparison:
         return Comparison()
     return Comparison(int(counts["compared"]), int(counts["agreed"]), float(counts["abs_diff_sum"]),
                       int(counts["abs_diff_count"]), int(counts["rescued"]))
+
+
+def _series(text: str) -> Iterator[Series]:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            yield sample.name, sample.labels, sample.value
 
 
 def _get(url: str) -> bytes:
