@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,14 @@ class Tally:
 def is_prediction(method: str, path: str) -> bool:
     """The requests worth comparing: they carry inputs and answer predictions (`predict`, `invocations`, V2)."""
     return method == "POST" and path.endswith(("/api/predict", "/api/invocations", "/infer"))
+
+
+def target_at(base: str, scope: Mapping[str, Any]) -> str:
+    """An ASGI request's target at `base` as its caller sent it: path and query still percent-encoded, to be
+    sent as they are (never decoded and encoded again), wherever the request is passed on or mirrored."""
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    return base + path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
 
 
 def compare(live: bytes, candidate: bytes) -> tuple[bool, float, int] | None:

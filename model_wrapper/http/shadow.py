@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
-from model_wrapper.contract.comparison import Tally, is_prediction
+from model_wrapper.contract.comparison import Tally, is_prediction, target_at
 
 # aiohttp is imported with the first mirrored request: most wrappers never shadow, and its import is a tenth of
 # a second of every start (issue 26's cold start). aiohttp rather than httpx: a mirrored request's client work
@@ -193,6 +193,7 @@ class ShadowMirror:
     async def _mirror(self, config: ShadowConfig, scope: Scope, body: bytes, status: int, answer: bytes) -> None:
         import aiohttp
         from multidict import CIMultiDict
+        from yarl import URL
 
         if self._session is None:
             self._session = _session()
@@ -201,7 +202,8 @@ class ShadowMirror:
         headers[MIRRORED_HEADER] = "1"
         tally = Tally()
         try:
-            async with self._session.post(_target(config.other, scope), data=body, headers=headers) as reply:
+            async with self._session.post(URL(target_at(config.other, scope), encoded=True), data=body,
+                                          headers=headers) as reply:
                 theirs = (reply.status, await reply.read())
         except (aiohttp.ClientError, TimeoutError):
             tally.mirror_failed += 1
@@ -227,16 +229,6 @@ async def close_sessions() -> None:
     """Close the mirroring clients (called by `model_wrapper.server` once the server has shut down)."""
     while _SESSIONS:
         await _SESSIONS.pop().close()
-
-
-def _target(base: str, scope: Scope) -> Any:
-    """The request's target at `base` as the caller sent it: path and query still percent-encoded, not decoded
-    and encoded again."""
-    from yarl import URL
-
-    path = scope.get("raw_path") or scope["path"].encode()
-    query = scope.get("query_string", b"")
-    return URL(base + path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else ""), encoded=True)
 
 
 def _mirrored(scope: Scope) -> bool:

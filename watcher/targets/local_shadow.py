@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from yarl import URL
 
-from model_wrapper.contract.comparison import Tally, is_prediction
+from model_wrapper.contract.comparison import Tally, is_prediction, target_at
 
 __all__ = ["Shadow", "is_prediction", "upstream"]
 
@@ -103,11 +103,8 @@ class Shadow:
 
 
 def upstream(base: str, request: Request) -> URL:
-    """The request's target at `base`, as the caller sent it: path and query still percent-encoded, never
-    decoded and encoded again."""
-    target = request.scope.get("raw_path") or request.url.path.encode()
-    query = request.scope.get("query_string", b"")
-    return URL(base + target.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else ""), encoded=True)
+    """The request's target at `base` as the caller sent it (`target_at`), for aiohttp to send as it is."""
+    return URL(target_at(base, request.scope), encoded=True)
 
 
 def _response(answer: Answer | None, slug: str, background: BackgroundTask | None = None) -> Response:
