@@ -47,7 +47,8 @@ controller, no defaulting, no label selectors and no paging. `ControlPlane` adds
   or fails: a bad image shows `ErrImagePull` on the first pull and `ImagePullBackOff` after; a
   crashing one restarts at once, then after the kubelet's back-off (10 s doubling to 300 s, on this
   clock) while it waits in `CrashLoopBackOff`, with `restartCount` and `lastState.terminated` (exit
-  code, termination message) as the kubelet reports them; a running pod has its address (`podIP`, `podIPs`:
+  code, termination message) as the kubelet reports them; a started pod (running, crashing or failing its image
+  pull) has its sandbox's address (`podIP`, `podIPs`:
   `pkg/kubelet/kubelet_pods.go`, `generateAPIPodStatus`).
 
 The HorizontalPodAutoscaler's rescale rule (`pkg/controller/podautoscaler/horizontal.go`) is
@@ -546,7 +547,9 @@ class ControlPlane(JobController, HpaController, kmock.KubernetesEmulator):
         ready = bool(status["containerStatuses"]) and all(c["ready"] for c in status["containerStatuses"])
         status["phase"] = "Running" if behaviour.kind in ("ready", "crash") else "Pending"
         status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
-        if status["phase"] == "Running":  # the sandbox's address, set once it runs (kubelet_pods.go, PodIP/PodIPs)
+        # The sandbox's address (kubelet_pods.go, generateAPIPodStatus: PodIP/PodIPs from the sandbox status): every
+        # pod the kubelet started has one, a Pending pod whose image cannot be pulled included; one never started not.
+        if behaviour.kind in ("ready", "crash", "bad-image"):
             address = _pod_ip(pod["metadata"]["uid"])
             status.update(podIP=address, podIPs=[{"ip": address}])
         if status != pod["status"]:
