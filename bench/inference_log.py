@@ -9,9 +9,9 @@ the log goes to moto's S3 as it would to a bucket (default batching: 1,000 reque
 ROUNDS rounds, so that other work on the machine weighs on all alike. The figure is the ratio to
 sample 0 (the log off), round by round, as a median and its spread; beside wrk's figures, the CPU
 time the wrapper process (all its threads) spent per request, which other work on the machine moves
-less than it moves req/s. Then, in this process, what the writer thread spends per logged request
-turning records into an Arrow table and a Parquet file (the table is the part that holds the
-interpreter). `--conversion` runs only that part. Not a test: nothing here asserts a time.
+less than it moves req/s, and that of its inference-log writer process. Then, in this process, what
+the writer spends per logged request turning records into an Arrow table and a Parquet file.
+`--conversion` runs only that part. Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -140,9 +140,10 @@ def _report(loads: dict[tuple[str, int], list[Load]], load_before: tuple[float, 
              f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after. wrk -t1 -c{CONNECTIONS} "
              f"-d{DURATION}s after a {WARM_UP}s warm-up; one worker each; {ROUNDS} rounds. Ratios to sample 0 "
              "round by round: median (lowest to highest).", "",
-             "| sample | instances | req/s (median) | p99 ms (median) | CPU us/request (median) | req/s vs sample 0 "
-             "| p99 vs sample 0 | CPU/request vs sample 0 | non-2xx |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| sample | instances | req/s (median) | p99 ms (median) | CPU us/request (median) "
+             "| writer's CPU us/request (median) | req/s vs sample 0 | p99 vs sample 0 | CPU/request vs sample 0 "
+             "| with the writer's | non-2xx |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for size in (1, 100):
         off = loads[(SAMPLES[0], size)]
         for sample in SAMPLES:
@@ -150,9 +151,12 @@ def _report(loads: dict[tuple[str, int], list[Load]], load_before: tuple[float, 
             rps = [a.rps / b.rps for a, b in zip(runs, off, strict=True)]
             p99 = [a.p99_ms / b.p99_ms for a, b in zip(runs, off, strict=True)]
             cpu = [(a.cpu_us or 0) / (b.cpu_us or 1) for a, b in zip(runs, off, strict=True)]
+            pair = [((a.cpu_us or 0) + (a.children_cpu_us or 0)) / ((b.cpu_us or 1) + (b.children_cpu_us or 0))
+                    for a, b in zip(runs, off, strict=True)]
             lines.append(f"| {sample} | {size} | {_median(r.rps for r in runs):,.0f} | "
                          f"{_median(r.p99_ms for r in runs):.2f} | {_median(r.cpu_us or 0 for r in runs):.0f} | "
-                         f"{_spread(rps, '')} | {_spread(p99, '')} | {_spread(cpu, '')} | "
+                         f"{_median(r.children_cpu_us or 0 for r in runs):.0f} | "
+                         f"{_spread(rps, '')} | {_spread(p99, '')} | {_spread(cpu, '')} | {_spread(pair, '')} | "
                          f"{sum(r.errors for r in runs)} |")
     return "\n".join(lines)
 

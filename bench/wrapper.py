@@ -81,6 +81,8 @@ class Load:
     errors: int
     cpu_us: float | None = None
     """CPU time (all threads) the server process spent per request during the run, when measured."""
+    children_cpu_us: float | None = None
+    """CPU time its child processes (the wrapper's inference-log writer) spent per request, likewise."""
 
 
 @dataclass(frozen=True)
@@ -294,16 +296,25 @@ def _under_load(url: str, body: dict[str, Any], pid: int | None = None) -> Load:
                           f"wrk.body = {json.dumps(json.dumps(body))}\n")
         _wrk(url, script, WARM_UP)
         cpu_before = _cpu_seconds(pid) if pid else 0.0
+        children_before = _children_cpu_seconds(pid) if pid else 0.0
         load = _wrk(url, script, DURATION)
         if not pid:
             return load
-        return replace(load, cpu_us=(_cpu_seconds(pid) - cpu_before) / (load.rps * DURATION) * 1e6)
+        requests = load.rps * DURATION
+        return replace(load, cpu_us=(_cpu_seconds(pid) - cpu_before) / requests * 1e6,
+                       children_cpu_us=(_children_cpu_seconds(pid) - children_before) / requests * 1e6)
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int | str) -> float:
     """User and system time of a process, all its threads (proc(5): fields 14 and 15 of its stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_seconds(pid: int) -> float:
+    """The same for the process's running children (proc(5): /proc/pid/task/tid/children)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sum(_cpu_seconds(child) for child in children)
 
 
 def _wrk(url: str, script: Path, seconds: int) -> Load:

@@ -2,7 +2,8 @@
 
 Layers, top to bottom; a layer imports only those below it (import-linter holds this, `make lint`):
 
-- `server`: the process (settings, logging, uvicorn, loading beside it);
+- `server`: the process (settings, logging, uvicorn, loading beside it), and beside it `log_process`, the
+  inference log's writer process that the server starts;
 - `http` (the FastAPI app, guards, OpenAPI, Swagger UI, metrics) and `evaluate` (the evaluation Job);
 - `loading`: the MLflow loader, the direct scikit-learn loader, environment checks (the only MLflow importers);
 - `predict`: the transport-free predictor, request schemas and model backends;

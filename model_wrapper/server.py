@@ -36,7 +36,6 @@ from model_wrapper.errors import LoadFailure
 from model_wrapper.http.app import create_app
 from model_wrapper.http.metrics import MULTIPROCESS_DIR
 from model_wrapper.http.shadow import close_sessions
-from model_wrapper.loading.log_sink import S3Sink, log_bucket
 from model_wrapper.loading.outage import outside_the_version
 from model_wrapper.predict.inference_log import InferenceLog
 from model_wrapper.predict.predictor import Predictor
@@ -119,7 +118,7 @@ class _Server(uvicorn.Server):
 
 
 def _inference_log(settings: WrapperSettings) -> InferenceLog:
-    return InferenceLog(settings, sink=lambda: S3Sink(settings), bucket=lambda: log_bucket(settings))
+    return InferenceLog(settings, writer=[sys.executable, "-m", "model_wrapper", "log-writer"])
 
 
 def serve_workers(settings: WrapperSettings) -> int:

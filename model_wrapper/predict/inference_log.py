@@ -1,33 +1,47 @@
-"""The inference log: a sample of predict requests written as Parquet to S3, off the request path.
+"""The inference log, serving side: which requests are sampled, and handing their records to the writer process.
 
-Created by `model_wrapper.server` (with the S3 sink of `model_wrapper.loading.log_sink`), attached
-to the model once it is loaded, fed by the predict endpoint (`model_wrapper.http.predict_endpoint`).
-The endpoint only puts an `Entry` in a bounded queue: a full queue drops the record (counted), never
-the request. One writer thread batches entries, every
-INFERENCE_LOG_BATCH_RECORDS requests or INFERENCE_LOG_BATCH_SECONDS, into
-`s3://<bucket>/<prefix>/<slug>/<version>/date=YYYY-MM-DD/<pod>-<seq>.parquet`; a failed upload is
-kept and retried with a growing pause (counted). `close` writes what is queued within a deadline.
+Created by `model_wrapper.server` with the command that starts the writer (`python -m model_wrapper
+log-writer`, `model_wrapper.predict.log_writer`), attached to the model once it is loaded, fed by the predict
+endpoint (`model_wrapper.http.predict_endpoint`). On the event loop a sampled request costs one pickled
+frame appended to a buffer; the buffer goes down a pipe to the writer when it holds FLUSH_BYTES or
+FLUSH_SECONDS after its first frame, with a write that never blocks. The table, the Parquet file and the
+upload happen in the writer process, not on this interpreter: as a thread here they took the
+interpreter from the event loop for longer than the requests they logged (BENCHMARKS.md).
+
+Never slows or fails a request: a buffer holding INFERENCE_LOG_QUEUE records (the writer is behind) or
+a writer that is gone drops records, counted, and a writer that died is started again. The writer's own
+counts (written, dropped, write errors) come back as lines on its stdout, into `counters`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import io
 import logging
 import os
+import pickle
 import random
-import socket
+import select
+import subprocess
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Protocol
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.predict.inference_records import Entry, Layout, parquet_file, split_by_day, to_table
+from model_wrapper.predict.inference_records import FRAME_REDUCERS, Entry, Layout, to_frame
 from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
-RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 15.0
-_POLL_SECONDS = 0.1
+FLUSH_BYTES = 256 * 1024
+FLUSH_SECONDS = 0.2
+PIPE_BYTES = 1024 * 1024
+"""The pipe's capacity (Linux allows an unprivileged process up to 1 MiB): a second of a busy wrapper's
+records can wait there while the writer encodes a file."""
+RESTART_SECONDS = 5.0
+"""A writer that died is started again at most this often: one that cannot start does not loop."""
 
 
 class Counters(Protocol):
@@ -44,39 +58,28 @@ class _NoCounters:
     def log_write_error(self) -> None: ...
 
 
-class Sink(Protocol):
-    """Where the files go (`model_wrapper.loading.log_sink.S3Sink`)."""
-
-    def put(self, bucket: str, key: str, body: bytes) -> None: ...
-
-
 class InferenceLog:
-    """Samples, queues and writes the records of one served model version."""
+    """Samples the requests of one served model version and sends their records to its writer process."""
 
-    def __init__(self, settings: WrapperSettings, *, sink: Callable[[], Sink],
-                 bucket: Callable[[], str | None]) -> None:
-        """`sink` and `bucket` are called in the writer thread, once, when the first file is due."""
+    def __init__(self, settings: WrapperSettings, *, writer: Sequence[str]) -> None:
+        """`writer` is the command that starts the writer process."""
         self.sample = 0.0
         """Set by `attach`: nothing is sampled before the model (and its contract) is loaded."""
         self.counters: Counters = _NoCounters()
         self._settings = settings
-        # A deque, not a queue.Queue: appending takes no lock and wakes no thread, so the writer never
-        # takes the interpreter from the event loop per request; it looks every poll or when a batch is full.
-        self._entries: deque[Entry] = deque()
-        self._wake = threading.Event()
-        self._sink_factory = sink
-        self._bucket_of = bucket
-        self._layout: Layout | None = None
-        self._pending: list[list[Entry]] = []
-        self._pending_records = 0
-        """Records taken from the queue and not written yet (S3 failing): they count against the bound too."""
-        self._sink: Sink | None = None
-        self._bucket: str | None = None
-        self._failures, self._retry_at = 0, 0.0
-        self._closing = threading.Event()
-        self._deadline = float("inf")
-        self._thread: threading.Thread | None = None
-        self._files = _FileNames(settings, _pod_name())
+        self._command = list(writer)
+        self._hello = b""
+        self._buffer = io.BytesIO()
+        self._pickler = pickle.Pickler(self._buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        self._pickler.dispatch_table = FRAME_REDUCERS  # type: ignore[assignment]
+        self._records = 0
+        """Records in the buffer, not yet all in the pipe."""
+        self._flush_due = False
+        self._lock = threading.Lock()  # the event loop adds and flushes; `close` runs in another thread
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pipe = -1
+        self._started = 0.0
+        self._closed = False
 
     def attach(self, model: LoadedModel) -> None:
         """Start logging for the loaded model: its contract's sample and `log: false` fields."""
@@ -84,13 +87,14 @@ class InferenceLog:
         sample = contract.logging.sample if contract.logging is not None else self._settings.inference_log_sample
         if not contract.inputs or sample <= 0:
             return
-        self._layout = Layout.of(self._settings.model_name, self._settings.model_version, contract,
-                                 model.backend.columns, model.backend.classes)
-        self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
-        self._thread.start()
+        layout = Layout.of(self._settings.model_name, self._settings.model_version, contract,
+                           model.backend.columns, model.backend.classes)
+        self._hello = pickle.dumps((self._settings, layout), protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            self._start_writer()
         self.sample = sample
-        log.info("model %s version %s: inference log on, sample %s, under %s", self._settings.model_name,
-                 self._settings.model_version, self.sample, self._files.folder)
+        log.info("model %s version %s: inference log on, sample %s", self._settings.model_name,
+                 self._settings.model_version, self.sample)
 
     def sampled(self) -> bool:
         """Whether this request is logged (decided before predicting, so an unlogged one costs nothing)."""
@@ -98,108 +102,149 @@ class InferenceLog:
         return sample > 0 and (sample >= 1 or random.random() < sample)  # noqa: S311 - a sample, not a secret
 
     def add(self, entry: Entry) -> None:
-        entries = self._entries
-        if len(entries) + self._pending_records >= self._settings.inference_log_queue:
-            self.counters.log_dropped(1)
-            return
-        entries.append(entry)
-        if len(entries) == self._settings.inference_log_batch_records:
-            self._wake.set()
+        """Buffer the entry's frame (on the event loop: no system call unless the buffer is due)."""
+        with self._lock:
+            if self._closed or (self._pipe < 0 and not self._restart()) \
+                    or self._records >= self._settings.inference_log_queue:
+                self.counters.log_dropped(1)
+                return
+            start = self._buffer.tell()
+            try:
+                self._pickler.dump(to_frame(entry))
+            except Exception as e:  # a value pickle cannot take: this record only
+                self._buffer.seek(start)
+                self._buffer.truncate()
+                self.counters.log_dropped(1)
+                log.warning("model %s version %s: an inference-log record could not be encoded (%s)",
+                            self._settings.model_name, self._settings.model_version, type(e).__name__)
+                return
+            finally:
+                self._pickler.clear_memo()
+            self._records += 1
+            if self._buffer.tell() >= FLUSH_BYTES:
+                self._flush()
+            elif not self._flush_due:
+                self._flush_due = True
+                try:
+                    asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._timed_flush)
+                except RuntimeError:  # not on an event loop (a test's thread): now
+                    self._flush_due = False
+                    self._flush()
 
     def close(self, timeout: float) -> None:
-        """Write what is queued, trying for at most `timeout` seconds (the SIGTERM drain)."""
-        if self._thread is None or self._closing.is_set():
-            return
-        self._deadline = time.monotonic() + timeout
-        self._closing.set()
-        self._wake.set()
-        self._thread.join(timeout + 1)
-
-    def _run(self) -> None:
-        while True:
-            closing = self._closing.is_set()
-            if closing and time.monotonic() > self._deadline:
-                return self._give_up()
-            if batch := self._collect(closing):
-                self._pending.append(batch)
-            if self._pending and time.monotonic() >= self._retry_at:
-                self._try_write()
-            if closing and not self._pending and not self._entries:
-                return None
-            if not batch:
-                self._wake.wait(_POLL_SECONDS)
-                self._wake.clear()
-
-    def _collect(self, closing: bool) -> list[Entry]:
-        """Entries for one file, once due: a batch's worth, or the oldest INFERENCE_LOG_BATCH_SECONDS old,
-        or whatever is left once closing."""
-        entries, limit = self._entries, self._settings.inference_log_batch_records
-        if not entries or not (closing or len(entries) >= limit
-                               or time.time() - entries[0].at >= self._settings.inference_log_batch_seconds):
-            return []
-        taken = min(limit, len(entries))
-        self._pending_records += taken  # counted before they leave the queue, so `add` never misses them
-        return [entries.popleft() for _ in range(taken)]
-
-    def _try_write(self) -> None:
+        """Send what is buffered, then wait at most `timeout` seconds for the writer to write it (the SIGTERM drain)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._closed or self._process is None:
+                self._closed = True
+                return
+            self._closed = True
+            if self._pipe >= 0:
+                self._send_all(deadline)
+                self._send_all(deadline, pickle.dumps(max(0.0, deadline - time.monotonic())))
+                os.close(self._pipe)
+                self._pipe = -1
+            process = self._process
         try:
-            self._sink = self._sink or self._sink_factory()
-            self._write_pending(self._sink, self._bucket or self._resolve_bucket())
-            self._failures, self._retry_at = 0, 0.0
-        except Exception as e:  # any S3 trouble (or none resolved yet): keep the batch, try again later
-            self.counters.log_write_error()
-            self._failures += 1
-            pause = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (self._failures - 1))
-            self._retry_at = time.monotonic() + pause
-            log.warning("model %s version %s: inference log not written (%s); retrying in %.1fs",
-                        self._settings.model_name, self._settings.model_version, _first_line(e), pause)
+            process.wait(max(0.0, deadline - time.monotonic()) + 1)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            log.error("model %s version %s: the inference log writer did not finish within the drain",
+                      self._settings.model_name, self._settings.model_version)
 
-    def _write_pending(self, sink: Sink, bucket: str) -> None:
-        """One file per batch and day, oldest first; a batch leaves the list only once written."""
-        layout = self._layout
-        assert layout is not None
-        while self._pending:
-            batch = self._pending[0]
-            day, entries, rest = split_by_day(batch)
-            sink.put(bucket, self._files.next_key(day), parquet_file(to_table(entries, layout)))
-            self._pending[0:1] = [rest] if rest else []
-            self._pending_records -= len(entries)
-            self.counters.log_written(len(entries))
+    def _timed_flush(self) -> None:
+        with self._lock:
+            self._flush_due = False
+            self._flush()
+            if self._records and not self._closed:  # the pipe is full: later
+                self._flush_due = True
+                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._timed_flush)
 
-    def _resolve_bucket(self) -> str:
-        self._bucket = self._bucket_of()
-        if not self._bucket:
-            raise RuntimeError("no bucket: the model's artifacts are not in S3; set INFERENCE_LOG_BUCKET")
-        return self._bucket
+    def _flush(self) -> None:
+        """Write what the pipe takes without waiting; the rest stays for the next flush."""
+        if self._pipe < 0:
+            return
+        with self._buffer.getbuffer() as data:
+            try:
+                written = os.write(self._pipe, data)
+            except BlockingIOError:
+                return
+            except OSError:  # the writer is gone (EPIPE)
+                written = -1
+            rest = bytes(data[written:]) if 0 <= written < len(data) else b""
+        if written < 0:
+            self._writer_gone()
+            return
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._buffer.write(rest)
+        if not rest:
+            self._records = 0
 
-    def _give_up(self) -> None:
-        lost = sum(len(batch) for batch in self._pending) + len(self._entries)
-        if lost:
-            self.counters.log_dropped(lost)
-            log.error("model %s version %s: %d inference-log records not written before the drain ended",
-                      self._settings.model_name, self._settings.model_version, lost)
+    def _send_all(self, deadline: float, tail: bytes = b"") -> None:
+        """At close: the buffer (and `tail`), waiting for the pipe until `deadline`."""
+        data = memoryview(self._buffer.getvalue() + tail)
+        while data and time.monotonic() < deadline:
+            select.select([], [self._pipe], [], max(0.0, deadline - time.monotonic()))
+            try:
+                data = data[os.write(self._pipe, data):]
+            except BlockingIOError:
+                continue
+            except OSError:
+                break
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._records = 0
 
+    def _writer_gone(self) -> None:
+        """The writer died: what it held and what is buffered are lost (counted); another one is started."""
+        log.error("model %s version %s: the inference log writer is gone; %d buffered records lost, and those it held",
+                  self._settings.model_name, self._settings.model_version, self._records)
+        self.counters.log_dropped(self._records)
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._records = 0
+        with contextlib.suppress(OSError):
+            os.close(self._pipe)
+        self._pipe = -1
+        self._restart()
 
-class _FileNames:
-    """`<prefix>/<slug>/<version>/date=YYYY-MM-DD/<pod>-<seq>.parquet`; seq is this process's start
-    (ms) and a counter, so a restarted container or a second worker never overwrites a file."""
+    def _restart(self) -> bool:
+        if self._closed or time.monotonic() - self._started < RESTART_SECONDS:
+            return False
+        self._start_writer()
+        return True
 
-    def __init__(self, settings: WrapperSettings, pod: str) -> None:
-        self.folder = f"{settings.inference_log_prefix.strip('/')}/{settings.model_slug}/{settings.model_version}"
-        self._stem = f"{pod}-{int(time.time() * 1000)}{os.getpid() % 100000:05d}"
-        self._count = 0
+    def _start_writer(self) -> None:
+        self._started = time.monotonic()
+        # A session of its own: a signal sent to the wrapper's process group (a terminal's Ctrl-C, an init
+        # that signals the group) reaches only the wrapper, which drains and then closes the pipe; the
+        # writer could otherwise die of it while it is still starting, before it ignores such signals.
+        process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        assert process.stdin is not None and process.stdout is not None
+        with contextlib.suppress(OSError, AttributeError):  # Linux only; the default 64 KiB otherwise
+            fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        try:
+            process.stdin.write(self._hello)
+            process.stdin.flush()
+        except OSError:  # it exited at once: it is started again with a later record
+            pass
+        self._pipe = os.dup(process.stdin.fileno())
+        process.stdin.close()  # the duplicate is ours, written without blocking
+        os.set_blocking(self._pipe, False)
+        self._process = process
+        threading.Thread(target=self._read_counts, args=(process,), name="inference-log-counts", daemon=True).start()
 
-    def next_key(self, day: str) -> str:
-        self._count += 1
-        return f"{self.folder}/date={day}/{self._stem}-{self._count:06d}.parquet"
-
-
-def _pod_name() -> str:
-    # Kubernetes sets HOSTNAME to the pod's name.
-    name = os.environ.get("HOSTNAME") or socket.gethostname() or "wrapper"
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:100]
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+    def _read_counts(self, process: subprocess.Popen[bytes]) -> None:
+        """The writer's counts, into `counters`, until it exits (then reaped here)."""
+        assert process.stdout is not None
+        for line in process.stdout:
+            what, _, number = line.partition(b" ")
+            if what == b"written":
+                self.counters.log_written(int(number))
+            elif what == b"dropped":
+                self.counters.log_dropped(int(number))
+            elif what == b"error":
+                self.counters.log_write_error()
+        process.stdout.close()
+        process.wait()

@@ -1,6 +1,7 @@
 """The inference log of a real wrapper process, read back from moto's S3 server: what a record holds,
 the request id echoed, a `log: false` field never written, S3 failing for a minute failing no request,
-and SIGTERM under load losing no accepted record. The contract's `logging` section is parsed strictly."""
+SIGTERM under load losing no accepted record, and a writer process that died started again. The
+contract's `logging` section is parsed strictly."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import pytest
 from devstack.models import IRIS_CONTRACT, LoggedModel
 from devstack.servers import LOCAL_AWS_ENV, LocalMlflow, LocalS3
 from model_wrapper.contract.spec import ContractError, parse_contract
-from model_wrapper.predict.inference_log import RETRY_FIRST_SECONDS
+from model_wrapper.predict.inference_log import RESTART_SECONDS
+from model_wrapper.predict.log_writer import RETRY_FIRST_SECONDS
 from tests.faults.proxy import FaultProxy
 from tests.wrapper.conftest import Served, serve, unique
 from tests.wrapper.models import log_iris_model
@@ -214,6 +216,35 @@ def test_sigterm_under_load_loses_no_record_the_wrapper_accepted(
         records = _wait_for(s3, prefix, set(accepted))
 
         assert len(set(records.request_id)) == len(accepted) > 200
+
+
+def test_a_writer_process_that_dies_is_started_again_and_fails_no_request(
+        logged: Served, s3: LocalS3, prefix: str) -> None:
+    process = logged.wrapper.process
+    assert process is not None
+    first = logged.post("predict", {"instances": [INSTANCE]}).headers["x-request-id"]
+    _wait_for(s3, prefix, {first})
+    writer = _writer_of(process.pid)
+
+    os.kill(writer, signal.SIGKILL)
+    answers = []
+    ends = time.monotonic() + RESTART_SECONDS + 2  # whatever the restart's pause, the requests span it
+    while time.monotonic() < ends:
+        answers.append(logged.post("predict", {"instances": [INSTANCE]}))
+        time.sleep(0.05)
+    later = logged.post("predict", {"instances": [INSTANCE]}).headers["x-request-id"]
+
+    _wait_for(s3, prefix, {later})
+    assert {answer.status_code for answer in answers} == {200}
+    assert _writer_of(process.pid) != writer
+    assert "the inference log writer is gone" in logged.wrapper.log()
+
+
+def _writer_of(pid: int) -> int:
+    """The wrapper's one child process, its inference-log writer."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
 
 
 def test_the_logging_section_is_parsed_strictly_with_the_bad_key_named() -> None:

@@ -1,15 +1,19 @@
-"""The inference log's writer in-process, behind its own seam (the Sink): a full queue drops and counts
+"""The inference log's writer in-process, behind its own seam (the Sink): the records the serving side
+sends are the ones it writes; a full queue drops and counts
 records without blocking the caller, and a close whose uploads keep failing gives up at its deadline,
 counting what it could not write; the Arrow table holds what a row-by-row build of the same records
 would. The real S3 cases are in test_inference_log.py."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +24,16 @@ from devstack.models import IRIS_CONTRACT, IRIS_FEATURES
 from model_wrapper.config.settings import load_settings
 from model_wrapper.contract.spec import parse_contract
 from model_wrapper.predict.inference_log import InferenceLog
-from model_wrapper.predict.inference_records import Entry, Layout, parquet_file, to_table
+from model_wrapper.predict.inference_records import (
+    FRAME_REDUCERS,
+    Entry,
+    Layout,
+    from_frame,
+    parquet_file,
+    to_frame,
+    to_table,
+)
+from model_wrapper.predict.log_writer import LogWriter, serve_frames
 from model_wrapper.predict.predictor import LoadedModel
 
 ROW = (5.1, 3.5, 1.4, 0.2)
@@ -63,15 +76,12 @@ class Backend:
     classes: list[Any] | None = field(default_factory=lambda: [0, 1, 2])
 
 
-def _log(sink: Sink, **settings: str) -> tuple[InferenceLog, Counts]:
+def _log(sink: Sink, **settings: str) -> tuple[LogWriter, Counts]:
     values = {"MODEL_NAME": "iris", "MODEL_VERSION": "1", "MODEL_SOURCE": "s3://models/iris",
               "INFERENCE_LOG_SAMPLE": "1", **settings}
-    log = InferenceLog(load_settings(values), sink=lambda: sink, bucket=lambda: "models")
     counts = Counts()
-    log.counters = counts
-    model: Any = LoadedModel(parse_contract(IRIS_CONTRACT.encode()), "test", Backend(), None)  # type: ignore[arg-type]
-    log.attach(model)
-    return log, counts
+    layout = Layout.of("iris", "1", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
+    return LogWriter(load_settings(values), layout, sink=lambda: sink, bucket=lambda: "models", counters=counts), counts
 
 
 def _entry(number: int, at: float | None = None) -> Entry:
@@ -134,6 +144,7 @@ def test_a_close_whose_uploads_keep_failing_gives_up_at_its_deadline_and_counts_
 def test_the_table_holds_each_instance_as_a_row_by_row_build_of_the_same_records_would() -> None:
     # Requests of every shape in one batch: tuples (the schema's), arrays (the numeric batch's), a
     # body that did not parse, an optional field left out, answers with and without probabilities.
+    # The table is built from the records as the writer process gets them: pickled as frames.
     layout = Layout.of("iris", "7", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
     answer = {"predictions": np.array([2, 0]), "probabilities": np.array([[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]]),
               "labels": ["virginica", "setosa"]}
@@ -143,7 +154,7 @@ def test_the_table_holds_each_instance_as_a_row_by_row_build_of_the_same_records
                      {"predictions": np.array([1]), "labels": ["versicolor"]}),
                Entry("d", 1_700_000_003.0, "predict", 500, 3.0, [ROW], None, "model_fault")]
 
-    table = to_table(entries, layout)
+    table = to_table([from_frame(pickle.loads(_pickled(to_frame(entry)))) for entry in entries], layout)
 
     expected = []
     for entry in entries:
@@ -162,6 +173,62 @@ def test_the_table_holds_each_instance_as_a_row_by_row_build_of_the_same_records
     assert table.column("input.sepal_width").null_count == 2  # left out, and not parsed: null, never NaN
     assert to_table(entries[:1], layout).column("input.sepal_width").null_count == 1  # all parsed: numpy's way
     _read_back_as_plain_columns(table)
+
+
+def test_the_records_the_serving_side_sends_are_the_ones_the_writer_process_writes(tmp_path: Path) -> None:
+    # The serving side's writer is `cat`: its stdin, the stream a writer process gets, is kept in a file
+    # and then read by the writer's own loop. Records added on an event loop (sent by its timer or once
+    # the buffer is full) and off one (sent at once); then the drain's seconds.
+    stream = tmp_path / "frames"
+    settings = load_settings({"MODEL_NAME": "iris", "MODEL_VERSION": "1", "MODEL_SOURCE": "s3://models/iris",
+                              "INFERENCE_LOG_SAMPLE": "1", "INFERENCE_LOG_BATCH_RECORDS": "100000"})
+    log = InferenceLog(settings, writer=["sh", "-c", f'cat > "{stream}"'])
+    log.attach(LoadedModel(parse_contract(IRIS_CONTRACT.encode()), "test", Backend(), None))  # type: ignore[arg-type]
+    answer = {"predictions": np.array([2, 0]), "probabilities": np.array([[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]]),
+              "labels": ["virginica", "setosa"]}
+    entries = [Entry(f"r{n}", 1_700_000_000.0 + n, "predict", 200, 1.0,
+                     np.array([ROW, ROW]) if n % 2 else [ROW, (6.0, None, 4.0, 1.0)], answer) for n in range(3000)]
+
+    async def add_on_the_loop() -> None:
+        for entry in entries[:2500]:
+            log.add(entry)
+        await asyncio.sleep(0.5)
+
+    asyncio.run(add_on_the_loop())
+    for entry in entries[2500:]:
+        log.add(entry)
+    log.close(10)
+    sink, report = Sink(), io.StringIO()
+    sink.opened.set()
+    with stream.open("rb") as frames:
+        serve_frames(frames, report, sink=lambda settings: sink, bucket=lambda settings: "models")
+
+    written = pa.concat_tables([pq.read_table(io.BytesIO(body)) for body in sink.files])
+    layout = Layout.of("iris", "1", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
+    assert written.to_pylist() == pq.read_table(io.BytesIO(parquet_file(to_table(entries, layout)))).to_pylist()
+    assert report.getvalue() == "written 3000\n"
+
+
+def test_a_frame_keeps_every_kind_of_array_a_model_answers() -> None:
+    answers = [np.array(["setosa", None], dtype=object), np.array([1.5, 2.5], dtype=np.float32),
+               np.array([[1, 2], [3, 4]], dtype=np.int64).T, np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+               np.array(["x", "yz"])]
+    for answer in answers:
+        entry = Entry("a", 1.0, "predict", 200, 1.0, np.array([ROW]), {"predictions": answer})
+
+        got = from_frame(pickle.loads(_pickled(to_frame(entry)))).answer
+
+        assert got is not None
+        assert got["predictions"].dtype == answer.dtype and got["predictions"].tolist() == answer.tolist()
+
+
+def _pickled(frame: Any) -> bytes:
+    """A frame as the serving process's pickler writes it (`model_wrapper.predict.inference_log`)."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = FRAME_REDUCERS  # type: ignore[assignment]
+    pickler.dump(frame)
+    return buffer.getvalue()
 
 
 def _read_back_as_plain_columns(table: pa.Table) -> None:

@@ -1,0 +1,245 @@
+"""The inference log's writer: batches of records written as Parquet files to S3, in a process of its own.
+
+`python -m model_wrapper log-writer` (`model_wrapper.server.write_inference_log`) runs `serve_frames`,
+fed through its stdin by the serving process's `model_wrapper.predict.inference_log.InferenceLog`:
+first the settings and the model's `Layout`, then one frame per logged request, and its counts go back
+as lines on stdout. Encoding and uploading there, not in a thread of the serving process, keeps them
+off the interpreter that answers requests (KServe's logger is a sidecar for the same reason).
+
+`LogWriter` keeps the records in a bounded queue (a full one drops them, counted); one thread
+batches them, every INFERENCE_LOG_BATCH_RECORDS requests or INFERENCE_LOG_BATCH_SECONDS, into
+`s3://<bucket>/<prefix>/<slug>/<version>/date=YYYY-MM-DD/<pod>-<seq>.parquet`; a failed upload is
+kept and retried with a growing pause (counted). `close` writes what is queued within a deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol, TextIO
+
+from model_wrapper.config.settings import WrapperSettings
+from model_wrapper.predict.inference_records import Entry, Layout, from_frame, parquet_file, split_by_day, to_table
+
+log = logging.getLogger(__name__)
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 15.0
+_POLL_SECONDS = 0.1
+
+
+class Counters(Protocol):
+    """Where the log counts what it does (the wrapper's Prometheus metrics)."""
+
+    def log_written(self, records: int) -> None: ...
+    def log_dropped(self, records: int) -> None: ...
+    def log_write_error(self) -> None: ...
+
+
+class _NoCounters:
+    def log_written(self, records: int) -> None: ...
+    def log_dropped(self, records: int) -> None: ...
+    def log_write_error(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Where the files go (`model_wrapper.loading.log_sink.S3Sink`)."""
+
+    def put(self, bucket: str, key: str, body: bytes) -> None: ...
+
+
+class LogWriter:
+    """Queues and writes the records of one served model version."""
+
+    def __init__(self, settings: WrapperSettings, layout: Layout, *, sink: Callable[[], Sink],
+                 bucket: Callable[[], str | None], counters: Counters | None = None) -> None:
+        """`sink` and `bucket` are called in the writer thread, once, when the first file is due."""
+        self.counters: Counters = counters or _NoCounters()
+        self._settings = settings
+        # A deque, not a queue.Queue: appending takes no lock and wakes no thread per record; the
+        # writer looks every poll or when a batch is full.
+        self._entries: deque[Entry] = deque()
+        self._wake = threading.Event()
+        self._sink_factory = sink
+        self._bucket_of = bucket
+        self._layout = layout
+        self._pending: list[list[Entry]] = []
+        self._pending_records = 0
+        """Records taken from the queue and not written yet (S3 failing): they count against the bound too."""
+        self._sink: Sink | None = None
+        self._bucket: str | None = None
+        self._failures, self._retry_at = 0, 0.0
+        self._closing = threading.Event()
+        self._deadline = float("inf")
+        self._files = _FileNames(settings, _pod_name())
+        self.folder = self._files.folder
+        self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
+        self._thread.start()
+
+    def add(self, entry: Entry) -> None:
+        entries = self._entries
+        if len(entries) + self._pending_records >= self._settings.inference_log_queue:
+            self.counters.log_dropped(1)
+            return
+        entries.append(entry)
+        if len(entries) == self._settings.inference_log_batch_records:
+            self._wake.set()
+
+    def close(self, timeout: float) -> None:
+        """Write what is queued, trying for at most `timeout` seconds (the SIGTERM drain)."""
+        if self._closing.is_set():
+            return
+        self._deadline = time.monotonic() + timeout
+        self._closing.set()
+        self._wake.set()
+        self._thread.join(timeout + 1)
+
+    def _run(self) -> None:
+        while True:
+            closing = self._closing.is_set()
+            if closing and time.monotonic() > self._deadline:
+                return self._give_up()
+            if batch := self._collect(closing):
+                self._pending.append(batch)
+            if self._pending and time.monotonic() >= self._retry_at:
+                self._try_write()
+            if closing and not self._pending and not self._entries:
+                return None
+            if not batch:
+                self._wake.wait(_POLL_SECONDS)
+                self._wake.clear()
+
+    def _collect(self, closing: bool) -> list[Entry]:
+        """Entries for one file, once due: a batch's worth, or the oldest INFERENCE_LOG_BATCH_SECONDS old,
+        or whatever is left once closing."""
+        entries, limit = self._entries, self._settings.inference_log_batch_records
+        if not entries or not (closing or len(entries) >= limit
+                               or time.time() - entries[0].at >= self._settings.inference_log_batch_seconds):
+            return []
+        taken = min(limit, len(entries))
+        self._pending_records += taken  # counted before they leave the queue, so `add` never misses them
+        return [entries.popleft() for _ in range(taken)]
+
+    def _try_write(self) -> None:
+        try:
+            self._sink = self._sink or self._sink_factory()
+            self._write_pending(self._sink, self._bucket or self._resolve_bucket())
+            self._failures, self._retry_at = 0, 0.0
+        except Exception as e:  # any S3 trouble (or none resolved yet): keep the batch, try again later
+            self.counters.log_write_error()
+            self._failures += 1
+            pause = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + pause
+            log.warning("model %s version %s: inference log not written (%s); retrying in %.1fs",
+                        self._settings.model_name, self._settings.model_version, _first_line(e), pause)
+
+    def _write_pending(self, sink: Sink, bucket: str) -> None:
+        """One file per batch and day, oldest first; a batch leaves the list only once written."""
+        layout = self._layout
+        while self._pending:
+            batch = self._pending[0]
+            day, entries, rest = split_by_day(batch)
+            sink.put(bucket, self._files.next_key(day), parquet_file(to_table(entries, layout)))
+            self._pending[0:1] = [rest] if rest else []
+            self._pending_records -= len(entries)
+            self.counters.log_written(len(entries))
+
+    def _resolve_bucket(self) -> str:
+        self._bucket = self._bucket_of()
+        if not self._bucket:
+            raise RuntimeError("no bucket: the model's artifacts are not in S3; set INFERENCE_LOG_BUCKET")
+        return self._bucket
+
+    def _give_up(self) -> None:
+        lost = sum(len(batch) for batch in self._pending) + len(self._entries)
+        if lost:
+            self.counters.log_dropped(lost)
+            log.error("model %s version %s: %d inference-log records not written before the drain ended",
+                      self._settings.model_name, self._settings.model_version, lost)
+
+
+class _FileNames:
+    """`<prefix>/<slug>/<version>/date=YYYY-MM-DD/<pod>-<seq>.parquet`; seq is this process's start
+    (ms) and a counter, so a restarted container or a second worker never overwrites a file."""
+
+    def __init__(self, settings: WrapperSettings, pod: str) -> None:
+        self.folder = f"{settings.inference_log_prefix.strip('/')}/{settings.model_slug}/{settings.model_version}"
+        self._stem = f"{pod}-{int(time.time() * 1000)}{os.getpid() % 100000:05d}"
+        self._count = 0
+
+    def next_key(self, day: str) -> str:
+        self._count += 1
+        return f"{self.folder}/date={day}/{self._stem}-{self._count:06d}.parquet"
+
+
+def _pod_name() -> str:
+    # Kubernetes sets HOSTNAME to the pod's name.
+    name = os.environ.get("HOSTNAME") or socket.gethostname() or "wrapper"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:100]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def serve_frames(frames: BinaryIO, report: TextIO, *, sink: Callable[[WrapperSettings], Sink],
+                 bucket: Callable[[WrapperSettings], str | None],
+                 configure: Callable[[WrapperSettings], None] = lambda settings: None) -> None:
+    """The writer process: the settings and layout, then a record per frame until the serving process
+    closes the stream (or sends the seconds its drain leaves), then what is queued within that time.
+    The frames come from the process that started this one, through a pipe only the two hold: they are
+    unpickled as they are."""
+    try:
+        settings, layout = _load(frames)
+    except EOFError:
+        return
+    configure(settings)
+    writer = LogWriter(settings, layout, sink=lambda: sink(settings), bucket=lambda: bucket(settings),
+                       counters=_Report(report))
+    log.info("model %s version %s: inference log writer started, under %s", settings.model_name,
+             settings.model_version, writer.folder)
+    drain = settings.inference_log_flush_seconds
+    while True:
+        try:
+            frame = _load(frames)
+        except EOFError:  # the serving process is gone without a word: its default drain
+            break
+        if isinstance(frame, float):
+            drain = frame
+            break
+        writer.add(from_frame(frame))
+    writer.close(drain)
+
+
+def _load(frames: BinaryIO) -> Any:
+    """One frame. Each is pickled on its own (the pickler's memo cleared between them), so each is read
+    by an unpickler of its own: a C unpickler's cleared memo would go on numbering where it stopped.
+    It reads no further than its frame."""
+    return pickle.Unpickler(frames).load()  # noqa: S301 - frames of the process that started this one
+
+
+class _Report:
+    """Counts as lines on the writer process's stdout, read by the serving process's `InferenceLog`."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()  # the writer thread and the reading loop both count
+
+    def log_written(self, records: int) -> None:
+        self._line(f"written {records}")
+
+    def log_dropped(self, records: int) -> None:
+        self._line(f"dropped {records}")
+
+    def log_write_error(self) -> None:
+        self._line("error 1")
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self._stream.write(text + "\n")
+            self._stream.flush()
