@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from starlette.testclient import TestClient
 
+from model_wrapper.config.settings import load_settings
+from model_wrapper.http.app import create_app
+from model_wrapper.predict.predictor import Predictor, Seen
 from tests.wrapper.conftest import Served
 
 GOOD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -109,3 +113,23 @@ def test_invocations_reports_unscorable_input_as_a_4xx_in_mlflows_error_shape(ir
         assert answer.json()["message"]
     refused = iris.post("invocations", content=b"a,b\n1,2", headers={"content-type": "text/plain"})
     assert refused.status_code == 415 and "text/csv" in refused.text
+
+
+def test_an_unexpected_error_in_predict_is_a_500_in_the_same_shape_logged_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # predict is reached before FastAPI's own error handling (model_wrapper.http.app.HotPath): its answer
+    # to a bug must still be the app's.
+    class Broken(Predictor):
+        def predict_body(self, body: bytes, seen: Seen | None = None) -> bytes:
+            raise RuntimeError("a bug")
+
+    settings = load_settings({"MODEL_NAME": "iris", "MODEL_VERSION": "1", "MODEL_SOURCE": "s3://models/iris"})
+    client = TestClient(create_app(settings, Broken("iris", "1", 10)), raise_server_exceptions=False)
+
+    answer = client.post(f"{settings.prefix}predict", json={"instances": [GOOD]})
+
+    assert answer.status_code == 500 and _error(answer)["code"] == "internal_error"
+    assert "a bug" not in answer.text and "unexpected error while answering a request" in caplog.text
+    metrics = client.get("/metrics").text
+    assert any('endpoint="predict"' in line and 'status="500"' in line for line in metrics.splitlines())
+    assert client.get(f"{settings.prefix}predict").status_code == 405  # other methods: the app's answer
