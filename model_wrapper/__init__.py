@@ -3,7 +3,7 @@
 Layers, top to bottom; a layer imports only those below it (import-linter holds this, `make lint`):
 
 - `server`: the process (settings, logging, uvicorn, loading beside it), and beside it `log_process`, the
-  inference log's writer process that the server starts;
+  inference log's writer process (started by `predict.inference_log` with the command `server` gives it);
 - `http` (the FastAPI app, guards, OpenAPI, Swagger UI, metrics) and `evaluate` (the evaluation Job);
 - `loading`: the MLflow loader, the direct scikit-learn loader, environment checks (the only MLflow importers);
 - `predict`: the transport-free predictor, request schemas and model backends;

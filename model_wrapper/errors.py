@@ -10,10 +10,13 @@ is rendered in MLflow's own shape, `{"error_code", "message"}` (`mlflow_body`).
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
 
 
 class WrapperError(Exception):
@@ -33,6 +36,13 @@ class WrapperError(Exception):
         error: dict[str, Any] = {"status": self.status_code, "code": self.code, "message": self.message,
                                  "details": self.details}
         return orjson.dumps({"error": error})
+
+
+def unexpected(error: Exception) -> WrapperError:
+    """A bug met while answering (not the request's fault, not the model's): logged with its traceback,
+    answered as a 500 that says where to look and quotes nothing of it."""
+    log.error("unexpected error while answering a request", exc_info=error)
+    return WrapperError("internal error; the wrapper's log has the details")
 
 
 class MalformedRequest(WrapperError):

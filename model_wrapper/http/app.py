@@ -23,7 +23,15 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.errors import ErrorResponse, NotReady, WrapperError, for_status, mlflow_body, v2_body
+from model_wrapper.errors import (
+    ErrorResponse,
+    NotReady,
+    WrapperError,
+    for_status,
+    mlflow_body,
+    unexpected,
+    v2_body,
+)
 from model_wrapper.http.guards import Guards, send_error
 from model_wrapper.http.metrics import Metrics, MetricsMiddleware
 from model_wrapper.http.openapi import build_openapi
@@ -221,6 +229,5 @@ def _translate(error: Exception) -> WrapperError:
         return for_status(error.status_code, str(error.detail))
     if isinstance(error, RequestValidationError):
         return for_status(422, "invalid request")
-    log.exception("unexpected error while answering a request", exc_info=error)
-    return WrapperError("internal error; the wrapper's log has the details")
+    return unexpected(error)
 

@@ -76,7 +76,7 @@ class Guards:
 async def send_error(send: Any, error: WrapperError, *, shape: str = "wrapper") -> None:
     body = mlflow_body(error) if shape == "mlflow" else v2_body(error) if shape == "v2" else error.body()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in error.headers.items()]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]  # ASGI's names are lower case
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from model_wrapper.errors import WrapperError
+from model_wrapper.errors import WrapperError, unexpected
 from model_wrapper.predict.inference_log import InferenceLog
 from model_wrapper.predict.inference_records import Entry
 from model_wrapper.predict.predictor import Predictor, Seen
@@ -58,11 +58,13 @@ async def answer_logged(scope: dict[str, Any], started: float, inference_log: In
     try:
         answer = call(seen) if inline else await run_in_threadpool(call, seen)
     except Exception as error:
-        if isinstance(error, WrapperError):
-            error.headers = {**error.headers, "X-Request-ID": request_id.decode()}
+        failure = error if isinstance(error, WrapperError) else unexpected(error)
+        failure.headers = {**failure.headers, "X-Request-ID": request_id.decode()}
         if seen is not None and inference_log is not None:
-            inference_log.add(_entry(route, request_id, started, seen, error))
-        raise
+            inference_log.add(_entry(route, request_id, started, seen, failure))
+        if failure is error:
+            raise
+        raise failure from error
     if seen is not None and inference_log is not None:
         inference_log.add(_entry(route, request_id, started, seen, None))
     return answer, request_id
@@ -92,13 +94,13 @@ def _request_id(scope: dict[str, Any]) -> bytes:
     return b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
-def _entry(route: str, request_id: bytes, started: float, seen: Seen, error: Exception | None) -> Entry:
+def _entry(route: str, request_id: bytes, started: float, seen: Seen, error: WrapperError | None) -> Entry:
     latency = time.perf_counter() - started
-    status = 200 if error is None else error.status_code if isinstance(error, WrapperError) else 500
+    status = 200 if error is None else error.status_code
     return Entry(request_id.decode(), time.time() - latency, route, status, latency * 1000, seen.rows,
                  seen.answer if error is None else None, None if error is None else _error_text(error))
 
 
-def _error_text(error: Exception) -> str:
+def _error_text(error: WrapperError) -> str:
     """The error's code only: its message and details may quote a value or name a `log: false` field."""
-    return error.code if isinstance(error, WrapperError) else "internal_error"
+    return error.code

@@ -16,6 +16,7 @@ counts (written, dropped, write errors) come back as lines on its stdout, into `
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import io
@@ -28,10 +29,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from typing import Protocol
 
 from model_wrapper.config.settings import WrapperSettings
 from model_wrapper.predict.inference_records import FRAME_REDUCERS, Entry, Layout, to_frame
+from model_wrapper.predict.log_writer import Counters, NoCounters
 from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -44,41 +45,27 @@ RESTART_SECONDS = 5.0
 """A writer that died is started again at most this often: one that cannot start does not loop."""
 
 
-class Counters(Protocol):
-    """Where the log counts what it does (the wrapper's Prometheus metrics)."""
-
-    def log_written(self, records: int) -> None: ...
-    def log_dropped(self, records: int) -> None: ...
-    def log_write_error(self) -> None: ...
-
-
-class _NoCounters:
-    def log_written(self, records: int) -> None: ...
-    def log_dropped(self, records: int) -> None: ...
-    def log_write_error(self) -> None: ...
-
-
 class InferenceLog:
     """Samples the requests of one served model version and sends their records to its writer process."""
 
     def __init__(self, settings: WrapperSettings, *, writer: Sequence[str]) -> None:
-        """`writer` is the command that starts the writer process."""
+        """`writer` is the command that starts the writer process (`model_wrapper.server` gives it)."""
         self.sample = 0.0
         """Set by `attach`: nothing is sampled before the model (and its contract) is loaded."""
-        self.counters: Counters = _NoCounters()
+        self.counters: Counters = NoCounters()
         self._settings = settings
         self._command = list(writer)
         self._hello = b""
         self._buffer = io.BytesIO()
         self._pickler = pickle.Pickler(self._buffer, protocol=pickle.HIGHEST_PROTOCOL)
         self._pickler.dispatch_table = FRAME_REDUCERS  # type: ignore[assignment]
-        self._records = 0
-        """Records in the buffer, not yet all in the pipe."""
+        self._ends: list[int] = []
+        """Where each frame in the buffer ends: the records not yet wholly in the pipe."""
         self._flush_due = False
         self._lock = threading.Lock()  # the event loop adds and flushes; `close` runs in another thread
         self._process: subprocess.Popen[bytes] | None = None
         self._pipe = -1
-        self._started = 0.0
+        self._started = -RESTART_SECONDS
         self._closed = False
 
     def attach(self, model: LoadedModel) -> None:
@@ -91,6 +78,8 @@ class InferenceLog:
                            model.backend.columns, model.backend.classes)
         self._hello = pickle.dumps((self._settings, layout), protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
+            if self._closed:  # SIGTERM came while the model loaded
+                return
             self._start_writer()
         self.sample = sample
         log.info("model %s version %s: inference log on, sample %s", self._settings.model_name,
@@ -105,25 +94,14 @@ class InferenceLog:
         """Buffer the entry's frame (on the event loop: no system call unless the buffer is due)."""
         with self._lock:
             if self._closed or (self._pipe < 0 and not self._restart()) \
-                    or self._records >= self._settings.inference_log_queue:
+                    or len(self._ends) >= self._settings.inference_log_queue:
                 self.counters.log_dropped(1)
                 return
-            start = self._buffer.tell()
-            try:
-                self._pickler.dump(to_frame(entry))
-            except Exception as e:  # a value pickle cannot take: this record only
-                self._buffer.seek(start)
-                self._buffer.truncate()
-                self.counters.log_dropped(1)
-                log.warning("model %s version %s: an inference-log record could not be encoded (%s)",
-                            self._settings.model_name, self._settings.model_version, type(e).__name__)
+            if not self._encode(entry):
                 return
-            finally:
-                self._pickler.clear_memo()
-            self._records += 1
             if self._buffer.tell() >= FLUSH_BYTES:
                 self._flush()
-            elif not self._flush_due:
+            if self._ends and not self._flush_due:
                 self._flush_due = True
                 try:
                     asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._timed_flush)
@@ -132,18 +110,19 @@ class InferenceLog:
                     self._flush()
 
     def close(self, timeout: float) -> None:
-        """Send what is buffered, then wait at most `timeout` seconds for the writer to write it (the SIGTERM drain)."""
+        """Send what is buffered, then wait at most `timeout` seconds for the writer to write it (the SIGTERM drain).
+        The writer is given a second less, to report what it could not write before it is stopped."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            if self._closed or self._process is None:
-                self._closed = True
+            if self._closed:
                 return
             self._closed = True
-            if self._pipe >= 0:
-                self._send_all(deadline)
-                self._send_all(deadline, pickle.dumps(max(0.0, deadline - time.monotonic())))
-                os.close(self._pipe)
-                self._pipe = -1
+            if self._pipe < 0 or self._process is None:
+                return
+            if self._send_all(deadline):  # else the stream ends mid-frame: the writer takes its default drain
+                self._send_all(deadline, pickle.dumps(max(0.0, deadline - time.monotonic() - 1)))
+            os.close(self._pipe)
+            self._pipe = -1
             process = self._process
         try:
             process.wait(max(0.0, deadline - time.monotonic()) + 1)
@@ -152,11 +131,27 @@ class InferenceLog:
             log.error("model %s version %s: the inference log writer did not finish within the drain",
                       self._settings.model_name, self._settings.model_version)
 
+    def _encode(self, entry: Entry) -> bool:
+        start = self._buffer.tell()
+        try:
+            self._pickler.dump(to_frame(entry))
+        except Exception as e:  # a value pickle cannot take: this record only
+            self._buffer.seek(start)
+            self._buffer.truncate()
+            self.counters.log_dropped(1)
+            log.warning("model %s version %s: an inference-log record could not be encoded (%s)",
+                        self._settings.model_name, self._settings.model_version, type(e).__name__)
+            return False
+        finally:
+            self._pickler.clear_memo()
+        self._ends.append(self._buffer.tell())
+        return True
+
     def _timed_flush(self) -> None:
         with self._lock:
             self._flush_due = False
             self._flush()
-            if self._records and not self._closed:  # the pipe is full: later
+            if self._ends and not self._closed:  # the pipe is full: later
                 self._flush_due = True
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._timed_flush)
 
@@ -171,69 +166,94 @@ class InferenceLog:
                 return
             except OSError:  # the writer is gone (EPIPE)
                 written = -1
-            rest = bytes(data[written:]) if 0 <= written < len(data) else b""
+            rest = bytes(data[written:]) if written >= 0 else b""
         if written < 0:
             self._writer_gone()
             return
+        self._sent(written, rest)
+
+    def _sent(self, written: int, rest: bytes) -> None:
+        """`written` bytes are in the pipe: the frames that ended there leave the buffer, `rest` stays."""
+        sent = bisect.bisect_right(self._ends, written)
+        self._ends = [end - written for end in self._ends[sent:]]
         self._buffer.seek(0)
         self._buffer.truncate()
         self._buffer.write(rest)
-        if not rest:
-            self._records = 0
 
-    def _send_all(self, deadline: float, tail: bytes = b"") -> None:
-        """At close: the buffer (and `tail`), waiting for the pipe until `deadline`."""
+    def _send_all(self, deadline: float, tail: bytes = b"") -> bool:
+        """At close: the buffer (and `tail`), waiting for the pipe until `deadline`; what is left then is dropped.
+        Whether all of it was sent."""
         data = memoryview(self._buffer.getvalue() + tail)
-        while data and time.monotonic() < deadline:
-            select.select([], [self._pipe], [], max(0.0, deadline - time.monotonic()))
+        sent = 0
+        ready = select.poll()
+        ready.register(self._pipe, select.POLLOUT)
+        while sent < len(data) and time.monotonic() < deadline:
+            ready.poll(max(0.0, deadline - time.monotonic()) * 1000)
             try:
-                data = data[os.write(self._pipe, data):]
+                sent += os.write(self._pipe, data[sent:])
             except BlockingIOError:
                 continue
             except OSError:
                 break
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        self._records = 0
+        self._sent(min(sent, len(data) - len(tail)), b"")
+        if self._ends:
+            self.counters.log_dropped(len(self._ends))
+            log.error("model %s version %s: %d inference-log records not handed to the writer before the drain ended",
+                      self._settings.model_name, self._settings.model_version, len(self._ends))
+            self._ends = []
+        return sent == len(data)
 
     def _writer_gone(self) -> None:
-        """The writer died: what it held and what is buffered are lost (counted); another one is started."""
+        """The writer died: what it held is lost, and what is buffered is counted as dropped; another one is started."""
         log.error("model %s version %s: the inference log writer is gone; %d buffered records lost, and those it held",
-                  self._settings.model_name, self._settings.model_version, self._records)
-        self.counters.log_dropped(self._records)
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        self._records = 0
+                  self._settings.model_name, self._settings.model_version, len(self._ends))
+        self.counters.log_dropped(len(self._ends))
+        self._sent(0, b"")
+        self._ends = []
         with contextlib.suppress(OSError):
             os.close(self._pipe)
         self._pipe = -1
         self._restart()
 
     def _restart(self) -> bool:
+        """Start a writer again, at most every RESTART_SECONDS (on the event loop: a spawn, a few milliseconds)."""
         if self._closed or time.monotonic() - self._started < RESTART_SECONDS:
             return False
-        self._start_writer()
-        return True
+        return self._start_writer()
 
-    def _start_writer(self) -> None:
+    def _start_writer(self) -> bool:
+        """A writer process with the settings and layout sent; False (and logged) when it cannot be started."""
         self._started = time.monotonic()
-        # A session of its own: a signal sent to the wrapper's process group (a terminal's Ctrl-C, an init
-        # that signals the group) reaches only the wrapper, which drains and then closes the pipe; the
-        # writer could otherwise die of it while it is still starting, before it ignores such signals.
-        process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-        assert process.stdin is not None and process.stdout is not None
-        with contextlib.suppress(OSError, AttributeError):  # Linux only; the default 64 KiB otherwise
-            fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        process, pipe = None, -1
         try:
-            process.stdin.write(self._hello)
-            process.stdin.flush()
-        except OSError:  # it exited at once: it is started again with a later record
-            pass
-        self._pipe = os.dup(process.stdin.fileno())
-        process.stdin.close()  # the duplicate is ours, written without blocking
-        os.set_blocking(self._pipe, False)
-        self._process = process
+            # A session of its own: a signal sent to the wrapper's process group (a terminal's Ctrl-C, an init
+            # that signals the group) reaches only the wrapper, which drains and then closes the pipe; the
+            # writer could otherwise die of it while still starting, before it ignores such signals.
+            process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       start_new_session=True)
+            assert process.stdin is not None
+            pipe = os.dup(process.stdin.fileno())
+            process.stdin.close()  # nothing written through it: closing cannot fail
+            with contextlib.suppress(OSError, AttributeError):  # Linux only; the default 64 KiB otherwise
+                fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+            hello = memoryview(self._hello)
+            while hello:
+                hello = hello[os.write(pipe, hello):]
+        except OSError as e:
+            log.error("model %s version %s: the inference log writer cannot start (%s); records are dropped until "
+                      "it can", self._settings.model_name, self._settings.model_version, e)
+            if pipe >= 0:
+                os.close(pipe)
+            if process is not None:
+                process.kill()
+                if process.stdout is not None:
+                    process.stdout.close()
+                threading.Thread(target=process.wait, daemon=True).start()  # reaped without waiting here
+            return False
+        os.set_blocking(pipe, False)
+        self._pipe, self._process = pipe, process
         threading.Thread(target=self._read_counts, args=(process,), name="inference-log-counts", daemon=True).start()
+        return True
 
     def _read_counts(self, process: subprocess.Popen[bytes]) -> None:
         """The writer's counts, into `counters`, until it exits (then reaped here)."""

@@ -52,6 +52,7 @@ def to_frame(entry: Entry) -> tuple[Any, ...]:
 
 
 def from_frame(frame: tuple[Any, ...]) -> Entry:
+    """The entry `to_frame` sent, in the writer process."""
     request_id, at, route, status, latency_ms, rows, outputs, error = frame
     answer = None if outputs is None else {"predictions": outputs[0], "probabilities": outputs[1]}
     return Entry(request_id, at, route, status, latency_ms, rows, answer, error)
@@ -66,6 +67,7 @@ def _reduce_array(array: NDArray[Any]) -> tuple[Any, ...]:
 
 
 def _array(data: bytes, dtype: str, shape: tuple[int, ...]) -> NDArray[Any]:
+    """The array `_reduce_array` sent, read-only over its bytes."""
     return np.frombuffer(data, np.dtype(dtype)).reshape(shape)
 
 

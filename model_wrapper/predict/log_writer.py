@@ -14,6 +14,7 @@ kept and retried with a growing pause (counted). `close` writes what is queued w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -40,7 +41,7 @@ class Counters(Protocol):
     def log_write_error(self) -> None: ...
 
 
-class _NoCounters:
+class NoCounters:
     def log_written(self, records: int) -> None: ...
     def log_dropped(self, records: int) -> None: ...
     def log_write_error(self) -> None: ...
@@ -58,7 +59,7 @@ class LogWriter:
     def __init__(self, settings: WrapperSettings, layout: Layout, *, sink: Callable[[], Sink],
                  bucket: Callable[[], str | None], counters: Counters | None = None) -> None:
         """`sink` and `bucket` are called in the writer thread, once, when the first file is due."""
-        self.counters: Counters = counters or _NoCounters()
+        self.counters: Counters = counters or NoCounters()
         self._settings = settings
         # A deque, not a queue.Queue: appending takes no lock and wakes no thread per record; the
         # writer looks every poll or when a batch is full.
@@ -204,16 +205,25 @@ def serve_frames(frames: BinaryIO, report: TextIO, *, sink: Callable[[WrapperSet
     log.info("model %s version %s: inference log writer started, under %s", settings.model_name,
              settings.model_version, writer.folder)
     drain = settings.inference_log_flush_seconds
-    while True:
-        try:
-            frame = _load(frames)
-        except EOFError:  # the serving process is gone without a word: its default drain
-            break
+    while (frame := _next(frames, settings)) is not None:
         if isinstance(frame, float):
             drain = frame
             break
         writer.add(from_frame(frame))
     writer.close(drain)
+
+
+def _next(frames: BinaryIO, settings: WrapperSettings) -> Any:
+    """The next frame, or None at the end of the stream: the serving process closed it (or died, with its
+    default drain), possibly in the middle of a frame, which is then lost (a record, never the queue)."""
+    try:
+        return _load(frames)
+    except EOFError:
+        return None
+    except pickle.UnpicklingError:
+        log.warning("model %s version %s: the inference log's stream ended in the middle of a record",
+                    settings.model_name, settings.model_version)
+        return None
 
 
 def _load(frames: BinaryIO) -> Any:
@@ -240,6 +250,6 @@ class _Report:
         self._line("error 1")
 
     def _line(self, text: str) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError):  # the serving process died: the writer drains all the same
             self._stream.write(text + "\n")
             self._stream.flush()

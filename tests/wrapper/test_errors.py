@@ -115,7 +115,7 @@ def test_invocations_reports_unscorable_input_as_a_4xx_in_mlflows_error_shape(ir
     assert refused.status_code == 415 and "text/csv" in refused.text
 
 
-def test_an_unexpected_error_in_predict_is_a_500_in_the_same_shape_logged_and_counted(
+def test_an_unexpected_error_in_predict_is_a_500_in_the_same_shape_with_its_request_id_logged_and_counted(
         caplog: pytest.LogCaptureFixture) -> None:
     # predict is reached before FastAPI's own error handling (model_wrapper.http.app.HotPath): its answer
     # to a bug must still be the app's.
@@ -130,6 +130,7 @@ def test_an_unexpected_error_in_predict_is_a_500_in_the_same_shape_logged_and_co
 
     assert answer.status_code == 500 and _error(answer)["code"] == "internal_error"
     assert "a bug" not in answer.text and "unexpected error while answering a request" in caplog.text
+    assert len(answer.headers["x-request-id"]) == 32  # as every answer of predict carries
     metrics = client.get("/metrics").text
     assert any('endpoint="predict"' in line and 'status="500"' in line for line in metrics.splitlines())
     assert client.get(f"{settings.prefix}predict").status_code == 405  # other methods: the app's answer

@@ -209,6 +209,62 @@ def test_the_records_the_serving_side_sends_are_the_ones_the_writer_process_writ
     assert report.getvalue() == "written 3000\n"
 
 
+def test_a_stream_cut_in_the_middle_of_a_record_still_gets_the_records_before_it_written() -> None:
+    # The serving process died mid-write, or its drain ended mid-frame; and nobody reads the counts any more.
+    settings = _settings()
+    layout = Layout.of("iris", "1", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
+    stream = pickle.dumps((settings, layout)) + b"".join(_pickled(to_frame(_entry(n))) for n in range(3))
+    sink = Sink()
+    sink.opened.set()
+
+    serve_frames(io.BytesIO(stream[:-20]), _Gone(), sink=lambda settings: sink, bucket=lambda settings: "models")
+
+    assert pq.read_table(io.BytesIO(sink.files[0])).column("request_id").to_pylist() == ["r0", "r1"]
+
+
+class _Gone(io.StringIO):
+    """The writer's stdout once the serving process is gone."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_writer_that_cannot_start_drops_and_counts_records_and_fails_nothing() -> None:
+    log = InferenceLog(_settings(), writer=["/nonexistent/log-writer"])
+    counts = Counts()
+    log.counters = counts
+
+    log.attach(_model())
+    log.add(_entry(1))
+    log.close(1)
+
+    assert counts.dropped == 1 and log.sample == 1.0
+
+
+def test_records_the_writer_never_took_before_the_drain_ended_are_counted_as_dropped() -> None:
+    log = InferenceLog(_settings(INFERENCE_LOG_QUEUE="100000"), writer=["sleep", "60"])  # a writer that never reads
+    counts = Counts()
+    log.counters = counts
+    log.attach(_model())
+    for number in range(20_000):  # more than the pipe holds (1 MiB)
+        log.add(_entry(number))
+
+    started = time.monotonic()
+    log.close(0.5)
+
+    assert time.monotonic() - started < 5
+    assert 0 < counts.dropped < 20_000  # the pipe's share went to a writer that never wrote it: not counted here
+
+
+def _settings(**values: str) -> Any:
+    return load_settings({"MODEL_NAME": "iris", "MODEL_VERSION": "1", "MODEL_SOURCE": "s3://models/iris",
+                          "INFERENCE_LOG_SAMPLE": "1", **values})
+
+
+def _model() -> Any:
+    return LoadedModel(parse_contract(IRIS_CONTRACT.encode()), "test", Backend(), None)  # type: ignore[arg-type]
+
+
 def test_a_frame_keeps_every_kind_of_array_a_model_answers() -> None:
     answers = [np.array(["setosa", None], dtype=object), np.array([1.5, 2.5], dtype=np.float32),
                np.array([[1, 2], [3, 4]], dtype=np.int64).T, np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
