@@ -19,6 +19,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from model_wrapper.errors import WrapperError, unexpected
+from model_wrapper.http.guards import send_error
 from model_wrapper.predict.inference_log import InferenceLog
 from model_wrapper.predict.inference_records import Entry
 from model_wrapper.predict.predictor import Predictor, Seen
@@ -33,7 +34,8 @@ _ID_COUNTER = itertools.count()
 
 
 class PredictEndpoint:
-    """Body bytes in, the predictor's JSON bytes out; errors raise to the app's one handler."""
+    """Body bytes in, the predictor's JSON bytes out. It answers its errors itself, in the wrapper's error shape
+    as the app's handler would: it is reached before FastAPI's stack (`model_wrapper.http.app.HotPath`)."""
 
     def __init__(self, predictor: Predictor, inference_log: InferenceLog | None = None) -> None:
         self.predictor = predictor
@@ -41,10 +43,14 @@ class PredictEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
-        body = await read_body(receive)
         predictor = self.predictor
-        answer, request_id = await answer_logged(scope, started, self.inference_log, "predict", predictor.inline,
-                                                 lambda seen: predictor.predict_body(body, seen))
+        try:
+            body = await read_body(receive)  # the guards' size limit raises here for a chunked body
+            answer, request_id = await answer_logged(scope, started, self.inference_log, "predict",
+                                                     predictor.inline, lambda seen: predictor.predict_body(body, seen))
+        except Exception as error:  # answer_logged has already turned the model's and ours into WrapperErrors
+            await send_error(send, error if isinstance(error, WrapperError) else unexpected(error))
+            return
         await send_json(send, answer, request_id)
 
 
