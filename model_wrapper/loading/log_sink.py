@@ -1,7 +1,7 @@
 """The inference log's S3 side: the bucket its files go to, and the client that puts them.
 
-Built by `model_wrapper.server` for `model_wrapper.predict.inference_log.InferenceLog`, whose writer
-thread calls both. boto3 with the wrapper's own credentials (its environment, as MLflow reads them).
+Given by `model_wrapper.log_process` to the writer process's `model_wrapper.predict.log_writer.LogWriter`,
+whose writing thread calls both. boto3 with the wrapper's own credentials (its environment, as MLflow reads them).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from model_wrapper.contract.spec import Contract, FieldType
 from model_wrapper.predict.predictor import label_map
 
-if TYPE_CHECKING:  # pyarrow is imported by the writer thread, once logging is on: a fifth of a second of start-up
+if TYPE_CHECKING:  # pyarrow is imported by the writer process only: the serving process imports this module too
     import pyarrow as pa
 
 INPUT, OUTPUT = "input.", "output."
@@ -114,8 +114,8 @@ def split_by_day(batch: Sequence[Entry]) -> tuple[str, list[Entry], list[Entry]]
 def to_table(entries: Sequence[Entry], layout: Layout) -> pa.Table:
     """The entries as one Arrow table: one row per instance (one row, without inputs, for a request
     whose body did not parse). Built column by column with C loops (zip, numpy, Arrow's take): the
-    writer thread shares the interpreter with the event loop, so its Python work is kept to one pass
-    per request, none per value. A text that repeats down the column (the model, the version, and with
+    writer process's CPU is the pod's too, so its Python work is kept to one pass per request, none per
+    value. A text that repeats down the column (the model, the version, and with
     several instances a request's id and route) is a dictionary array: `parquet_file` writes it as
     Parquet's dictionary pages without hashing a value or copying it once per row."""
     import pyarrow as pa

@@ -77,11 +77,9 @@ class Backend:
 
 
 def _log(sink: Sink, **settings: str) -> tuple[LogWriter, Counts]:
-    values = {"MODEL_NAME": "iris", "MODEL_VERSION": "1", "MODEL_SOURCE": "s3://models/iris",
-              "INFERENCE_LOG_SAMPLE": "1", **settings}
     counts = Counts()
-    layout = Layout.of("iris", "1", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
-    return LogWriter(load_settings(values), layout, sink=lambda: sink, bucket=lambda: "models", counters=counts), counts
+    return LogWriter(_settings(**settings), _layout(), sink=lambda: sink, bucket=lambda: "models",
+                     counters=counts), counts
 
 
 def _entry(number: int, at: float | None = None) -> Entry:
@@ -145,7 +143,7 @@ def test_the_table_holds_each_instance_as_a_row_by_row_build_of_the_same_records
     # Requests of every shape in one batch: tuples (the schema's), arrays (the numeric batch's), a
     # body that did not parse, an optional field left out, answers with and without probabilities.
     # The table is built from the records as the writer process gets them: pickled as frames.
-    layout = Layout.of("iris", "7", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
+    layout = _layout("7")
     answer = {"predictions": np.array([2, 0]), "probabilities": np.array([[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]]),
               "labels": ["virginica", "setosa"]}
     entries = [Entry("a", 1_700_000_000.1239, "predict", 200, 1.5, [ROW, (6.0, None, 4.0, 1.0)], answer),
@@ -180,10 +178,8 @@ def test_the_records_the_serving_side_sends_are_the_ones_the_writer_process_writ
     # and then read by the writer's own loop. Records added on an event loop (sent by its timer or once
     # the buffer is full) and off one (sent at once); then the drain's seconds.
     stream = tmp_path / "frames"
-    settings = load_settings({"MODEL_NAME": "iris", "MODEL_VERSION": "1", "MODEL_SOURCE": "s3://models/iris",
-                              "INFERENCE_LOG_SAMPLE": "1", "INFERENCE_LOG_BATCH_RECORDS": "100000"})
-    log = InferenceLog(settings, writer=["sh", "-c", f'cat > "{stream}"'])
-    log.attach(LoadedModel(parse_contract(IRIS_CONTRACT.encode()), "test", Backend(), None))  # type: ignore[arg-type]
+    log = InferenceLog(_settings(INFERENCE_LOG_BATCH_RECORDS="100000"), writer=["sh", "-c", f'cat > "{stream}"'])
+    log.attach(_model())
     answer = {"predictions": np.array([2, 0]), "probabilities": np.array([[0.1, 0.2, 0.7], [1.0, 0.0, 0.0]]),
               "labels": ["virginica", "setosa"]}
     entries = [Entry(f"r{n}", 1_700_000_000.0 + n, "predict", 200, 1.0,
@@ -204,7 +200,7 @@ def test_the_records_the_serving_side_sends_are_the_ones_the_writer_process_writ
         serve_frames(frames, report, sink=lambda settings: sink, bucket=lambda settings: "models")
 
     written = pa.concat_tables([pq.read_table(io.BytesIO(body)) for body in sink.files])
-    layout = Layout.of("iris", "1", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
+    layout = _layout()
     assert written.to_pylist() == pq.read_table(io.BytesIO(parquet_file(to_table(entries, layout)))).to_pylist()
     assert report.getvalue() == "written 3000\n"
 
@@ -212,7 +208,7 @@ def test_the_records_the_serving_side_sends_are_the_ones_the_writer_process_writ
 def test_a_stream_cut_in_the_middle_of_a_record_still_gets_the_records_before_it_written() -> None:
     # The serving process died mid-write, or its drain ended mid-frame; and nobody reads the counts any more.
     settings = _settings()
-    layout = Layout.of("iris", "1", parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
+    layout = _layout()
     stream = pickle.dumps((settings, layout)) + b"".join(_pickled(to_frame(_entry(n))) for n in range(3))
     sink = Sink()
     sink.opened.set()
@@ -263,6 +259,11 @@ def _settings(**values: str) -> Any:
 
 def _model() -> Any:
     return LoadedModel(parse_contract(IRIS_CONTRACT.encode()), "test", Backend(), None)  # type: ignore[arg-type]
+
+
+def _layout(version: str = "1") -> Layout:
+    """The iris model's, as the serving side builds it for the writer (`InferenceLog.attach`)."""
+    return Layout.of("iris", version, parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
 
 
 def test_a_frame_keeps_every_kind_of_array_a_model_answers() -> None:
