@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.wrapper import CONNECTIONS, INSTANCE, PIDS, Load, Server, _all_running, _stack, _under_load
+from bench.wrapper import CONNECTIONS, INSTANCE, PIDS, Load, Server, _all_running, _stack, _under_load, in_turn
 from devstack.servers import free_port
 
 SAMPLES = ("0", "0.1", "1.0")
@@ -122,12 +122,12 @@ def _wrapper(sample: str, source: str, name: str, version: str, workdir: Path) -
 
 
 def _loads(servers: list[Server]) -> dict[tuple[str, int], list[Load]]:
-    """Every round's figures per (sample, instances); in each round the servers take turns, so a round's
-    ratios compare trials a few seconds apart."""
+    """Every round's figures per (sample, instances); in each round the servers take turns, each round
+    starting with the next (`in_turn`), so a round's ratios compare trials a few seconds apart."""
     rounds: dict[tuple[str, int], list[Load]] = {}
     for size in (1, 100):
-        for _ in range(ROUNDS):
-            for server in servers:
+        for number in range(ROUNDS):
+            for server in in_turn(servers, number):
                 url, body = server.endpoints["predict"]
                 rounds.setdefault((server.name, size), []).append(_under_load(url, body(size), PIDS[server.name]))
     return rounds

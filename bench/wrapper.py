@@ -17,14 +17,16 @@ KServe and MLServer are installed by this script in virtualenvs of their own (un
 $BENCH_VENVS, default ~/.cache/service-builder-bench/venvs; created once, reused after), so
 their pins never meet the project's. Measured:
 
-- cold start: process start until ready, COLD_TRIALS times, the servers taking turns (A B A B ...);
+- cold start: process start until ready, COLD_TRIALS times, the servers taking turns,
+  each round starting one server later (A B C, B C A, ...);
   the wrapper twice: from the same local files the peers read (`MODEL_SOURCE=file:///…`, the MLflow
   model directory downloaded once) and fetching from MLflow and S3 as a pod does; the fetch is the
   difference of the two in each round;
 - load: wrk (Debian's) with a Lua POST script, 1 thread, 8 connections, DURATION s after a warm-up,
-  for one instance and for 100 per request; every server takes its turn in each of ROUNDS rounds,
-  so that other work on the machine weighs on all alike. The wrapper's invocations (MLflow's own
-  parsing, for compatibility) is measured the same way, beside mlflow's.
+  for one instance and for 100 per request; every server takes its turn in each of ROUNDS rounds
+  (each starting one server later, as the cold starts), so that other work on the machine weighs
+  on all alike. The wrapper's invocations (MLflow's own parsing, for compatibility) is measured the
+  same way, beside mlflow's.
 
 Each ratio is taken within a round (the wrapper's trial over the peer's next to it), and reported
 as the median and the spread (lowest to highest) over the rounds: a target counts as met only when
@@ -233,11 +235,18 @@ def _loads(servers: list[Server]) -> dict[tuple[str, str, int], list[Load]]:
     (server, endpoint, instances) has one Load per round, in round order."""
     rounds: dict[tuple[str, str, int], list[Load]] = {}
     for size in (1, 100):
-        for _ in range(ROUNDS):
-            for server in servers:
+        for number in range(ROUNDS):
+            for server in in_turn(servers, number):
                 for label, (url, body) in server.endpoints.items():
                     rounds.setdefault((server.name, label, size), []).append(_under_load(url, body(size)))
     return rounds
+
+
+def in_turn(servers: list[Server], number: int) -> list[Server]:
+    """The servers in round `number`'s order: each round starts one server later, so that none always goes
+    first or last (right after a warm-up of the machine, or right after the one whose leftovers run on)."""
+    shift = number % len(servers)
+    return servers[shift:] + servers[:shift]
 
 
 @contextmanager
@@ -281,8 +290,8 @@ def _running(server: Server, env: dict[str, str]) -> Iterator[float]:
 def _cold_starts(servers: list[Server], env: dict[str, str]) -> dict[str, list[float]]:
     """Each server's cold starts, in seconds, in the order taken."""
     times: dict[str, list[float]] = {}
-    for _ in range(COLD_TRIALS):
-        for server in servers:
+    for number in range(COLD_TRIALS):
+        for server in in_turn(servers, number):
             with _running(server, env) as seconds:
                 times.setdefault(server.name, []).append(seconds)
     return times

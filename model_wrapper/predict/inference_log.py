@@ -19,10 +19,8 @@ import asyncio
 import bisect
 import contextlib
 import fcntl
-import io
 import logging
 import os
-import pickle
 import random
 import select
 import subprocess
@@ -31,7 +29,7 @@ import time
 from collections.abc import Sequence
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.predict.inference_records import FRAME_REDUCERS, Entry, Layout, to_frame
+from model_wrapper.predict.inference_records import Entry, Frames, Layout, frame, to_frame
 from model_wrapper.predict.log_writer import Counters, NoCounters
 from model_wrapper.predict.predictor import LoadedModel
 
@@ -56,9 +54,8 @@ class InferenceLog:
         self._settings = settings
         self._command = list(writer)
         self._hello = b""
-        self._buffer = io.BytesIO()
-        self._pickler = pickle.Pickler(self._buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        self._pickler.dispatch_table = FRAME_REDUCERS  # type: ignore[assignment]
+        self._frames = Frames()
+        self._buffer = self._frames.buffer
         self._ends: list[int] = []
         """Where each frame in the buffer ends: the records not yet wholly in the pipe."""
         self._flush_due = False
@@ -76,7 +73,7 @@ class InferenceLog:
             return
         layout = Layout.of(self._settings.model_name, self._settings.model_version, contract,
                            model.backend.columns, model.backend.classes)
-        self._hello = pickle.dumps((self._settings, layout), protocol=pickle.HIGHEST_PROTOCOL)
+        self._hello = frame((self._settings, layout))
         with self._lock:
             if self._closed:  # SIGTERM came while the model loaded
                 return
@@ -120,7 +117,7 @@ class InferenceLog:
             if self._pipe < 0 or self._process is None:
                 return
             if self._send_all(deadline):  # else the stream ends mid-frame: the writer takes its default drain
-                self._send_all(deadline, pickle.dumps(max(0.0, deadline - time.monotonic() - 1)))
+                self._send_all(deadline, frame(max(0.0, deadline - time.monotonic() - 1)))
             os.close(self._pipe)
             self._pipe = -1
             process = self._process
@@ -132,19 +129,14 @@ class InferenceLog:
                       self._settings.model_name, self._settings.model_version)
 
     def _encode(self, entry: Entry) -> bool:
-        start = self._buffer.tell()
         try:
-            self._pickler.dump(to_frame(entry))
+            end = self._frames.add(to_frame(entry))
         except Exception as e:  # a value pickle cannot take: this record only
-            self._buffer.seek(start)
-            self._buffer.truncate()
             self.counters.log_dropped(1)
             log.warning("model %s version %s: an inference-log record could not be encoded (%s)",
                         self._settings.model_name, self._settings.model_version, type(e).__name__)
             return False
-        finally:
-            self._pickler.clear_memo()
-        self._ends.append(self._buffer.tell())
+        self._ends.append(end)
         return True
 
     def _timed_flush(self) -> None:

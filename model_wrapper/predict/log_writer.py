@@ -26,7 +26,15 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol, TextIO
 
 from model_wrapper.config.settings import WrapperSettings
-from model_wrapper.predict.inference_records import Entry, Layout, from_frame, parquet_file, split_by_day, to_table
+from model_wrapper.predict.inference_records import (
+    Entry,
+    Layout,
+    from_frame,
+    parquet_file,
+    read_frame,
+    split_by_day,
+    to_table,
+)
 
 log = logging.getLogger(__name__)
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 15.0
@@ -192,11 +200,9 @@ def serve_frames(frames: BinaryIO, report: TextIO, *, sink: Callable[[WrapperSet
                  bucket: Callable[[WrapperSettings], str | None],
                  configure: Callable[[WrapperSettings], None] = lambda settings: None) -> None:
     """The writer process: the settings and layout, then a record per frame until the serving process
-    closes the stream (or sends the seconds its drain leaves), then what is queued within that time.
-    The frames come from the process that started this one, through a pipe only the two hold: they are
-    unpickled as they are."""
+    closes the stream (or sends the seconds its drain leaves), then what is queued within that time."""
     try:
-        settings, layout = _load(frames)
+        settings, layout = read_frame(frames)
     except EOFError:
         return
     configure(settings)
@@ -217,20 +223,13 @@ def _next(frames: BinaryIO, settings: WrapperSettings) -> Any:
     """The next frame, or None at the end of the stream: the serving process closed it (or died, with its
     default drain), possibly in the middle of a frame, which is then lost (a record, never the queue)."""
     try:
-        return _load(frames)
+        return read_frame(frames)
     except EOFError:
         return None
     except pickle.UnpicklingError:
         log.warning("model %s version %s: the inference log's stream ended in the middle of a record",
                     settings.model_name, settings.model_version)
         return None
-
-
-def _load(frames: BinaryIO) -> Any:
-    """One frame. Each is pickled on its own (the pickler's memo cleared between them), so each is read
-    by an unpickler of its own: a C unpickler's cleared memo would go on numbering where it stopped.
-    It reads no further than its frame."""
-    return pickle.Unpickler(frames).load()  # noqa: S301 - frames of the process that started this one
 
 
 class _Report:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import pickle
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,11 +24,12 @@ from model_wrapper.config.settings import load_settings
 from model_wrapper.contract.spec import parse_contract
 from model_wrapper.predict.inference_log import InferenceLog
 from model_wrapper.predict.inference_records import (
-    FRAME_REDUCERS,
     Entry,
     Layout,
+    frame,
     from_frame,
     parquet_file,
+    read_frame,
     to_frame,
     to_table,
 )
@@ -152,7 +152,7 @@ def test_the_table_holds_each_instance_as_a_row_by_row_build_of_the_same_records
                      {"predictions": np.array([1]), "labels": ["versicolor"]}),
                Entry("d", 1_700_000_003.0, "predict", 500, 3.0, [ROW], None, "model_fault")]
 
-    table = to_table([from_frame(pickle.loads(_pickled(to_frame(entry)))) for entry in entries], layout)
+    table = to_table([from_frame(read_frame(io.BytesIO(frame(to_frame(entry))))) for entry in entries], layout)
 
     expected = []
     for entry in entries:
@@ -202,20 +202,42 @@ def test_the_records_the_serving_side_sends_are_the_ones_the_writer_process_writ
     written = pa.concat_tables([pq.read_table(io.BytesIO(body)) for body in sink.files])
     layout = _layout()
     assert written.to_pylist() == pq.read_table(io.BytesIO(parquet_file(to_table(entries, layout)))).to_pylist()
-    assert report.getvalue() == "written 3000\n"
+    # In one file or several: the records are of 2023, so a batch is due as soon as the writer looks.
+    assert sum(int(line.removeprefix("written ")) for line in report.getvalue().splitlines()) == 3000
 
 
 def test_a_stream_cut_in_the_middle_of_a_record_still_gets_the_records_before_it_written() -> None:
     # The serving process died mid-write, or its drain ended mid-frame; and nobody reads the counts any more.
     settings = _settings()
     layout = _layout()
-    stream = pickle.dumps((settings, layout)) + b"".join(_pickled(to_frame(_entry(n))) for n in range(3))
+    stream = frame((settings, layout)) + b"".join(frame(to_frame(_entry(n))) for n in range(3))
     sink = Sink()
     sink.opened.set()
 
     serve_frames(io.BytesIO(stream[:-20]), _Gone(), sink=lambda settings: sink, bucket=lambda settings: "models")
 
     assert pq.read_table(io.BytesIO(sink.files[0])).column("request_id").to_pylist() == ["r0", "r1"]
+
+
+def test_a_record_pickle_cannot_take_is_dropped_and_counted_and_the_records_around_it_arrive(tmp_path: Path) -> None:
+    # A pyfunc model may answer with any Python object; one that cannot be pickled must not cut the stream.
+    stream = tmp_path / "frames"
+    log = InferenceLog(_settings(), writer=["sh", "-c", f'cat > "{stream}"'])
+    counts = Counts()
+    log.counters = counts
+    log.attach(_model())
+    unpicklable = Entry("bad", time.time(), "predict", 200, 1.0, [ROW], {"predictions": [threading.Lock()]})
+
+    for entry in (_entry(0), unpicklable, _entry(2)):
+        log.add(entry)
+    log.close(10)
+    sink = Sink()
+    sink.opened.set()
+    with stream.open("rb") as frames:
+        serve_frames(frames, io.StringIO(), sink=lambda settings: sink, bucket=lambda settings: "models")
+
+    assert pq.read_table(io.BytesIO(sink.files[0])).column("request_id").to_pylist() == ["r0", "r2"]
+    assert counts.dropped == 1
 
 
 class _Gone(io.StringIO):
@@ -273,19 +295,10 @@ def test_a_frame_keeps_every_kind_of_array_a_model_answers() -> None:
     for answer in answers:
         entry = Entry("a", 1.0, "predict", 200, 1.0, np.array([ROW]), {"predictions": answer})
 
-        got = from_frame(pickle.loads(_pickled(to_frame(entry)))).answer
+        got = from_frame(read_frame(io.BytesIO(frame(to_frame(entry))))).answer
 
         assert got is not None
         assert got["predictions"].dtype == answer.dtype and got["predictions"].tolist() == answer.tolist()
-
-
-def _pickled(frame: Any) -> bytes:
-    """A frame as the serving process's pickler writes it (`model_wrapper.predict.inference_log`)."""
-    buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.dispatch_table = FRAME_REDUCERS  # type: ignore[assignment]
-    pickler.dump(frame)
-    return buffer.getvalue()
 
 
 def _read_back_as_plain_columns(table: pa.Table) -> None:
