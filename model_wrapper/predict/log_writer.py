@@ -2,7 +2,7 @@
 
 `python -m model_wrapper log-writer` (`model_wrapper.server.write_inference_log`) runs `serve_frames`,
 fed through its stdin by the serving process's `model_wrapper.predict.inference_log.InferenceLog`:
-first the settings and the model's `Layout`, then one frame per logged request, and its counts go back
+first the settings and the model's `Layout`, then frames of logged requests, and its counts go back
 as lines on stdout. Encoding and uploading there, not in a thread of the serving process, keeps them
 off the interpreter that answers requests (KServe's logger is a sidecar for the same reason).
 
@@ -199,7 +199,7 @@ def _first_line(error: BaseException) -> str:
 def serve_frames(frames: BinaryIO, report: TextIO, *, sink: Callable[[WrapperSettings], Sink],
                  bucket: Callable[[WrapperSettings], str | None],
                  configure: Callable[[WrapperSettings], None] = lambda settings: None) -> None:
-    """The writer process: the settings and layout, then a record per frame until the serving process
+    """The writer process: the settings and layout, then frames of records until the serving process
     closes the stream (or sends the seconds its drain leaves), then what is queued within that time."""
     try:
         settings, layout = read_frame(frames)
@@ -215,7 +215,8 @@ def serve_frames(frames: BinaryIO, report: TextIO, *, sink: Callable[[WrapperSet
         if isinstance(frame, float):
             drain = frame
             break
-        writer.add(from_frame(frame))
+        for record in frame:
+            writer.add(from_frame(record))
     writer.close(drain)
 
 

@@ -210,7 +210,7 @@ def test_a_stream_cut_in_the_middle_of_a_record_still_gets_the_records_before_it
     # The serving process died mid-write, or its drain ended mid-frame; and nobody reads the counts any more.
     settings = _settings()
     layout = _layout()
-    stream = frame((settings, layout)) + b"".join(frame(to_frame(_entry(n))) for n in range(3))
+    stream = frame((settings, layout)) + b"".join(frame([to_frame(_entry(n))]) for n in range(3))
     sink = Sink()
     sink.opened.set()
 
