@@ -3,12 +3,13 @@
 Created by `model_wrapper.server` with the command that starts the writer (`python -m model_wrapper
 log-writer`, `model_wrapper.predict.log_writer`), attached to the model once it is loaded, fed by the predict
 endpoint (`model_wrapper.http.predict_endpoint`). On the event loop a sampled request costs its entry
-appended to a list. Every FLUSH_RECORDS entries, or FLUSH_SECONDS after the first, the list is pickled as
-one frame and the frames go down a pipe to the writer, with a write that never blocks: in one go, the
-encoding runs with the interpreter's caches warm, where one frame per request cost each request five
-times what the same code costs in a loop (measured in a running wrapper). The table, the Parquet file and
-the upload happen in the writer process, not on this interpreter: as a thread here they took the
-interpreter from the event loop for longer than the requests they logged (BENCHMARKS.md).
+appended to a list. Every FLUSH_RECORDS entries, or FLUSH_SECONDS after the first, the list is encoded as
+one frame (`to_frame`), and the frames go down a pipe to the writer with a write that never blocks. A
+frame per request cost each request four to five times what the same code costs in a loop (17 to 20 us
+at one instance, measured in a running wrapper); a frame per flush costs it about 8 us, its share of the
+flush included. The table, the Parquet file and the upload happen in the writer process, not on this
+interpreter: as a thread here they took the interpreter from the event loop for longer than the requests
+they logged (BENCHMARKS.md).
 
 Never slows or fails a request: a buffer holding INFERENCE_LOG_QUEUE records (the writer is behind) or
 a writer that is gone drops records, counted, and a writer that died is started again. The writer's own
@@ -37,8 +38,8 @@ from model_wrapper.predict.predictor import LoadedModel
 
 log = logging.getLogger(__name__)
 FLUSH_RECORDS = 100
-"""Entries encoded in one go: a tenth of a millisecond of the event loop at one instance a request,
-half a millisecond at a hundred."""
+"""Entries encoded and sent in one go: in a running wrapper, about half a millisecond of the event loop at one
+instance a request, one at a hundred."""
 FLUSH_SECONDS = 0.2
 PIPE_BYTES = 1024 * 1024
 """The pipe's capacity (Linux allows an unprivileged process up to 1 MiB): a second of a busy wrapper's
@@ -144,13 +145,12 @@ class InferenceLog:
         entries, self._entries = self._entries, []
         if not entries:
             return
-        frames = [to_frame(entry) for entry in entries]
         try:
-            self._framed(self._frames.add(frames), len(frames))
+            self._framed(self._frames.add(to_frame(entries)), len(entries))
         except Exception:
-            for one in frames:
+            for entry in entries:
                 try:
-                    self._framed(self._frames.add([one]), 1)
+                    self._framed(self._frames.add(to_frame([entry])), 1)
                 except Exception as e:
                     self.counters.log_dropped(1)
                     log.warning("model %s version %s: an inference-log record could not be encoded (%s)",

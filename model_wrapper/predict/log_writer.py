@@ -215,8 +215,8 @@ def serve_frames(frames: BinaryIO, report: TextIO, *, sink: Callable[[WrapperSet
         if isinstance(frame, float):
             drain = frame
             break
-        for record in frame:
-            writer.add(from_frame(record))
+        for entry in from_frame(frame):
+            writer.add(entry)
     writer.close(drain)
 
 

@@ -152,7 +152,7 @@ def test_the_table_holds_each_instance_as_a_row_by_row_build_of_the_same_records
                      {"predictions": np.array([1]), "labels": ["versicolor"]}),
                Entry("d", 1_700_000_003.0, "predict", 500, 3.0, [ROW], None, "model_fault")]
 
-    table = to_table([from_frame(read_frame(io.BytesIO(frame(to_frame(entry))))) for entry in entries], layout)
+    table = to_table(from_frame(read_frame(io.BytesIO(frame(to_frame(entries))))), layout)
 
     expected = []
     for entry in entries:
@@ -210,7 +210,7 @@ def test_a_stream_cut_in_the_middle_of_a_record_still_gets_the_records_before_it
     # The serving process died mid-write, or its drain ended mid-frame; and nobody reads the counts any more.
     settings = _settings()
     layout = _layout()
-    stream = frame((settings, layout)) + b"".join(frame([to_frame(_entry(n))]) for n in range(3))
+    stream = frame((settings, layout)) + b"".join(frame(to_frame([_entry(n)])) for n in range(3))
     sink = Sink()
     sink.opened.set()
 
@@ -288,17 +288,37 @@ def _layout(version: str = "1") -> Layout:
     return Layout.of("iris", version, parse_contract(IRIS_CONTRACT.encode()), IRIS_FEATURES, [0, 1, 2])
 
 
-def test_a_frame_keeps_every_kind_of_array_a_model_answers() -> None:
-    answers = [np.array(["setosa", None], dtype=object), np.array([1.5, 2.5], dtype=np.float32),
-               np.array([[1, 2], [3, 4]], dtype=np.int64).T, np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
-               np.array(["x", "yz"])]
-    for answer in answers:
-        entry = Entry("a", 1.0, "predict", 200, 1.0, np.array([ROW]), {"predictions": answer})
+def test_a_frame_keeps_every_kind_of_array_a_model_answers_alone_and_beside_others() -> None:
+    # A frame sends an output's arrays as one when they share a dtype and a shape but the first, and each
+    # as it is otherwise: every kind, alone, beside one of its kind and another length, beside another kind,
+    # and around a request that got no answer.
+    kinds = [np.array(["setosa", None], dtype=object), np.array([1.5, 2.5], dtype=np.float32),
+             np.array([[1, 2], [3, 4]], dtype=np.int64).T, np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+             np.array(["x", "yz"]), np.float64(3.5), [0, 1], np.zeros((0, 3))]
+    for kind in kinds:
+        same = np.concatenate([kind, kind, kind]) if isinstance(kind, np.ndarray) and kind.ndim else kind
+        for answers in ([kind], [kind, same], [kind, np.array([7.0])], [kind, None, same]):
+            entries = [Entry(f"r{n}", 1.0, "predict", 200, 1.0, np.array([ROW]) if n % 2 else [ROW],
+                             None if answer is None else {"predictions": answer, "probabilities": answer})
+                       for n, answer in enumerate(answers)]
 
-        got = from_frame(read_frame(io.BytesIO(frame(to_frame(entry))))).answer
+            got = from_frame(read_frame(io.BytesIO(frame(to_frame(entries)))))
 
-        assert got is not None
-        assert got["predictions"].dtype == answer.dtype and got["predictions"].tolist() == answer.tolist()
+            for entry, back in zip(entries, got, strict=True):
+                assert back.request_id == entry.request_id
+                assert _same(back.rows, entry.rows)
+                if entry.answer is None:
+                    assert back.answer is None
+                    continue
+                assert back.answer is not None
+                for output in ("predictions", "probabilities"):
+                    assert _same(back.answer[output], entry.answer[output])
+
+
+def _same(got: Any, sent: Any) -> bool:
+    if isinstance(sent, np.ndarray | np.generic):
+        return bool(got.dtype == sent.dtype and got.shape == sent.shape and got.tolist() == sent.tolist())
+    return bool(got == sent)
 
 
 def _read_back_as_plain_columns(table: pa.Table) -> None:
