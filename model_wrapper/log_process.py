@@ -27,8 +27,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(NICENESS)
-    # Read in large chunks: the serving process writes up to a quarter MiB at once (stdin's 8 KiB
-    # buffer would take a system call per frame).
+    # Read in large chunks: the serving process writes its buffer at once, a hundred records a frame (stdin's
+    # 8 KiB buffer would take several system calls per frame).
     with open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False) as frames:
         serve_frames(frames, sys.stdout, sink=S3Sink, bucket=log_bucket, configure=configure_logging)
     return 0

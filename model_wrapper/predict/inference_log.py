@@ -146,11 +146,11 @@ class InferenceLog:
         if not entries:
             return
         try:
-            self._framed(self._frames.add(to_frame(entries)), len(entries))
+            self._framed(self._frames.add(to_frame(entries), len(entries)), len(entries))
         except Exception:
             for entry in entries:
                 try:
-                    self._framed(self._frames.add(to_frame([entry])), 1)
+                    self._framed(self._frames.add(to_frame([entry]), 1), 1)
                 except Exception as e:
                     self.counters.log_dropped(1)
                     log.warning("model %s version %s: an inference-log record could not be encoded (%s)",
@@ -165,7 +165,7 @@ class InferenceLog:
         with self._lock:
             self._flush_due = False
             self._flush()
-            if (self._entries or self._ends) and not self._closed:  # the pipe is full, or no writer yet: later
+            if (self._entries or self._ends) and not self._closed:  # the pipe is full: later
                 self._flush_due = True
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._timed_flush)
 
@@ -227,8 +227,7 @@ class InferenceLog:
         return sent == len(data)
 
     def _writer_gone(self) -> None:
-        """The writer died: what it held is lost, and what is buffered is counted as dropped; another one is started
-        (the entries not encoded yet go to it)."""
+        """The writer died: what it held is lost, and what is buffered is counted as dropped; another one is started."""
         log.error("model %s version %s: the inference log writer is gone; %d buffered records lost, and those it held",
                   self._settings.model_name, self._settings.model_version, self._buffered)
         self.counters.log_dropped(self._buffered)

@@ -79,9 +79,11 @@ def _down_frame(values: list[Any]) -> tuple[Any, ...]:
     kept = [value for value in values if value is not None]
     present = None if len(kept) == len(values) else [value is not None for value in values]
     first = kept[0] if kept else None
-    if type(first) is np.ndarray and first.ndim and not first.dtype.hasobject and first.dtype.fields is None:
-        dtype, tail = first.dtype, first.shape[1:]
-        if all(type(value) is np.ndarray and value.dtype == dtype and value.shape[1:] == tail for value in kept):
+    if type(first) is np.ndarray and first.ndim and first.dtype.itemsize and not first.dtype.hasobject \
+            and first.dtype.fields is None:
+        dtype, ndim, tail = first.dtype, first.ndim, first.shape[1:]
+        if all(type(value) is np.ndarray and value.dtype == dtype and value.ndim == ndim and value.shape[1:] == tail
+               for value in kept):
             return present, dtype.str, tail, [len(value) for value in kept], np.concatenate(kept).tobytes()
     return present, None, None, None, kept
 
@@ -92,7 +94,7 @@ def _up_frame(column: tuple[Any, ...]) -> list[Any]:
     if dtype is None:
         kept = data
     else:
-        flat = np.frombuffer(data, np.dtype(dtype)).reshape((-1, *tail))
+        flat = np.frombuffer(data, np.dtype(dtype)).reshape((sum(lengths), *tail))  # not -1: a tail may hold a 0
         ends = np.cumsum(lengths).tolist()  # slices, not np.split: a quarter of its cost per piece
         kept = [flat[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
     if present is None:
@@ -101,59 +103,74 @@ def _up_frame(column: tuple[Any, ...]) -> list[Any]:
     return [next(values) if there else None for there in present]
 
 
-_LENGTH = struct.Struct("<I")
-_NO_LENGTH = bytes(_LENGTH.size)
+_HEADER = struct.Struct("<II")
+"""A frame's pickle's length, and the records it holds (counted as dropped if the writer cannot read it)."""
+_NO_HEADER = bytes(_HEADER.size)
+
+
+class UnreadableFrame(Exception):
+    """A whole frame whose pickle the writer cannot load (say, an answer of a class only the model's code has)."""
+
+    def __init__(self, records: int, error: Exception) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.records = records
 
 
 class Frames:
-    """The stream to the writer process, as the serving process builds it: each value a frame, its pickle's
-    length and then its pickle (memo cleared, so that each stands alone). The writer reads a frame with two
-    reads and one `pickle.loads` (`read_frame`): an unpickler reading the stream itself would peek, and so
-    copy, the whole read buffer for every frame, which cost four times the rest of reading a record."""
+    """The stream to the writer process, as the serving process builds it: each value a frame, a header (its
+    pickle's length, the records it holds) and then its pickle (memo cleared, so that each stands alone).
+    The writer reads a frame with two reads and one `pickle.loads` (`read_frame`): an unpickler reading the
+    stream itself would peek, and so copy, the whole read buffer for every frame, which cost four times the
+    rest of reading a record."""
 
     def __init__(self) -> None:
         self.buffer = io.BytesIO()
         self._pickler = pickle.Pickler(self.buffer, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def add(self, value: Any) -> int:
-        """Append `value`'s frame and return where it ends; one pickle cannot take leaves the buffer as it was
-        and is raised."""
+    def add(self, value: Any, records: int = 0) -> int:
+        """Append `value`'s frame and return where it ends; a value pickle cannot take (or a frame beyond 4 GiB)
+        leaves the buffer as it was and is raised."""
         buffer = self.buffer
         start = buffer.tell()
-        buffer.write(_NO_LENGTH)
+        buffer.write(_NO_HEADER)
         try:
             self._pickler.dump(value)
+            end = buffer.tell()
+            header = _HEADER.pack(end - start - _HEADER.size, records)
         except BaseException:
             buffer.seek(start)
             buffer.truncate()
             raise
         finally:
             self._pickler.clear_memo()
-        end = buffer.tell()
         buffer.seek(start)
-        buffer.write(_LENGTH.pack(end - start - _LENGTH.size))
+        buffer.write(header)
         buffer.seek(end)
         return end
 
 
-def frame(value: Any) -> bytes:
+def frame(value: Any, records: int = 0) -> bytes:
     """`value` as one frame on its own (the settings first, the drain's seconds last)."""
     frames = Frames()
-    frames.add(value)
+    frames.add(value, records)
     return frames.buffer.getvalue()
 
 
 def read_frame(stream: BinaryIO) -> Any:
     """The next frame's value. EOFError at the end of the stream; `pickle.UnpicklingError` when it ends inside a
-    frame. The frames come from the process that started this one, through a pipe only the two hold."""
-    head = stream.read(_LENGTH.size)
+    frame; `UnreadableFrame` (the stream goes on) when its pickle cannot be loaded here. The frames come from
+    the process that started this one, through a pipe only the two hold."""
+    head = stream.read(_HEADER.size)
     if not head:
         raise EOFError
-    size = _LENGTH.unpack(head)[0] if len(head) == _LENGTH.size else -1
+    size, records = _HEADER.unpack(head) if len(head) == _HEADER.size else (-1, 0)
     data = stream.read(size) if size > 0 else b""
     if len(data) != size:
         raise pickle.UnpicklingError("the stream ended in the middle of a frame")
-    return pickle.loads(data)  # noqa: S301 - see above
+    try:
+        return pickle.loads(data)  # noqa: S301 - see above
+    except Exception as e:
+        raise UnreadableFrame(records, e) from e
 
 
 @dataclass(frozen=True)
@@ -299,7 +316,7 @@ def _outputs(answers: Sequence[dict[str, Any] | None], sizes: list[int],
     instance count."""
     columns = {}
     for key, name in (("predictions", "prediction"), ("probabilities", "probabilities")):
-        parts = [value if answer is not None and (value := answer.get(key)) is not None and len(value) == size
+        parts = [value if answer is not None and (value := answer.get(key)) is not None and _length(value) == size
                  else None for answer, size in zip(answers, sizes, strict=True)]
         if key == "predictions" or any(part is not None for part in parts):
             columns[f"{OUTPUT}{name}"] = _column(parts, sizes)
@@ -308,12 +325,22 @@ def _outputs(answers: Sequence[dict[str, Any] | None], sizes: list[int],
     return columns
 
 
+def _length(value: Any) -> int | None:
+    """How many values an output holds; None for one that is not a sequence (a number, a 0-d array)."""
+    try:
+        return len(value)
+    except TypeError:
+        return None
+
+
 def _labels(predictions: pa.Array, labels: Mapping[Any, str]) -> pa.Array:
     """Each prediction's label, as the predictor gave it, looked up once per distinct prediction rather
     than converted once per instance from the answers' Python strings: a dictionary array (written as
     Parquet's dictionary pages) of the predictions' codes over their labels."""
     import pyarrow as pa
 
+    if pa.types.is_nested(predictions.type):  # several values an instance: no one label names them
+        return pa.nulls(len(predictions), pa.string())
     encoded = predictions.dictionary_encode()
     names = [labels.get(value) for value in encoded.dictionary.to_pylist()]
     return pa.DictionaryArray.from_arrays(encoded.indices, pa.array(names, pa.string()))
@@ -328,10 +355,13 @@ def _column(parts: list[Any], sizes: list[int]) -> pa.Array:
              for part in parts}
     if len(kinds) == 1 and None not in kinds:
         joined = np.concatenate(parts)
-        if joined.ndim == 1:
-            return pa.array(joined)
-        flat = pa.FixedSizeListArray.from_arrays(pa.array(joined.reshape(-1)), joined.shape[1])
-        return flat.cast(pa.list_(flat.type.value_type))
+        try:
+            if joined.ndim == 1:
+                return pa.array(joined)
+            flat = pa.FixedSizeListArray.from_arrays(pa.array(joined.reshape(-1)), joined.shape[1])
+            return flat.cast(pa.list_(flat.type.value_type))
+        except (pa.ArrowException, TypeError, ValueError):  # a dtype Arrow has no type for (records): as values
+            pass
     values: list[Any] = []
     for part, size in zip(parts, sizes, strict=True):
         values.extend(_listed(part) if part is not None else [None] * size)

@@ -29,6 +29,7 @@ from model_wrapper.config.settings import WrapperSettings
 from model_wrapper.predict.inference_records import (
     Entry,
     Layout,
+    UnreadableFrame,
     from_frame,
     parquet_file,
     read_frame,
@@ -152,10 +153,21 @@ class LogWriter:
         while self._pending:
             batch = self._pending[0]
             day, entries, rest = split_by_day(batch)
-            sink.put(bucket, self._files.next_key(day), parquet_file(to_table(entries, layout)))
-            self._pending[0:1] = [rest] if rest else []
-            self._pending_records -= len(entries)
-            self.counters.log_written(len(entries))
+            try:
+                body = parquet_file(to_table(entries, layout))
+            except Exception:  # the same records would fail again: dropped, counted, not retried
+                log.exception("model %s version %s: %d inference-log records cannot be written as Parquet; dropped",
+                              self._settings.model_name, self._settings.model_version, len(entries))
+                self._done(rest, len(entries), self.counters.log_dropped)
+                continue
+            sink.put(bucket, self._files.next_key(day), body)
+            self._done(rest, len(entries), self.counters.log_written)
+
+    def _done(self, rest: list[Entry], records: int, count: Callable[[int], None]) -> None:
+        """The first pending batch's records of one day are written (or dropped): `rest` stays pending."""
+        self._pending[0:1] = [rest] if rest else []
+        self._pending_records -= records
+        count(records)
 
     def _resolve_bucket(self) -> str:
         self._bucket = self._bucket_of()
@@ -211,26 +223,41 @@ def serve_frames(frames: BinaryIO, report: TextIO, *, sink: Callable[[WrapperSet
     log.info("model %s version %s: inference log writer started, under %s", settings.model_name,
              settings.model_version, writer.folder)
     drain = settings.inference_log_flush_seconds
-    while (frame := _next(frames, settings)) is not None:
+    while (frame := _next(frames, writer, settings)) is not None:
         if isinstance(frame, float):
             drain = frame
             break
-        for entry in from_frame(frame):
+        try:
+            entries = from_frame(frame)
+        except Exception as e:  # a frame the serving process built and this one cannot take apart: that frame only
+            _lost(writer, len(frame[0]), e, settings)
+            continue
+        for entry in entries:
             writer.add(entry)
     writer.close(drain)
 
 
-def _next(frames: BinaryIO, settings: WrapperSettings) -> Any:
+def _next(frames: BinaryIO, writer: LogWriter, settings: WrapperSettings) -> Any:
     """The next frame, or None at the end of the stream: the serving process closed it (or died, with its
-    default drain), possibly in the middle of a frame, which is then lost (a record, never the queue)."""
-    try:
-        return read_frame(frames)
-    except EOFError:
-        return None
-    except pickle.UnpicklingError:
-        log.warning("model %s version %s: the inference log's stream ended in the middle of a record",
-                    settings.model_name, settings.model_version)
-        return None
+    default drain), possibly in the middle of a frame, which is then lost (its records, never the queue; the
+    serving process counts what its drain could not send). A frame that cannot be loaded is counted and skipped."""
+    while True:
+        try:
+            return read_frame(frames)
+        except EOFError:
+            return None
+        except pickle.UnpicklingError:
+            log.warning("model %s version %s: the inference log's stream ended in the middle of a frame",
+                        settings.model_name, settings.model_version)
+            return None
+        except UnreadableFrame as e:
+            _lost(writer, e.records, e, settings)
+
+
+def _lost(writer: LogWriter, records: int, error: Exception, settings: WrapperSettings) -> None:
+    writer.counters.log_dropped(records)
+    log.error("model %s version %s: %d inference-log records dropped: their frame cannot be read (%s)",
+              settings.model_name, settings.model_version, records, _first_line(error))
 
 
 class _Report:
