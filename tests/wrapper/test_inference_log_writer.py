@@ -209,16 +209,13 @@ def test_the_records_the_serving_side_sends_are_the_ones_the_writer_process_writ
     for entry in entries[2550:]:
         log.add(entry)
     log.close(10)
-    sink, report = Sink(), io.StringIO()
-    sink.opened.set()
-    with stream.open("rb") as frames:
-        serve_frames(frames, report, sink=lambda settings: sink, bucket=lambda settings: "models")
+    sink, report = _written_by_the_writer(stream)
 
     written = pa.concat_tables([pq.read_table(io.BytesIO(body)) for body in sink.files])
     layout = _layout()
     assert written.to_pylist() == pq.read_table(io.BytesIO(parquet_file(to_table(entries, layout)))).to_pylist()
     # In one file or several: the records are of 2023, so a batch is due as soon as the writer looks.
-    assert sum(int(line.removeprefix("written ")) for line in report.getvalue().splitlines()) == 3000
+    assert sum(int(line.removeprefix("written ")) for line in report.splitlines()) == 3000
 
 
 def test_a_stream_cut_in_the_middle_of_a_record_still_gets_the_records_before_it_written() -> None:
@@ -249,10 +246,7 @@ def test_a_record_pickle_cannot_take_is_dropped_and_counted_and_the_records_arou
 
     asyncio.run(add_in_one_flush())
     log.close(10)
-    sink = Sink()
-    sink.opened.set()
-    with stream.open("rb") as frames:
-        serve_frames(frames, io.StringIO(), sink=lambda settings: sink, bucket=lambda settings: "models")
+    sink, _ = _written_by_the_writer(stream)
 
     assert pq.read_table(io.BytesIO(sink.files[0])).column("request_id").to_pylist() == ["r0", "r2"]
     assert counts.dropped == 1
@@ -268,13 +262,19 @@ def test_a_frame_the_writer_cannot_load_is_counted_and_the_frames_after_it_arriv
     for entry in (_entry(0), unloadable, _entry(2)):  # off an event loop: a frame each
         log.add(entry)
     log.close(10)
+    sink, report = _written_by_the_writer(stream)
+
+    assert pq.read_table(io.BytesIO(sink.files[0])).column("request_id").to_pylist() == ["r0", "r2"]
+    assert report.splitlines() == ["dropped 1", "written 2"]
+
+
+def _written_by_the_writer(stream: Path) -> tuple[Sink, str]:
+    """What the writer's own loop makes of a stream the serving side sent (to `cat`): its files and its counts."""
     sink, report = Sink(), io.StringIO()
     sink.opened.set()
     with stream.open("rb") as frames:
         serve_frames(frames, report, sink=lambda settings: sink, bucket=lambda settings: "models")
-
-    assert pq.read_table(io.BytesIO(sink.files[0])).column("request_id").to_pylist() == ["r0", "r2"]
-    assert report.getvalue().splitlines() == ["dropped 1", "written 2"]
+    return sink, report.getvalue()
 
 
 class _Unloadable:
