@@ -63,11 +63,8 @@ class InferenceLog:
         """Sampled and not encoded yet."""
         self._frames = Frames()
         self._buffer = self._frames.buffer
-        self._ends: list[int] = []
-        """Where each frame in the buffer ends, and the records it holds (`_counts`): those not yet wholly
-        in the pipe."""
-        self._counts: list[int] = []
-        self._buffered = 0
+        self._framed: list[tuple[int, int]] = []
+        """Each frame in the buffer, not yet wholly in the pipe: where it ends, and the records it holds."""
         self._flush_due = False
         self._lock = threading.Lock()  # the event loop adds and flushes; `close` runs in another thread
         self._process: subprocess.Popen[bytes] | None = None
@@ -101,13 +98,13 @@ class InferenceLog:
         """Keep the entry for the next flush (on the event loop: no system call unless a flush is due)."""
         with self._lock:
             if self._closed or (self._pipe < 0 and not self._restart()) \
-                    or len(self._entries) + self._buffered >= self._settings.inference_log_queue:
+                    or len(self._entries) + self._buffered() >= self._settings.inference_log_queue:
                 self.counters.log_dropped(1)
                 return
             self._entries.append(entry)
             if len(self._entries) >= FLUSH_RECORDS:
                 self._flush()
-            if (self._entries or self._ends) and not self._flush_due:
+            if (self._entries or self._framed) and not self._flush_due:
                 self._flush_due = True
                 try:
                     asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._timed_flush)
@@ -146,26 +143,28 @@ class InferenceLog:
         if not entries:
             return
         try:
-            self._framed(self._frames.add(to_frame(entries), len(entries)), len(entries))
+            self._add_frame(entries)
         except Exception:
             for entry in entries:
                 try:
-                    self._framed(self._frames.add(to_frame([entry]), 1), 1)
+                    self._add_frame([entry])
                 except Exception as e:
                     self.counters.log_dropped(1)
                     log.warning("model %s version %s: an inference-log record could not be encoded (%s)",
                                 self._settings.model_name, self._settings.model_version, type(e).__name__)
 
-    def _framed(self, end: int, records: int) -> None:
-        self._ends.append(end)
-        self._counts.append(records)
-        self._buffered += records
+    def _add_frame(self, entries: list[Entry]) -> None:
+        self._framed.append((self._frames.add(to_frame(entries), len(entries)), len(entries)))
+
+    def _buffered(self) -> int:
+        """Records in the buffer, not yet wholly in the pipe."""
+        return sum(records for _, records in self._framed)
 
     def _timed_flush(self) -> None:
         with self._lock:
             self._flush_due = False
             self._flush()
-            if (self._entries or self._ends) and not self._closed:  # the pipe is full: later
+            if (self._entries or self._framed) and not self._closed:  # the pipe is full: later
                 self._flush_due = True
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._timed_flush)
 
@@ -189,10 +188,8 @@ class InferenceLog:
 
     def _sent(self, written: int, rest: bytes) -> None:
         """`written` bytes are in the pipe: the frames that ended there leave the buffer, `rest` stays."""
-        sent = bisect.bisect_right(self._ends, written)
-        self._buffered -= sum(self._counts[:sent])
-        self._ends = [end - written for end in self._ends[sent:]]
-        del self._counts[:sent]
+        sent = bisect.bisect_right(self._framed, written, key=lambda framed: framed[0])
+        self._framed = [(end - written, records) for end, records in self._framed[sent:]]
         self._buffer.seek(0)
         self._buffer.truncate()
         self._buffer.write(rest)
@@ -201,7 +198,7 @@ class InferenceLog:
         """Empty the buffer (its records counted by the caller)."""
         self._buffer.seek(0)
         self._buffer.truncate()
-        self._ends, self._counts, self._buffered = [], [], 0
+        self._framed = []
 
     def _send_all(self, deadline: float, tail: bytes = b"") -> bool:
         """At close: the buffer (and `tail`), waiting for the pipe until `deadline`; what is left then is dropped.
@@ -219,18 +216,18 @@ class InferenceLog:
             except OSError:
                 break
         self._sent(min(sent, len(data) - len(tail)), b"")
-        if self._buffered:
-            self.counters.log_dropped(self._buffered)
+        if lost := self._buffered():
+            self.counters.log_dropped(lost)
             log.error("model %s version %s: %d inference-log records not handed to the writer before the drain ended",
-                      self._settings.model_name, self._settings.model_version, self._buffered)
+                      self._settings.model_name, self._settings.model_version, lost)
             self._discard()
         return sent == len(data)
 
     def _writer_gone(self) -> None:
         """The writer died: what it held is lost, and what is buffered is counted as dropped; another one is started."""
         log.error("model %s version %s: the inference log writer is gone; %d buffered records lost, and those it held",
-                  self._settings.model_name, self._settings.model_version, self._buffered)
-        self.counters.log_dropped(self._buffered)
+                  self._settings.model_name, self._settings.model_version, self._buffered())
+        self.counters.log_dropped(self._buffered())
         self._discard()
         with contextlib.suppress(OSError):
             os.close(self._pipe)
