@@ -12,7 +12,7 @@ import datetime as dt
 import io
 import pickle
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -109,7 +109,7 @@ _NO_HEADER = bytes(_HEADER.size)
 
 
 class UnreadableFrame(Exception):
-    """A whole frame whose pickle the writer cannot load (say, an answer of a class only the model's code has)."""
+    """A whole frame the writer cannot load (say, an answer of a class only the model's code has) or decode."""
 
     def __init__(self, records: int, error: Exception) -> None:
         super().__init__(f"{type(error).__name__}: {error}")
@@ -156,10 +156,10 @@ def frame(value: Any, records: int = 0) -> bytes:
     return frames.buffer.getvalue()
 
 
-def read_frame(stream: BinaryIO) -> Any:
-    """The next frame's value. EOFError at the end of the stream; `pickle.UnpicklingError` when it ends inside a
-    frame; `UnreadableFrame` (the stream goes on) when its pickle cannot be loaded here. The frames come from
-    the process that started this one, through a pipe only the two hold."""
+def read_frame(stream: BinaryIO, decode: Callable[[Any], Any] = lambda value: value) -> Any:
+    """The next frame's value, through `decode`. EOFError at the end of the stream; `pickle.UnpicklingError`
+    when it ends inside a frame; `UnreadableFrame` (the stream goes on) when its pickle cannot be loaded or
+    decoded here. The frames come from the process that started this one, through a pipe only the two hold."""
     head = stream.read(_HEADER.size)
     if not head:
         raise EOFError
@@ -168,7 +168,7 @@ def read_frame(stream: BinaryIO) -> Any:
     if len(data) != size:
         raise pickle.UnpicklingError("the stream ended in the middle of a frame")
     try:
-        return pickle.loads(data)  # noqa: S301 - see above
+        return decode(pickle.loads(data))  # noqa: S301 - see above
     except Exception as e:
         raise UnreadableFrame(records, e) from e
 

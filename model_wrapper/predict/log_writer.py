@@ -223,27 +223,23 @@ def serve_frames(frames: BinaryIO, report: TextIO, *, sink: Callable[[WrapperSet
     log.info("model %s version %s: inference log writer started, under %s", settings.model_name,
              settings.model_version, writer.folder)
     drain = settings.inference_log_flush_seconds
-    while (frame := _next(frames, writer, settings)) is not None:
-        if isinstance(frame, float):
-            drain = frame
+    while (entries := _next(frames, writer, settings)) is not None:
+        if isinstance(entries, float):
+            drain = entries
             break
-        try:
-            entries = from_frame(frame)
-        except Exception as e:  # a frame the serving process built and this one cannot take apart: that frame only
-            _lost(writer, len(frame[0]), e, settings)
-            continue
         for entry in entries:
             writer.add(entry)
     writer.close(drain)
 
 
-def _next(frames: BinaryIO, writer: LogWriter, settings: WrapperSettings) -> Any:
-    """The next frame, or None at the end of the stream: the serving process closed it (or died, with its
-    default drain), possibly in the middle of a frame, which is then lost (its records, never the queue; the
-    serving process counts what its drain could not send). A frame that cannot be loaded is counted and skipped."""
+def _next(frames: BinaryIO, writer: LogWriter, settings: WrapperSettings) -> list[Entry] | float | None:
+    """The next frame's entries (or the seconds the serving process's drain leaves), or None at the end of the
+    stream: the serving process closed it (or died, with its default drain), possibly in the middle of a
+    frame, which is then lost (its records, never the queue; the serving process counts what its drain could
+    not send). A frame that cannot be loaded or taken apart is counted and skipped."""
     while True:
         try:
-            return read_frame(frames)
+            return read_frame(frames, _entries)
         except EOFError:
             return None
         except pickle.UnpicklingError:
@@ -252,6 +248,11 @@ def _next(frames: BinaryIO, writer: LogWriter, settings: WrapperSettings) -> Any
             return None
         except UnreadableFrame as e:
             _lost(writer, e.records, e, settings)
+
+
+def _entries(value: Any) -> list[Entry] | float:
+    """A frame's entries, or the seconds the serving process's drain leaves (its last frame)."""
+    return value if isinstance(value, float) else from_frame(value)
 
 
 def _lost(writer: LogWriter, records: int, error: Exception, settings: WrapperSettings) -> None:
