@@ -1,6 +1,6 @@
 """The inference log's writer: batches of records written as Parquet files to S3, in a process of its own.
 
-`python -m model_wrapper log-writer` (`model_wrapper.server.write_inference_log`) runs `serve_frames`,
+`python -m model_wrapper log-writer` (`model_wrapper.log_process`) runs `serve_frames`,
 fed through its stdin by the serving process's `model_wrapper.predict.inference_log.InferenceLog`:
 first the settings and the model's `Layout`, then frames of logged requests, and its counts go back
 as lines on stdout. Encoding and uploading there, not in a thread of the serving process, keeps them
