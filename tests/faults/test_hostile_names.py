@@ -15,10 +15,13 @@ from typing import Any
 from mlflow import MlflowClient
 
 from devstack.models import LoggedModel, log_iris
+from devstack.servers import LocalMlflow
 from model_wrapper.contract.naming import MAX_SLUG, model_slug
 from tests.faults.support import PLURALS, run_watcher, tags, watcher_env
 from tests.peers import KubernetesPeer
+from watcher.clients.registry import Registry
 from watcher.config.settings import Settings
+from watcher.decide.types import Selector
 from watcher.reconcile.deps import Deps
 from watcher.reconcile.engine import reconcile_once
 
@@ -89,6 +92,29 @@ def test_hostile_names_and_forged_tags_deploy_as_valid_distinct_objects_that_car
 
     report = reconcile_once(make_deps())
     assert report.unchanged == len(names) and report.failed == 0, "stable slugs: nothing to redo"
+
+
+def test_a_model_is_found_by_its_name_whatever_quotes_the_name_holds(
+    mlflow_server: LocalMlflow, model_name: str, production: dict[str, str],
+) -> None:
+    """`drift NAME`, `retry NAME` and a webhook's pass read one model's versions through a filter on its name,
+    and MLflow's filters cannot escape a quote: each such name is still found, and only that model."""
+    logged = log_iris(model_name)
+    token = model_name[-6:]
+    names = [f"O'Brien {token}", f'say "hi" {token}', f"""both ' and " {token}""", f"back\\slash `tick` {token}",
+             f"'; DROP TABLE models; -- {token}"]
+    client = MlflowClient()
+    for name in [*names, f"OBrien {token}", f"both  and  {token}"]:  # the last two: a quote's removal
+        register(logged, name, {"deployment_status": "deployed", **production})
+        client.create_model_version(name, logged.source, logged.run_id, tags={"deployment_status": "failed"},
+                                    model_id=logged.source.removeprefix("models:/"), await_creation_for=0)
+    registry = Registry(mlflow_server.tracking_uri)
+    selector = Selector("tag", *next(iter(production.items())))
+
+    for name in names:
+        assert [(v.name, v.version) for v in registry.with_status(name, "deployed")] == [(name, 1)], name
+        assert [(v.name, v.version) for v in registry.with_status(name, "failed")] == [(name, 2)], name
+        assert [(v.name, v.version) for v in registry.selected(selector, name)] == [(name, 1)], name
 
 
 def _assert_carries_the_name(kube: KubernetesPeer, namespace: str, name: str, slug: str) -> None:

@@ -28,6 +28,21 @@ log = logging.getLogger(__name__)
 REGISTERED_MODEL_PAGE = 1000  # the server's maximum for search_registered_models
 
 
+def name_equals(name: str) -> str | None:
+    """The search filter's clause for this model's name, or None for a name no filter can hold.
+
+    MLflow registers any name without '/' or ':', quotes included, but its filters do not escape quotes: a
+    text is in single or double quotes and ends at the next of its kind (against MLflow 3's server,
+    `name = 'O''Brien'` matches nothing). So a name with a single quote goes in double quotes; one with both
+    kinds cannot be written, and the caller filters by name itself. Backslashes and backticks are plain.
+    """
+    if "'" not in name:
+        return f"name = '{name}'"
+    if '"' not in name:
+        return f'name = "{name}"'
+    return None
+
+
 class Registry:
     """MLflow registry calls, each translated into the watcher's error tree."""
 
@@ -46,8 +61,8 @@ class Registry:
         with _translated("search the registry", abort=True):
             if selector.kind == "tag":
                 query = f"tags.`{selector.key}` ILIKE '%{selector.value.strip()}%'"
-                if name is not None and not set(name) & {"'", "\\", "`"}:
-                    query = f"name = '{name}'"  # a webhook pass reads only its model's versions
+                if name is not None and (named := name_equals(name)) is not None:
+                    query = named  # a webhook pass reads only its model's versions
                 found = [_info(v) for v in self._versions(query) if v.status == "READY"]
                 return _classified(selector, [v for v in found if name is None or v.name == name])
             if selector.kind == "alias":
@@ -88,9 +103,10 @@ class Registry:
     def with_status(self, name: str, status: str) -> list[VersionInfo]:
         """The versions of model `name` whose deployment_status is `status` (filtered on the server)."""
         with _translated(f"search the versions of {name}"):
-            if set(name) & {"'", "\\", "`"}:
-                return []  # not expressible in a filter; such a name cannot be registered in MLflow either
-            return [_info(v) for v in self._versions(f"name = '{name}' AND tags.deployment_status = '{status}'")]
+            named = name_equals(name)
+            query = f"tags.deployment_status = '{status}'"
+            found = self._versions(query if named is None else f"{named} AND {query}")
+            return [_info(v) for v in found if v.name == name]
 
     def select(self, version: VersionInfo, selector: Selector) -> None:
         """Make `selector` pick the version: set its tag, point the alias at it, or move it to the stage."""
