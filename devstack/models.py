@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import RestException
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
@@ -121,7 +122,11 @@ def register_versions(name: str, logged: LoggedModel, count: int = 1, *, tags: d
     source, contract and run, as if a researcher had registered the same model again.
     """
     client = client or MlflowClient()
-    if not client.search_registered_models(f"name = '{name}'", max_results=1):
+    try:
+        client.get_registered_model(name)  # by name, not in a filter: any name MLflow registers, quotes too
+    except RestException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
         client.create_registered_model(name)
     model_id = logged.source.removeprefix("models:/") if logged.source.startswith("models:/") else None
     return [str(client.create_model_version(name, logged.source, logged.run_id, tags=tags, model_id=model_id,
@@ -135,5 +140,6 @@ def _write(path: Path, content: str | bytes) -> str:
 
 
 def _latest_version(name: str, run_id: str) -> ModelVersion:
-    versions = MlflowClient().search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
-    return max(versions, key=lambda v: int(v.version))
+    # The run's versions, then the name's: a filter cannot hold a name with both kinds of quote.
+    versions = MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+    return max((v for v in versions if v.name == name), key=lambda v: int(v.version))

@@ -12,9 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from mlflow import MlflowClient
-
-from devstack.models import LoggedModel, log_iris
+from devstack.models import log_iris, register_versions
 from devstack.servers import LocalMlflow
 from model_wrapper.contract.naming import MAX_SLUG, model_slug
 from tests.faults.support import PLURALS, run_watcher, tags, watcher_env
@@ -52,14 +50,6 @@ def hostile_names(token: str) -> list[str]:
     ]
 
 
-def register(logged: LoggedModel, name: str, tags_to_set: dict[str, str]) -> None:
-    """devstack's register_versions looks names up in a filter string; these names would break it."""
-    client = MlflowClient()
-    client.create_registered_model(name)
-    client.create_model_version(name, logged.source, logged.run_id, tags=tags_to_set,
-                                model_id=logged.source.removeprefix("models:/"), await_creation_for=0)
-
-
 def test_hostile_names_and_forged_tags_deploy_as_valid_distinct_objects_that_carry_the_name_verbatim(
     make_settings: Callable[..., Settings], make_deps: Callable[..., Deps], kube: KubernetesPeer, namespace: str,
     model_name: str, production: dict[str, str],
@@ -67,7 +57,7 @@ def test_hostile_names_and_forged_tags_deploy_as_valid_distinct_objects_that_car
     logged = log_iris(model_name, kind="tree")  # one logged model, registered under every name below
     names = hostile_names(namespace[-6:])
     for name in names:
-        register(logged, name, {**FORGED, **production})
+        register_versions(name, logged, tags={**FORGED, **production})
 
     # Library warnings are not log lines; only the log is checked line by line.
     result = run_watcher(["run-once"], watcher_env(make_settings(), LOG_FORMAT="text", PYTHONWARNINGS="ignore"))
@@ -103,11 +93,9 @@ def test_a_model_is_found_by_its_name_whatever_quotes_the_name_holds(
     token = model_name[-6:]
     names = [f"O'Brien {token}", f'say "hi" {token}', f"""both ' and " {token}""", f"back\\slash `tick` {token}",
              f"'; DROP TABLE models; -- {token}"]
-    client = MlflowClient()
     for name in [*names, f"OBrien {token}", f"both  and  {token}"]:  # the last two: a quote's removal
-        register(logged, name, {"deployment_status": "deployed", **production})
-        client.create_model_version(name, logged.source, logged.run_id, tags={"deployment_status": "failed"},
-                                    model_id=logged.source.removeprefix("models:/"), await_creation_for=0)
+        register_versions(name, logged, tags={"deployment_status": "deployed", **production})
+        register_versions(name, logged, tags={"deployment_status": "failed"})
     registry = Registry(mlflow_server.tracking_uri)
     selector = Selector("tag", *next(iter(production.items())))
 

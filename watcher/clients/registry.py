@@ -101,7 +101,8 @@ class Registry:
             log.info("%s: no longer exists, tags not written", version)
 
     def with_status(self, name: str, status: str) -> list[VersionInfo]:
-        """The versions of model `name` whose deployment_status is `status` (filtered on the server)."""
+        """The versions of model `name` whose deployment_status is `status` (filtered on the server, by name too
+        where a filter can hold it: `name_equals`)."""
         with _translated(f"search the versions of {name}"):
             named = name_equals(name)
             query = f"tags.deployment_status = '{status}'"
