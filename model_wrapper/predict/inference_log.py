@@ -225,9 +225,10 @@ class InferenceLog:
 
     def _writer_gone(self) -> None:
         """The writer died: what it held is lost, and what is buffered is counted as dropped; another one is started."""
+        lost = self._buffered()
         log.error("model %s version %s: the inference log writer is gone; %d buffered records lost, and those it held",
-                  self._settings.model_name, self._settings.model_version, self._buffered())
-        self.counters.log_dropped(self._buffered())
+                  self._settings.model_name, self._settings.model_version, lost)
+        self.counters.log_dropped(lost)
         self._discard()
         with contextlib.suppress(OSError):
             os.close(self._pipe)
