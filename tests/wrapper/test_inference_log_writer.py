@@ -273,20 +273,19 @@ def test_a_frame_the_writer_cannot_take_apart_is_counted_and_the_frames_after_it
     broken[0] = broken[0][:1]  # one request id for two entries
     stream = (frame((_settings(), _layout())) + frame(to_frame([_entry(0)]), 1) + frame(tuple(broken), 2)
               + frame(to_frame([_entry(3)]), 1))
-    sink, report = Sink(), io.StringIO()
-    sink.opened.set()
 
-    serve_frames(io.BytesIO(stream), report, sink=lambda settings: sink, bucket=lambda settings: "models")
+    sink, report = _written_by_the_writer(stream)
 
     assert pq.read_table(io.BytesIO(sink.files[0])).column("request_id").to_pylist() == ["r0", "r3"]
-    assert report.getvalue().splitlines() == ["dropped 2", "written 2"]
+    assert report.splitlines() == ["dropped 2", "written 2"]
 
 
-def _written_by_the_writer(stream: Path) -> tuple[Sink, str]:
-    """What the writer's own loop makes of a stream the serving side sent (to `cat`): its files and its counts."""
+def _written_by_the_writer(stream: Path | bytes) -> tuple[Sink, str]:
+    """What the writer's own loop makes of a stream (the serving side's, kept by `cat`, or built here): its files
+    and its counts."""
     sink, report = Sink(), io.StringIO()
     sink.opened.set()
-    with stream.open("rb") as frames:
+    with stream.open("rb") if isinstance(stream, Path) else io.BytesIO(stream) as frames:
         serve_frames(frames, report, sink=lambda settings: sink, bucket=lambda settings: "models")
     return sink, report.getvalue()
 
